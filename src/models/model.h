@@ -1,0 +1,74 @@
+/* model.h — a hybrid model assembled from a resolved Config.
+ *
+ *   x₀ = embed(tokens)
+ *   for each block i:  h = x + mixer_i(RMSNorm(x));  x = h + ffn_i(RMSNorm(h))   (ffn may be absent)
+ *   logits = RMSNorm(x) · Wᵀ     W = embed_tokens.weight if tied, else lm_head.weight
+ *   loss = mean cross-entropy over targets ≠ −100  (+ the layers' auxiliary losses)
+ *
+ * Parameters, gradients and AdamW's two moments are four buffers of params.total
+ * floats, laid out in ParamList order; checkpoints, the optimizer, clipping and (later)
+ * the all-reduce are each one loop over them. Activations for backward live in one
+ * arena sized at build time for (max_B, max_T); nothing is allocated in a step. */
+#ifndef BRAID_MODEL_H
+#define BRAID_MODEL_H
+#include "../layers/layer.h"
+#include "config.h"
+
+typedef struct Block {
+    Layer mixer;
+    Layer ffn;               /* ffn.kind == NULL when the block has no FFN ('-') */
+    int norm1, norm2;        /* ParamList indices of input_layernorm / pre_ff_layernorm */
+    /* activations of the last forward, in the arena: */
+    float *x_in;             /* (B,T,d) block input */
+    float *norm1_out, *rstd1;
+    float *h;                /* after the mixer's residual add */
+    float *norm2_out, *rstd2;
+} Block;
+
+typedef struct Model {
+    Config cfg;
+    int vocab, d, n_blocks;
+    int max_B, max_T;
+    ParamList params;
+    float *param_data, *grad_data;   /* params.total floats each */
+    float *adam_m, *adam_v;          /* params.total floats each, zero until the first step */
+    Block *blocks;
+    int embed, final_norm, lm_head;  /* ParamList indices (lm_head = embed when tied) */
+    /* arena-backed activations */
+    float *arena;
+    size_t arena_floats;
+    float *x_final, *final_norm_out, *final_rstd, *logits, *dlogits;
+    float *dx, *dh, *dtmp;           /* (B,T,d) gradient buffers */
+    float *scratch;
+    size_t scratch_floats;
+    Ctx ctx;
+    /* last forward's statistics */
+    double last_loss;                /* mean CE over valid targets (without aux) */
+    double last_aux_loss;            /* sum of layers' aux losses */
+    int last_valid, last_correct;
+} Model;
+
+/* Builds the model for batches up to max_B × max_T: declares parameters, allocates the
+ * buffers and the arena, and initialises parameters from cfg->train.seed.
+ * Returns 0, or -1 with err set (e.g. a layer kind not implemented yet). */
+int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *err);
+void model_free(Model *m);
+/* Initialises all parameters (as model_build does) from seed. */
+void model_init_params(Model *m, unsigned long seed);
+
+/* Forward over tokens[B,T]; if targets is non-NULL computes the loss and accuracy into
+ * last_*. Returns the mean loss (CE + aux) or 0 without targets. Logits stay in m->logits. */
+double model_forward(Model *m, const int *tokens, const int *targets, int B, int T);
+/* Backward of the last forward; grad_scale multiplies the CE gradient (1/valid tokens of
+ * the whole accumulated batch is applied by the caller through loss_scale: the CE mean over
+ * this micro-batch's valid targets is scaled by loss_scale). Accumulates into grad_data. */
+void model_backward(Model *m, const int *tokens, const int *targets, int B, int T, float loss_scale);
+void model_zero_grad(Model *m);
+
+size_t model_param_count(const Model *m);
+/* FLOPs per token of a forward+backward pass (≈ 6·matmul params + attention terms). */
+double model_flops_per_token(const Model *m, int T);
+/* Prints the architecture (pattern, per-block kinds, parameter counts) to f. */
+void model_print_summary(const Model *m, FILE *f);
+
+#endif
