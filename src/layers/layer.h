@@ -63,6 +63,8 @@ int param_list_add(ParamList *list, const char *prefix, const char *suffix, int 
                    const int *shape, InitKind init, float init_scale, int no_decay);
 void param_list_free(ParamList *list);
 int param_list_find(const ParamList *list, const char *name); /* -1 if absent */
+/* Fills p (decl->numel floats) by the declared init rule. */
+void param_init_tensor(float *p, const ParamDecl *decl, const struct Layer *layer, Rng *rng);
 
 typedef enum { LAYER_MIXER, LAYER_FFN } LayerRole;
 

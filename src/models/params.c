@@ -45,3 +45,18 @@ void param_list_free(ParamList *list) {
     free(list->items);
     memset(list, 0, sizeof *list);
 }
+
+/* Fills one tensor by its declared init rule. Custom rules (Mamba's A_log, dt bias)
+ * get the declaring layer so they can read its settings. */
+void param_init_tensor(float *p, const ParamDecl *d, const Layer *layer, Rng *rng) {
+    switch (d->init) {
+    case INIT_ZEROS: for (size_t i = 0; i < d->numel; i++) p[i] = 0.0f; break;
+    case INIT_ONES: for (size_t i = 0; i < d->numel; i++) p[i] = 1.0f; break;
+    case INIT_NORMAL: rng_fill_normal(rng, p, d->numel, d->init_scale); break;
+    case INIT_UNIFORM: rng_fill_uniform(rng, p, d->numel, -d->init_scale, d->init_scale); break;
+    case INIT_CUSTOM:
+        BRAID_CHECK(d->init_fn, "parameter %s: INIT_CUSTOM without init_fn", d->name);
+        d->init_fn(p, d, layer, rng);
+        break;
+    }
+}
