@@ -41,6 +41,7 @@ LayerHarness *harness_create(const LayerKind *kind, const Config *cfg, int B, in
     h->ctx.scratch = braid_calloc(scratch + 1, sizeof(float), "harness scratch");
     h->ctx.scratch_floats = scratch;
     h->ctx.training = 1;
+    h->ctx.aux_grad_scale = 1.0f;
     size_t n = (size_t)B * T * h->d;
     h->x = braid_malloc(n * sizeof(float), "harness x");
     h->dx = braid_calloc(n, sizeof(float), "harness dx");

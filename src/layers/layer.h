@@ -30,6 +30,10 @@ typedef struct Ctx {
     float *scratch;          /* temporary floats, at least max scratch_floats over layers */
     size_t scratch_floats;
     int training;            /* 1 in a training step (layers may record aux losses/stats) */
+    /* Weight of a layer's auxiliary loss in the objective being differentiated: backward
+     * adds aux_grad_scale · ∂aux/∂θ. The model sets it to its loss scale (1/grad_accum,
+     * or a gradcheck's dL/dloss); 1 in a layer's own tests. */
+    float aux_grad_scale;
 } Ctx;
 
 typedef enum { INIT_ZEROS, INIT_ONES, INIT_NORMAL, INIT_UNIFORM, INIT_CUSTOM } InitKind;

@@ -59,9 +59,9 @@ void model_init_params(Model *m, unsigned long seed);
 /* Forward over tokens[B,T]; if targets is non-NULL computes the loss and accuracy into
  * last_*. Returns the mean loss (CE + aux) or 0 without targets. Logits stay in m->logits. */
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T);
-/* Backward of the last forward; grad_scale multiplies the CE gradient (1/valid tokens of
- * the whole accumulated batch is applied by the caller through loss_scale: the CE mean over
- * this micro-batch's valid targets is scaled by loss_scale). Accumulates into grad_data. */
+/* Backward of the last forward, for the objective loss_scale · (CE mean + Σ aux losses):
+ * the trainer passes 1/grad_accum so accumulated micro-batches average. Accumulates
+ * into grad_data (call model_zero_grad first). */
 void model_backward(Model *m, const int *tokens, const int *targets, int B, int T, float loss_scale);
 void model_zero_grad(Model *m);
 

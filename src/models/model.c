@@ -1,0 +1,323 @@
+/* model.c — assembles blocks from the resolved layer pattern and runs the whole model.
+ *
+ *   x₀ = embed(tokens)
+ *   block i:  h = x + mixer(RMSNorm₁(x));  x' = h + ffn(RMSNorm₂(h))
+ *   logits = RMSNorm_f(x_L) · Wᵀ      (W = embed_tokens.weight when tied)
+ *
+ * Layer kinds come from the registry (layer_kind_by_symbol); this file never names a
+ * kind. Parameter names follow HF Jamba's (layers.3.mamba.in_proj.weight,
+ * layers.0.input_layernorm.weight, embed_tokens.weight, final_layernorm.weight,
+ * lm_head.weight) so checkpoints read naturally next to HF models. */
+#include "model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/ops.h"
+
+/* Arena layout: each request takes n floats, rounded up to 16 for alignment. */
+typedef struct ArenaPlan { size_t used; } ArenaPlan;
+static size_t arena_take(ArenaPlan *a, size_t n) {
+    size_t at = a->used;
+    a->used += (n + 15) & ~(size_t)15;
+    return at;
+}
+
+static void layer_setup(Model *m, Layer *L, const LayerKind *kind, int index) {
+    memset(L, 0, sizeof *L);
+    L->kind = kind;
+    L->cfg = &m->cfg;
+    L->index = index;
+    L->d_model = m->d;
+    snprintf(L->prefix, sizeof L->prefix, "layers.%d.%s", index, kind->hf_module);
+    if (kind->init) kind->init(L);
+    L->first_param = m->params.count;
+    kind->declare_params(L, &m->params);
+    L->n_params = m->params.count - L->first_param;
+    for (int p = L->first_param; p < m->params.count; p++) m->params.items[p].layer_index = index;
+}
+
+static void layer_bind(Model *m, Layer *L) {
+    L->params = braid_calloc((size_t)L->n_params, sizeof(float *), "layer param pointers");
+    L->grads = braid_calloc((size_t)L->n_params, sizeof(float *), "layer grad pointers");
+    for (int i = 0; i < L->n_params; i++) {
+        const ParamDecl *pd = &m->params.items[L->first_param + i];
+        L->params[i] = m->param_data + pd->offset;
+        L->grads[i] = m->grad_data + pd->offset;
+    }
+}
+
+static int norm_param(Model *m, const char *prefix, const char *name) {
+    int shape[1] = {m->d};
+    return param_list_add(&m->params, prefix, name, 1, shape, INIT_ONES, 0.0f, !m->cfg.train.decay_norms);
+}
+
+int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *err) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->vocab = cfg->model.vocab_size > 0 ? cfg->model.vocab_size : cfg->task.vocab_size;
+    m->d = cfg->model.d_model;
+    m->n_blocks = cfg->model.n_layers;
+    m->max_B = max_B;
+    m->max_T = max_T;
+    if ((int)strlen(cfg->model.pattern) != m->n_blocks || (int)strlen(cfg->model.ffn) != m->n_blocks)
+        return error_set(err, "model: pattern '%s' / ffn '%s' do not have n_layers = %d symbols",
+                         cfg->model.pattern, cfg->model.ffn, m->n_blocks);
+    m->blocks = braid_calloc((size_t)m->n_blocks, sizeof(Block), "blocks");
+
+    int embed_shape[2] = {m->vocab, m->d};
+    m->embed = param_list_add(&m->params, "", "embed_tokens.weight", 2, embed_shape, INIT_NORMAL,
+                              cfg->model.init_std, !cfg->train.decay_embeddings);
+    for (int i = 0; i < m->n_blocks; i++) {
+        Block *b = &m->blocks[i];
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "layers.%d", i);
+        const LayerKind *mixer = layer_kind_by_symbol(cfg->model.pattern[i]);
+        if (!mixer || mixer->role != LAYER_MIXER || !mixer->implemented)
+            return error_set(err, "model.pattern: block %d: mixer symbol '%c' is not an implemented layer kind",
+                             i, cfg->model.pattern[i]);
+        b->norm1 = norm_param(m, prefix, "input_layernorm.weight");
+        layer_setup(m, &b->mixer, mixer, i);
+        if (cfg->model.ffn[i] != '-') {
+            const LayerKind *ffn = layer_kind_by_symbol(cfg->model.ffn[i]);
+            if (!ffn || ffn->role != LAYER_FFN || !ffn->implemented)
+                return error_set(err, "model.ffn: block %d: ffn symbol '%c' is not an implemented layer kind",
+                                 i, cfg->model.ffn[i]);
+            b->norm2 = norm_param(m, prefix, "pre_ff_layernorm.weight");
+            layer_setup(m, &b->ffn, ffn, i);
+        } else {
+            b->norm2 = -1;
+        }
+    }
+    m->final_norm = norm_param(m, "", "final_layernorm.weight");
+    if (cfg->model.tie_embeddings) {
+        m->lm_head = m->embed;
+    } else {
+        m->lm_head = param_list_add(&m->params, "", "lm_head.weight", 2, embed_shape, INIT_NORMAL,
+                                    cfg->model.init_std, 0);
+    }
+
+    size_t P = m->params.total;
+    m->param_data = braid_calloc(P, sizeof(float), "parameters");
+    m->grad_data = braid_calloc(P, sizeof(float), "gradients");
+    m->adam_m = braid_calloc(P, sizeof(float), "AdamW first moment");
+    m->adam_v = braid_calloc(P, sizeof(float), "AdamW second moment");
+
+    /* Activation arena: per block x_in, norm1_out, rstd1, h, norm2_out, rstd2, the
+     * layers' saved floats; then the head and the gradient buffers. */
+    size_t BT = (size_t)max_B * max_T, BTd = BT * (size_t)m->d;
+    ArenaPlan plan = {0};
+    size_t *off = braid_calloc((size_t)m->n_blocks * 8, sizeof(size_t), "arena plan");
+    size_t scratch = 0;
+    for (int i = 0; i < m->n_blocks; i++) {
+        Block *b = &m->blocks[i];
+        size_t *o = off + 8 * i;
+        o[0] = arena_take(&plan, BTd);
+        o[1] = arena_take(&plan, BTd);
+        o[2] = arena_take(&plan, BT);
+        o[3] = arena_take(&plan, BTd);
+        o[4] = arena_take(&plan, BTd);
+        o[5] = arena_take(&plan, BT);
+        o[6] = arena_take(&plan, b->mixer.kind->saved_floats ? b->mixer.kind->saved_floats(&b->mixer, max_B, max_T) : 0);
+        if (b->mixer.kind->scratch_floats) {
+            size_t s = b->mixer.kind->scratch_floats(&b->mixer, max_B, max_T);
+            if (s > scratch) scratch = s;
+        }
+        if (b->ffn.kind) {
+            o[7] = arena_take(&plan, b->ffn.kind->saved_floats ? b->ffn.kind->saved_floats(&b->ffn, max_B, max_T) : 0);
+            if (b->ffn.kind->scratch_floats) {
+                size_t s = b->ffn.kind->scratch_floats(&b->ffn, max_B, max_T);
+                if (s > scratch) scratch = s;
+            }
+        }
+    }
+    size_t o_xf = arena_take(&plan, BTd), o_nf = arena_take(&plan, BTd), o_rf = arena_take(&plan, BT);
+    size_t o_logits = arena_take(&plan, BT * (size_t)m->vocab), o_dlogits = arena_take(&plan, BT * (size_t)m->vocab);
+    size_t o_dx = arena_take(&plan, BTd), o_dh = arena_take(&plan, BTd), o_dtmp = arena_take(&plan, BTd);
+    m->arena_floats = plan.used;
+    m->arena = braid_calloc(plan.used, sizeof(float), "activation arena");
+    m->scratch_floats = scratch;
+    m->scratch = braid_calloc(scratch + 16, sizeof(float), "scratch");
+    for (int i = 0; i < m->n_blocks; i++) {
+        Block *b = &m->blocks[i];
+        size_t *o = off + 8 * i;
+        b->x_in = m->arena + o[0];
+        b->norm1_out = m->arena + o[1];
+        b->rstd1 = m->arena + o[2];
+        b->h = m->arena + o[3];
+        b->norm2_out = m->arena + o[4];
+        b->rstd2 = m->arena + o[5];
+        b->mixer.saved = m->arena + o[6];
+        layer_bind(m, &b->mixer);
+        if (b->ffn.kind) {
+            b->ffn.saved = m->arena + o[7];
+            layer_bind(m, &b->ffn);
+        }
+    }
+    free(off);
+    m->x_final = m->arena + o_xf;
+    m->final_norm_out = m->arena + o_nf;
+    m->final_rstd = m->arena + o_rf;
+    m->logits = m->arena + o_logits;
+    m->dlogits = m->arena + o_dlogits;
+    m->dx = m->arena + o_dx;
+    m->dh = m->arena + o_dh;
+    m->dtmp = m->arena + o_dtmp;
+    m->ctx = (Ctx){.device = DEVICE_CPU, .scratch = m->scratch, .scratch_floats = scratch, .training = 1,
+                  .aux_grad_scale = 1.0f};
+    model_init_params(m, (unsigned long)cfg->train.seed);
+    return 0;
+}
+
+static const Layer *param_owner(const Model *m, const ParamDecl *pd) {
+    if (pd->layer_index < 0) return NULL;
+    const Block *b = &m->blocks[pd->layer_index];
+    int idx = (int)(pd - m->params.items);
+    if (idx >= b->mixer.first_param && idx < b->mixer.first_param + b->mixer.n_params) return &b->mixer;
+    if (b->ffn.kind && idx >= b->ffn.first_param && idx < b->ffn.first_param + b->ffn.n_params) return &b->ffn;
+    return NULL;
+}
+
+/* Each tensor gets its own stream derived from (seed, tensor index), so adding a tensor
+ * never changes the init of the others. */
+void model_init_params(Model *m, unsigned long seed) {
+    for (int i = 0; i < m->params.count; i++) {
+        const ParamDecl *pd = &m->params.items[i];
+        Rng rng;
+        rng_seed(&rng, seed * 1000003ull + (uint64_t)i);
+        param_init_tensor(m->param_data + pd->offset, pd, param_owner(m, pd), &rng);
+    }
+}
+
+void model_free(Model *m) {
+    if (!m->blocks) return;
+    for (int i = 0; i < m->n_blocks; i++) {
+        Layer *ls[2] = {&m->blocks[i].mixer, &m->blocks[i].ffn};
+        for (int j = 0; j < 2; j++) {
+            if (!ls[j]->kind) continue;
+            if (ls[j]->kind->destroy) ls[j]->kind->destroy(ls[j]);
+            free(ls[j]->params);
+            free(ls[j]->grads);
+        }
+    }
+    free(m->blocks);
+    free(m->param_data); free(m->grad_data); free(m->adam_m); free(m->adam_v);
+    free(m->arena); free(m->scratch);
+    param_list_free(&m->params);
+    memset(m, 0, sizeof *m);
+}
+
+static float *P(Model *m, int idx) { return m->param_data + m->params.items[idx].offset; }
+static float *G(Model *m, int idx) { return m->grad_data + m->params.items[idx].offset; }
+
+double model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
+    BRAID_CHECK(B <= m->max_B && T <= m->max_T, "batch %dx%d exceeds the %dx%d the model was built for",
+                B, T, m->max_B, m->max_T);
+    int N = B * T, d = m->d;
+    size_t Nd = (size_t)N * d;
+    float eps = m->cfg.model.norm_eps;
+    float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
+    embedding_forward(x, tokens, P(m, m->embed), N, d);
+    m->last_aux_loss = 0.0;
+    for (int i = 0; i < m->n_blocks; i++) {
+        Block *b = &m->blocks[i];
+        float *out = (i + 1 < m->n_blocks) ? m->blocks[i + 1].x_in : m->x_final;
+        rmsnorm_forward(b->norm1_out, b->rstd1, b->x_in, P(m, b->norm1), N, d, eps);
+        b->mixer.aux_loss = 0.0;
+        b->mixer.kind->forward(&b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
+        m->last_aux_loss += b->mixer.aux_loss;
+        for (size_t j = 0; j < Nd; j++) b->h[j] += b->x_in[j];
+        if (b->ffn.kind) {
+            rmsnorm_forward(b->norm2_out, b->rstd2, b->h, P(m, b->norm2), N, d, eps);
+            b->ffn.aux_loss = 0.0;
+            b->ffn.kind->forward(&b->ffn, out, b->norm2_out, B, T, &m->ctx);
+            m->last_aux_loss += b->ffn.aux_loss;
+            for (size_t j = 0; j < Nd; j++) out[j] += b->h[j];
+        } else {
+            memcpy(out, b->h, Nd * sizeof(float));
+        }
+    }
+    rmsnorm_forward(m->final_norm_out, m->final_rstd, m->x_final, P(m, m->final_norm), N, d, eps);
+    matmul_forward(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0);
+    if (!targets) return 0.0;
+    int valid = 0, correct = 0;
+    double sum = cross_entropy_forward_backward(NULL, m->logits, targets, N, m->vocab, 0.0f, &valid, &correct);
+    m->last_valid = valid;
+    m->last_correct = correct;
+    m->last_loss = valid > 0 ? sum / valid : 0.0;
+    return m->last_loss + m->last_aux_loss;
+}
+
+void model_backward(Model *m, const int *tokens, const int *targets, int B, int T, float loss_scale) {
+    int N = B * T, d = m->d;
+    size_t Nd = (size_t)N * d;
+    int valid = m->last_valid > 0 ? m->last_valid : 1;
+    m->ctx.aux_grad_scale = loss_scale;   /* objective = loss_scale · (CE mean + Σ aux) */
+    cross_entropy_forward_backward(m->dlogits, m->logits, targets, N, m->vocab, loss_scale / (float)valid,
+                                   NULL, NULL);
+    /* logits = n_f · Wᵀ */
+    memset(m->dtmp, 0, Nd * sizeof(float));
+    matmul_backward(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head),
+                    N, d, m->vocab);
+    /* dx: gradient w.r.t. the current residual stream (block output). */
+    memset(m->dx, 0, Nd * sizeof(float));
+    rmsnorm_backward(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm), m->final_rstd, N, d);
+    for (int i = m->n_blocks - 1; i >= 0; i--) {
+        Block *b = &m->blocks[i];
+        /* out = h + ffn(norm2(h)) ⇒ dh = dx + norm2ᵀ(ffnᵀ(dx)) */
+        memcpy(m->dh, m->dx, Nd * sizeof(float));
+        if (b->ffn.kind) {
+            memset(m->dtmp, 0, Nd * sizeof(float));
+            b->ffn.kind->backward(&b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
+            rmsnorm_backward(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
+        }
+        /* h = x + mixer(norm1(x)) ⇒ dx = dh + norm1ᵀ(mixerᵀ(dh)) */
+        memcpy(m->dx, m->dh, Nd * sizeof(float));
+        memset(m->dtmp, 0, Nd * sizeof(float));
+        b->mixer.kind->backward(&b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
+        rmsnorm_backward(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
+    }
+    embedding_backward(G(m, m->embed), m->dx, tokens, N, d);
+}
+
+void model_zero_grad(Model *m) { memset(m->grad_data, 0, m->params.total * sizeof(float)); }
+
+size_t model_param_count(const Model *m) { return m->params.total; }
+
+/* 6 FLOPs per parameter per token for a matmul weight (2 forward, 4 backward) over the
+ * weights a token actually multiplies (an MoE layer's top-k experts, not all E), plus
+ * attention's score and value products: 12·T_eff·d per attention layer (fwd+bwd). */
+double model_flops_per_token(const Model *m, int T) {
+    double flops = 0.0;
+    for (int i = 0; i < m->params.count; i++) {
+        const ParamDecl *pd = &m->params.items[i];
+        if (pd->ndim < 2 || i == m->embed) continue;
+        double active = (double)pd->numel;
+        if (strstr(pd->name, ".experts.")) active *= (double)m->cfg.model.moe.top_k / m->cfg.model.moe.experts;
+        flops += 6.0 * active;
+    }
+    flops += 6.0 * (double)m->d * m->vocab;   /* the LM head (tied or not) */
+    for (int i = 0; i < m->n_blocks; i++) {
+        char s = m->cfg.model.pattern[i];
+        if (s == 'A' || s == 'W') {
+            double ctx = s == 'W' ? fmin((double)m->cfg.model.attention.window, (T + 1) / 2.0) : (T + 1) / 2.0;
+            flops += 12.0 * ctx * m->d;
+        }
+    }
+    return flops;
+}
+
+void model_print_summary(const Model *m, FILE *f) {
+    fprintf(f, "model: %d blocks, d_model %d, vocab %d, %zu parameters (%.3fM)\n", m->n_blocks, m->d,
+            m->vocab, m->params.total, m->params.total / 1e6);
+    fprintf(f, "  pattern \"%s\"  ffn \"%s\"\n", m->cfg.model.pattern, m->cfg.model.ffn);
+    for (int i = 0; i < m->n_blocks; i++) {
+        const Block *b = &m->blocks[i];
+        size_t n = 2 * (size_t)m->d;
+        for (int p = 0; p < b->mixer.n_params; p++) n += m->params.items[b->mixer.first_param + p].numel;
+        for (int p = 0; p < (b->ffn.kind ? b->ffn.n_params : 0); p++) n += m->params.items[b->ffn.first_param + p].numel;
+        fprintf(f, "  block %2d: %-14s + %-6s %10zu params\n", i, b->mixer.kind->name,
+                b->ffn.kind ? b->ffn.kind->name : "none", n);
+    }
+}

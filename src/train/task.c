@@ -1,0 +1,28 @@
+/* task.c — the one table of tasks. */
+#include <string.h>
+#include "task.h"
+
+extern const TaskKind mqar_task;
+
+static const TaskKind *const tasks[] = {
+    &mqar_task,
+};
+
+const TaskKind *task_kind_by_name(const char *name) {
+    for (size_t i = 0; i < sizeof tasks / sizeof tasks[0]; i++)
+        if (strcmp(tasks[i]->name, name) == 0) return tasks[i];
+    return NULL;
+}
+
+int task_open(Task *task, const TaskConfig *cfg, BraidError *err) {
+    memset(task, 0, sizeof *task);
+    task->cfg = *cfg;
+    task->kind = task_kind_by_name(cfg->name);
+    if (!task->kind) return error_set(err, "task.name: unknown task '%s'", cfg->name);
+    return task->kind->open ? task->kind->open(task, err) : 0;
+}
+
+void task_close(Task *task) {
+    if (task->kind && task->kind->close) task->kind->close(task);
+    memset(task, 0, sizeof *task);
+}

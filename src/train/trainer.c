@@ -1,0 +1,240 @@
+/* trainer.c — see trainer.h.
+ *
+ * One optimizer step:
+ *   zero grads; for each of grad_accum micro-batches: forward, backward with the loss
+ *   scaled by 1/grad_accum (so the step uses the mean over micro-batches);
+ *   guard: a non-finite loss or gradient norm stops the run (nan_policy: stop) or skips
+ *   the update (skip); clip to train.grad_clip; AdamW at the scheduled learning rate. */
+#include "trainer.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "adamw.h"
+
+void set_thread_count(int threads) {
+    if (threads <= 0) threads = omp_get_num_procs();
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, BraidError *err) {
+    char buf[CONFIG_STR];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0775) != 0 && errno != EEXIST)
+            return error_set(err, "cannot create directory '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0775) != 0 && errno != EEXIST)
+        return error_set(err, "cannot create directory '%s': %s", buf, strerror(errno));
+    return 0;
+}
+
+int trainer_init(Trainer *t, const Config *cfg, BraidError *err) {
+    memset(t, 0, sizeof *t);
+    t->cfg = *cfg;
+    set_thread_count(cfg->train.threads);
+    if (task_open(&t->task, &cfg->task, err)) return -1;
+    t->max_T = cfg->task.seq_len;
+    for (int i = 0; i < cfg->eval.n_seq_lens; i++) t->max_T = imax(t->max_T, cfg->eval.seq_lens[i]);
+    if (model_build(&t->model, cfg, cfg->train.batch_size, t->max_T, err)) return -1;
+    size_t n = (size_t)cfg->train.batch_size * t->max_T;
+    t->inputs = braid_malloc(n * sizeof(int), "batch inputs");
+    t->targets = braid_malloc(n * sizeof(int), "batch targets");
+    rng_seed(&t->state.data_rng, (uint64_t)cfg->train.seed * 7919u + 17u);
+    t->progress_tty = isatty(fileno(stderr));
+    if (cfg->train.run_dir[0]) {
+        if (make_dirs(cfg->train.run_dir, err)) return error_prefix(err, "train.run_dir");
+        char path[CONFIG_STR + 32];
+        snprintf(path, sizeof path, "%s/config.yaml", cfg->train.run_dir);
+        FILE *f = fopen(path, "w");
+        if (!f) return error_set(err, "cannot write '%s': %s", path, strerror(errno));
+        config_write_yaml(cfg, f);
+        fclose(f);
+        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->train.run_dir);
+        t->metrics = fopen(path, "a");
+        if (!t->metrics) return error_set(err, "cannot write '%s': %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+void trainer_free(Trainer *t) {
+    if (t->metrics) fclose(t->metrics);
+    free(t->inputs);
+    free(t->targets);
+    model_free(&t->model);
+    task_close(&t->task);
+    memset(t, 0, sizeof *t);
+}
+
+int trainer_evaluate(Trainer *t, int T, EvalResult *out, BraidError *err) {
+    Rng rng;
+    rng_seed(&rng, (uint64_t)t->cfg.train.eval_seed);
+    Task task = t->task;
+    task.cfg.seq_len = T;
+    int remaining = t->cfg.train.eval_examples;
+    double loss_sum = 0.0;
+    long scored = 0, correct = 0;
+    t->model.ctx.training = 0;
+    while (remaining > 0) {
+        int B = imin(remaining, t->cfg.train.batch_size);
+        if (task.kind->make_batch(&task, &rng, B, T, t->inputs, t->targets, err)) {
+            t->model.ctx.training = 1;
+            return error_prefix(err, "evaluation at seq_len %d", T);
+        }
+        model_forward(&t->model, t->inputs, t->targets, B, T);
+        loss_sum += t->model.last_loss * t->model.last_valid;
+        scored += t->model.last_valid;
+        correct += t->model.last_correct;
+        remaining -= B;
+    }
+    t->model.ctx.training = 1;
+    out->seq_len = T;
+    out->scored = scored;
+    out->loss = scored ? loss_sum / scored : 0.0;
+    out->accuracy = scored ? (double)correct / scored : 0.0;
+    return 0;
+}
+
+static void format_duration(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e7) { snprintf(buf, n, "?"); return; }
+    int sec = (int)(s + 0.5);
+    if (sec >= 3600) snprintf(buf, n, "%dh%02dm", sec / 3600, (sec / 60) % 60);
+    else if (sec >= 60) snprintf(buf, n, "%dm%02ds", sec / 60, sec % 60);
+    else snprintf(buf, n, "%ds", sec);
+}
+
+static void write_layer_stats(Trainer *t) {
+    if (!t->metrics) return;
+    for (int i = 0; i < t->model.n_blocks; i++) {
+        Layer *ls[2] = {&t->model.blocks[i].mixer, &t->model.blocks[i].ffn};
+        for (int j = 0; j < 2; j++) {
+            Layer *L = ls[j];
+            if (!L->kind || !L->stats || L->stats_count <= 0) continue;
+            fprintf(t->metrics, "{\"step\": %ld, \"layer\": %d, \"kind\": \"%s\", \"%s\": [", t->state.step,
+                    i, L->kind->name, L->stats_name ? L->stats_name : "stats");
+            for (int k = 0; k < L->stats_count; k++) fprintf(t->metrics, "%s%.4f", k ? ", " : "", L->stats[k]);
+            fprintf(t->metrics, "]}\n");
+        }
+    }
+}
+
+static int run_evaluations(Trainer *t, BraidError *err) {
+    const Config *c = &t->cfg;
+    int lens[CONFIG_MAX_LIST + 1], n = 0;
+    lens[n++] = c->task.seq_len;
+    for (int i = 0; i < c->eval.n_seq_lens; i++)
+        if (c->eval.seq_lens[i] != c->task.seq_len) lens[n++] = c->eval.seq_lens[i];
+    for (int i = 0; i < n; i++) {
+        EvalResult r;
+        if (trainer_evaluate(t, lens[i], &r, err)) return -1;
+        if (i == 0) t->last_eval_accuracy = r.accuracy;
+        if (!t->quiet) {
+            if (t->progress_tty) fprintf(stderr, "\r\033[K");
+            fprintf(stderr, "eval step %ld  seq_len %d  loss %.4f  accuracy %.2f%%  (%ld answers)\n",
+                    t->state.step, r.seq_len, r.loss, 100.0 * r.accuracy, r.scored);
+        }
+        if (t->metrics) {
+            fprintf(t->metrics, "{\"step\": %ld, \"eval_seq_len\": %d, \"eval_loss\": %.6f, "
+                    "\"eval_accuracy\": %.6f, \"eval_scored\": %ld}\n",
+                    t->state.step, r.seq_len, r.loss, r.accuracy, r.scored);
+            fflush(t->metrics);
+        }
+    }
+    return 0;
+}
+
+int trainer_run(Trainer *t, BraidError *err) {
+    const Config *c = &t->cfg;
+    const TrainConfig *tc = &c->train;
+    Model *m = &t->model;
+    int B = tc->batch_size, T = c->task.seq_len;
+    size_t P = m->params.total;
+    AdamWSettings opt = {tc->lr, tc->beta1, tc->beta2, tc->adam_eps, tc->weight_decay};
+    double t0 = time_seconds(), last_log_time = t0;
+    long first_step = t->state.step, last_log_step = t->state.step, consecutive_skips = 0;
+    double flops_per_token = model_flops_per_token(m, T);
+
+    while (t->state.step < tc->steps) {
+        long step = t->state.step;
+        float lr = lr_schedule(step, tc->warmup_steps, tc->steps, tc->lr, tc->min_lr_ratio);
+        model_zero_grad(m);
+        double loss = 0.0, ce = 0.0;
+        long valid = 0, correct = 0;
+        for (int micro = 0; micro < tc->grad_accum; micro++) {
+            if (t->task.kind->make_batch(&t->task, &t->state.data_rng, B, T, t->inputs, t->targets, err))
+                return error_prefix(err, "step %ld: making a batch", step);
+            double l = model_forward(m, t->inputs, t->targets, B, T);
+            loss += l / tc->grad_accum;
+            ce += m->last_loss / tc->grad_accum;
+            valid += m->last_valid;
+            correct += m->last_correct;
+            if (isfinite(l)) model_backward(m, t->inputs, t->targets, B, T, 1.0f / (float)tc->grad_accum);
+        }
+        double gnorm = isfinite(loss) ? global_grad_norm(m->grad_data, P) : NAN;
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            const char *what = !isfinite(loss) ? "loss" : "gradient norm";
+            double value = !isfinite(loss) ? loss : gnorm;
+            if (strcmp(tc->nan_policy, "skip") == 0 && consecutive_skips < 10) {
+                consecutive_skips++;
+                t->state.skipped_steps++;
+                if (!t->quiet) fprintf(stderr, "%sstep %ld: %s is %g; skipping this update (train.nan_policy: skip)\n",
+                                       t->progress_tty ? "\r\033[K" : "", step, what, value);
+                t->state.step++;
+                t->state.tokens_seen += (long)B * T * tc->grad_accum;
+                continue;
+            }
+            return error_set(err, "step %ld: %s is %g — training stopped (lower train.lr, check the data, "
+                             "or set train.nan_policy: skip to skip such steps)%s", step, what, value,
+                             consecutive_skips ? " after 10 consecutive skipped steps" : "");
+        }
+        consecutive_skips = 0;
+        clip_grad_norm(m->grad_data, P, gnorm, tc->grad_clip);
+        opt.lr = lr;
+        adamw_update(m->param_data, m->grad_data, m->adam_m, m->adam_v, &m->params, &opt, step + 1);
+        t->state.step++;
+        t->state.tokens_seen += (long)B * T * tc->grad_accum;
+
+        long done = t->state.step;
+        int log_now = (done % tc->log_every == 0) || done == tc->steps;
+        if (log_now) {
+            double now = time_seconds();
+            double tps = (double)(done - last_log_step) * B * T * tc->grad_accum / fmax(now - last_log_time, 1e-9);
+            double rate = (now - t0) / (double)(done - first_step);   /* seconds per step this run */
+            char eta_s[32];
+            format_duration(rate * (tc->steps - done), eta_s, sizeof eta_s);
+            double acc = valid ? (double)correct / valid : 0.0;
+            if (!t->quiet) {
+                fprintf(stderr, "%sstep %ld/%d  loss %.4f  acc %.1f%%  lr %.2e  gnorm %.3f  %.1fk tok/s  ETA %s%s",
+                        t->progress_tty ? "\r\033[K" : "", done, tc->steps, ce, 100.0 * acc, lr, gnorm,
+                        tps / 1000.0, eta_s, t->progress_tty ? "" : "\n");
+            }
+            if (t->metrics) {
+                fprintf(t->metrics, "{\"step\": %ld, \"loss\": %.6f, \"aux_loss\": %.6f, \"train_accuracy\": %.6f, "
+                        "\"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"model_tflops\": %.4f, "
+                        "\"tokens_seen\": %ld, \"elapsed_s\": %.3f}\n",
+                        done, ce, loss - ce, acc, lr, gnorm, tps, tps * flops_per_token / 1e12,
+                        t->state.tokens_seen, now - t0);
+                write_layer_stats(t);
+                fflush(t->metrics);
+            }
+            last_log_time = now;
+            last_log_step = done;
+        }
+        if ((tc->eval_every > 0 && done % tc->eval_every == 0) || done == tc->steps) {
+            if (run_evaluations(t, err)) return -1;
+        }
+    }
+    if (!t->quiet && t->progress_tty) fprintf(stderr, "\n");
+    return 0;
+}

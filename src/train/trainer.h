@@ -1,0 +1,49 @@
+/* trainer.h — the training loop: batches from a task, forward/backward with gradient
+ * accumulation, NaN/inf guard, global-norm clipping, AdamW with warm-up + cosine,
+ * progress output, JSONL metrics and periodic evaluation. */
+#ifndef BRAID_TRAINER_H
+#define BRAID_TRAINER_H
+#include <stdio.h>
+#include "../models/model.h"
+#include "task.h"
+
+typedef struct TrainState {
+    long step;              /* optimizer steps completed */
+    long tokens_seen;
+    Rng data_rng;           /* the training data stream's position */
+    long skipped_steps;     /* steps skipped by nan_policy: skip */
+} TrainState;
+
+typedef struct EvalResult {
+    int seq_len;
+    double loss;            /* mean CE over scored targets */
+    double accuracy;        /* fraction of scored targets predicted (argmax) */
+    long scored;
+} EvalResult;
+
+typedef struct Trainer {
+    Config cfg;
+    Model model;
+    Task task;
+    TrainState state;
+    int max_T;
+    int *inputs, *targets;  /* batch_size × max_T */
+    FILE *metrics;          /* run_dir/metrics.jsonl (NULL if no run dir) */
+    int quiet;              /* no progress output */
+    int progress_tty;       /* progress as one rewritten line */
+    double last_eval_accuracy;
+} Trainer;
+
+/* Builds the model and task for cfg, creates run_dir (if cfg->train.run_dir is non-empty)
+ * and writes run_dir/config.yaml (the resolved config). */
+int trainer_init(Trainer *t, const Config *cfg, BraidError *err);
+/* Trains from t->state.step to cfg.train.steps. */
+int trainer_run(Trainer *t, BraidError *err);
+/* Scores cfg.train.eval_examples held-out examples of length T (seed train.eval_seed). */
+int trainer_evaluate(Trainer *t, int T, EvalResult *out, BraidError *err);
+void trainer_free(Trainer *t);
+
+/* Sets OpenMP and OpenBLAS thread counts (0 = all cores). */
+void set_thread_count(int threads);
+
+#endif
