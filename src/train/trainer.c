@@ -154,77 +154,83 @@ static int run_evaluations(Trainer *t, BraidError *err) {
     return 0;
 }
 
+/* One optimizer step (see the file comment). Returns 0 after an update or a skipped
+ * step, -1 with err when training must stop. */
+int trainer_step(Trainer *t, StepStats *st, BraidError *err) {
+    const TrainConfig *tc = &t->cfg.train;
+    Model *m = &t->model;
+    int B = tc->batch_size, T = t->cfg.task.seq_len;
+    size_t P = m->params.total;
+    long step = t->state.step;
+    memset(st, 0, sizeof *st);
+    st->lr = lr_schedule(step, tc->warmup_steps, tc->steps, tc->lr, tc->min_lr_ratio);
+    model_zero_grad(m);
+    for (int micro = 0; micro < tc->grad_accum; micro++) {
+        if (t->task.kind->make_batch(&t->task, &t->state.data_rng, B, T, t->inputs, t->targets, err))
+            return error_prefix(err, "step %ld: making a batch", step);
+        double l = model_forward(m, t->inputs, t->targets, B, T);
+        st->loss += l / tc->grad_accum;
+        st->ce_loss += m->last_loss / tc->grad_accum;
+        st->valid += m->last_valid;
+        st->correct += m->last_correct;
+        if (isfinite(l)) model_backward(m, t->inputs, t->targets, B, T, 1.0f / (float)tc->grad_accum);
+    }
+    t->state.tokens_seen += (long)B * T * tc->grad_accum;
+    st->grad_norm = isfinite(st->loss) ? global_grad_norm(m->grad_data, P) : NAN;
+    if (!isfinite(st->loss) || !isfinite(st->grad_norm)) {
+        const char *what = !isfinite(st->loss) ? "loss" : "gradient norm";
+        double value = !isfinite(st->loss) ? st->loss : st->grad_norm;
+        if (strcmp(tc->nan_policy, "skip") == 0 && t->consecutive_skips < 10) {
+            t->consecutive_skips++;
+            t->state.skipped_steps++;
+            t->state.step++;
+            st->skipped = 1;
+            if (!t->quiet) fprintf(stderr, "%sstep %ld: %s is %g; skipping this update (train.nan_policy: skip)\n",
+                                   t->progress_tty ? "\r\033[K" : "", step, what, value);
+            return 0;
+        }
+        return error_set(err, "step %ld: %s is %g — training stopped (lower train.lr, check the data, "
+                         "or set train.nan_policy: skip to skip such steps)%s", step, what, value,
+                         t->consecutive_skips ? " after 10 consecutive skipped steps" : "");
+    }
+    t->consecutive_skips = 0;
+    clip_grad_norm(m->grad_data, P, st->grad_norm, tc->grad_clip);
+    AdamWSettings opt = {st->lr, tc->beta1, tc->beta2, tc->adam_eps, tc->weight_decay};
+    adamw_update(m->param_data, m->grad_data, m->adam_m, m->adam_v, &m->params, &opt, step + 1);
+    t->state.step++;
+    return 0;
+}
+
 int trainer_run(Trainer *t, BraidError *err) {
     const Config *c = &t->cfg;
     const TrainConfig *tc = &c->train;
-    Model *m = &t->model;
     int B = tc->batch_size, T = c->task.seq_len;
-    size_t P = m->params.total;
-    AdamWSettings opt = {tc->lr, tc->beta1, tc->beta2, tc->adam_eps, tc->weight_decay};
     double t0 = time_seconds(), last_log_time = t0;
-    long first_step = t->state.step, last_log_step = t->state.step, consecutive_skips = 0;
-    double flops_per_token = model_flops_per_token(m, T);
+    long first_step = t->state.step, last_log_step = t->state.step;
+    double flops_per_token = model_flops_per_token(&t->model, T);
 
     while (t->state.step < tc->steps) {
-        long step = t->state.step;
-        float lr = lr_schedule(step, tc->warmup_steps, tc->steps, tc->lr, tc->min_lr_ratio);
-        model_zero_grad(m);
-        double loss = 0.0, ce = 0.0;
-        long valid = 0, correct = 0;
-        for (int micro = 0; micro < tc->grad_accum; micro++) {
-            if (t->task.kind->make_batch(&t->task, &t->state.data_rng, B, T, t->inputs, t->targets, err))
-                return error_prefix(err, "step %ld: making a batch", step);
-            double l = model_forward(m, t->inputs, t->targets, B, T);
-            loss += l / tc->grad_accum;
-            ce += m->last_loss / tc->grad_accum;
-            valid += m->last_valid;
-            correct += m->last_correct;
-            if (isfinite(l)) model_backward(m, t->inputs, t->targets, B, T, 1.0f / (float)tc->grad_accum);
-        }
-        double gnorm = isfinite(loss) ? global_grad_norm(m->grad_data, P) : NAN;
-        if (!isfinite(loss) || !isfinite(gnorm)) {
-            const char *what = !isfinite(loss) ? "loss" : "gradient norm";
-            double value = !isfinite(loss) ? loss : gnorm;
-            if (strcmp(tc->nan_policy, "skip") == 0 && consecutive_skips < 10) {
-                consecutive_skips++;
-                t->state.skipped_steps++;
-                if (!t->quiet) fprintf(stderr, "%sstep %ld: %s is %g; skipping this update (train.nan_policy: skip)\n",
-                                       t->progress_tty ? "\r\033[K" : "", step, what, value);
-                t->state.step++;
-                t->state.tokens_seen += (long)B * T * tc->grad_accum;
-                continue;
-            }
-            return error_set(err, "step %ld: %s is %g — training stopped (lower train.lr, check the data, "
-                             "or set train.nan_policy: skip to skip such steps)%s", step, what, value,
-                             consecutive_skips ? " after 10 consecutive skipped steps" : "");
-        }
-        consecutive_skips = 0;
-        clip_grad_norm(m->grad_data, P, gnorm, tc->grad_clip);
-        opt.lr = lr;
-        adamw_update(m->param_data, m->grad_data, m->adam_m, m->adam_v, &m->params, &opt, step + 1);
-        t->state.step++;
-        t->state.tokens_seen += (long)B * T * tc->grad_accum;
-
+        StepStats st;
+        if (trainer_step(t, &st, err)) return -1;
         long done = t->state.step;
-        int log_now = (done % tc->log_every == 0) || done == tc->steps;
-        if (log_now) {
+        if (!st.skipped && ((done % tc->log_every == 0) || done == tc->steps)) {
             double now = time_seconds();
             double tps = (double)(done - last_log_step) * B * T * tc->grad_accum / fmax(now - last_log_time, 1e-9);
             double rate = (now - t0) / (double)(done - first_step);   /* seconds per step this run */
             char eta_s[32];
             format_duration(rate * (tc->steps - done), eta_s, sizeof eta_s);
-            double acc = valid ? (double)correct / valid : 0.0;
+            double acc = st.valid ? (double)st.correct / st.valid : 0.0;
             if (!t->quiet) {
                 fprintf(stderr, "%sstep %ld/%d  loss %.4f  acc %.1f%%  lr %.2e  gnorm %.3f  %.1fk tok/s  ETA %s%s",
-                        t->progress_tty ? "\r\033[K" : "", done, tc->steps, ce, 100.0 * acc, lr, gnorm,
-                        tps / 1000.0, eta_s, t->progress_tty ? "" : "\n");
+                        t->progress_tty ? "\r\033[K" : "", done, tc->steps, st.ce_loss, 100.0 * acc, st.lr,
+                        st.grad_norm, tps / 1000.0, eta_s, t->progress_tty ? "" : "\n");
             }
             if (t->metrics) {
                 fprintf(t->metrics, "{\"step\": %ld, \"loss\": %.6f, \"aux_loss\": %.6f, \"train_accuracy\": %.6f, "
                         "\"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"model_tflops\": %.4f, "
                         "\"tokens_seen\": %ld, \"elapsed_s\": %.3f}\n",
-                        done, ce, loss - ce, acc, lr, gnorm, tps, tps * flops_per_token / 1e12,
-                        t->state.tokens_seen, now - t0);
+                        done, st.ce_loss, st.loss - st.ce_loss, acc, st.lr, st.grad_norm, tps,
+                        tps * flops_per_token / 1e12, t->state.tokens_seen, now - t0);
                 write_layer_stats(t);
                 fflush(t->metrics);
             }

@@ -32,12 +32,24 @@ typedef struct Trainer {
     int quiet;              /* no progress output */
     int progress_tty;       /* progress as one rewritten line */
     double last_eval_accuracy;
+    long consecutive_skips;
 } Trainer;
+
+typedef struct StepStats {
+    double loss;            /* mean over micro-batches of CE + aux */
+    double ce_loss;         /* mean CE */
+    double grad_norm;       /* before clipping */
+    float lr;
+    long valid, correct;    /* scored targets and argmax hits, summed over micro-batches */
+    int skipped;            /* 1 if nan_policy: skip skipped this update */
+} StepStats;
 
 /* Builds the model and task for cfg, creates run_dir (if cfg->train.run_dir is non-empty)
  * and writes run_dir/config.yaml (the resolved config). */
 int trainer_init(Trainer *t, const Config *cfg, BraidError *err);
-/* Trains from t->state.step to cfg.train.steps. */
+/* One optimizer step over grad_accum micro-batches. */
+int trainer_step(Trainer *t, StepStats *stats, BraidError *err);
+/* Trains from t->state.step to cfg.train.steps, with progress, metrics and evaluation. */
 int trainer_run(Trainer *t, BraidError *err);
 /* Scores cfg.train.eval_examples held-out examples of length T (seed train.eval_seed). */
 int trainer_evaluate(Trainer *t, int T, EvalResult *out, BraidError *err);
