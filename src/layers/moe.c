@@ -1,7 +1,451 @@
-/* moe.c — placeholder until its module lands: the symbol is reserved, and configs
- * that use it are rejected with a clear error (implemented = 0). */
+/* moe.c — mixture-of-experts SwiGLU FFN (Switch / Mixtral / Jamba style), CPU.
+ *
+ * x is (N, d) with N = B·T tokens; E experts, top-k routing, expert hidden size H.
+ *   logits = x W_rᵀ                      router.weight (E, d), no bias
+ *   p      = softmax(logits)             per token, (N, E)
+ *   topk   = the k largest p_e (ties → lower expert index), in descending order
+ *   w_e    = p_e, or p_e / Σ_topk p if renormalize (Mixtral)
+ *   y      = Σ_{e∈topk} w_e · FFN_e(x),  FFN_e(x) = (silu(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ
+ *   aux    = coef · E · Σ_e f_e · P_e    f_e = #tokens routed to e / N, P_e = mean_n p_{n,e}
+ *   z      = coef_z · mean_n (logsumexp(logits_n))²
+ * layer->aux_loss = aux + z; its gradient (weight 1) is added in backward. f_e is a
+ * count, so the load-balancing gradient flows through P_e only.
+ *
+ * Dispatch: each (token, rank) pair is a "slot"; slots are sorted by expert (counting
+ * sort, tokens ascending inside an expert), so each expert runs one matmul on a
+ * contiguous (count_e, d) block of gathered rows. The combine step is a loop over
+ * tokens that sums its k slots in rank order: no atomics, and the result does not
+ * depend on the thread count. No capacity limit: no token is ever dropped.
+ *
+ * Memory: forward keeps the routing (probabilities, logsumexp, expert ids, weights,
+ * slot maps) and the gate/up pre-activations of every slot (worst case N·k slots).
+ * Backward re-gathers x rows and recomputes silu(gate)⊙up and the expert outputs
+ * (needed for ∂L/∂w_e) instead of storing them: one extra down matmul per expert
+ * saves N·k·(H + 2d) floats of arena. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "layer.h"
+#include "../core/common.h"
+#include "../core/ops.h"
+#include "../models/config.h"
+
+/* ------------------------------------------------------------------------------------
+ * Shapes and buffer layouts */
+
+typedef struct MoeDims {
+    int N, d, E, k, H;   /* tokens, d_model, experts, top_k, expert hidden */
+    int renormalize;
+    float aux_coef, z_coef;
+} MoeDims;
+
+static MoeDims moe_dims(const Layer *layer, int B, int T) {
+    const MoeConfig *mc = &layer->cfg->model.moe;
+    return (MoeDims){.N = B * T, .d = layer->d_model, .E = mc->experts, .k = mc->top_k,
+                     .H = config_moe_hidden(layer->cfg), .renormalize = mc->renormalize,
+                     .aux_coef = mc->aux_loss_coef, .z_coef = mc->z_loss_coef};
+}
+
+/* What forward keeps for backward, carved from layer->saved. Integer arrays share the
+ * float arena (4-byte elements, only ever accessed as int). S = N·k slots. */
+typedef struct MoeSaved {
+    float *probs;       /* (N, E) softmax of the router logits */
+    float *lse;         /* (N)    logsumexp of the router logits (z-loss) */
+    int   *expert;      /* (N, k) chosen experts, descending p */
+    float *weight;      /* (N, k) their combine weights w */
+    int   *slot_of;     /* (N, k) slot index of (token n, rank j) */
+    int   *slot_token;  /* (S)    token of each slot, slots grouped by expert */
+    int   *offset;      /* (E+1)  slots of expert e are offset[e] .. offset[e+1]-1 */
+    float *gate_pre;    /* (S, H) x W_gateᵀ per slot */
+    float *up_pre;      /* (S, H) x W_upᵀ per slot */
+} MoeSaved;
+
+static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
+    size_t N = (size_t)m.N, S = (size_t)m.N * m.k, o = 0;
+    size_t at[9];
+    at[0] = o; o += N * m.E;
+    at[1] = o; o += N;
+    at[2] = o; o += S;
+    at[3] = o; o += S;
+    at[4] = o; o += S;
+    at[5] = o; o += S;
+    at[6] = o; o += (size_t)m.E + 1;
+    at[7] = o; o += S * m.H;
+    at[8] = o; o += S * m.H;
+    if (s) {
+        s->probs = base + at[0];
+        s->lse = base + at[1];
+        s->expert = (int *)(base + at[2]);
+        s->weight = base + at[3];
+        s->slot_of = (int *)(base + at[4]);
+        s->slot_token = (int *)(base + at[5]);
+        s->offset = (int *)(base + at[6]);
+        s->gate_pre = base + at[7];
+        s->up_pre = base + at[8];
+    }
+    return o;
+}
+
+/* Temporaries in ctx->scratch. Forward uses xg, act, eo, cursor; backward all but cursor. */
+typedef struct MoeScratch {
+    float *xg;          /* (S, d) gathered input rows */
+    float *act;         /* (S, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
+    float *eo;          /* (S, d) expert outputs; in backward then ∂L/∂eo, then ∂L/∂xg */
+    float *dact;        /* (S, H) ∂L/∂act */
+    float *dup;         /* (S, H) ∂L/∂up_pre */
+    float *dlogits;     /* (N, E) */
+    float *dweight;     /* (N, k) ∂L/∂w */
+    int   *cursor;      /* (E)    fill position per expert while grouping */
+} MoeScratch;
+
+static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
+    size_t N = (size_t)m.N, S = (size_t)m.N * m.k, o = 0;
+    size_t at[8];
+    at[0] = o; o += S * m.d;
+    at[1] = o; o += S * m.H;
+    at[2] = o; o += S * m.d;
+    at[3] = o; o += S * m.H;
+    at[4] = o; o += S * m.H;
+    at[5] = o; o += N * m.E;
+    at[6] = o; o += S;
+    at[7] = o; o += (size_t)m.E;
+    if (s) {
+        s->xg = base + at[0];
+        s->act = base + at[1];
+        s->eo = base + at[2];
+        s->dact = base + at[3];
+        s->dup = base + at[4];
+        s->dlogits = base + at[5];
+        s->dweight = base + at[6];
+        s->cursor = (int *)(base + at[7]);
+    }
+    return o;
+}
+
+/* Below these sizes the per-token loops run on one thread: a fork/join costs more than
+ * the work, and on a loaded machine (threads descheduled at the barrier) far more —
+ * a finite-difference check runs thousands of tiny forwards. */
+#define MOE_PARALLEL_MIN_TOKENS 512      /* routing: ~E·k work per token */
+#define MOE_PARALLEL_MIN_FLOATS 32768    /* gather / combine / scatter: rows of d floats */
+
+/* Parameter order (declare_params): router, then gate, up, down of expert 0, 1, ... */
+static inline int moe_param_gate(int e) { return 1 + 3 * e; }
+static inline int moe_param_up(int e) { return 2 + 3 * e; }
+static inline int moe_param_down(int e) { return 3 + 3 * e; }
+
+/* ------------------------------------------------------------------------------------
+ * Routing */
+
+/* In place: probs[N,E] holds the logits on entry and p = softmax(logits) on exit;
+ * lse[n] = log Σ_e exp(logits[n,e]). Then top-k by repeated arg-max over the experts
+ * not yet taken (strict '>' so ties go to the lower index), in descending order:
+ *   expert[n,j] = e_j,  weight[n,j] = p_{e_j}  (/ Σ_j p_{e_j} if renormalize). */
+static void moe_route_forward(float *probs, float *lse, int *expert, float *weight,
+                              int N, int E, int k, int renormalize) {
+    #pragma omp parallel for schedule(static) if (N >= MOE_PARALLEL_MIN_TOKENS)
+    for (int n = 0; n < N; n++) {
+        float *p = probs + (size_t)n * E;
+        float maxv = p[0];
+        for (int e = 1; e < E; e++) maxv = fmaxf(maxv, p[e]);
+        float sum = 0.0f;
+        for (int e = 0; e < E; e++) { p[e] = expf(p[e] - maxv); sum += p[e]; }
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        lse[n] = maxv + logf(sum);
+
+        int *chosen = expert + (size_t)n * k;
+        float *w = weight + (size_t)n * k;
+        float total = 0.0f;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++) taken |= chosen[i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            chosen[j] = best;
+            w[j] = p[best];
+            total += p[best];
+        }
+        if (renormalize)
+            for (int j = 0; j < k; j++) w[j] /= total;
+    }
+}
+
+/* Counting sort of the N·k slots by expert (tokens ascending within an expert):
+ * offset[e] = Σ_{e'<e} count_e', slot_token[s] = token of slot s, slot_of[n,j] = slot of
+ * (n, j). Sequential: O(N·k), and the fixed order keeps everything deterministic. */
+static void moe_group_slots(int *offset, int *slot_of, int *slot_token, int *cursor,
+                            const int *expert, int N, int E, int k) {
+    for (int e = 0; e <= E; e++) offset[e] = 0;
+    for (int i = 0; i < N * k; i++) offset[expert[i] + 1]++;
+    for (int e = 0; e < E; e++) offset[e + 1] += offset[e];
+    for (int e = 0; e < E; e++) cursor[e] = offset[e];
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < k; j++) {
+            int s = cursor[expert[n * k + j]]++;
+            slot_of[n * k + j] = s;
+            slot_token[s] = n;
+        }
+}
+
+/* xg[s,:] = x[slot_token[s],:]   xg (S,d), x (N,d) */
+static void moe_gather_rows(float *xg, const float *x, const int *slot_token, int S, int d) {
+    #pragma omp parallel for schedule(static) if ((size_t)S * d >= MOE_PARALLEL_MIN_FLOATS)
+    for (int s = 0; s < S; s++)
+        memcpy(xg + (size_t)s * d, x + (size_t)slot_token[s] * d, (size_t)d * sizeof(float));
+}
+
+/* aux = coef·E·Σ_e f_e·P_e with f_e = count_e / N, P_e = mean_n p_{n,e};
+ * z = coef_z · mean_n lse_n². Returns aux + z (double accumulation). */
+static double moe_aux_loss(const float *probs, const float *lse, const int *offset, MoeDims m) {
+    double aux = 0.0;
+    if (m.aux_coef != 0.0f) {
+        for (int e = 0; e < m.E; e++) {
+            double P = 0.0;
+            for (int n = 0; n < m.N; n++) P += probs[(size_t)n * m.E + e];
+            double f = (double)(offset[e + 1] - offset[e]) / m.N;
+            aux += f * (P / m.N);
+        }
+        aux *= (double)m.aux_coef * m.E;
+    }
+    double z = 0.0;
+    if (m.z_coef != 0.0f) {
+        for (int n = 0; n < m.N; n++) z += (double)lse[n] * lse[n];
+        z *= (double)m.z_coef / m.N;
+    }
+    return aux + z;
+}
+
+/* Router backward, per token n (S_n = Σ_j p_{e_j}, the renormalization sum):
+ *   ∂L/∂p_{e_j} = dw_j                            (no renormalization)
+ *               = (dw_j − Σ_i dw_i·w_i) / S_n     (w_j = p_{e_j} / S_n)
+ *   ∂L/∂p_e    += coef·E·f_e / N                  (load balancing, f_e held constant)
+ *   ∂L/∂l_e     = p_e (∂L/∂p_e − Σ_e' p_e' ∂L/∂p_e')        (softmax)
+ *               + 2·coef_z·lse_n / N · p_e                   (z-loss: ∂lse/∂l = p)
+ * dlogits (N,E) is WRITTEN. */
+static void moe_route_backward(float *dlogits, const float *dweight, const float *probs,
+                               const float *lse, const int *expert, const float *weight,
+                               const int *offset, MoeDims m) {
+    const int E = m.E, k = m.k;
+    const float aux_scale = m.aux_coef * (float)E / ((float)m.N * (float)m.N);
+    const float z_scale = 2.0f * m.z_coef / (float)m.N;
+    #pragma omp parallel for schedule(static) if (m.N >= MOE_PARALLEL_MIN_TOKENS)
+    for (int n = 0; n < m.N; n++) {
+        const float *p = probs + (size_t)n * E;
+        const int *chosen = expert + (size_t)n * k;
+        const float *w = weight + (size_t)n * k, *dw = dweight + (size_t)n * k;
+        float *dl = dlogits + (size_t)n * E;
+        /* dl holds ∂L/∂p first, then is turned into ∂L/∂logits */
+        for (int e = 0; e < E; e++) dl[e] = aux_scale * (float)(offset[e + 1] - offset[e]);
+        if (m.renormalize) {
+            float total = 0.0f, dw_dot_w = 0.0f;
+            for (int j = 0; j < k; j++) { total += p[chosen[j]]; dw_dot_w += dw[j] * w[j]; }
+            for (int j = 0; j < k; j++) dl[chosen[j]] += (dw[j] - dw_dot_w) / total;
+        } else {
+            for (int j = 0; j < k; j++) dl[chosen[j]] += dw[j];
+        }
+        float p_dot_dp = 0.0f;
+        for (int e = 0; e < E; e++) p_dot_dp += p[e] * dl[e];
+        for (int e = 0; e < E; e++) dl[e] = p[e] * (dl[e] - p_dot_dp) + z_scale * lse[n] * p[e];
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * The layer */
+
+static int moe_validate(const struct Config *cfg, char *err, size_t err_len) {
+    const MoeConfig *mc = &cfg->model.moe;
+    if (mc->experts < 1) {
+        snprintf(err, err_len, "model.moe.experts must be at least 1 (got %d)", mc->experts);
+        return -1;
+    }
+    if (mc->top_k < 1 || mc->top_k > mc->experts) {
+        snprintf(err, err_len, "model.moe.top_k must be in [1, experts = %d] (got %d)",
+                 mc->experts, mc->top_k);
+        return -1;
+    }
+    if (mc->aux_loss_coef < 0.0f || mc->z_loss_coef < 0.0f) {
+        snprintf(err, err_len, "model.moe.aux_loss_coef and z_loss_coef must be >= 0 (got %g, %g)",
+                 mc->aux_loss_coef, mc->z_loss_coef);
+        return -1;
+    }
+    return 0;
+}
+
+/* Per-expert load (fraction of routed slots), read by the metrics code. */
+static void moe_init(Layer *layer) {
+    int E = layer->cfg->model.moe.experts;
+    layer->stats = braid_calloc((size_t)E, sizeof(float), "moe expert_load stats");
+    layer->stats_count = E;
+    layer->stats_name = "expert_load";
+}
+
+static void moe_destroy(Layer *layer) {
+    braid_free(layer->stats);
+    layer->stats = NULL;
+    layer->stats_count = 0;
+}
+
+/* router normal(std); gate/up normal(std); down normal(std / sqrt(2·n_layers)), the
+ * GPT-2 scaling of projections that write into the residual stream. */
+static void moe_declare_params(Layer *layer, ParamList *list) {
+    const ModelConfig *mc = &layer->cfg->model;
+    int d = layer->d_model, E = mc->moe.experts, H = config_moe_hidden(layer->cfg);
+    float std = mc->init_std;
+    float down_std = std / sqrtf(2.0f * (float)(mc->n_layers > 0 ? mc->n_layers : 1));
+    char name[PARAM_NAME_MAX];
+    param_list_add(list, layer->prefix, "router.weight", 2, (int[]){E, d}, INIT_NORMAL, std, 0);
+    for (int e = 0; e < E; e++) {
+        snprintf(name, sizeof name, "experts.%d.gate_proj.weight", e);
+        param_list_add(list, layer->prefix, name, 2, (int[]){H, d}, INIT_NORMAL, std, 0);
+        snprintf(name, sizeof name, "experts.%d.up_proj.weight", e);
+        param_list_add(list, layer->prefix, name, 2, (int[]){H, d}, INIT_NORMAL, std, 0);
+        snprintf(name, sizeof name, "experts.%d.down_proj.weight", e);
+        param_list_add(list, layer->prefix, name, 2, (int[]){d, H}, INIT_NORMAL, down_std, 0);
+    }
+}
+
+static size_t moe_saved_floats(const Layer *layer, int B, int T) {
+    return moe_saved_layout(NULL, NULL, moe_dims(layer, B, T));
+}
+
+static size_t moe_scratch_floats(const Layer *layer, int B, int T) {
+    return moe_scratch_layout(NULL, NULL, moe_dims(layer, B, T));
+}
+
+/* y[N,d] = Σ_{e∈topk(n)} w_e FFN_e(x[n]); sets layer->aux_loss and layer->stats. */
+static void moe_forward(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
+    MoeDims m = moe_dims(layer, B, T);
+    const int N = m.N, d = m.d, E = m.E, k = m.k, H = m.H, S = N * k;
+    MoeSaved sv;
+    MoeScratch sc;
+    moe_saved_layout(&sv, layer->saved, m);
+    BRAID_CHECK(moe_scratch_layout(&sc, ctx->scratch, m) <= ctx->scratch_floats,
+                "moe forward: scratch too small for B=%d T=%d", B, T);
+
+    /* route: logits straight into probs, softmax and top-k in place */
+    matmul_forward(sv.probs, x, layer->params[0], NULL, N, d, E, 0);
+    moe_route_forward(sv.probs, sv.lse, sv.expert, sv.weight, N, E, k, m.renormalize);
+    moe_group_slots(sv.offset, sv.slot_of, sv.slot_token, sc.cursor, sv.expert, N, E, k);
+    moe_gather_rows(sc.xg, x, sv.slot_token, S, d);
+
+    /* each expert on its contiguous block of slots */
+    for (int e = 0; e < E; e++) {
+        int o = sv.offset[e], count = sv.offset[e + 1] - o;
+        if (count == 0) continue;
+        const float *xg = sc.xg + (size_t)o * d;
+        float *gate = sv.gate_pre + (size_t)o * H, *up = sv.up_pre + (size_t)o * H;
+        float *act = sc.act + (size_t)o * H;
+        matmul_forward(gate, xg, layer->params[moe_param_gate(e)], NULL, count, d, H, 0);
+        matmul_forward(up, xg, layer->params[moe_param_up(e)], NULL, count, d, H, 0);
+        swiglu_forward(act, gate, up, (size_t)count * H);
+        matmul_forward(sc.eo + (size_t)o * d, act, layer->params[moe_param_down(e)], NULL,
+                       count, H, d, 0);
+    }
+
+    /* combine: y[n] = Σ_j w[n,j] eo[slot_of[n,j]], ranks in order (deterministic) */
+    #pragma omp parallel for schedule(static) if ((size_t)S * d >= MOE_PARALLEL_MIN_FLOATS)
+    for (int n = 0; n < N; n++) {
+        float *yn = y + (size_t)n * d;
+        for (int i = 0; i < d; i++) yn[i] = 0.0f;
+        for (int j = 0; j < k; j++) {
+            float w = sv.weight[n * k + j];
+            const float *eo = sc.eo + (size_t)sv.slot_of[n * k + j] * d;
+            for (int i = 0; i < d; i++) yn[i] += w * eo[i];
+        }
+    }
+
+    layer->aux_loss = moe_aux_loss(sv.probs, sv.lse, sv.offset, m);
+    for (int e = 0; e < E; e++)
+        layer->stats[e] = (float)(sv.offset[e + 1] - sv.offset[e]) / (float)S;
+}
+
+/* Backward, with act = silu(gate_pre)⊙up_pre and eo = act W_downᵀ recomputed:
+ *   dw[n,j]    = dy[n] · eo[s]                    s = slot_of[n,j]
+ *   deo[s]     = w[n,j] dy[n]
+ *   dact, dW_down  from deo (matmul_backward);  dgate, dup = swiglu_backward(dact)
+ *   dxg, dW_gate, dW_up from dgate, dup;        dx[n] += Σ_j dxg[slot_of[n,j]]
+ *   dlogits from dw, aux and z (moe_route_backward);  dx, dW_r += from dlogits */
+static void moe_backward(Layer *layer, float *dx, const float *dy, const float *x, int B, int T,
+                         Ctx *ctx) {
+    MoeDims m = moe_dims(layer, B, T);
+    const int N = m.N, d = m.d, E = m.E, k = m.k, H = m.H, S = N * k;
+    MoeSaved sv;
+    MoeScratch sc;
+    moe_saved_layout(&sv, layer->saved, m);
+    BRAID_CHECK(moe_scratch_layout(&sc, ctx->scratch, m) <= ctx->scratch_floats,
+                "moe backward: scratch too small for B=%d T=%d", B, T);
+
+    moe_gather_rows(sc.xg, x, sv.slot_token, S, d);
+    swiglu_forward(sc.act, sv.gate_pre, sv.up_pre, (size_t)S * H);
+    for (int e = 0; e < E; e++) {
+        int o = sv.offset[e], count = sv.offset[e + 1] - o;
+        if (count == 0) continue;
+        matmul_forward(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
+                       layer->params[moe_param_down(e)], NULL, count, H, d, 0);
+    }
+
+    /* dw from the expert outputs, then eo is overwritten in place by deo = w·dy */
+    #pragma omp parallel for schedule(static) if ((size_t)S * d >= MOE_PARALLEL_MIN_FLOATS)
+    for (int n = 0; n < N; n++) {
+        const float *dyn = dy + (size_t)n * d;
+        for (int j = 0; j < k; j++) {
+            float *eo = sc.eo + (size_t)sv.slot_of[n * k + j] * d;
+            float w = sv.weight[n * k + j], dot = 0.0f;
+            for (int i = 0; i < d; i++) { dot += dyn[i] * eo[i]; eo[i] = w * dyn[i]; }
+            sc.dweight[n * k + j] = dot;
+        }
+    }
+
+    /* down projection, then the SwiGLU gate (act's buffer becomes dgate) */
+    memset(sc.dact, 0, (size_t)S * H * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int o = sv.offset[e], count = sv.offset[e + 1] - o;
+        if (count == 0) continue;
+        matmul_backward(sc.dact + (size_t)o * H, layer->grads[moe_param_down(e)], NULL,
+                        sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
+                        layer->params[moe_param_down(e)], count, H, d);
+    }
+    float *dgate = sc.act;
+    swiglu_backward(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)S * H);
+
+    /* gate and up projections; eo's buffer becomes dxg */
+    float *dxg = sc.eo;
+    memset(dxg, 0, (size_t)S * d * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int o = sv.offset[e], count = sv.offset[e + 1] - o;
+        if (count == 0) continue;
+        const float *xg = sc.xg + (size_t)o * d;
+        matmul_backward(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
+                        dgate + (size_t)o * H, xg, layer->params[moe_param_gate(e)], count, d, H);
+        matmul_backward(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
+                        sc.dup + (size_t)o * H, xg, layer->params[moe_param_up(e)], count, d, H);
+    }
+
+    /* scatter back to tokens, ranks in order (deterministic, no atomics) */
+    #pragma omp parallel for schedule(static) if ((size_t)S * d >= MOE_PARALLEL_MIN_FLOATS)
+    for (int n = 0; n < N; n++) {
+        float *dxn = dx + (size_t)n * d;
+        for (int j = 0; j < k; j++) {
+            const float *g = dxg + (size_t)sv.slot_of[n * k + j] * d;
+            for (int i = 0; i < d; i++) dxn[i] += g[i];
+        }
+    }
+
+    /* router */
+    moe_route_backward(sc.dlogits, sc.dweight, sv.probs, sv.lse, sv.expert, sv.weight, sv.offset, m);
+    matmul_backward(dx, layer->grads[0], NULL, sc.dlogits, x, layer->params[0], N, d, E);
+}
 
 const LayerKind moe_kind = {
-    .name = "moe", .symbol = 'E', .role = LAYER_FFN, .hf_module = "feed_forward", .implemented = 0,
+    .name = "moe", .symbol = 'E', .role = LAYER_FFN, .hf_module = "feed_forward", .implemented = 1,
+    .validate = moe_validate,
+    .init = moe_init,
+    .declare_params = moe_declare_params,
+    .saved_floats = moe_saved_floats,
+    .scratch_floats = moe_scratch_floats,
+    .forward = moe_forward,
+    .backward = moe_backward,
+    .destroy = moe_destroy,
 };
