@@ -8,7 +8,7 @@
  *   y      = Σ_{e∈topk} w_e · FFN_e(x),  FFN_e(x) = (silu(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ
  *   aux    = coef · E · Σ_e f_e · P_e    f_e = #tokens routed to e / N, P_e = mean_n p_{n,e}
  *   z      = coef_z · mean_n (logsumexp(logits_n))²
- * layer->aux_loss = aux + z; its gradient (weight 1) is added in backward. f_e is a
+ * layer->aux_loss = aux + z; backward adds its gradient weighted by ctx->aux_grad_scale. f_e is a
  * count, so the load-balancing gradient flows through P_e only.
  *
  * Dispatch: each (token, rank) pair is a "slot"; slots are sorted by expert (counting
@@ -223,13 +223,14 @@ static double moe_aux_loss(const float *probs, const float *lse, const int *offs
  *   ∂L/∂p_e    += coef·E·f_e / N                  (load balancing, f_e held constant)
  *   ∂L/∂l_e     = p_e (∂L/∂p_e − Σ_e' p_e' ∂L/∂p_e')        (softmax)
  *               + 2·coef_z·lse_n / N · p_e                   (z-loss: ∂lse/∂l = p)
- * dlogits (N,E) is WRITTEN. */
+ * The aux and z terms are weighted by aux_weight (Ctx.aux_grad_scale: the weight of the
+ * aux loss in the objective, e.g. 1/grad_accum). dlogits (N,E) is WRITTEN. */
 static void moe_route_backward(float *dlogits, const float *dweight, const float *probs,
                                const float *lse, const int *expert, const float *weight,
-                               const int *offset, MoeDims m) {
+                               const int *offset, MoeDims m, float aux_weight) {
     const int E = m.E, k = m.k;
-    const float aux_scale = m.aux_coef * (float)E / ((float)m.N * (float)m.N);
-    const float z_scale = 2.0f * m.z_coef / (float)m.N;
+    const float aux_scale = aux_weight * m.aux_coef * (float)E / ((float)m.N * (float)m.N);
+    const float z_scale = aux_weight * 2.0f * m.z_coef / (float)m.N;
     #pragma omp parallel for schedule(static) if (m.N >= MOE_PARALLEL_MIN_TOKENS)
     for (int n = 0; n < m.N; n++) {
         const float *p = probs + (size_t)n * E;
@@ -434,7 +435,8 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
     }
 
     /* router */
-    moe_route_backward(sc.dlogits, sc.dweight, sv.probs, sv.lse, sv.expert, sv.weight, sv.offset, m);
+    moe_route_backward(sc.dlogits, sc.dweight, sv.probs, sv.lse, sv.expert, sv.weight, sv.offset, m,
+                       ctx->aux_grad_scale);
     matmul_backward(dx, layer->grads[0], NULL, sc.dlogits, x, layer->params[0], N, d, E);
 }
 
