@@ -1,0 +1,76 @@
+/* ffn_dense.c — the dense SwiGLU feed-forward layer ("dense", 'D').
+ *
+ *   g = x Wgᵀ, u = x Wuᵀ          [N,hidden]      Wg, Wu: (hidden, d)
+ *   h = silu(g) ⊙ u               [N,hidden]
+ *   y = h Wdᵀ                      [N,d]           Wd: (d, hidden)
+ * hidden = config_ffn_hidden (8/3·d rounded up to 8 unless set). No biases.
+ * Saved: g and u; backward recomputes h (one elementwise pass) rather than keeping a
+ * third [N,hidden] tensor per layer in the arena. Scratch: h/dg, dh, du. */
+#include <math.h>
+#include <string.h>
+#include "layer.h"
+#include "../core/common.h"
+#include "../core/ops.h"
+#include "../models/config.h"
+
+enum { PARAM_GATE, PARAM_UP, PARAM_DOWN };
+
+static void ffn_dense_declare_params(Layer *layer, ParamList *list) {
+    const ModelConfig *m = &layer->cfg->model;
+    int d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
+    /* GPT-2's residual scaling on the projection that writes the residual stream. */
+    float down_std = m->init_std / sqrtf(2.0f * (float)(m->n_layers > 0 ? m->n_layers : 1));
+    int first = list->count;
+    param_list_add(list, layer->prefix, "gate_proj.weight", 2, (int[]){hidden, d}, INIT_NORMAL, m->init_std, 0);
+    param_list_add(list, layer->prefix, "up_proj.weight", 2, (int[]){hidden, d}, INIT_NORMAL, m->init_std, 0);
+    param_list_add(list, layer->prefix, "down_proj.weight", 2, (int[]){d, hidden}, INIT_NORMAL, down_std, 0);
+    for (int i = first; i < list->count; i++) list->items[i].layer_index = layer->index;
+}
+
+static size_t ffn_dense_saved_floats(const Layer *layer, int B, int T) {
+    return 2 * (size_t)B * T * config_ffn_hidden(layer->cfg);
+}
+
+static size_t ffn_dense_scratch_floats(const Layer *layer, int B, int T) {
+    return 3 * (size_t)B * T * config_ffn_hidden(layer->cfg);
+}
+
+static void ffn_dense_forward(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
+    int N = B * T, d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
+    size_t nh = (size_t)N * hidden;
+    BRAID_CHECK(ctx->scratch_floats >= nh, "ffn_dense: scratch %zu < %zu floats", ctx->scratch_floats, nh);
+    float *gate = layer->saved, *up = gate + nh, *h = ctx->scratch;
+    matmul_forward(gate, x, layer->params[PARAM_GATE], NULL, N, d, hidden, 0);
+    matmul_forward(up, x, layer->params[PARAM_UP], NULL, N, d, hidden, 0);
+    swiglu_forward(h, gate, up, nh);
+    matmul_forward(y, h, layer->params[PARAM_DOWN], NULL, N, hidden, d, 0);
+}
+
+static void ffn_dense_backward(Layer *layer, float *dx, const float *dy, const float *x,
+                               int B, int T, Ctx *ctx) {
+    int N = B * T, d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
+    size_t nh = (size_t)N * hidden;
+    BRAID_CHECK(ctx->scratch_floats >= 3 * nh, "ffn_dense: scratch %zu < %zu floats",
+                ctx->scratch_floats, 3 * nh);
+    const float *gate = layer->saved, *up = gate + nh;
+    float *h_then_dgate = ctx->scratch, *dh = h_then_dgate + nh, *dup = dh + nh;
+    swiglu_forward(h_then_dgate, gate, up, nh);
+    memset(dh, 0, nh * sizeof(float));
+    matmul_backward(dh, layer->grads[PARAM_DOWN], NULL, dy, h_then_dgate, layer->params[PARAM_DOWN],
+                    N, hidden, d);
+    /* h is no longer needed: its buffer now receives dgate (swiglu_backward writes). */
+    swiglu_backward(h_then_dgate, dup, dh, gate, up, nh);
+    matmul_backward(dx, layer->grads[PARAM_GATE], NULL, h_then_dgate, x, layer->params[PARAM_GATE],
+                    N, d, hidden);
+    matmul_backward(dx, layer->grads[PARAM_UP], NULL, dup, x, layer->params[PARAM_UP], N, d, hidden);
+}
+
+const LayerKind ffn_dense_kind = {
+    .name = "dense", .symbol = 'D', .role = LAYER_FFN, .hf_module = "feed_forward",
+    .implemented = 1,
+    .declare_params = ffn_dense_declare_params,
+    .saved_floats = ffn_dense_saved_floats,
+    .scratch_floats = ffn_dense_scratch_floats,
+    .forward = ffn_dense_forward,
+    .backward = ffn_dense_backward,
+};
