@@ -13,13 +13,15 @@ typedef struct ModelCase {
     Model model;
     int B, T;
     int *tokens, *targets;
+    double baseline;     /* the unperturbed loss: gradcheck sees loss − baseline, so the
+                            float output keeps the precision of the small differences */
     float loss_out;
     float dout[1];       /* ∂L/∂loss, set by gradcheck; backward uses it as the loss scale */
 } ModelCase;
 
 static void case_forward(void *s) {
     ModelCase *c = s;
-    c->loss_out = (float)model_forward(&c->model, c->tokens, c->targets, c->B, c->T);
+    c->loss_out = (float)(model_forward(&c->model, c->tokens, c->targets, c->B, c->T) - c->baseline);
 }
 
 static void case_backward(void *s) {
@@ -58,6 +60,7 @@ static void check_model_gradients(const char *what, const char **overrides, int 
         const ParamDecl *pd = &c.model.params.items[i];
         t[i] = (GradcheckTensor){pd->name, c.model.param_data + pd->offset, c.model.grad_data + pd->offset, pd->numel};
     }
+    c.baseline = model_forward(&c.model, c.tokens, c.targets, c.B, c.T);
     /* The loss already includes the layers' aux losses (model_forward returns CE + aux). */
     GradcheckOp op = {case_forward, case_backward, &c, &c.loss_out, c.dout, 1, NULL};
     int ok = gradcheck(what, &op, t, nt, 1e-2f, 3e-2f, 12);
@@ -89,7 +92,9 @@ START_TEST(hybrid_model_gradient_matches_finite_differences) {
                        "model.ffn=DE-E", "model.attention.n_heads=2", "model.attention.window=3",
                        "model.mamba.d_state=4", "model.mamba.chunk=4", "model.gla.n_heads=2",
                        "model.gla.gate_rank=4", "model.gla.chunk=4", "model.moe.experts=3",
-                       "model.moe.top_k=2", "model.moe.hidden=8", "model.dense.hidden=12",
+                       /* all experts selected: finite differences must not flip a top-k
+                        * choice (test_moe checks top-k < E with clear margins) */
+                       "model.moe.top_k=3", "model.moe.hidden=8", "model.dense.hidden=12",
                        "model.moe.aux_loss_coef=0.1", "model.moe.z_loss_coef=0.01"};
     check_model_gradients("hybrid model", o, 18);
 }
@@ -114,12 +119,12 @@ START_TEST(same_seed_gives_identical_training) {
     const char *o[] = {"model.d_model=16", "model.n_layers=2", "model.pattern=AA", "model.ffn=DD",
                        "model.attention.position=rope", "train.steps=6", "train.batch_size=4",
                        "train.eval_every=0", "train.eval_examples=8", "train.run_dir=", "train.threads=2",
-                       "train.grad_accum=2"};
+                       "train.grad_accum=2", "train.warmup_steps=2"};
     float *a, *b;
     size_t na, nb;
     double la, lb;
-    train_steps(o, 12, &a, &na, &la);
-    train_steps(o, 12, &b, &nb, &lb);
+    train_steps(o, 13, &a, &na, &la);
+    train_steps(o, 13, &b, &nb, &lb);
     ck_assert(na == nb);
     ck_assert_msg(memcmp(a, b, na * sizeof(float)) == 0, "parameters differ between identical runs");
     ck_assert_msg(la == lb, "losses differ: %.9g vs %.9g", la, lb);
@@ -128,21 +133,51 @@ START_TEST(same_seed_gives_identical_training) {
 }
 END_TEST
 
-START_TEST(nan_loss_stops_with_a_clear_message) {
+static void nan_run(const char *policy, int *rc, BraidError *err, long *skipped, float *param0) {
+    char policy_set[64];
+    snprintf(policy_set, sizeof policy_set, "train.nan_policy=%s", policy);
     const char *o[] = {"model.d_model=16", "model.n_layers=1", "model.pattern=A", "model.ffn=D",
-                       "train.steps=3", "train.batch_size=2", "train.eval_every=0", "train.run_dir=",
-                       "train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0"};
+                       "train.steps=20", "train.batch_size=2", "train.eval_every=0", "train.run_dir=",
+                       "train.warmup_steps=0", policy_set};
     Config cfg;
-    ck_assert_int_eq(load(&cfg, o, 11), 0);
+    ck_assert_int_eq(load(&cfg, o, 10), 0);
     Trainer t;
-    BraidError err;
-    ck_assert_int_eq(trainer_init(&t, &cfg, &err), 0);
+    ck_assert_int_eq(trainer_init(&t, &cfg, err), 0);
     t.quiet = 1;
-    int rc = trainer_run(&t, &err);
-    ck_assert_msg(rc == -1, "training with lr 1e30 did not stop");
-    ck_assert_msg(strstr(err.message, "step") && (strstr(err.message, "nan") || strstr(err.message, "inf")),
-                  "message: %s", err.message);
+    t.model.param_data[t.model.params.total - 1] = NAN;   /* a poisoned weight: loss becomes NaN */
+    *rc = trainer_run(&t, err);
+    *skipped = t.state.skipped_steps;
+    *param0 = t.model.param_data[0];
     trainer_free(&t);
+}
+
+START_TEST(nan_loss_stops_with_a_clear_message) {
+    int rc;
+    BraidError err;
+    long skipped;
+    float p0;
+    nan_run("stop", &rc, &err, &skipped, &p0);
+    ck_assert_msg(rc == -1, "training with a NaN weight did not stop");
+    ck_assert_msg(strstr(err.message, "step 0") && strstr(err.message, "nan"), "message: %s", err.message);
+}
+END_TEST
+
+START_TEST(nan_policy_skip_skips_updates_then_gives_up) {
+    int rc;
+    BraidError err;
+    long skipped;
+    float p0, p0_init;
+    Config cfg;
+    const char *o[] = {"model.d_model=16", "model.n_layers=1", "model.pattern=A", "model.ffn=D"};
+    ck_assert_int_eq(load(&cfg, o, 4), 0);
+    Model m;
+    ck_assert_int_eq(model_build(&m, &cfg, 2, 8, &err), 0);
+    p0_init = m.param_data[0];
+    model_free(&m);
+    nan_run("skip", &rc, &err, &skipped, &p0);
+    ck_assert_msg(skipped == 10, "skipped %ld steps, expected 10 before giving up", skipped);
+    ck_assert_msg(rc == -1 && strstr(err.message, "10 consecutive"), "message: %s", err.message);
+    ck_assert_msg(p0 == p0_init, "a skipped step changed the parameters");
 }
 END_TEST
 
@@ -155,6 +190,7 @@ int main(void) {
     tcase_add_test(tc, hybrid_model_gradient_matches_finite_differences);
     tcase_add_test(tc, same_seed_gives_identical_training);
     tcase_add_test(tc, nan_loss_stops_with_a_clear_message);
+    tcase_add_test(tc, nan_policy_skip_skips_updates_then_gives_up);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
