@@ -16,7 +16,7 @@ JOBS=${JOBS:-$(nproc)}
 
 # Debian packages: compiler and build tools, the libraries of DESIGN.md, and the Python
 # used by tools/ (numpy, h5py, matplotlib; PyTorch for the independent reference checks).
-packages=(build-essential cmake pkg-config libopenblas-dev libyaml-dev libhdf5-dev check
+packages=(build-essential cmake pkg-config libopenblas-openmp-dev libyaml-dev libhdf5-dev check
           libsubunit-dev python3 python3-numpy python3-h5py)
 [ "$mode" = test ] && packages+=(python3-torch)
 [ "$mode" = demo ] && packages+=(python3-matplotlib)

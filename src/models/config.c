@@ -127,7 +127,7 @@ static const SchemaKey schema[] = {
     {FLOAT_KEY("model.moe.z_loss_coef", model.moe.z_loss_coef, '[', 0, 100, ']', "router z-loss weight")},
     {INT_KEY("model.moe.hidden", model.moe.hidden, 0, 1048576, "expert hidden size; 0 = model.dense's")},
 
-    {ENUM_KEY("task.name", task.name, "mqar", "synthetic task")},
+    {ENUM_KEY("task.name", task.name, "mqar|external", "synthetic task, or external: examples from task.data_path (HDF5)")},
     {INT_KEY("task.vocab_size", task.vocab_size, 2, 16777216, "task vocabulary")},
     {INT_KEY("task.seq_len", task.seq_len, 1, 16777216, "training sequence length")},
     {INT_KEY("task.num_kv_pairs", task.num_kv_pairs, 1, 1048576, "MQAR key-value pairs per sequence")},

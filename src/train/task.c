@@ -2,10 +2,11 @@
 #include <string.h>
 #include "task.h"
 
-extern const TaskKind mqar_task;
+extern const TaskKind mqar_task, external_task;
 
 static const TaskKind *const tasks[] = {
     &mqar_task,
+    &external_task,    /* src/train/external.c: HDF5 inputs/targets */
 };
 
 const TaskKind *task_kind_by_name(const char *name) {

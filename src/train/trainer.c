@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "adamw.h"
+#include "checkpoint.h"
 
 void set_thread_count(int threads) {
     if (threads <= 0) threads = omp_get_num_procs();
@@ -240,6 +241,8 @@ int trainer_run(Trainer *t, BraidError *err) {
         if ((tc->eval_every > 0 && done % tc->eval_every == 0) || done == tc->steps) {
             if (run_evaluations(t, err)) return -1;
         }
+        /* Checkpoints (checkpoint.c): every train.checkpoint_every steps and at the end. */
+        if (checkpoint_after_step(t, done == tc->steps, err)) return error_prefix(err, "step %ld", done);
     }
     if (!t->quiet && t->progress_tty) fprintf(stderr, "\n");
     return 0;
