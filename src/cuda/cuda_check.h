@@ -1,0 +1,35 @@
+/* cuda_check.h — every CUDA runtime and cuBLAS call is checked; a failure is an internal
+ * or system error (see common.h), so it aborts on the spot naming the file, the line, the
+ * call and the library's own error string, as llm.c's cudaCheck does.
+ * Kernel launches return nothing: follow each with CUDA_CHECK_LAUNCH(), which reads the
+ * launch error (bad configuration, too much shared memory) without synchronising. */
+#ifndef BRAID_CUDA_CHECK_H
+#define BRAID_CUDA_CHECK_H
+#include <stdio.h>
+#include <stdlib.h>
+#include <cuda_runtime_api.h>
+#include <cublas_v2.h>
+
+#define CUDA_CHECK(call)                                                                   \
+    do {                                                                                   \
+        cudaError_t cuda_check_err_ = (call);                                              \
+        if (cuda_check_err_ != cudaSuccess) {                                              \
+            fprintf(stderr, "%s:%d: CUDA error in %s: %s\n", __FILE__, __LINE__, #call,    \
+                    cudaGetErrorString(cuda_check_err_));                                  \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                 \
+    do {                                                                                   \
+        cublasStatus_t cublas_check_status_ = (call);                                      \
+        if (cublas_check_status_ != CUBLAS_STATUS_SUCCESS) {                               \
+            fprintf(stderr, "%s:%d: cuBLAS error in %s: %s\n", __FILE__, __LINE__, #call,  \
+                    cublasGetStatusString(cublas_check_status_));                          \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+#endif

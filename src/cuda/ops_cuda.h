@@ -1,0 +1,106 @@
+/* ops_cuda.h — CUDA versions of the ops in core/ops.h (and of AdamW and the gradient
+ * norm in train/adamw.h), first step of the CUDA backend (issue 8).
+ *
+ * Each launcher mirrors its CPU op: the name gains a _cuda suffix, the arguments and the
+ * semantics are the same (row-major, weights PyTorch-style (out, in), *_backward
+ * ACCUMULATES into dinp/dweight/dbias/dtable/dq/dk/dv, a NULL gradient pointer skips it),
+ * except that
+ *  - every tensor pointer is a DEVICE pointer (host pointers are named as such below);
+ *  - the work is queued on `stream`, an extra last argument (0 = the default stream),
+ *    and the launcher returns without waiting, except cross_entropy, which returns
+ *    numbers to the host and so waits for its stream;
+ *  - nothing allocates device memory inside an op: the two reductions that need room
+ *    (cross-entropy, gradient norm) take a device scratch buffer from the caller.
+ * The CPU op is the reference each one is tested against (tests/test_cuda_ops.c).
+ * All arithmetic is float32 (reductions of sums over many elements in double where the
+ * CPU op does so); TF32 is off. */
+#ifndef BRAID_OPS_CUDA_H
+#define BRAID_OPS_CUDA_H
+#include <stddef.h>
+#include <cuda_runtime_api.h>
+#include "../train/adamw.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Creates the cuBLAS handle the matmuls use (float32 math, no TF32); call once, after
+ * choosing the device, before any matmul_*_cuda. ops_cuda_shutdown destroys it. */
+void ops_cuda_init(void);
+void ops_cuda_shutdown(void);
+
+/* out[N,OC] = inp[N,C] · weight[OC,C]ᵀ (+ bias[OC]); accumulate != 0 adds into out. */
+void matmul_forward_cuda(float *out, const float *inp, const float *weight, const float *bias,
+                         int N, int C, int OC, int accumulate, cudaStream_t stream);
+/* dinp[N,C] += dout·weight;  dweight[OC,C] += doutᵀ·inp;  dbias[OC] += Σ_n dout. */
+void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, const float *dout,
+                          const float *inp, const float *weight, int N, int C, int OC,
+                          cudaStream_t stream);
+
+/* out[n,:] = table[tokens[n],:];  dtable[tokens[n],:] += dout[n,:] (atomic: rows repeat). */
+void embedding_forward_cuda(float *out, const int *tokens, const float *table, int N, int C,
+                            cudaStream_t stream);
+void embedding_backward_cuda(float *dtable, const float *dout, const int *tokens, int N, int C,
+                             cudaStream_t stream);
+
+/* y = x / sqrt(mean(x²) + eps) * w per row of C; rstd[N] (may be NULL) saved for backward. */
+void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
+                          int N, int C, float eps, cudaStream_t stream);
+void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
+                           const float *weight, const float *rstd, int N, int C,
+                           cudaStream_t stream);
+
+/* out = silu(gate) ⊙ up; backward WRITES dgate, dup (as the CPU op does). */
+void swiglu_forward_cuda(float *out, const float *gate, const float *up, size_t n,
+                         cudaStream_t stream);
+void swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const float *gate,
+                          const float *up, size_t n, cudaStream_t stream);
+
+/* Bytes of device scratch cross_entropy_forward_backward_cuda needs for N rows. */
+size_t cross_entropy_cuda_scratch_bytes(int N);
+/* As cross_entropy_forward_backward: returns Σ loss over targets ≠ −100 and sets the host
+ * ints *n_valid, *n_correct when non-NULL; dlogits (may be NULL) is WRITTEN with
+ * grad_scale·(softmax − onehot), 0 on ignored rows. scratch: device memory of
+ * cross_entropy_cuda_scratch_bytes(N). Waits for `stream` (the sum comes back to the
+ * host); aborts naming the row if a target lies outside [0, V), as the CPU op does. */
+double cross_entropy_forward_backward_cuda(float *dlogits, const float *logits,
+                                           const int *targets, int N, int V, float grad_scale,
+                                           int *n_valid, int *n_correct, void *scratch,
+                                           cudaStream_t stream);
+
+/* Rotary embedding in place on x[B,T,H,hd], pairs (i, i+hd/2); backward rotates by −θ. */
+void rope_forward_cuda(float *x, int B, int T, int H, int hd, float base, cudaStream_t stream);
+void rope_backward_cuda(float *dx, int B, int T, int H, int hd, float base, cudaStream_t stream);
+
+/* Causal grouped-query attention, flash-style: q[B,T,H,hd], k,v[B,T,Hkv,hd], out[B,T,H,hd],
+ * lse[B,H,T]; window <= 0 full causal, else keys max(0,t−w+1)..t; scale 1/sqrt(hd);
+ * hd ≤ 128. No T×T matrix exists anywhere, on chip or off. */
+void attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
+                            const float *v, int B, int T, int H, int Hkv, int hd, int window,
+                            cudaStream_t stream);
+/* dq, dk, dv ACCUMULATED; recomputes the probabilities from lse (FlashAttention-2). */
+void attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             int B, int T, int H, int Hkv, int hd, int window,
+                             cudaStream_t stream);
+
+/* AdamW over the model's parameter buffer, the same math as adamw_update. `list` and `s`
+ * are HOST structs: list gives each tensor's range and its no_decay flag, and runs of
+ * neighbouring tensors with the same decay become one launch. step is 1-based. */
+void adamw_update_cuda(float *params, const float *grads, float *m, float *v,
+                       const ParamList *list, const AdamWSettings *s, long step,
+                       cudaStream_t stream);
+
+/* Device doubles of scratch global_grad_norm_cuda needs. */
+#define GLOBAL_GRAD_NORM_CUDA_PARTIALS 1024
+/* *norm (a device double) = sqrt(Σ grads²), squares summed in double: each of up to
+ * GLOBAL_GRAD_NORM_CUDA_PARTIALS blocks writes a partial sum into `partials` (device), a
+ * second pass adds them in a fixed order (deterministic). The result stays on the device,
+ * so a training step need not wait for it; copy it back when it is wanted. */
+void global_grad_norm_cuda(double *norm, const float *grads, size_t n, double *partials,
+                           cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

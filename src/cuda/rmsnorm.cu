@@ -1,0 +1,86 @@
+/* rmsnorm.cu — RMSNorm over the last dimension, on the GPU.
+ *
+ * forward:  r = 1/sqrt(mean(x²) + eps);  y = x · r · w
+ * backward: with g = dy ⊙ w,
+ *           dx += r · (g − x · r² · mean(g ⊙ x))
+ *           dw += Σ_rows dy ⊙ x · r
+ * One warp per row (rows are d_model long: a few hundred to a few thousand floats, which
+ * one warp streams at full width), eight rows per block. dw is a column sum: one thread
+ * per column, the rows split over blockDim.y and added in a fixed order, so no atomics. */
+#include "cuda_check.h"
+#include "ops_cuda.h"
+#include "reduce.cuh"
+
+#define ROWS_PER_BLOCK 8
+
+__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *weight,
+                                       int N, int C, float eps) {
+    const int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *x = inp + (size_t)n * C;
+    float *y = out + (size_t)n * C;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / C + eps);
+    if (rstd && lane == 0) rstd[n] = r;
+    for (int c = lane; c < C; c += 32) y[c] = x[c] * r * weight[c];
+}
+
+__global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
+                                              const float *weight, const float *rstd, int N, int C) {
+    const int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+    float *dx = dinp + (size_t)n * C;
+    const float r = rstd[n];
+    float dot = 0.0f;
+    for (int c = lane; c < C; c += 32) dot += dy[c] * weight[c] * x[c];
+    dot = warp_sum(dot);
+    const float k = dot / C * r * r;
+    for (int c = lane; c < C; c += 32) dx[c] += r * (dy[c] * weight[c] - x[c] * k);
+}
+
+/* dweight[c] += Σ_n dout[n,c] · inp[n,c] · rstd[n]; block (32, 8) covers 32 columns. */
+__global__ void rmsnorm_backward_weight_kernel(float *dweight, const float *dout, const float *inp,
+                                               const float *rstd, int N, int C) {
+    __shared__ float partial[8][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    float sum = 0.0f;
+    if (c < C)
+        for (int n = threadIdx.y; n < N; n += 8) {
+            const size_t i = (size_t)n * C + c;
+            sum += dout[i] * inp[i] * rstd[n];
+        }
+    partial[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int r = 1; r < 8; r++) sum += partial[r][threadIdx.x];
+        dweight[c] += sum;
+    }
+}
+
+extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
+                                     int N, int C, float eps, cudaStream_t stream) {
+    if (N <= 0) return;
+    const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, weight, N, C, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
+                                      const float *weight, const float *rstd, int N, int C,
+                                      cudaStream_t stream) {
+    if (N <= 0) return;
+    if (dinp) {
+        const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+        rmsnorm_backward_input_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+            dinp, dout, inp, weight, rstd, N, C);
+        CUDA_CHECK_LAUNCH();
+    }
+    if (dweight) {
+        rmsnorm_backward_weight_kernel<<<(C + 31) / 32, dim3(32, 8), 0, stream>>>(
+            dweight, dout, inp, rstd, N, C);
+        CUDA_CHECK_LAUNCH();
+    }
+}

@@ -1,0 +1,659 @@
+/* test_cuda_ops.c — every CUDA op in src/cuda/ops_cuda.h against its CPU op (core/ops.h,
+ * train/adamw.h) on the same random data.
+ *
+ * For each op, several shapes, ragged ones among them (T = 1, 7, 64, 129, 300; hd 16, 24,
+ * 64, 128; GQA H=8, Hkv=2; window 0, 5, 64). Inputs are seeded normals, never zeros.
+ * Outputs an op WRITES are poisoned first (every byte 0xFF, a NaN) so an element the
+ * kernel never wrote shows up as NaN; gradients an op ACCUMULATES into start from the same
+ * random values on both sides, so adding (not overwriting) is what gets checked.
+ * Elements are compared as |cuda − cpu| ≤ tol · max|cpu|; a failure names the op, the
+ * shape, the worst element, both values and the difference.
+ * Tolerances: 1e-4 for elementwise and norm ops; 1e-5 for matmul (cuBLAS in float32 agrees
+ * with OpenBLAS to ~1e-7 of the largest output; TF32 rounds inputs to 10 mantissa bits and
+ * lands ~1e-4 off, so this also checks that TF32 stays off);
+ * 1e-3 for attention (different summation orders over up to 300 keys), tighter for the
+ * double-precision sums (loss sum, gradient norm).
+ *
+ * No GPU (cudaGetDeviceCount fails or finds none): prints that it skipped and exits 77,
+ * which CTest reports as skipped. Check runs the tests in-process (CK_NOFORK): a CUDA
+ * context does not survive fork(). */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "core/common.h"
+#include "core/ops.h"
+#include "core/rng.h"
+#include "cuda/cuda_check.h"
+#include "cuda/ops_cuda.h"
+#include "layers/layer.h"
+#include "train/adamw.h"
+
+#define ELEMENTWISE_TOL 1e-4
+#define MATMUL_TOL 1e-5
+#define ATTENTION_TOL 1e-3
+
+static Rng rng;
+static cudaStream_t stream;
+
+/* ---------------------------------------------------------------- helpers */
+
+static float *host_normal(size_t n, float scale) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    rng_fill_normal(&rng, p, n, scale);
+    return p;
+}
+
+static float *host_copy(const float *x, size_t n) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    memcpy(p, x, n * sizeof(float));
+    return p;
+}
+
+static void *device_alloc(size_t bytes) {
+    void *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, bytes > 0 ? bytes : 1));
+    return p;
+}
+
+static float *device_copy(const float *x, size_t n) {
+    float *p = device_alloc(n * sizeof(float));
+    CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(float), cudaMemcpyHostToDevice));
+    return p;
+}
+
+static int *device_copy_int(const int *x, size_t n) {
+    int *p = device_alloc(n * sizeof(int));
+    CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(int), cudaMemcpyHostToDevice));
+    return p;
+}
+
+/* Device buffer of n floats, every one NaN (bytes 0xFF). */
+static float *device_poisoned(size_t n) {
+    float *p = device_alloc(n * sizeof(float));
+    CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(float)));
+    return p;
+}
+
+/* Waits for the ops queued on the test stream, then copies n floats back into a new
+ * host buffer. */
+static float *host_from_device(const float *d, size_t n) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaMemcpy(p, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return p;
+}
+
+typedef struct Comparison {
+    size_t n_nan, first_nan;     /* elements of `got` that are NaN (never written) */
+    size_t worst;                /* index of the largest |got − want| among the others */
+    double worst_diff, max_want;
+} Comparison;
+
+static Comparison compare(const float *got, const float *want, size_t n) {
+    Comparison c = {0, 0, 0, 0.0, 0.0};
+    for (size_t i = 0; i < n; i++) c.max_want = fmax(c.max_want, fabs((double)want[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i])) {
+            if (c.n_nan++ == 0) c.first_nan = i;
+            continue;
+        }
+        double diff = fabs((double)got[i] - (double)want[i]);
+        if (diff > c.worst_diff) { c.worst_diff = diff; c.worst = i; }
+    }
+    return c;
+}
+
+/* Every element written (no NaN), and the worst difference within tol · max|want|. */
+static void check_close(const char *op, const char *shape, const float *got, const float *want,
+                        size_t n, double tol) {
+    Comparison c = compare(got, want, n);
+    /* the observed error, for the log (how much room each tolerance leaves) */
+    printf("  %-40s %-44s worst |diff|/max %.2e (tol %.0e)\n", op, shape,
+           c.max_want > 0 ? c.worst_diff / c.max_want : c.worst_diff, tol);
+    ck_assert_msg(c.n_nan == 0, "%s %s: %zu of %zu elements not written (still NaN), first at %zu",
+                  op, shape, c.n_nan, n, c.first_nan);
+    ck_assert_msg(c.worst_diff <= tol * c.max_want,
+                  "%s %s: element %zu is %.8g, expected %.8g (|diff| %.3g > %.3g = %.0e of max %.4g)",
+                  op, shape, c.worst, got[c.worst], want[c.worst], c.worst_diff,
+                  tol * c.max_want, tol, c.max_want);
+}
+
+/* Copies the device result back and checks it against the CPU's. */
+static void check_device_close(const char *op, const char *shape, const float *device,
+                               const float *want, size_t n, double tol) {
+    float *got = host_from_device(device, n);
+    check_close(op, shape, got, want, n, tol);
+    free(got);
+}
+
+/* ---------------------------------------------------------------- the checker itself */
+
+START_TEST(test_comparison_flags_unwritten_and_wrong_elements) {
+    float want[5] = {1.0f, -2.0f, 3.0f, 4.0f, -5.0f};
+    float got[5];
+    memcpy(got, want, sizeof got);
+    Comparison same = compare(got, want, 5);
+    ck_assert_msg(same.n_nan == 0 && same.worst_diff == 0.0, "identical buffers compared unequal");
+
+    got[3] = 4.01f;
+    Comparison wrong = compare(got, want, 5);
+    ck_assert_msg(wrong.worst == 3 && wrong.worst_diff > 1e-3 * wrong.max_want,
+                  "a changed element went unnoticed (worst %zu, diff %g)", wrong.worst, wrong.worst_diff);
+
+    /* a poisoned buffer that the "op" wrote only partly */
+    float *poisoned = device_poisoned(5);
+    CUDA_CHECK(cudaMemcpy(poisoned, want, 3 * sizeof(float), cudaMemcpyHostToDevice));
+    float *back = host_from_device(poisoned, 5);
+    Comparison unwritten = compare(back, want, 5);
+    ck_assert_msg(unwritten.n_nan == 2 && unwritten.first_nan == 3,
+                  "poisoned elements not seen as unwritten (%zu NaN, first at %zu)",
+                  unwritten.n_nan, unwritten.first_nan);
+    free(back);
+    CUDA_CHECK(cudaFree(poisoned));
+}
+END_TEST
+
+/* ---------------------------------------------------------------- matmul */
+
+typedef struct MatmulShape { int N, C, OC, use_bias, accumulate; } MatmulShape;
+static const MatmulShape matmul_shapes[] = {
+    {1, 7, 5, 1, 0}, {7, 16, 33, 0, 0}, {64, 129, 300, 1, 0}, {129, 64, 7, 1, 1}, {300, 128, 256, 0, 1},
+};
+#define N_MATMUL_SHAPES (sizeof matmul_shapes / sizeof matmul_shapes[0])
+
+START_TEST(test_matmul_forward_matches_cpu) {
+    for (size_t s = 0; s < N_MATMUL_SHAPES; s++) {
+        const MatmulShape m = matmul_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d C=%d OC=%d bias=%d accumulate=%d", m.N, m.C, m.OC,
+                 m.use_bias, m.accumulate);
+        const size_t n_out = (size_t)m.N * m.OC;
+        float *inp = host_normal((size_t)m.N * m.C, 1.0f), *weight = host_normal((size_t)m.OC * m.C, 0.5f);
+        float *bias = host_normal(m.OC, 1.0f), *out = host_normal(n_out, 1.0f);
+        float *d_inp = device_copy(inp, (size_t)m.N * m.C), *d_weight = device_copy(weight, (size_t)m.OC * m.C);
+        float *d_bias = device_copy(bias, m.OC);
+        /* accumulate: both sides start from the same values; else the output is poisoned */
+        float *d_out = m.accumulate ? device_copy(out, n_out) : device_poisoned(n_out);
+        matmul_forward(out, inp, weight, m.use_bias ? bias : NULL, m.N, m.C, m.OC, m.accumulate);
+        matmul_forward_cuda(d_out, d_inp, d_weight, m.use_bias ? d_bias : NULL, m.N, m.C, m.OC,
+                            m.accumulate, stream);
+        check_device_close("matmul_forward", shape, d_out, out, n_out, MATMUL_TOL);
+        free(inp); free(weight); free(bias); free(out);
+        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight));
+        CUDA_CHECK(cudaFree(d_bias)); CUDA_CHECK(cudaFree(d_out));
+    }
+}
+END_TEST
+
+START_TEST(test_matmul_backward_accumulates_like_cpu) {
+    for (size_t s = 0; s < N_MATMUL_SHAPES; s++) {
+        const MatmulShape m = matmul_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d C=%d OC=%d", m.N, m.C, m.OC);
+        const size_t n_inp = (size_t)m.N * m.C, n_w = (size_t)m.OC * m.C, n_out = (size_t)m.N * m.OC;
+        float *inp = host_normal(n_inp, 1.0f), *weight = host_normal(n_w, 0.5f);
+        float *dout = host_normal(n_out, 1.0f);
+        float *dinp = host_normal(n_inp, 1.0f), *dweight = host_normal(n_w, 1.0f);
+        float *dbias = host_normal(m.OC, 1.0f);
+        float *d_inp = device_copy(inp, n_inp), *d_weight = device_copy(weight, n_w);
+        float *d_dout = device_copy(dout, n_out), *d_dinp = device_copy(dinp, n_inp);
+        float *d_dweight = device_copy(dweight, n_w), *d_dbias = device_copy(dbias, m.OC);
+        matmul_backward(dinp, dweight, dbias, dout, inp, weight, m.N, m.C, m.OC);
+        matmul_backward_cuda(d_dinp, d_dweight, d_dbias, d_dout, d_inp, d_weight, m.N, m.C, m.OC, stream);
+        check_device_close("matmul_backward dinp", shape, d_dinp, dinp, n_inp, MATMUL_TOL);
+        check_device_close("matmul_backward dweight", shape, d_dweight, dweight, n_w, MATMUL_TOL);
+        check_device_close("matmul_backward dbias", shape, d_dbias, dbias, m.OC, MATMUL_TOL);
+        free(inp); free(weight); free(dout); free(dinp); free(dweight); free(dbias);
+        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
+        CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight)); CUDA_CHECK(cudaFree(d_dbias));
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- embedding */
+
+typedef struct EmbeddingShape { int N, V, C; } EmbeddingShape;
+/* V small against N, so tokens repeat and backward's adds collide */
+static const EmbeddingShape embedding_shapes[] = {{1, 5, 7}, {7, 3, 64}, {129, 11, 300}, {300, 50, 1}};
+#define N_EMBEDDING_SHAPES (sizeof embedding_shapes / sizeof embedding_shapes[0])
+
+static int *random_tokens(int N, int V) {
+    int *tokens = braid_malloc((size_t)N * sizeof(int), "tokens");
+    for (int n = 0; n < N; n++) tokens[n] = (int)rng_below(&rng, (uint32_t)V);
+    return tokens;
+}
+
+START_TEST(test_embedding_forward_matches_cpu) {
+    for (size_t s = 0; s < N_EMBEDDING_SHAPES; s++) {
+        const EmbeddingShape e = embedding_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d V=%d C=%d", e.N, e.V, e.C);
+        const size_t n_out = (size_t)e.N * e.C;
+        int *tokens = random_tokens(e.N, e.V);
+        float *table = host_normal((size_t)e.V * e.C, 1.0f), *out = host_normal(n_out, 1.0f);
+        int *d_tokens = device_copy_int(tokens, e.N);
+        float *d_table = device_copy(table, (size_t)e.V * e.C), *d_out = device_poisoned(n_out);
+        embedding_forward(out, tokens, table, e.N, e.C);
+        embedding_forward_cuda(d_out, d_tokens, d_table, e.N, e.C, stream);
+        check_device_close("embedding_forward", shape, d_out, out, n_out, ELEMENTWISE_TOL);
+        free(tokens); free(table); free(out);
+        CUDA_CHECK(cudaFree(d_tokens)); CUDA_CHECK(cudaFree(d_table)); CUDA_CHECK(cudaFree(d_out));
+    }
+}
+END_TEST
+
+START_TEST(test_embedding_backward_accumulates_repeated_tokens) {
+    for (size_t s = 0; s < N_EMBEDDING_SHAPES; s++) {
+        const EmbeddingShape e = embedding_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d V=%d C=%d", e.N, e.V, e.C);
+        const size_t n_table = (size_t)e.V * e.C;
+        int *tokens = random_tokens(e.N, e.V);
+        float *dout = host_normal((size_t)e.N * e.C, 1.0f), *dtable = host_normal(n_table, 1.0f);
+        int *d_tokens = device_copy_int(tokens, e.N);
+        float *d_dout = device_copy(dout, (size_t)e.N * e.C), *d_dtable = device_copy(dtable, n_table);
+        embedding_backward(dtable, dout, tokens, e.N, e.C);
+        embedding_backward_cuda(d_dtable, d_dout, d_tokens, e.N, e.C, stream);
+        check_device_close("embedding_backward dtable", shape, d_dtable, dtable, n_table, ELEMENTWISE_TOL);
+        free(tokens); free(dout); free(dtable);
+        CUDA_CHECK(cudaFree(d_tokens)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_dtable));
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- rmsnorm */
+
+typedef struct RowsShape { int N, C; } RowsShape;
+static const RowsShape rmsnorm_shapes[] = {{1, 7}, {7, 64}, {129, 300}, {300, 33}, {64, 1}};
+#define N_RMSNORM_SHAPES (sizeof rmsnorm_shapes / sizeof rmsnorm_shapes[0])
+
+START_TEST(test_rmsnorm_forward_matches_cpu) {
+    for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
+        const RowsShape r = rmsnorm_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d C=%d", r.N, r.C);
+        const size_t n = (size_t)r.N * r.C;
+        float *inp = host_normal(n, 2.0f), *weight = host_normal(r.C, 1.0f);
+        float *out = host_normal(n, 1.0f), *rstd = host_normal(r.N, 1.0f);
+        float *d_inp = device_copy(inp, n), *d_weight = device_copy(weight, r.C);
+        float *d_out = device_poisoned(n), *d_rstd = device_poisoned(r.N);
+        rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
+        rmsnorm_forward_cuda(d_out, d_rstd, d_inp, d_weight, r.N, r.C, 1e-6f, stream);
+        check_device_close("rmsnorm_forward out", shape, d_out, out, n, ELEMENTWISE_TOL);
+        check_device_close("rmsnorm_forward rstd", shape, d_rstd, rstd, r.N, ELEMENTWISE_TOL);
+        free(inp); free(weight); free(out); free(rstd);
+        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight));
+        CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_rstd));
+    }
+}
+END_TEST
+
+START_TEST(test_rmsnorm_backward_accumulates_like_cpu) {
+    for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
+        const RowsShape r = rmsnorm_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d C=%d", r.N, r.C);
+        const size_t n = (size_t)r.N * r.C;
+        float *inp = host_normal(n, 2.0f), *weight = host_normal(r.C, 1.0f), *dout = host_normal(n, 1.0f);
+        float *out = braid_malloc(n * sizeof(float), "out"), *rstd = braid_malloc(r.N * sizeof(float), "rstd");
+        rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
+        float *dinp = host_normal(n, 1.0f), *dweight = host_normal(r.C, 1.0f);
+        float *d_inp = device_copy(inp, n), *d_weight = device_copy(weight, r.C);
+        float *d_dout = device_copy(dout, n), *d_rstd = device_copy(rstd, r.N);
+        float *d_dinp = device_copy(dinp, n), *d_dweight = device_copy(dweight, r.C);
+        rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, r.N, r.C);
+        rmsnorm_backward_cuda(d_dinp, d_dweight, d_dout, d_inp, d_weight, d_rstd, r.N, r.C, stream);
+        check_device_close("rmsnorm_backward dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
+        check_device_close("rmsnorm_backward dweight", shape, d_dweight, dweight, r.C, ELEMENTWISE_TOL);
+        free(inp); free(weight); free(dout); free(out); free(rstd); free(dinp); free(dweight);
+        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
+        CUDA_CHECK(cudaFree(d_rstd)); CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight));
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- swiglu */
+
+static const size_t swiglu_sizes[] = {1, 7, 1000, 129 * 300};
+#define N_SWIGLU_SIZES (sizeof swiglu_sizes / sizeof swiglu_sizes[0])
+
+START_TEST(test_swiglu_forward_matches_cpu) {
+    for (size_t s = 0; s < N_SWIGLU_SIZES; s++) {
+        const size_t n = swiglu_sizes[s];
+        char shape[64];
+        snprintf(shape, sizeof shape, "n=%zu", n);
+        float *gate = host_normal(n, 3.0f), *up = host_normal(n, 1.0f), *out = host_normal(n, 1.0f);
+        float *d_gate = device_copy(gate, n), *d_up = device_copy(up, n), *d_out = device_poisoned(n);
+        swiglu_forward(out, gate, up, n);
+        swiglu_forward_cuda(d_out, d_gate, d_up, n, stream);
+        check_device_close("swiglu_forward", shape, d_out, out, n, ELEMENTWISE_TOL);
+        free(gate); free(up); free(out);
+        CUDA_CHECK(cudaFree(d_gate)); CUDA_CHECK(cudaFree(d_up)); CUDA_CHECK(cudaFree(d_out));
+    }
+}
+END_TEST
+
+START_TEST(test_swiglu_backward_matches_cpu) {
+    for (size_t s = 0; s < N_SWIGLU_SIZES; s++) {
+        const size_t n = swiglu_sizes[s];
+        char shape[64];
+        snprintf(shape, sizeof shape, "n=%zu", n);
+        float *gate = host_normal(n, 3.0f), *up = host_normal(n, 1.0f), *dout = host_normal(n, 1.0f);
+        float *dgate = host_normal(n, 1.0f), *dup = host_normal(n, 1.0f);
+        float *d_gate = device_copy(gate, n), *d_up = device_copy(up, n), *d_dout = device_copy(dout, n);
+        /* swiglu_backward WRITES its gradients (layer-owned intermediates): poison them */
+        float *d_dgate = device_poisoned(n), *d_dup = device_poisoned(n);
+        swiglu_backward(dgate, dup, dout, gate, up, n);
+        swiglu_backward_cuda(d_dgate, d_dup, d_dout, d_gate, d_up, n, stream);
+        check_device_close("swiglu_backward dgate", shape, d_dgate, dgate, n, ELEMENTWISE_TOL);
+        check_device_close("swiglu_backward dup", shape, d_dup, dup, n, ELEMENTWISE_TOL);
+        free(gate); free(up); free(dout); free(dgate); free(dup);
+        CUDA_CHECK(cudaFree(d_gate)); CUDA_CHECK(cudaFree(d_up)); CUDA_CHECK(cudaFree(d_dout));
+        CUDA_CHECK(cudaFree(d_dgate)); CUDA_CHECK(cudaFree(d_dup));
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- cross-entropy */
+
+typedef struct CrossEntropyShape { int N, V, with_grad; } CrossEntropyShape;
+static const CrossEntropyShape cross_entropy_shapes[] = {
+    {1, 7, 1}, {7, 256, 1}, {129, 1000, 1}, {300, 33, 1}, {64, 256, 0},
+};
+
+START_TEST(test_cross_entropy_matches_cpu) {
+    for (size_t s = 0; s < sizeof cross_entropy_shapes / sizeof cross_entropy_shapes[0]; s++) {
+        const CrossEntropyShape c = cross_entropy_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "N=%d V=%d dlogits=%s", c.N, c.V, c.with_grad ? "yes" : "NULL");
+        const size_t n = (size_t)c.N * c.V;
+        float *logits = host_normal(n, 4.0f);   /* peaky rows: the max-subtraction matters */
+        int *targets = braid_malloc((size_t)c.N * sizeof(int), "targets");
+        for (int r = 0; r < c.N; r++) {
+            const uint32_t pick = r == 0 ? 1 : rng_below(&rng, 4);   /* row 0 is correct */
+            if (pick == 0 && c.N > 1) targets[r] = -100;          /* ignored */
+            else if (pick == 1) {                                   /* the argmax: counted correct */
+                int best = 0;
+                for (int v = 1; v < c.V; v++) if (logits[(size_t)r * c.V + v] > logits[(size_t)r * c.V + best]) best = v;
+                targets[r] = best;
+            } else targets[r] = (int)rng_below(&rng, (uint32_t)c.V);
+        }
+        const float grad_scale = 1.0f / c.N;
+        float *dlogits = host_normal(n, 1.0f);
+        float *d_logits = device_copy(logits, n), *d_dlogits = device_poisoned(n);
+        int *d_targets = device_copy_int(targets, c.N);
+        void *scratch = device_alloc(cross_entropy_cuda_scratch_bytes(c.N));
+        int valid = -1, correct = -1, d_valid = -2, d_correct = -2;
+        const double loss = cross_entropy_forward_backward(c.with_grad ? dlogits : NULL, logits, targets,
+                                                           c.N, c.V, grad_scale, &valid, &correct);
+        const double d_loss = cross_entropy_forward_backward_cuda(
+            c.with_grad ? d_dlogits : NULL, d_logits, d_targets, c.N, c.V, grad_scale, &d_valid,
+            &d_correct, scratch, stream);
+        ck_assert_msg(fabs(d_loss - loss) <= 1e-5 * fabs(loss),
+                      "cross_entropy %s: loss sum %.10g, expected %.10g (|diff| %.3g)", shape, d_loss,
+                      loss, fabs(d_loss - loss));
+        ck_assert_msg(d_valid == valid && d_correct == correct,
+                      "cross_entropy %s: n_valid %d, n_correct %d; expected %d, %d", shape, d_valid,
+                      d_correct, valid, correct);
+        ck_assert_msg(correct > 0, "cross_entropy %s: the test meant some rows to be correct", shape);
+        if (c.with_grad)
+            check_device_close("cross_entropy dlogits", shape, d_dlogits, dlogits, n, ELEMENTWISE_TOL);
+        free(logits); free(targets); free(dlogits);
+        CUDA_CHECK(cudaFree(d_logits)); CUDA_CHECK(cudaFree(d_dlogits));
+        CUDA_CHECK(cudaFree(d_targets)); CUDA_CHECK(cudaFree(scratch));
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- rope */
+
+typedef struct HeadsShape { int B, T, H, hd; } HeadsShape;
+static const HeadsShape rope_shapes[] = {{1, 1, 2, 16}, {2, 7, 3, 64}, {1, 129, 4, 128}, {2, 300, 2, 16}};
+#define N_ROPE_SHAPES (sizeof rope_shapes / sizeof rope_shapes[0])
+
+static void check_rope(int backward) {
+    for (size_t s = 0; s < N_ROPE_SHAPES; s++) {
+        const HeadsShape r = rope_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "B=%d T=%d H=%d hd=%d", r.B, r.T, r.H, r.hd);
+        const size_t n = (size_t)r.B * r.T * r.H * r.hd;
+        float *x = host_normal(n, 1.0f);
+        float *d_x = device_copy(x, n);
+        if (backward) {
+            rope_backward(x, r.B, r.T, r.H, r.hd, 10000.0f);
+            rope_backward_cuda(d_x, r.B, r.T, r.H, r.hd, 10000.0f, stream);
+        } else {
+            rope_forward(x, r.B, r.T, r.H, r.hd, 10000.0f);
+            rope_forward_cuda(d_x, r.B, r.T, r.H, r.hd, 10000.0f, stream);
+        }
+        check_device_close(backward ? "rope_backward" : "rope_forward", shape, d_x, x, n, ELEMENTWISE_TOL);
+        free(x);
+        CUDA_CHECK(cudaFree(d_x));
+    }
+}
+
+START_TEST(test_rope_forward_matches_cpu) { check_rope(0); }
+END_TEST
+
+START_TEST(test_rope_backward_matches_cpu) { check_rope(1); }
+END_TEST
+
+/* ---------------------------------------------------------------- attention */
+
+typedef struct AttentionShape { int B, T, H, Hkv, hd, window; } AttentionShape;
+static const AttentionShape attention_shapes[] = {
+    {1, 1, 2, 2, 16, 0},   {2, 7, 4, 2, 16, 5},    {1, 64, 8, 2, 64, 0},   {2, 129, 8, 2, 64, 5},
+    {1, 300, 8, 2, 128, 64}, {1, 300, 4, 4, 128, 0}, {2, 129, 8, 8, 24, 64}, {1, 33, 8, 1, 128, 0},
+};
+#define N_ATTENTION_SHAPES (sizeof attention_shapes / sizeof attention_shapes[0])
+
+static void attention_shape_name(char *buf, size_t len, AttentionShape a) {
+    snprintf(buf, len, "B=%d T=%d H=%d Hkv=%d hd=%d window=%d", a.B, a.T, a.H, a.Hkv, a.hd, a.window);
+}
+
+START_TEST(test_attention_forward_matches_cpu) {
+    for (size_t s = 0; s < N_ATTENTION_SHAPES; s++) {
+        const AttentionShape a = attention_shapes[s];
+        char shape[128];
+        attention_shape_name(shape, sizeof shape, a);
+        const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
+        const size_t n_lse = (size_t)a.B * a.H * a.T;
+        float *q = host_normal(n_q, 2.0f), *k = host_normal(n_kv, 1.0f), *v = host_normal(n_kv, 1.0f);
+        float *out = host_normal(n_q, 1.0f), *lse = host_normal(n_lse, 1.0f);
+        float *d_q = device_copy(q, n_q), *d_k = device_copy(k, n_kv), *d_v = device_copy(v, n_kv);
+        float *d_out = device_poisoned(n_q), *d_lse = device_poisoned(n_lse);
+        attention_forward(out, lse, q, k, v, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
+        attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
+        check_device_close("attention_forward out", shape, d_out, out, n_q, ATTENTION_TOL);
+        check_device_close("attention_forward lse", shape, d_lse, lse, n_lse, ATTENTION_TOL);
+        free(q); free(k); free(v); free(out); free(lse);
+        CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
+        CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
+    }
+}
+END_TEST
+
+START_TEST(test_attention_backward_accumulates_like_cpu) {
+    for (size_t s = 0; s < N_ATTENTION_SHAPES; s++) {
+        const AttentionShape a = attention_shapes[s];
+        char shape[128];
+        attention_shape_name(shape, sizeof shape, a);
+        const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
+        const size_t n_lse = (size_t)a.B * a.H * a.T;
+        float *q = host_normal(n_q, 2.0f), *k = host_normal(n_kv, 1.0f), *v = host_normal(n_kv, 1.0f);
+        float *out = braid_malloc(n_q * sizeof(float), "out"), *lse = braid_malloc(n_lse * sizeof(float), "lse");
+        attention_forward(out, lse, q, k, v, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
+        float *dout = host_normal(n_q, 1.0f);
+        float *dq = host_normal(n_q, 1.0f), *dk = host_normal(n_kv, 1.0f), *dv = host_normal(n_kv, 1.0f);
+        /* both backward passes see the same forward results (the CPU's) */
+        float *d_q = device_copy(q, n_q), *d_k = device_copy(k, n_kv), *d_v = device_copy(v, n_kv);
+        float *d_out = device_copy(out, n_q), *d_lse = device_copy(lse, n_lse), *d_dout = device_copy(dout, n_q);
+        float *d_dq = device_copy(dq, n_q), *d_dk = device_copy(dk, n_kv), *d_dv = device_copy(dv, n_kv);
+        attention_backward(dq, dk, dv, dout, q, k, v, out, lse, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
+        attention_backward_cuda(d_dq, d_dk, d_dv, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
+                                a.Hkv, a.hd, a.window, stream);
+        check_device_close("attention_backward dq", shape, d_dq, dq, n_q, ATTENTION_TOL);
+        check_device_close("attention_backward dk", shape, d_dk, dk, n_kv, ATTENTION_TOL);
+        check_device_close("attention_backward dv", shape, d_dv, dv, n_kv, ATTENTION_TOL);
+        free(q); free(k); free(v); free(out); free(lse); free(dout); free(dq); free(dk); free(dv);
+        CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
+        CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse)); CUDA_CHECK(cudaFree(d_dout));
+        CUDA_CHECK(cudaFree(d_dq)); CUDA_CHECK(cudaFree(d_dk)); CUDA_CHECK(cudaFree(d_dv));
+    }
+}
+END_TEST
+
+/* The accumulated gradients above start from values of the same size as the gradients
+ * themselves, so a kernel that overwrote instead of adding would fail there; this checks
+ * it exactly, and the dq-only path (dk = dv = NULL): backward into zeros, plus the start
+ * values, equals backward into the start values to the last bit (both add the same
+ * increment once). */
+START_TEST(test_attention_backward_adds_to_existing_gradients) {
+    const AttentionShape a = {1, 40, 4, 2, 32, 0};
+    char shape[128];
+    attention_shape_name(shape, sizeof shape, a);
+    const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
+    const size_t n_lse = (size_t)a.B * a.H * a.T;
+    float *q = host_normal(n_q, 1.0f), *k = host_normal(n_kv, 1.0f), *v = host_normal(n_kv, 1.0f);
+    float *dout = host_normal(n_q, 1.0f), *start = host_normal(n_q, 10.0f);
+    float *d_q = device_copy(q, n_q), *d_k = device_copy(k, n_kv), *d_v = device_copy(v, n_kv);
+    float *d_dout = device_copy(dout, n_q), *d_out = device_poisoned(n_q), *d_lse = device_poisoned(n_lse);
+    attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
+    float *d_dq_zero = device_alloc(n_q * sizeof(float)), *d_dq_start = device_copy(start, n_q);
+    CUDA_CHECK(cudaMemset(d_dq_zero, 0, n_q * sizeof(float)));
+    attention_backward_cuda(d_dq_zero, NULL, NULL, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
+                            a.Hkv, a.hd, a.window, stream);
+    attention_backward_cuda(d_dq_start, NULL, NULL, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
+                            a.Hkv, a.hd, a.window, stream);
+    float *from_zero = host_from_device(d_dq_zero, n_q), *from_start = host_from_device(d_dq_start, n_q);
+    for (size_t i = 0; i < n_q; i++) from_zero[i] += start[i];
+    check_close("attention_backward dq (start + grad vs grad into start)", shape, from_start, from_zero,
+                n_q, 1e-6);
+    free(q); free(k); free(v); free(dout); free(start); free(from_zero); free(from_start);
+    CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
+    CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
+    CUDA_CHECK(cudaFree(d_dq_zero)); CUDA_CHECK(cudaFree(d_dq_start));
+}
+END_TEST
+
+/* ---------------------------------------------------------------- AdamW and the norm */
+
+START_TEST(test_adamw_update_matches_cpu_with_no_decay_tensors) {
+    /* decayed and no_decay tensors interleaved, ragged sizes */
+    ParamList list = {0};
+    const int shapes[][2] = {{33, 7}, {33, 1}, {129, 64}, {300, 1}, {5, 3}, {64, 300}};
+    const int no_decay[] = {0, 1, 0, 1, 1, 0};
+    for (int t = 0; t < 6; t++) {
+        char name[32];
+        snprintf(name, sizeof name, "tensor%d", t);
+        param_list_add(&list, "", name, 2, shapes[t], INIT_NORMAL, 1.0f, no_decay[t]);
+    }
+    const size_t n = list.total;
+    const AdamWSettings settings = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
+                                    .weight_decay = 0.1f};
+    float *params = host_normal(n, 1.0f), *m = host_normal(n, 0.1f), *v = host_normal(n, 0.1f);
+    for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];   /* a second moment is ≥ 0 */
+    float *d_params = device_copy(params, n), *d_m = device_copy(m, n), *d_v = device_copy(v, n);
+    float *grads = braid_malloc(n * sizeof(float), "grads");
+    float *d_grads = device_alloc(n * sizeof(float));
+    for (long step = 1; step <= 3; step++) {
+        rng_fill_normal(&rng, grads, n, 0.5f);
+        CUDA_CHECK(cudaMemcpy(d_grads, grads, n * sizeof(float), cudaMemcpyHostToDevice));
+        adamw_update(params, grads, m, v, &list, &settings, step);
+        adamw_update_cuda(d_params, d_grads, d_m, d_v, &list, &settings, step, stream);
+    }
+    /* a missed no_decay flag would move a parameter by lr·λ·θ ≈ 1e-3·θ per step */
+    char shape[64];
+    snprintf(shape, sizeof shape, "%zu floats in 6 tensors, 3 steps", n);
+    check_device_close("adamw_update params", shape, d_params, params, n, 1e-5);
+    check_device_close("adamw_update m", shape, d_m, m, n, 1e-5);
+    check_device_close("adamw_update v", shape, d_v, v, n, 1e-5);
+    param_list_free(&list);
+    free(params); free(m); free(v); free(grads);
+    CUDA_CHECK(cudaFree(d_params)); CUDA_CHECK(cudaFree(d_m)); CUDA_CHECK(cudaFree(d_v));
+    CUDA_CHECK(cudaFree(d_grads));
+}
+END_TEST
+
+START_TEST(test_global_grad_norm_matches_cpu) {
+    const size_t sizes[] = {1, 1000, 300 * 129, 1000003};
+    double *d_norm = device_alloc(sizeof(double));
+    double *partials = device_alloc(GLOBAL_GRAD_NORM_CUDA_PARTIALS * sizeof(double));
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const size_t n = sizes[s];
+        float *grads = host_normal(n, 0.01f);
+        float *d_grads = device_copy(grads, n);
+        const double poison = NAN;
+        CUDA_CHECK(cudaMemcpy(d_norm, &poison, sizeof poison, cudaMemcpyHostToDevice));
+        global_grad_norm_cuda(d_norm, d_grads, n, partials, stream);
+        double norm = NAN;
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        CUDA_CHECK(cudaMemcpy(&norm, d_norm, sizeof norm, cudaMemcpyDeviceToHost));
+        const double want = global_grad_norm(grads, n);
+        ck_assert_msg(fabs(norm - want) <= 1e-10 * want,
+                      "global_grad_norm n=%zu: %.15g, expected %.15g (|diff| %.3g)", n, norm, want,
+                      fabs(norm - want));
+        free(grads);
+        CUDA_CHECK(cudaFree(d_grads));
+    }
+    CUDA_CHECK(cudaFree(d_norm));
+    CUDA_CHECK(cudaFree(partials));
+}
+END_TEST
+
+/* ---------------------------------------------------------------- suite */
+
+static Suite *cuda_ops_suite(void) {
+    Suite *s = suite_create("cuda_ops");
+    TCase *tc = tcase_create("cuda_vs_cpu");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_comparison_flags_unwritten_and_wrong_elements);
+    tcase_add_test(tc, test_matmul_forward_matches_cpu);
+    tcase_add_test(tc, test_matmul_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_embedding_forward_matches_cpu);
+    tcase_add_test(tc, test_embedding_backward_accumulates_repeated_tokens);
+    tcase_add_test(tc, test_rmsnorm_forward_matches_cpu);
+    tcase_add_test(tc, test_rmsnorm_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_swiglu_forward_matches_cpu);
+    tcase_add_test(tc, test_swiglu_backward_matches_cpu);
+    tcase_add_test(tc, test_cross_entropy_matches_cpu);
+    tcase_add_test(tc, test_rope_forward_matches_cpu);
+    tcase_add_test(tc, test_rope_backward_matches_cpu);
+    tcase_add_test(tc, test_attention_forward_matches_cpu);
+    tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);
+    tcase_add_test(tc, test_adamw_update_matches_cpu_with_no_decay_tensors);
+    tcase_add_test(tc, test_global_grad_norm_matches_cpu);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        printf("test_cuda_ops: no CUDA device — skipped\n");
+        return 77;
+    }
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("test_cuda_ops: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    rng_seed(&rng, 8);
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    ops_cuda_init();
+
+    SRunner *sr = srunner_create(cuda_ops_suite());
+    srunner_set_fork_status(sr, CK_NOFORK);   /* a CUDA context does not survive fork() */
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+
+    ops_cuda_shutdown();
+    CUDA_CHECK(cudaStreamDestroy(stream));
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
