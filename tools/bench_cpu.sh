@@ -10,7 +10,7 @@ threads=${1:-$(nproc)}
 build=${BUILD_DIR:-build}
 py=/usr/bin/python3; [ -x "$py" ] || py=python3
 printf "%-22s %12s %12s %8s\n" model "braid tok/s" "torch tok/s" ratio
-for spec in "attention AA configs/attention-tiny.yaml" "mamba MM configs/mamba-tiny.yaml"; do
+for spec in "attention AA configs/attention-tiny.yaml" "mamba MM configs/attention-tiny.yaml"; do
   set -- $spec
   name=$1 pattern=$2 config=$3
   braid=$("$build"/bench --config "$config" --set train.threads="$threads" \

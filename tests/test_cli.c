@@ -1,0 +1,112 @@
+/* test_cli.c — the executables as a user meets them: --help, bad flags, bad configs.
+ * Each case runs the real binary and checks its exit status and what it printed. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static char output[65536];
+
+/* Runs `cmd` (stdout and stderr together) and returns its exit status. */
+static int run(const char *cmd) {
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    ck_assert_msg(p != NULL, "popen %s", cmd);
+    size_t n = fread(output, 1, sizeof output - 1, p);
+    output[n] = 0;
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static const char *exes[] = {"train", "eval", "bench"};
+
+START_TEST(every_executable_answers_help_with_its_options) {
+    for (size_t i = 0; i < sizeof exes / sizeof exes[0]; i++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "%s/%s --help", BRAID_BINARY_DIR, exes[i]);
+        int rc = run(cmd);
+        ck_assert_msg(rc == 0, "%s --help exited %d: %s", exes[i], rc, output);
+        ck_assert_msg(strstr(output, "usage:") && strstr(output, "--"), "%s --help printed: %s", exes[i], output);
+    }
+}
+END_TEST
+
+START_TEST(unknown_flag_is_an_error_naming_it) {
+    for (size_t i = 0; i < sizeof exes / sizeof exes[0]; i++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "%s/%s --no-such-flag x", BRAID_BINARY_DIR, exes[i]);
+        int rc = run(cmd);
+        ck_assert_msg(rc == 1, "%s with an unknown flag exited %d", exes[i], rc);
+        ck_assert_msg(strstr(output, "--no-such-flag"), "%s did not name the flag: %s", exes[i], output);
+    }
+}
+END_TEST
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    ck_assert(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(train_reports_config_errors_with_file_line_column) {
+    char path[512], cmd[1024];
+    snprintf(path, sizeof path, "%s/cli-bad.yaml", BRAID_BINARY_DIR);
+    write_file(path, "model:\n  d_model: 64\n  n_layer: 2\n");
+    snprintf(cmd, sizeof cmd, "%s/train --config %s", BRAID_BINARY_DIR, path);
+    ck_assert_int_eq(run(cmd), 1);
+    ck_assert_msg(strstr(output, "cli-bad.yaml:3:3") && strstr(output, "model.n_layer") &&
+                  strstr(output, "did you mean 'model.n_layers'"), "output: %s", output);
+
+    write_file(path, "model:\n  d_model: [1, 2\n");
+    ck_assert_int_eq(run(cmd), 1);
+    ck_assert_msg(strstr(output, "cli-bad.yaml:"), "malformed YAML: %s", output);
+
+    snprintf(cmd, sizeof cmd, "%s/train --config %s/no-such.yaml", BRAID_BINARY_DIR, BRAID_BINARY_DIR);
+    ck_assert_int_eq(run(cmd), 1);
+    ck_assert_msg(strstr(output, "no-such.yaml") && strstr(output, "No such file"), "output: %s", output);
+
+    snprintf(cmd, sizeof cmd, "%s/train --config %s/configs/attention-tiny.yaml --set model.d_model=abc",
+             BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+    ck_assert_int_eq(run(cmd), 1);
+    ck_assert_msg(strstr(output, "--set model.d_model=abc") && strstr(output, "integer"), "output: %s", output);
+}
+END_TEST
+
+START_TEST(train_runs_a_short_job_and_writes_its_run_directory) {
+    char cmd[2048], path[1024];
+    snprintf(cmd, sizeof cmd,
+             "rm -rf %s/cli-run && %s/train --config %s/configs/attention-tiny.yaml --set train.steps=4 "
+             "--set train.batch_size=4 --set train.eval_examples=8 --set train.log_every=2 --set train.warmup_steps=2 "
+             "--set train.run_dir=%s/cli-run", BRAID_BINARY_DIR, BRAID_BINARY_DIR, BRAID_SOURCE_DIR, BRAID_BINARY_DIR);
+    int rc = run(cmd);
+    ck_assert_msg(rc == 0, "train exited %d: %s", rc, output);
+    ck_assert_msg(strstr(output, "pattern: \"AA\"") && strstr(output, "step 4/4") && strstr(output, "eval step 4"),
+                  "train output lacks the resolved config, progress or evaluation: %s", output);
+    const char *files[] = {"config.yaml", "metrics.jsonl"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/cli-run/%s", BRAID_BINARY_DIR, files[i]);
+        FILE *f = fopen(path, "r");
+        ck_assert_msg(f != NULL, "run directory lacks %s", files[i]);
+        fclose(f);
+    }
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("cli");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, every_executable_answers_help_with_its_options);
+    tcase_add_test(tc, unknown_flag_is_an_error_naming_it);
+    tcase_add_test(tc, train_reports_config_errors_with_file_line_column);
+    tcase_add_test(tc, train_runs_a_short_job_and_writes_its_run_directory);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
