@@ -238,6 +238,49 @@ START_TEST(test_chunked_scan_equals_naive_double_scan) {
 }
 END_TEST
 
+/* At this size the scan runs on several threads (small scans stay on one): the output
+ * must still equal the double-precision scan, and backward on 2 threads must give the
+ * 1-thread gradients (dB/dC up to the order of the per-thread partial sums). */
+START_TEST(test_threaded_scan_matches_naive_and_single_thread) {
+    ScanCase c = scan_case_make(4, 64, 128, 16, 16);
+    size_t seq = (size_t)c.B * c.T * c.C, bn = (size_t)c.B * c.T * c.N;
+    double *y_ref = malloc(seq * sizeof(double));
+    double *h_ref = malloc(seq * c.N * sizeof(double));
+    naive_scan_double(y_ref, h_ref, &c);
+    omp_set_num_threads(2);
+    scan_case_forward(&c);
+    double max_y = 0.0;
+    for (size_t i = 0; i < seq; i++) max_y = fmax(max_y, fabs(y_ref[i]));
+    for (size_t i = 0; i < seq; i++)
+        ck_assert_msg(fabs(c.y[i] - y_ref[i]) <= 1e-5 * (fabs(y_ref[i]) + max_y),
+                      "threaded scan: y[%zu] = %.8g, double scan %.8g", i, c.y[i], y_ref[i]);
+    for (size_t i = 0; i < seq; i++) c.dy[i] = (float)((i * 7919) % 13) / 13.0f - 0.4f;
+    struct { const char *name; float *g; size_t n; } grads[] = {
+        {"du", c.du, seq}, {"ddelta", c.ddelta, seq}, {"dA", c.dA, (size_t)c.C * c.N},
+        {"dB", c.dB, bn}, {"dC", c.dC, bn}, {"dD", c.dD, (size_t)c.C}};
+    float *one[6];
+    omp_set_num_threads(1);
+    scan_case_backward(&c);
+    for (int g = 0; g < 6; g++) {
+        one[g] = malloc(grads[g].n * sizeof(float));
+        memcpy(one[g], grads[g].g, grads[g].n * sizeof(float));
+        memset(grads[g].g, 0, grads[g].n * sizeof(float));
+    }
+    omp_set_num_threads(2);
+    scan_case_backward(&c);
+    for (int g = 0; g < 6; g++) {
+        double max_ref = 0.0;
+        for (size_t i = 0; i < grads[g].n; i++) max_ref = fmax(max_ref, fabs(one[g][i]));
+        for (size_t i = 0; i < grads[g].n; i++)
+            ck_assert_msg(fabs(grads[g].g[i] - one[g][i]) <= 1e-5 * max_ref,
+                          "%s[%zu]: 2 threads %.8g, 1 thread %.8g", grads[g].name, i, grads[g].g[i], one[g][i]);
+        free(one[g]);
+    }
+    free(y_ref); free(h_ref);
+    scan_case_free(&c);
+}
+END_TEST
+
 /* Backward recomputes states chunk by chunk: any chunk length must give the gradients
  * of the single-chunk run (up to float rounding of the recompute order). */
 START_TEST(test_scan_backward_is_independent_of_chunk_length) {
@@ -520,6 +563,7 @@ static Suite *mamba_suite(void) {
     tcase_add_test(kernels, test_scan_gradient_matches_finite_differences_ragged_chunks);
     tcase_add_test(kernels, test_scan_gradient_matches_finite_differences_one_chunk);
     tcase_add_test(kernels, test_chunked_scan_equals_naive_double_scan);
+    tcase_add_test(kernels, test_threaded_scan_matches_naive_and_single_thread);
     tcase_add_test(kernels, test_scan_backward_is_independent_of_chunk_length);
     tcase_add_test(kernels, test_scan_gradcheck_catches_a_wrong_backward);
     suite_add_tcase(s, kernels);
