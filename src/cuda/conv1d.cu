@@ -1,0 +1,129 @@
+/* conv1d.cu — Mamba's causal depthwise conv1d on the GPU (the CPU reference is
+ * causal_conv1d_forward/backward in layers/mamba_cpu.c):
+ *   out[b,t,c] = bias[c] + Σ_{j=0..K−1} w[c,j] · x[b, t−K+1+j, c]     (zero before t = 0)
+ *   dx[b,s,c]  += Σ_j w[c,j] · dout[b, s+K−1−j, c]                     (t < T only)
+ *   dw[c,j]    += Σ_{b,t} dout[b,t,c] · x[b,t−K+1+j,c],   dbias[c] += Σ_{b,t} dout[b,t,c]
+ * x, out, dout, dx are (Bsz,T,C); w (C,K).
+ * Forward and dx: one thread per (b,t,c), consecutive threads on consecutive channels, so
+ * every load and store is coalesced; the K taps are re-read from L1/L2.
+ * dw, dbias: a sum over the Bsz·T rows per channel. A block holds 32 channels (a warp's
+ * lanes, coalesced) × 16 row groups; each thread sums its rows in registers (K ≤ 8 taps),
+ * then the 16 partials are added in a fixed order through shared memory: no atomics, the
+ * same bits on every run. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_check.h"
+#include "mamba_cuda.h"
+
+#define CONV_MAX_K 8
+#define CONV_WGRAD_CHANNELS 32
+#define CONV_WGRAD_ROWS 16
+
+__global__ void causal_conv1d_forward_kernel(float *out, const float *x, const float *weight,
+                                             const float *bias, int T, int C, int K, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(i % C);
+        const int t = (int)((i / C) % T);
+        float acc = bias ? bias[c] : 0.0f;
+        /* tap j reads time t−K+1+j, i.e. j·C floats after the row t−K+1 */
+        for (int j = max(0, K - 1 - t); j < K; j++)
+            acc += weight[(size_t)c * K + j] * x[i - (size_t)(K - 1 - j) * C];
+        out[i] = acc;
+    }
+}
+
+__global__ void causal_conv1d_dx_kernel(float *dx, const float *dout, const float *weight, int T,
+                                        int C, int K, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(i % C);
+        const int s = (int)((i / C) % T);
+        float acc = 0.0f;
+        /* input time s feeds output time s+K−1−j through tap j */
+        for (int j = 0; j < K; j++) {
+            const int t = s + K - 1 - j;
+            if (t < T) acc += weight[(size_t)c * K + j] * dout[i + (size_t)(K - 1 - j) * C];
+        }
+        dx[i] += acc;
+    }
+}
+
+/* grid: ceil(C / 32) blocks of 32 × 16 threads; threadIdx.x = channel in the block,
+ * threadIdx.y = the row group (rows y, y+16, y+32, ... of the Bsz·T rows). */
+__global__ void causal_conv1d_wgrad_kernel(float *dweight, float *dbias, const float *dout,
+                                           const float *x, int Bsz, int T, int C, int K) {
+    __shared__ float partial[CONV_MAX_K + 1][CONV_WGRAD_ROWS][CONV_WGRAD_CHANNELS];
+    const int c = blockIdx.x * CONV_WGRAD_CHANNELS + threadIdx.x;
+    float dw[CONV_MAX_K], db = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CONV_MAX_K; j++) dw[j] = 0.0f;
+    if (c < C) {
+        for (int row = threadIdx.y; row < Bsz * T; row += CONV_WGRAD_ROWS) {
+            const int t = row % T;
+            const size_t i = (size_t)row * C + c;
+            const float g = dout[i];
+            db += g;
+#pragma unroll
+            for (int j = 0; j < CONV_MAX_K; j++)
+                if (j < K && t - K + 1 + j >= 0) dw[j] += g * x[i - (size_t)(K - 1 - j) * C];
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < CONV_MAX_K; j++) partial[j][threadIdx.y][threadIdx.x] = dw[j];
+    partial[CONV_MAX_K][threadIdx.y][threadIdx.x] = db;
+    __syncthreads();
+    /* thread (x, y) adds up tap y (y < K) or the bias (y == CONV_MAX_K is out of range of
+     * threadIdx.y, so the bias is taken by y == K) of channel x, rows in order */
+    if (c < C && threadIdx.y <= K) {
+        const int tap = threadIdx.y < K ? threadIdx.y : CONV_MAX_K;
+        float sum = 0.0f;
+        for (int r = 0; r < CONV_WGRAD_ROWS; r++) sum += partial[tap][r][threadIdx.x];
+        if (tap < K) {
+            if (dweight) dweight[(size_t)c * K + tap] += sum;
+        } else if (dbias) {
+            dbias[c] += sum;
+        }
+    }
+}
+
+static unsigned conv_blocks(size_t n) {
+    size_t blocks = (n + 255) / 256;
+    return (unsigned)(blocks < 8192 ? blocks : 8192);
+}
+
+static void check_kernel_size(int K, const char *who) {
+    if (K < 1 || K > CONV_MAX_K) {
+        fprintf(stderr, "%s: kernel size %d unsupported (1..%d)\n", who, K, CONV_MAX_K);
+        abort();
+    }
+}
+
+extern "C" void causal_conv1d_forward_cuda(float *out, const float *x, const float *weight,
+                                           const float *bias, int Bsz, int T, int C, int K,
+                                           cudaStream_t stream) {
+    const size_t n = (size_t)Bsz * T * C;
+    if (n == 0) return;
+    check_kernel_size(K, "causal_conv1d_forward_cuda");
+    causal_conv1d_forward_kernel<<<conv_blocks(n), 256, 0, stream>>>(out, x, weight, bias, T, C, K, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
+                                            const float *x, const float *weight, int Bsz, int T,
+                                            int C, int K, cudaStream_t stream) {
+    const size_t n = (size_t)Bsz * T * C;
+    if (n == 0) return;
+    check_kernel_size(K, "causal_conv1d_backward_cuda");
+    if (dx) {
+        causal_conv1d_dx_kernel<<<conv_blocks(n), 256, 0, stream>>>(dx, dout, weight, T, C, K, n);
+        CUDA_CHECK_LAUNCH();
+    }
+    if (dweight || dbias) {
+        const dim3 threads(CONV_WGRAD_CHANNELS, CONV_WGRAD_ROWS);
+        const unsigned blocks = (unsigned)((C + CONV_WGRAD_CHANNELS - 1) / CONV_WGRAD_CHANNELS);
+        causal_conv1d_wgrad_kernel<<<blocks, threads, 0, stream>>>(dweight, dbias, dout, x, Bsz, T, C, K);
+        CUDA_CHECK_LAUNCH();
+    }
+}

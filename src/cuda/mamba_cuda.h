@@ -1,0 +1,55 @@
+/* mamba_cuda.h — CUDA versions of the Mamba-1 kernels in layers/mamba_cpu.h: the causal
+ * depthwise conv1d and the chunked selective scan (issue 8, second step).
+ *
+ * Each launcher has the CPU kernel's name plus _cuda and the same arguments, layouts and
+ * semantics (see mamba_cpu.h: sequences (Bsz,T,C), B/C of the scan (Bsz,T,N), A (C,N) the
+ * actual negative A, chunk_states (Bsz, ceil(T/chunk), C, N) holding the state ENTERING
+ * each chunk; every *_backward ACCUMULATES into its gradients and skips a NULL one), except:
+ *  - every tensor pointer is a DEVICE pointer, and a cudaStream_t comes last; the launchers
+ *    queue work and return without waiting;
+ *  - selective_scan_backward_cuda takes a device scratch of
+ *    selective_scan_backward_cuda_scratch_floats(...) floats (per-block partial sums of dB,
+ *    dC, dA and dD, added up in a fixed order: the result is the same bits on every run);
+ *    its size depends on the channel count, not on a thread count as the CPU's does;
+ *  - limits: d_state N ≤ 32 for the scan, kernel K ≤ 8 for the conv (both abort beyond).
+ * Tested against the CPU kernels in tests/test_cuda_scan.c; design in docs/gpu-scan.md. */
+#ifndef BRAID_MAMBA_CUDA_H
+#define BRAID_MAMBA_CUDA_H
+#include <stddef.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* out[b,t,c] = bias[c] + Σ_j weight[c,j] x[b,t−K+1+j,c]; weight (C,K), bias (C) or NULL. */
+void causal_conv1d_forward_cuda(float *out, const float *x, const float *weight, const float *bias,
+                                int Bsz, int T, int C, int K, cudaStream_t stream);
+/* dx += (gather of weight·dout); dweight[c,j] += Σ_{b,t} dout·x; dbias[c] += Σ_{b,t} dout.
+ * The (b,t) sums have a fixed order (no atomics). */
+void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
+                                 const float *x, const float *weight, int Bsz, int T, int C, int K,
+                                 cudaStream_t stream);
+
+/* h_t = exp(δ_t A) ⊙ h_{t−1} + (δ_t u_t) B_t,  y_t = h_t·C_t + D u_t  (D may be NULL).
+ * Writes y and chunk_states. */
+void selective_scan_forward_cuda(float *y, float *chunk_states, const float *u, const float *delta,
+                                 const float *A, const float *B, const float *C, const float *D,
+                                 int Bsz, int T, int channels, int N, int chunk, cudaStream_t stream);
+
+/* Floats of device scratch selective_scan_backward_cuda needs. */
+size_t selective_scan_backward_cuda_scratch_floats(int Bsz, int T, int channels, int N);
+
+/* The gradients of mamba_cpu.h's selective_scan_backward, recomputing each chunk's states
+ * from chunk_states; accumulates into du, ddelta, dA, dB, dC, dD (each may be NULL). */
+void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC,
+                                  float *dD, const float *dy, const float *u, const float *delta,
+                                  const float *A, const float *B, const float *C, const float *D,
+                                  const float *chunk_states, int Bsz, int T, int channels, int N,
+                                  int chunk, float *scratch, size_t scratch_floats,
+                                  cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,548 @@
+/* test_cuda_scan.c — the CUDA Mamba kernels (src/cuda/mamba_cuda.h: causal conv1d and the
+ * chunked selective scan) against the CPU kernels of layers/mamba_cpu.h on the same data.
+ *
+ * Inputs are seeded random, never zeros: u, B, C, dy normal; δ uniform in [0.001, 0.5]
+ * (softplus outputs of a trained Mamba live around there); A = −(n+1)·U[0.5, 1.5] (the
+ * init's −exp(A_log) = −(n+1), jittered), so exp(δA) spans 0.0003 … 1. Shapes cover
+ * B 1…4, T 1, 7, 64, 129, 300, di 16…256, N 4, 5 (not a power of two), 16, 32 and chunk 8,
+ * 64 (and chunk ≥ T), channel counts that leave a block half full.
+ * Outputs a kernel WRITES (y, chunk_states, conv out) are poisoned first (bytes 0xFF, a
+ * NaN), so an unwritten element fails; gradients a kernel ACCUMULATES into start from the
+ * same random values on both sides, so adding (not overwriting) is what gets checked.
+ * Tolerances, |cuda − cpu| ≤ tol · max|cpu|: 1e-4 forward, 1e-3 backward (sums over up to
+ * 300 steps and 256 channels in another order; exp2f against the CPU's polynomial exp).
+ *
+ * `test_cuda_scan --bench` times the scan at B=8, T=2048, di=2048, N=16, chunk 64 instead
+ * of testing (tools/gpu_scan_test.sh runs both).
+ * No GPU: prints that it skipped and exits 77 (CTest: skipped). Check runs in-process
+ * (CK_NOFORK): a CUDA context does not survive fork(). */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "core/common.h"
+#include "core/rng.h"
+#include "cuda/cuda_check.h"
+#include "cuda/mamba_cuda.h"
+#include "layers/mamba_cpu.h"
+
+#define FORWARD_TOL 1e-4
+#define BACKWARD_TOL 1e-3
+
+static Rng rng;
+static cudaStream_t stream;
+
+/* ---------------------------------------------------------------- helpers */
+
+static float *host_normal(size_t n, float scale) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    rng_fill_normal(&rng, p, n, scale);
+    return p;
+}
+
+static float *host_uniform(size_t n, float lo, float hi) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    rng_fill_uniform(&rng, p, n, lo, hi);
+    return p;
+}
+
+static float *host_copy(const float *x, size_t n) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    memcpy(p, x, n * sizeof(float));
+    return p;
+}
+
+/* A (channels, N): −(n+1) · U[0.5, 1.5], the init's A jittered. */
+static float *host_scan_A(int channels, int N) {
+    float *A = braid_malloc((size_t)channels * N * sizeof(float), "A");
+    for (int c = 0; c < channels; c++)
+        for (int n = 0; n < N; n++) A[(size_t)c * N + n] = -(float)(n + 1) * rng_uniform_range(&rng, 0.5f, 1.5f);
+    return A;
+}
+
+static float *device_alloc(size_t n) {
+    void *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, n > 0 ? n * sizeof(float) : 1));
+    return p;
+}
+
+static float *device_copy(const float *x, size_t n) {
+    float *p = device_alloc(n);
+    CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(float), cudaMemcpyHostToDevice));
+    return p;
+}
+
+/* n floats, every one NaN (bytes 0xFF). */
+static float *device_poisoned(size_t n) {
+    float *p = device_alloc(n);
+    CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(float)));
+    return p;
+}
+
+static float *host_from_device(const float *d, size_t n) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaMemcpy(p, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return p;
+}
+
+typedef struct Comparison {
+    size_t n_nan, first_nan;     /* elements of `got` that are NaN (never written) */
+    size_t worst;                /* index of the largest |got − want| among the others */
+    double worst_diff, max_want;
+} Comparison;
+
+static Comparison compare(const float *got, const float *want, size_t n) {
+    Comparison c = {0, 0, 0, 0.0, 0.0};
+    for (size_t i = 0; i < n; i++) c.max_want = fmax(c.max_want, fabs((double)want[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i])) {
+            if (c.n_nan++ == 0) c.first_nan = i;
+            continue;
+        }
+        double diff = fabs((double)got[i] - (double)want[i]);
+        if (diff > c.worst_diff) { c.worst_diff = diff; c.worst = i; }
+    }
+    return c;
+}
+
+/* Every element written (no NaN), the worst difference within tol · max|want|. */
+static void check_close(const char *op, const char *shape, const float *got, const float *want,
+                        size_t n, double tol) {
+    Comparison c = compare(got, want, n);
+    printf("  %-40s %-44s worst |diff|/max %.2e (tol %.0e)\n", op, shape,
+           c.max_want > 0 ? c.worst_diff / c.max_want : c.worst_diff, tol);
+    ck_assert_msg(c.n_nan == 0, "%s %s: %zu of %zu elements not written (still NaN), first at %zu",
+                  op, shape, c.n_nan, n, c.first_nan);
+    ck_assert_msg(c.worst_diff <= tol * c.max_want,
+                  "%s %s: element %zu is %.8g, expected %.8g (|diff| %.3g > %.3g = %.0e of max %.4g)",
+                  op, shape, c.worst, got[c.worst], want[c.worst], c.worst_diff,
+                  tol * c.max_want, tol, c.max_want);
+}
+
+static void check_device_close(const char *op, const char *shape, const float *device,
+                               const float *want, size_t n, double tol) {
+    float *got = host_from_device(device, n);
+    check_close(op, shape, got, want, n, tol);
+    free(got);
+}
+
+/* ---------------------------------------------------------------- the checker itself */
+
+START_TEST(test_comparison_flags_unwritten_and_wrong_elements) {
+    float want[4] = {1.0f, -2.0f, 3.0f, 4.0f}, got[4];
+    memcpy(got, want, sizeof got);
+    got[2] = 3.01f;
+    Comparison wrong = compare(got, want, 4);
+    ck_assert_msg(wrong.worst == 2 && wrong.worst_diff > BACKWARD_TOL * wrong.max_want,
+                  "a changed element went unnoticed (worst %zu, diff %g)", wrong.worst, wrong.worst_diff);
+    float *poisoned = device_poisoned(4);
+    CUDA_CHECK(cudaMemcpy(poisoned, want, 3 * sizeof(float), cudaMemcpyHostToDevice));
+    float *back = host_from_device(poisoned, 4);
+    Comparison unwritten = compare(back, want, 4);
+    ck_assert_msg(unwritten.n_nan == 1 && unwritten.first_nan == 3,
+                  "poisoned element not seen as unwritten (%zu NaN, first at %zu)",
+                  unwritten.n_nan, unwritten.first_nan);
+    free(back);
+    CUDA_CHECK(cudaFree(poisoned));
+}
+END_TEST
+
+/* ---------------------------------------------------------------- conv1d */
+
+typedef struct ConvShape { int Bsz, T, C, K, use_bias; } ConvShape;
+static const ConvShape conv_shapes[] = {
+    {1, 1, 16, 4, 1}, {2, 7, 48, 4, 1}, {3, 64, 100, 2, 0}, {4, 129, 256, 4, 1}, {2, 300, 33, 8, 1},
+};
+#define N_CONV_SHAPES (sizeof conv_shapes / sizeof conv_shapes[0])
+
+START_TEST(test_conv1d_forward_matches_cpu) {
+    for (size_t s = 0; s < N_CONV_SHAPES; s++) {
+        const ConvShape m = conv_shapes[s];
+        char shape[96];
+        snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d bias=%d", m.Bsz, m.T, m.C, m.K, m.use_bias);
+        const size_t n = (size_t)m.Bsz * m.T * m.C, nw = (size_t)m.C * m.K;
+        float *x = host_normal(n, 1.0f), *w = host_normal(nw, 0.5f), *bias = host_normal(m.C, 1.0f);
+        float *out = braid_malloc(n * sizeof(float), "out");
+        float *d_x = device_copy(x, n), *d_w = device_copy(w, nw), *d_bias = device_copy(bias, m.C);
+        float *d_out = device_poisoned(n);
+        causal_conv1d_forward(out, x, w, m.use_bias ? bias : NULL, m.Bsz, m.T, m.C, m.K);
+        causal_conv1d_forward_cuda(d_out, d_x, d_w, m.use_bias ? d_bias : NULL, m.Bsz, m.T, m.C, m.K, stream);
+        check_device_close("causal_conv1d_forward", shape, d_out, out, n, FORWARD_TOL);
+        free(x); free(w); free(bias); free(out);
+        CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_w));
+        CUDA_CHECK(cudaFree(d_bias)); CUDA_CHECK(cudaFree(d_out));
+    }
+}
+END_TEST
+
+START_TEST(test_conv1d_backward_accumulates_like_cpu) {
+    for (size_t s = 0; s < N_CONV_SHAPES; s++) {
+        const ConvShape m = conv_shapes[s];
+        char shape[96];
+        snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d", m.Bsz, m.T, m.C, m.K);
+        const size_t n = (size_t)m.Bsz * m.T * m.C, nw = (size_t)m.C * m.K;
+        float *x = host_normal(n, 1.0f), *w = host_normal(nw, 0.5f), *dout = host_normal(n, 1.0f);
+        /* gradients start from the same random values on both sides */
+        float *dx = host_normal(n, 1.0f), *dw = host_normal(nw, 1.0f), *dbias = host_normal(m.C, 1.0f);
+        float *d_x = device_copy(x, n), *d_w = device_copy(w, nw), *d_dout = device_copy(dout, n);
+        float *d_dx = device_copy(dx, n), *d_dw = device_copy(dw, nw), *d_dbias = device_copy(dbias, m.C);
+        causal_conv1d_backward(dx, dw, dbias, dout, x, w, m.Bsz, m.T, m.C, m.K);
+        causal_conv1d_backward_cuda(d_dx, d_dw, d_dbias, d_dout, d_x, d_w, m.Bsz, m.T, m.C, m.K, stream);
+        check_device_close("causal_conv1d_backward dx", shape, d_dx, dx, n, BACKWARD_TOL);
+        check_device_close("causal_conv1d_backward dweight", shape, d_dw, dw, nw, BACKWARD_TOL);
+        check_device_close("causal_conv1d_backward dbias", shape, d_dbias, dbias, m.C, BACKWARD_TOL);
+        free(x); free(w); free(dout); free(dx); free(dw); free(dbias);
+        CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_w)); CUDA_CHECK(cudaFree(d_dout));
+        CUDA_CHECK(cudaFree(d_dx)); CUDA_CHECK(cudaFree(d_dw)); CUDA_CHECK(cudaFree(d_dbias));
+    }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- selective scan */
+
+typedef struct ScanShape { int Bsz, T, channels, N, chunk, use_D; } ScanShape;
+static const ScanShape scan_shapes[] = {
+    {1, 1, 16, 4, 8, 1},      /* one step */
+    {2, 7, 48, 16, 8, 1},     /* chunk ≥ T */
+    {3, 64, 64, 4, 64, 1},    /* T = chunk: one full chunk */
+    {4, 129, 256, 16, 64, 1}, /* ragged last chunk of 1 step */
+    {2, 300, 100, 16, 8, 0},  /* 38 chunks, half-full channel block, D = NULL */
+    {1, 300, 40, 5, 64, 1},   /* N not a power of two: padded state lanes */
+    {2, 129, 24, 32, 8, 1},   /* N = 32: a whole warp per channel */
+};
+#define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
+
+/* One shape's inputs on the host and the device. */
+typedef struct ScanData {
+    ScanShape m;
+    size_t n_seq, n_bc, n_A, n_states;
+    float *u, *delta, *A, *B, *C, *D, *dy;
+    float *d_u, *d_delta, *d_A, *d_B, *d_C, *d_D, *d_dy;
+} ScanData;
+
+static ScanData scan_data(ScanShape m) {
+    ScanData s;
+    s.m = m;
+    s.n_seq = (size_t)m.Bsz * m.T * m.channels;
+    s.n_bc = (size_t)m.Bsz * m.T * m.N;
+    s.n_A = (size_t)m.channels * m.N;
+    s.n_states = (size_t)m.Bsz * selective_scan_n_chunks(m.T, m.chunk) * m.channels * m.N;
+    s.u = host_normal(s.n_seq, 1.0f);
+    s.delta = host_uniform(s.n_seq, 0.001f, 0.5f);
+    s.A = host_scan_A(m.channels, m.N);
+    s.B = host_normal(s.n_bc, 1.0f);
+    s.C = host_normal(s.n_bc, 1.0f);
+    s.D = host_normal(m.channels, 1.0f);
+    s.dy = host_normal(s.n_seq, 1.0f);
+    s.d_u = device_copy(s.u, s.n_seq);
+    s.d_delta = device_copy(s.delta, s.n_seq);
+    s.d_A = device_copy(s.A, s.n_A);
+    s.d_B = device_copy(s.B, s.n_bc);
+    s.d_C = device_copy(s.C, s.n_bc);
+    s.d_D = device_copy(s.D, m.channels);
+    s.d_dy = device_copy(s.dy, s.n_seq);
+    return s;
+}
+
+static void scan_data_free(ScanData *s) {
+    float *host[] = {s->u, s->delta, s->A, s->B, s->C, s->D, s->dy};
+    float *device[] = {s->d_u, s->d_delta, s->d_A, s->d_B, s->d_C, s->d_D, s->d_dy};
+    for (int i = 0; i < 7; i++) {
+        free(host[i]);
+        CUDA_CHECK(cudaFree(device[i]));
+    }
+}
+
+static void scan_shape_name(char *out, size_t size, ScanShape m) {
+    snprintf(out, size, "B=%d T=%d di=%d N=%d chunk=%d D=%s", m.Bsz, m.T, m.channels, m.N, m.chunk,
+             m.use_D ? "yes" : "NULL");
+}
+
+START_TEST(test_scan_forward_matches_cpu) {
+    for (size_t i = 0; i < N_SCAN_SHAPES; i++) {
+        ScanData s = scan_data(scan_shapes[i]);
+        const ScanShape m = s.m;
+        char shape[96];
+        scan_shape_name(shape, sizeof shape, m);
+        float *y = braid_malloc(s.n_seq * sizeof(float), "y");
+        float *states = braid_malloc(s.n_states * sizeof(float), "states");
+        float *d_y = device_poisoned(s.n_seq), *d_states = device_poisoned(s.n_states);
+        selective_scan_forward(y, states, s.u, s.delta, s.A, s.B, s.C, m.use_D ? s.D : NULL, m.Bsz,
+                               m.T, m.channels, m.N, m.chunk);
+        selective_scan_forward_cuda(d_y, d_states, s.d_u, s.d_delta, s.d_A, s.d_B, s.d_C,
+                                    m.use_D ? s.d_D : NULL, m.Bsz, m.T, m.channels, m.N, m.chunk, stream);
+        check_device_close("selective_scan_forward y", shape, d_y, y, s.n_seq, FORWARD_TOL);
+        /* chunk 0's start state is exactly zero: compared against max|cpu| it still counts */
+        check_device_close("selective_scan_forward chunk_states", shape, d_states, states,
+                           s.n_states, FORWARD_TOL);
+        free(y); free(states);
+        CUDA_CHECK(cudaFree(d_y)); CUDA_CHECK(cudaFree(d_states));
+        scan_data_free(&s);
+    }
+}
+END_TEST
+
+/* The CPU backward on the CPU's forward; the CUDA backward on the same chunk states
+ * (uploaded), so that the backward alone is compared. Gradients start random. */
+typedef struct ScanGrads { float *du, *ddelta, *dA, *dB, *dC, *dD; } ScanGrads;
+
+static ScanGrads scan_grads_random(const ScanData *s) {
+    ScanGrads g = {host_normal(s->n_seq, 1.0f), host_normal(s->n_seq, 1.0f), host_normal(s->n_A, 1.0f),
+                   host_normal(s->n_bc, 1.0f), host_normal(s->n_bc, 1.0f), host_normal(s->m.channels, 1.0f)};
+    return g;
+}
+
+static ScanGrads scan_grads_to_device(const ScanData *s, const ScanGrads *g) {
+    ScanGrads d = {device_copy(g->du, s->n_seq), device_copy(g->ddelta, s->n_seq), device_copy(g->dA, s->n_A),
+                   device_copy(g->dB, s->n_bc), device_copy(g->dC, s->n_bc), device_copy(g->dD, s->m.channels)};
+    return d;
+}
+
+static void scan_grads_free(ScanGrads *g, int on_device) {
+    float *all[] = {g->du, g->ddelta, g->dA, g->dB, g->dC, g->dD};
+    for (int i = 0; i < 6; i++) {
+        if (on_device) CUDA_CHECK(cudaFree(all[i]));
+        else free(all[i]);
+    }
+}
+
+/* The CPU's chunk states for s (forward on the CPU), and the CPU backward into g. */
+static float *cpu_forward_backward(const ScanData *s, ScanGrads *g) {
+    const ScanShape m = s->m;
+    const float *D = m.use_D ? s->D : NULL;
+    float *y = braid_malloc(s->n_seq * sizeof(float), "y");
+    float *states = braid_malloc(s->n_states * sizeof(float), "states");
+    selective_scan_forward(y, states, s->u, s->delta, s->A, s->B, s->C, D, m.Bsz, m.T, m.channels,
+                           m.N, m.chunk);
+    const size_t scratch_floats = selective_scan_backward_scratch_floats(m.Bsz, m.T, m.N, m.chunk, 1);
+    float *scratch = braid_malloc(scratch_floats * sizeof(float), "scratch");
+    selective_scan_backward(g->du, g->ddelta, g->dA, g->dB, g->dC, m.use_D ? g->dD : NULL, s->dy, s->u,
+                            s->delta, s->A, s->B, s->C, D, states, m.Bsz, m.T, m.channels, m.N,
+                            m.chunk, scratch, scratch_floats);
+    free(y); free(scratch);
+    return states;
+}
+
+static void cuda_backward(const ScanData *s, const ScanGrads *d, const float *d_states) {
+    const ScanShape m = s->m;
+    const size_t scratch_floats = selective_scan_backward_cuda_scratch_floats(m.Bsz, m.T, m.channels, m.N);
+    float *d_scratch = device_poisoned(scratch_floats);
+    selective_scan_backward_cuda(d->du, d->ddelta, d->dA, d->dB, d->dC, m.use_D ? d->dD : NULL, s->d_dy,
+                                 s->d_u, s->d_delta, s->d_A, s->d_B, s->d_C, m.use_D ? s->d_D : NULL,
+                                 d_states, m.Bsz, m.T, m.channels, m.N, m.chunk, d_scratch,
+                                 scratch_floats, stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaFree(d_scratch));
+}
+
+START_TEST(test_scan_backward_accumulates_like_cpu) {
+    for (size_t i = 0; i < N_SCAN_SHAPES; i++) {
+        ScanData s = scan_data(scan_shapes[i]);
+        char shape[96];
+        scan_shape_name(shape, sizeof shape, s.m);
+        ScanGrads g = scan_grads_random(&s);
+        ScanGrads d = scan_grads_to_device(&s, &g);
+        float *states = cpu_forward_backward(&s, &g);
+        float *d_states = device_copy(states, s.n_states);
+        cuda_backward(&s, &d, d_states);
+        check_device_close("selective_scan_backward du", shape, d.du, g.du, s.n_seq, BACKWARD_TOL);
+        check_device_close("selective_scan_backward ddelta", shape, d.ddelta, g.ddelta, s.n_seq, BACKWARD_TOL);
+        check_device_close("selective_scan_backward dA", shape, d.dA, g.dA, s.n_A, BACKWARD_TOL);
+        check_device_close("selective_scan_backward dB", shape, d.dB, g.dB, s.n_bc, BACKWARD_TOL);
+        check_device_close("selective_scan_backward dC", shape, d.dC, g.dC, s.n_bc, BACKWARD_TOL);
+        check_device_close("selective_scan_backward dD", shape, d.dD, g.dD, s.m.channels, BACKWARD_TOL);
+        free(states);
+        CUDA_CHECK(cudaFree(d_states));
+        scan_grads_free(&g, 0);
+        scan_grads_free(&d, 1);
+        scan_data_free(&s);
+    }
+}
+END_TEST
+
+/* NULL gradients are skipped and the others still come out right (only dδ and dB asked
+ * for), and two runs from the same start give the same bits (fixed-order sums, no atomics). */
+START_TEST(test_scan_backward_skips_null_gradients_and_is_deterministic) {
+    const ScanShape m = {3, 129, 80, 16, 64, 1};
+    ScanData s = scan_data(m);
+    char shape[96];
+    scan_shape_name(shape, sizeof shape, m);
+    float *y = braid_malloc(s.n_seq * sizeof(float), "y");
+    float *states = braid_malloc(s.n_states * sizeof(float), "states");
+    selective_scan_forward(y, states, s.u, s.delta, s.A, s.B, s.C, s.D, m.Bsz, m.T, m.channels, m.N, m.chunk);
+    float *start_ddelta = host_normal(s.n_seq, 1.0f), *start_dB = host_normal(s.n_bc, 1.0f);
+    float *cpu_ddelta = host_copy(start_ddelta, s.n_seq), *cpu_dB = host_copy(start_dB, s.n_bc);
+    const size_t scratch_floats = selective_scan_backward_scratch_floats(m.Bsz, m.T, m.N, m.chunk, 1);
+    float *scratch = braid_malloc(scratch_floats * sizeof(float), "scratch");
+    selective_scan_backward(NULL, cpu_ddelta, NULL, cpu_dB, NULL, NULL, s.dy, s.u, s.delta, s.A, s.B, s.C,
+                            s.D, states, m.Bsz, m.T, m.channels, m.N, m.chunk, scratch, scratch_floats);
+
+    float *d_states = device_copy(states, s.n_states);
+    float *d_ddelta = device_copy(start_ddelta, s.n_seq), *d_dB = device_copy(start_dB, s.n_bc);
+    ScanGrads only = {NULL, d_ddelta, NULL, d_dB, NULL, NULL};
+    cuda_backward(&s, &only, d_states);
+    float *first_ddelta = host_from_device(d_ddelta, s.n_seq), *first_dB = host_from_device(d_dB, s.n_bc);
+    check_close("selective_scan_backward ddelta (others NULL)", shape, first_ddelta, cpu_ddelta, s.n_seq,
+                BACKWARD_TOL);
+    check_close("selective_scan_backward dB (others NULL)", shape, first_dB, cpu_dB, s.n_bc, BACKWARD_TOL);
+
+    CUDA_CHECK(cudaMemcpy(d_ddelta, start_ddelta, s.n_seq * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_dB, start_dB, s.n_bc * sizeof(float), cudaMemcpyHostToDevice));
+    cuda_backward(&s, &only, d_states);
+    float *second_ddelta = host_from_device(d_ddelta, s.n_seq), *second_dB = host_from_device(d_dB, s.n_bc);
+    for (size_t i = 0; i < s.n_seq; i++)
+        ck_assert_msg(memcmp(&first_ddelta[i], &second_ddelta[i], sizeof(float)) == 0,
+                      "selective_scan_backward_cuda %s: ddelta[%zu] is %.9g, then %.9g on a second run",
+                      shape, i, first_ddelta[i], second_ddelta[i]);
+    for (size_t i = 0; i < s.n_bc; i++)
+        ck_assert_msg(memcmp(&first_dB[i], &second_dB[i], sizeof(float)) == 0,
+                      "selective_scan_backward_cuda %s: dB[%zu] is %.9g, then %.9g on a second run",
+                      shape, i, first_dB[i], second_dB[i]);
+
+    free(y); free(states); free(scratch); free(start_ddelta); free(start_dB); free(cpu_ddelta); free(cpu_dB);
+    free(first_ddelta); free(first_dB); free(second_ddelta); free(second_dB);
+    CUDA_CHECK(cudaFree(d_states)); CUDA_CHECK(cudaFree(d_ddelta)); CUDA_CHECK(cudaFree(d_dB));
+    scan_data_free(&s);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- timing (--bench) */
+
+static int compare_floats(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+#define BENCH_REPEATS 25
+#define BENCH_BANDWIDTH 3.0e12   /* bytes/s: the H100's measured device-to-device copy */
+
+typedef struct BenchArgs {
+    float *y, *states, *u, *delta, *A, *B, *C, *D, *dy, *du, *ddelta, *dA, *dB, *dC, *dD, *scratch;
+    size_t scratch_floats;
+    int Bsz, T, channels, N, chunk;
+} BenchArgs;
+
+static void bench_forward(const BenchArgs *a) {
+    selective_scan_forward_cuda(a->y, a->states, a->u, a->delta, a->A, a->B, a->C, a->D, a->Bsz, a->T,
+                                a->channels, a->N, a->chunk, stream);
+}
+
+static void bench_backward(const BenchArgs *a) {
+    selective_scan_backward_cuda(a->du, a->ddelta, a->dA, a->dB, a->dC, a->dD, a->dy, a->u, a->delta,
+                                 a->A, a->B, a->C, a->D, a->states, a->Bsz, a->T, a->channels, a->N,
+                                 a->chunk, a->scratch, a->scratch_floats, stream);
+}
+
+/* Median of BENCH_REPEATS timed calls after 3 untimed ones, in milliseconds. */
+static void time_it(const char *name, void (*fn)(const BenchArgs *), const BenchArgs *a, double floor_bytes) {
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    for (int i = 0; i < 3; i++) fn(a);
+    float ms[BENCH_REPEATS];
+    for (int i = 0; i < BENCH_REPEATS; i++) {
+        CUDA_CHECK(cudaEventRecord(start, stream));
+        fn(a);
+        CUDA_CHECK(cudaEventRecord(stop, stream));
+        CUDA_CHECK(cudaEventSynchronize(stop));
+        CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
+    }
+    qsort(ms, BENCH_REPEATS, sizeof ms[0], compare_floats);
+    const double median = ms[BENCH_REPEATS / 2], floor_ms = floor_bytes / BENCH_BANDWIDTH * 1e3;
+    printf("bench %-22s median %8.3f ms (min %.3f, max %.3f, %d runs) | floor %7.1f MB / 3.0 TB/s = "
+           "%6.3f ms | achieved %6.0f GB/s | time / floor %.2fx\n",
+           name, median, ms[0], ms[BENCH_REPEATS - 1], BENCH_REPEATS, floor_bytes / 1e6, floor_ms,
+           floor_bytes / (median * 1e-3) / 1e9, median / floor_ms);
+    CUDA_CHECK(cudaEventDestroy(start));
+    CUDA_CHECK(cudaEventDestroy(stop));
+}
+
+static float *bench_device(size_t n, float lo, float hi) {
+    float *h = host_uniform(n, lo, hi), *d = device_copy(h, n);
+    free(h);
+    return d;
+}
+
+static int run_bench(void) {
+    BenchArgs a = {0};
+    a.Bsz = 8; a.T = 2048; a.channels = 2048; a.N = 16; a.chunk = 64;
+    const size_t btc = (size_t)a.Bsz * a.T * a.channels, btn = (size_t)a.Bsz * a.T * a.N;
+    const size_t cn = (size_t)a.channels * a.N;
+    const size_t n_states = (size_t)a.Bsz * selective_scan_n_chunks(a.T, a.chunk) * cn;
+    float *A = host_scan_A(a.channels, a.N);
+    a.A = device_copy(A, cn);
+    free(A);
+    a.u = bench_device(btc, -1.0f, 1.0f); a.delta = bench_device(btc, 0.001f, 0.5f);
+    a.dy = bench_device(btc, -1.0f, 1.0f);
+    a.B = bench_device(btn, -1.0f, 1.0f); a.C = bench_device(btn, -1.0f, 1.0f);
+    a.D = bench_device(a.channels, 0.5f, 1.5f);
+    a.y = device_alloc(btc); a.states = device_alloc(n_states);
+    a.du = device_alloc(btc); a.ddelta = device_alloc(btc);
+    a.dA = device_alloc(cn); a.dB = device_alloc(btn); a.dC = device_alloc(btn); a.dD = device_alloc(a.channels);
+    CUDA_CHECK(cudaMemset(a.du, 0, btc * sizeof(float)));
+    CUDA_CHECK(cudaMemset(a.ddelta, 0, btc * sizeof(float)));
+    a.scratch_floats = selective_scan_backward_cuda_scratch_floats(a.Bsz, a.T, a.channels, a.N);
+    a.scratch = device_alloc(a.scratch_floats);
+    /* bytes that must move: forward reads u, δ, B, C, A, D once, writes y and the chunk
+     * states once; backward reads dy, u, δ, B, C, A, D, the chunk states once, and reads and
+     * writes du, dδ, dB, dC, dA, dD once (it accumulates into them) */
+    const double f = sizeof(float);
+    const double fwd = f * (3.0 * btc + 2.0 * btn + cn + a.channels + n_states);
+    const double bwd = f * (3.0 * btc + 2.0 * btn + cn + a.channels + n_states +
+                            2.0 * (2.0 * btc + 2.0 * btn + cn + a.channels));
+    printf("bench shape: B=%d T=%d di=%d N=%d chunk=%d; backward scratch %.1f MB (partials of dB, dC "
+           "per channel block: written and read once more, not in the floor)\n",
+           a.Bsz, a.T, a.channels, a.N, a.chunk, a.scratch_floats * f / 1e6);
+    time_it("selective_scan_fwd", bench_forward, &a, fwd);
+    time_it("selective_scan_bwd", bench_backward, &a, bwd);
+    float *all[] = {a.y, a.states, a.u, a.delta, a.A, a.B, a.C, a.D, a.dy, a.du, a.ddelta, a.dA, a.dB, a.dC, a.dD, a.scratch};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CUDA_CHECK(cudaFree(all[i]));
+    return EXIT_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- suite */
+
+static Suite *cuda_scan_suite(void) {
+    Suite *s = suite_create("cuda_scan");
+    TCase *tc = tcase_create("cuda_vs_cpu");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_comparison_flags_unwritten_and_wrong_elements);
+    tcase_add_test(tc, test_conv1d_forward_matches_cpu);
+    tcase_add_test(tc, test_conv1d_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_scan_forward_matches_cpu);
+    tcase_add_test(tc, test_scan_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_scan_backward_skips_null_gradients_and_is_deterministic);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(int argc, char **argv) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        printf("test_cuda_scan: no CUDA device — skipped\n");
+        return 77;
+    }
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("test_cuda_scan: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    rng_seed(&rng, 8);
+    CUDA_CHECK(cudaStreamCreate(&stream));
+    int failed = 0;
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
+        failed = run_bench() != EXIT_SUCCESS;
+    } else {
+        SRunner *sr = srunner_create(cuda_scan_suite());
+        srunner_set_fork_status(sr, CK_NOFORK);   /* a CUDA context does not survive fork() */
+        srunner_run_all(sr, CK_NORMAL);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+    }
+    CUDA_CHECK(cudaStreamDestroy(stream));
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# gpu_scan_test.sh — build the CUDA Mamba kernels (src/cuda/scan.cu, conv1d.cu), check them
+# against the CPU kernels and time the scan, on a GPU machine, in one device-tool call
+# (docs/gpu-scan.md). Same structure as tools/gpu_test.sh:
+#   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
+#   2. configure and build braid_cuda and test_cuda_scan into build-gpu
+#   3. ctest -R test_cuda_scan
+#   4. timing: test_cuda_scan --bench (B=8 T=2048 di=2048 N=16 chunk 64, median of 25,
+#      against the memory-traffic floor at 3.0 TB/s), then, where PyTorch with CUDA is
+#      installed, a plain PyTorch sequential scan of the same size over T/8 steps,
+#      extrapolated ×8
+#   5. the test binary under compute-sanitizer memcheck
+#   6. with --mutants: plant known bugs one at a time; the test must catch each
+#   7. racecheck (shared-memory races; slow, so last)
+# A short summary is printed last (the device tool returns the output's tail).
+# Logs go to $OUT (the device tool's folder that comes back), else to runs/gpu_scan_test.
+# Exit status: 0 if every step passed.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/runs/gpu_scan_test}
+mkdir -p "$out"
+build=$root/build-gpu
+jobs=${JOBS:-16}
+test_bin=$build/tests/test_cuda_scan
+
+source tools/gpu_deps.sh unpack
+set +e   # gpu_deps.sh sets -e; here a failed step is recorded and the summary still prints
+
+declare -a step_names step_results step_seconds
+record() { step_names+=("$1"); step_results+=("$2"); step_seconds+=("$3"); }
+run_step() {  # name, log file, command...
+    local name=$1 log=$2; shift 2
+    local start=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    record "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
+    [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n 40 "$log"; }
+    return $rc
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null ||
+  echo "no nvidia-smi"; nvcc --version | tail -n 1; } >"$out/device.txt"
+echo "device: $(head -n 1 "$out/device.txt")"
+
+status=0
+run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
+if [ $status -eq 0 ]; then
+    run_step build "$out/build.log" \
+        cmake --build "$build" -j"$jobs" --target braid_cuda test_cuda_scan || status=1
+    record "build warnings" "$(grep -ci "warning" "$out/build.log")" 0
+fi
+if [ $status -eq 0 ]; then
+    run_step "ctest scan" "$out/ctest.log" \
+        ctest --test-dir "$build" -R test_cuda_scan --output-on-failure || status=1
+    cp "$build/Testing/Temporary/LastTest.log" "$out/test_cuda_scan.log" 2>/dev/null
+    if grep -q "Skipped" "$out/ctest.log"; then record "test_cuda_scan" "SKIPPED (no GPU)" 0
+    else record "test_cuda_scan" "$(grep -oE "[0-9]+% tests passed" "$out/ctest.log" || echo '?')" 0; fi
+
+    run_step "bench" "$out/bench.log" timeout 120 "$test_bin" --bench || status=1
+
+    # PyTorch reference: the recurrence of mamba_cpu.h written as plain tensor ops, one
+    # time step per iteration (what a researcher without a fused kernel runs)
+    cat >"$out/torch_scan.py" <<'EOF'
+import statistics, sys, time
+import torch
+if not torch.cuda.is_available():
+    print("torch: no CUDA"); sys.exit(0)
+Bsz, T, di, N = 8, 2048, 2048, 16
+steps = T // 8
+dev = "cuda"
+g = torch.Generator(device=dev).manual_seed(0)
+u = torch.randn(Bsz, steps, di, device=dev, generator=g)
+delta = torch.rand(Bsz, steps, di, device=dev, generator=g) * 0.5 + 0.001
+A = -torch.arange(1, N + 1, device=dev, dtype=torch.float32).expand(di, N).contiguous()
+B = torch.randn(Bsz, steps, N, device=dev, generator=g)
+C = torch.randn(Bsz, steps, N, device=dev, generator=g)
+D = torch.ones(di, device=dev)
+def scan(u, delta, A, B, C, D):
+    h = torch.zeros(Bsz, di, N, device=dev)
+    ys = []
+    for t in range(u.shape[1]):
+        dt = delta[:, t, :, None]
+        h = torch.exp(dt * A) * h + (dt * u[:, t, :, None]) * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1) + D * u[:, t])
+    return torch.stack(ys, 1)
+def timed(fn, reps=5):
+    fn(); torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+with torch.no_grad():
+    fwd = timed(lambda: scan(u, delta, A, B, C, D))
+leaves = [x.clone().requires_grad_() for x in (u, delta, A, B, C, D)]
+dy = torch.randn(Bsz, steps, di, device=dev, generator=g)
+def fwd_bwd():
+    y = scan(*leaves); y.backward(dy)
+both = timed(fwd_bwd)
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: eager sequential scan, "
+      f"B={Bsz} di={di} N={N}, timed over T/8 = {steps} steps (median of 5), x8 to T={T}:")
+print(f"torch sequential scan forward           {fwd:9.2f} ms for {steps} steps -> EXTRAPOLATED {8*fwd:9.1f} ms for T={T}")
+print(f"torch sequential scan backward (autograd) {both-fwd:7.2f} ms for {steps} steps -> EXTRAPOLATED {8*(both-fwd):9.1f} ms for T={T}")
+EOF
+    if python3 -c "import torch" 2>/dev/null; then
+        run_step "torch reference" "$out/torch.log" timeout 150 python3 "$out/torch_scan.py"
+    else
+        record "torch reference" "no PyTorch" 0
+    fi
+
+    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+    if [ -n "$sanitizer" ]; then
+        run_step "memcheck" "$out/memcheck.log" \
+            timeout 150 "$sanitizer" --tool memcheck --error-exitcode 3 "$test_bin" || status=1
+    else
+        record "memcheck" "no compute-sanitizer" 0
+    fi
+fi
+
+# --mutants: each plants one bug the comparisons must catch, rebuilds, expects a failure.
+mutant() {  # file under src/cuda, sed expression, what it breaks
+    local file=src/cuda/$1 expr=$2 what=$3 result caught_by
+    cp -p "$file" "$file.orig"
+    sed -i "$expr" "$file"
+    if cmp -s "$file" "$file.orig"; then result="NOT APPLIED"
+    elif ! cmake --build "$build" -j"$jobs" --target test_cuda_scan >>"$out/mutants.log" 2>&1; then
+        result="build failed"
+    elif timeout 60 "$test_bin" >"$out/mutant.out" 2>&1; then result="MISSED"
+    else
+        caught_by=$(grep -m 1 -oE ':[EF]:[^:]*:[^:]*' "$out/mutant.out" | cut -d: -f4)
+        result="caught${caught_by:+ by $caught_by}"
+    fi
+    { echo "==== $what: $result"; cat "$out/mutant.out"; } >>"$out/mutants.log"
+    mv "$file.orig" "$file" && touch "$file"
+    mutant_rows+=("$(printf '| %-48s | %s |' "$what" "$result")")
+}
+declare -a mutant_rows
+if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
+    mutant scan.cu 's/y_tile\[s\]\[cl\] = p + Dc \* uu;/y_tile[s][cl] = p;/' "scan forward drops D·u"
+    mutant scan.cu 's/if (du) du\[at\] += du_tile/if (du) du[at] = du_tile/' "scan du overwritten, not accumulated"
+    mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"
+    mutant scan.cu 's/for (int t = tc0; t < ts0; t++)/for (int t = tc0; t < tc0; t++)/' "scan sub-tile skips the walk from chunk start"
+    mutant scan.cu 's/const int tc0 = k \* chunk, tc1 = min(T, tc0 + chunk);/& carry = 0.0f;/' "scan drops the gradient carried across chunks"
+    mutant conv1d.cu 's/dx\[i\] += acc;/dx[i] = acc;/' "conv1d dx overwritten, not accumulated"
+    mutant conv1d.cu 's/for (int r = 0; r < CONV_WGRAD_ROWS; r++)/for (int r = 1; r < CONV_WGRAD_ROWS; r++)/' "conv1d dweight misses a row group"
+    cmake --build "$build" -j"$jobs" --target test_cuda_scan >>"$out/mutants.log" 2>&1   # the real one again
+fi
+
+if [ $status -eq 0 ] && [ -n "${sanitizer:-}" ]; then
+    run_step "racecheck" "$out/racecheck.log" \
+        timeout 120 "$sanitizer" --tool racecheck --error-exitcode 3 "$test_bin" || status=1
+fi
+
+echo
+echo "---- test_cuda_scan: per-test results"
+grep -E "Checks:|:[EF]:|no CUDA device" "$out/test_cuda_scan.log" 2>/dev/null | sed 's/^/  /'
+echo "---- worst |cuda − cpu| / max|cpu| over each kernel's shapes"
+awk '/worst \|diff\|\/max/ {
+        op = substr($0, 3, 40); sub(/ +$/, "", op)
+        match($0, /max [0-9.e+-]+/); r = substr($0, RSTART + 4, RLENGTH - 4) + 0
+        match($0, /tol [0-9.e+-]+/); tol[op] = substr($0, RSTART + 4, RLENGTH - 4)
+        if (!(op in worst) || r > worst[op]) worst[op] = r
+     }
+     END { for (op in worst) printf "  %-40s %.2e  (tol %s)\n", op, worst[op], tol[op] }' \
+    "$out/test_cuda_scan.log" 2>/dev/null | sort
+grep -E "ERROR SUMMARY" "$out/memcheck.log" 2>/dev/null | sed 's/^/  memcheck: /'
+grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$out/racecheck.log" 2>/dev/null | sed 's/^/  racecheck: /'
+echo "---- timing"
+grep -E "^bench|^torch" "$out/bench.log" "$out/torch.log" 2>/dev/null | sed 's/^[^:]*://; s/^/  /'
+echo
+echo "---- summary ($(head -n 1 "$out/device.txt"))"
+printf '| %-16s | %-18s | %7s |\n' step result seconds
+printf '| %-16s | %-18s | %7s |\n' ---------------- ------------------ -------
+for i in "${!step_names[@]}"; do
+    printf '| %-16s | %-18s | %7s |\n' "${step_names[$i]}" "${step_results[$i]}" "${step_seconds[$i]}"
+done
+if [ -n "${mutant_rows[*]:-}" ]; then
+    echo
+    printf '| %-48s | %s |\n' "planted bug (--mutants)" "test_cuda_scan"
+    printf '| %-48s | %s |\n' "------------------------------------------------" "------"
+    printf '%s\n' "${mutant_rows[@]}"
+    grep -q "MISSED\|NOT APPLIED\|build failed" <<<"${mutant_rows[*]}" && status=1
+fi
+exit $status
