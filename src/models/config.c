@@ -127,13 +127,16 @@ static const SchemaKey schema[] = {
     {FLOAT_KEY("model.moe.z_loss_coef", model.moe.z_loss_coef, '[', 0, 100, ']', "router z-loss weight")},
     {INT_KEY("model.moe.hidden", model.moe.hidden, 0, 1048576, "expert hidden size; 0 = model.dense's")},
 
-    {ENUM_KEY("task.name", task.name, "mqar|external", "synthetic task, or external: examples from task.data_path (HDF5)")},
+    {ENUM_KEY("task.name", task.name, "mqar|passkey|selective_copy|induction|text|external", "synthetic task; text: bytes of task.data_path; external: examples from task.data_path (HDF5)")},
     {INT_KEY("task.vocab_size", task.vocab_size, 2, 16777216, "task vocabulary")},
     {INT_KEY("task.seq_len", task.seq_len, 1, 16777216, "training sequence length")},
     {INT_KEY("task.num_kv_pairs", task.num_kv_pairs, 1, 1048576, "MQAR key-value pairs per sequence")},
     {FLOAT_KEY("task.power_a", task.power_a, '(', 0, 10, ']', "Zoology's power law of query gaps")},
     {BOOL_KEY("task.random_non_queries", task.random_non_queries, "fill non-query positions with random tokens")},
     {STRING_KEY("task.data_path", task.data_path, "dataset file or text corpus")},
+    {FLOAT_KEY("task.needle_depth", task.needle_depth, '[', -1, 1, ']', "passkey: needle depth in [0, 1] (0 = start of the haystack); -1 = uniform at random")},
+    {INT_KEY("task.copy_len", task.copy_len, 1, 1048576, "selective_copy: tokens to copy; induction: length of the repeated segment")},
+    {ENUM_KEY("task.split", task.split, "train|heldout", "text: train on the first 90% of the corpus, or score the held-out last 10%")},
 
     {ENUM_KEY("train.device", train.device, "cpu|cuda|auto", "where to train")},
     {LONG_KEY("train.seed", train.seed, 0, LONG_MAX, "parameter init and data seed")},

@@ -77,13 +77,16 @@ typedef struct ModelConfig {
 } ModelConfig;
 
 typedef struct TaskConfig {
-    char name[32];          /* "mqar" (more in later issues) */
+    char name[32];          /* "mqar" | "passkey" | "selective_copy" | "induction" | "text" | "external" */
     int vocab_size;         /* 256 */
     int seq_len;            /* 64 */
     int num_kv_pairs;       /* 4 */
     float power_a;          /* 0.01, Zoology's query-gap power law */
     int random_non_queries; /* 1 */
     char data_path[CONFIG_STR]; /* external datasets, text corpora */
+    float needle_depth;     /* passkey: needle position as a fraction of the haystack; -1 = uniform */
+    int copy_len;           /* selective_copy: tokens to copy; induction: repeated segment length; 16 */
+    char split[16];         /* text: "train" (first 90%) | "heldout" (last 10%) */
 } TaskConfig;
 
 typedef struct TrainConfig {

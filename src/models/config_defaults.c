@@ -35,6 +35,9 @@ void config_defaults(Config *cfg) {
     t->num_kv_pairs = 4;
     t->power_a = 0.01f;
     t->random_non_queries = 1;
+    t->needle_depth = -1.0f;
+    t->copy_len = 16;
+    strcpy(t->split, "train");
 
     TrainConfig *tr = &cfg->train;
     strcpy(tr->device, "cpu");

@@ -2,10 +2,14 @@
 #include <string.h>
 #include "task.h"
 
-extern const TaskKind mqar_task, external_task;
+extern const TaskKind mqar_task, passkey_task, selective_copy_task, induction_task, text_task, external_task;
 
 static const TaskKind *const tasks[] = {
     &mqar_task,
+    &passkey_task,         /* src/train/passkey.c: needle in a haystack at a depth */
+    &selective_copy_task,  /* src/train/selective_copy.c */
+    &induction_task,       /* src/train/induction.c */
+    &text_task,            /* src/train/text.c: bytes of a text corpus */
     &external_task,    /* src/train/external.c: HDF5 inputs/targets */
 };
 

@@ -130,7 +130,9 @@ static void write_layer_stats(Trainer *t) {
     }
 }
 
-static int run_evaluations(Trainer *t, BraidError *err) {
+/* Evaluates at task.seq_len and each eval.seq_lens; results[] (CONFIG_MAX_LIST + 1
+ * entries, may be NULL) gets them and *n_results their count, for summary.json. */
+static int run_evaluations(Trainer *t, EvalResult *results, int *n_results, BraidError *err) {
     const Config *c = &t->cfg;
     int lens[CONFIG_MAX_LIST + 1], n = 0;
     lens[n++] = c->task.seq_len;
@@ -140,6 +142,7 @@ static int run_evaluations(Trainer *t, BraidError *err) {
         EvalResult r;
         if (trainer_evaluate(t, lens[i], &r, err)) return -1;
         if (i == 0) t->last_eval_accuracy = r.accuracy;
+        if (results) { results[i] = r; *n_results = i + 1; }
         if (!t->quiet) {
             if (t->progress_tty) fprintf(stderr, "\r\033[K");
             fprintf(stderr, "eval step %ld  seq_len %d  loss %.4f  accuracy %.2f%%  (%ld answers)\n",
@@ -152,6 +155,40 @@ static int run_evaluations(Trainer *t, BraidError *err) {
             fflush(t->metrics);
         }
     }
+    return 0;
+}
+
+typedef struct RunSummary {
+    double flops_per_token, step_seconds, wall_seconds;
+    long tokens;                 /* trained in this invocation (a resumed run counts from the resume) */
+    const EvalResult *evals;     /* the final evaluation, one per length */
+    int n_evals;
+} RunSummary;
+
+/* Writes run_dir/summary.json — what a sweep aggregates per run, so accuracy can be set
+ * against cost: parameters, model FLOPs per token (model_flops_per_token at task.seq_len),
+ * mean training tokens/s (tokens / time inside the steps, evaluation excluded), wall
+ * time, and the final evaluation per sequence length. Written to a temporary name and
+ * renamed, so a sweep that sees summary.json sees a finished run. */
+static int write_summary(Trainer *t, const RunSummary *s, BraidError *err) {
+    if (!t->cfg.train.run_dir[0]) return 0;
+    char path[CONFIG_STR + 32], tmp[CONFIG_STR + 48];
+    snprintf(path, sizeof path, "%s/summary.json", t->cfg.train.run_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return error_set(err, "cannot write '%s': %s", tmp, strerror(errno));
+    fprintf(f, "{\"params\": %zu, \"flops_per_token\": %.6g, \"tokens_per_s\": %.1f, \"tokens\": %ld, "
+            "\"steps\": %ld, \"train_seconds\": %.3f, \"wall_seconds\": %.3f, \"task\": \"%s\", "
+            "\"pattern\": \"%s\", \"ffn\": \"%s\", \"eval\": [",
+            model_param_count(&t->model), s->flops_per_token, s->tokens / fmax(s->step_seconds, 1e-9), s->tokens,
+            t->state.step, s->step_seconds, s->wall_seconds, t->cfg.task.name, t->cfg.model.pattern,
+            t->cfg.model.ffn);
+    for (int i = 0; i < s->n_evals; i++)
+        fprintf(f, "%s{\"seq_len\": %d, \"accuracy\": %.6f, \"loss\": %.6f, \"scored\": %ld}", i ? ", " : "",
+                s->evals[i].seq_len, s->evals[i].accuracy, s->evals[i].loss, s->evals[i].scored);
+    fprintf(f, "]}\n");
+    if (fclose(f) != 0 || rename(tmp, path) != 0)
+        return error_set(err, "writing '%s' failed: %s", path, strerror(errno));
     return 0;
 }
 
@@ -209,10 +246,16 @@ int trainer_run(Trainer *t, BraidError *err) {
     double t0 = time_seconds(), last_log_time = t0;
     long first_step = t->state.step, last_log_step = t->state.step;
     double flops_per_token = model_flops_per_token(&t->model, T);
+    double step_seconds = 0.0;          /* time inside trainer_step, for the mean tokens/s */
+    long first_tokens = t->state.tokens_seen;
+    EvalResult last_evals[CONFIG_MAX_LIST + 1];
+    int n_last_evals = 0;
 
     while (t->state.step < tc->steps) {
         StepStats st;
+        double step_start = time_seconds();
         if (trainer_step(t, &st, err)) return -1;
+        step_seconds += time_seconds() - step_start;
         long done = t->state.step;
         if (!st.skipped && ((done % tc->log_every == 0) || done == tc->steps)) {
             double now = time_seconds();
@@ -239,11 +282,14 @@ int trainer_run(Trainer *t, BraidError *err) {
             last_log_step = done;
         }
         if ((tc->eval_every > 0 && done % tc->eval_every == 0) || done == tc->steps) {
-            if (run_evaluations(t, err)) return -1;
+            if (run_evaluations(t, last_evals, &n_last_evals, err)) return -1;
         }
         /* Checkpoints (checkpoint.c): every train.checkpoint_every steps and at the end. */
         if (checkpoint_after_step(t, done == tc->steps, err)) return error_prefix(err, "step %ld", done);
     }
     if (!t->quiet && t->progress_tty) fprintf(stderr, "\n");
-    return 0;
+    if (t->state.step == first_step) return 0;   /* nothing trained: keep an earlier summary */
+    RunSummary summary = {flops_per_token, step_seconds, time_seconds() - t0,
+                          t->state.tokens_seen - first_tokens, last_evals, n_last_evals};
+    return write_summary(t, &summary, err);
 }

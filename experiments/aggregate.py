@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""aggregate.py — turns sweep run directories into a CSV, a markdown table and PNG plots.
+
+    python3 experiments/aggregate.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
+
+A sweep directory holds one directory per point (written by experiments/*.sh), each with
+config.yaml (the resolved config), summary.json (written by the trainer when the run
+finished: params, flops_per_token, tokens_per_s, wall time, final evaluation per
+sequence length) and metrics.jsonl. Points without summary.json (still running or
+failed) are listed and left out. Seeds of one point (names ending -s<seed>) are
+averaged; the table shows the mean and, with several seeds, the min–max range.
+
+Writes into --out (default: SWEEP_DIR/report of the first one):
+    results.csv              one row per (run, evaluation length)
+    results.md               accuracy per architecture, training length and kv pairs
+    acc_vs_seq_len.png       accuracy against evaluation length, per architecture
+    acc_vs_kv_pairs.png      accuracy (at the training length) against kv pairs
+    acc_vs_tokens_per_s.png  accuracy against measured training tokens/s
+    acc_vs_params.png        accuracy against parameter count
+Needs numpy and matplotlib (Debian: python3-numpy python3-matplotlib; on a machine
+whose first python3 lacks them, run it with /usr/bin/python3).
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+from collections import defaultdict
+
+import numpy as np
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_config(path):
+    """The few keys the report needs from a resolved config.yaml (two-level keys),
+    parsed by indentation so PyYAML is not required."""
+    values, stack = {}, []
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].rstrip()
+            if not line.strip():
+                continue
+            indent = len(line) - len(line.lstrip())
+            key, _, value = line.strip().partition(":")
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            if value.strip():
+                dotted = ".".join([k for _, k in stack] + [key])
+                values[dotted] = value.strip().strip('"')
+            else:
+                stack.append((indent, key))
+    return values
+
+
+def arch_label(point, cfg):
+    """The point's name without its grid suffix, plus the mixer/FFN pattern when the
+    name does not already say it: 'ratio0.25 (MMAM)', 'jamba (MMAM/DEDE)'."""
+    prefix = re.sub(r"-T\d+-kv\d+$", "", point)
+    pattern, ffn = cfg.get("model.pattern", "?"), cfg.get("model.ffn", "")
+    shape = pattern + ("/" + ffn if ffn and set(ffn) != {"D"} else "")
+    return prefix if prefix == shape else f"{prefix} ({shape})"
+
+
+def load_runs(sweep_dirs):
+    runs, unfinished = [], []
+    for sweep_dir in sweep_dirs:
+        sweep = os.path.basename(os.path.normpath(sweep_dir))
+        for name in sorted(os.listdir(sweep_dir)):
+            run_dir = os.path.join(sweep_dir, name)
+            if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+                continue
+            summary_path = os.path.join(run_dir, "summary.json")
+            if not os.path.isfile(summary_path):
+                unfinished.append(run_dir)
+                continue
+            with open(summary_path) as f:
+                summary = json.load(f)
+            cfg = read_config(os.path.join(run_dir, "config.yaml"))
+            m = re.match(r"(.*)-s(\d+)$", name)
+            point, seed = (m.group(1), int(m.group(2))) if m else (name, int(cfg.get("train.seed", 0)))
+            runs.append({
+                "sweep": sweep, "point": point, "arch": arch_label(point, cfg), "seed": seed,
+                "pattern": cfg.get("model.pattern", ""), "ffn": cfg.get("model.ffn", ""),
+                "attention_fraction": cfg.get("model.pattern", "").count("A") / max(1, len(cfg.get("model.pattern", ""))),
+                "task": summary.get("task", cfg.get("task.name", "")),
+                "train_seq_len": int(cfg.get("task.seq_len", 0)), "kv_pairs": int(cfg.get("task.num_kv_pairs", 0)),
+                "params": summary["params"], "flops_per_token": summary["flops_per_token"],
+                "tokens_per_s": summary["tokens_per_s"], "tokens": summary["tokens"], "steps": summary["steps"],
+                "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
+                "eval": {e["seq_len"]: e for e in summary["eval"]},
+            })
+    return runs, unfinished
+
+
+def write_csv(runs, path):
+    fields = ["sweep", "point", "arch", "seed", "pattern", "ffn", "attention_fraction", "task", "train_seq_len",
+              "kv_pairs", "eval_seq_len", "accuracy", "loss", "params", "flops_per_token", "tokens_per_s", "tokens",
+              "steps", "train_seconds", "wall_seconds"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in runs:
+            for L, e in sorted(r["eval"].items()):
+                row = {k: r[k] for k in fields if k in r}
+                row.update(eval_seq_len=L, accuracy=e["accuracy"], loss=e["loss"])
+                w.writerow(row)
+
+
+def group(runs):
+    """(sweep, arch, train_seq_len, kv_pairs) → the runs of its seeds."""
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["sweep"], r["arch"], r["train_seq_len"], r["kv_pairs"])].append(r)
+    return groups
+
+
+def fmt_acc(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = 100 * np.mean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ({100 * min(values):.0f}–{100 * max(values):.0f})"
+
+
+def write_markdown(runs, path):
+    groups = group(runs)
+    lines = []
+    for sweep in sorted({k[0] for k in groups}):
+        keys = sorted((k for k in groups if k[0] == sweep),
+                      key=lambda k: (k[2], k[3], groups[k][0]["attention_fraction"], k[1]))
+        lines.append(f"### {sweep}\n")
+        lines.append("Accuracy (%) on held-out MQAR queries: the mean over seeds (min–max when there are several). "
+                     "'×1' is the training length; '×2', '×4' evaluate the same model on longer sequences.\n")
+        header = ["architecture", "train T", "kv pairs", "seeds", "acc ×1", "acc ×2", "acc ×4", "params",
+                  "MFLOP/token", "tokens/s"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for k in keys:
+            rs = groups[k]
+            T = k[2]
+            accs = [fmt_acc([r["eval"].get(m * T, {}).get("accuracy") for r in rs]) for m in (1, 2, 4)]
+            lines.append("| " + " | ".join([k[1], str(T), str(k[3]), str(len(rs))] + accs + [
+                f"{int(np.mean([r['params'] for r in rs])):,}",
+                f"{np.mean([r['flops_per_token'] for r in rs]) / 1e6:.2f}",
+                f"{np.mean([r['tokens_per_s'] for r in rs]):,.0f}"]) + " |")
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def style_for(labels):
+    cmap = plt.get_cmap("tab10")
+    return {a: (cmap(i % 10), "osD^v<>p*h"[i % 10]) for i, a in enumerate(sorted(labels))}
+
+
+def plot_acc_vs_seq_len(runs, path):
+    groups = group(runs)
+    panels = sorted({(k[0], k[3]) for k in groups})
+    styles = style_for({k[1] for k in groups})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (sweep, kv) in zip(axes[0], panels):
+        for k in sorted(g for g in groups if g[0] == sweep and g[3] == kv):
+            rs = groups[k]
+            lens = sorted({L for r in rs for L in r["eval"]})
+            acc = [np.mean([r["eval"][L]["accuracy"] for r in rs if L in r["eval"]]) for L in lens]
+            color, marker = styles[k[1]]
+            ax.plot(lens, acc, marker=marker, color=color, label=f"{k[1]}, train T={k[2]}")
+            ax.axvline(k[2], color="0.85", lw=0.8, zorder=0)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"{sweep}: {kv} kv pairs", xlabel="evaluation sequence length", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_acc_vs_kv(runs, path):
+    groups = group(runs)
+    panels = sorted({(k[0], k[2]) for k in groups})
+    styles = style_for({k[1] for k in groups})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (sweep, T) in zip(axes[0], panels):
+        for arch in sorted({k[1] for k in groups if k[0] == sweep and k[2] == T}):
+            kvs = sorted(k[3] for k in groups if k[0] == sweep and k[2] == T and k[1] == arch)
+            acc = [np.mean([r["eval"][T]["accuracy"] for r in groups[(sweep, arch, T, kv)]]) for kv in kvs]
+            color, marker = styles[arch]
+            ax.plot(kvs, acc, marker=marker, color=color, label=arch)
+        ax.set(title=f"{sweep}: train and eval T={T}", xlabel="kv pairs", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_acc_vs_cost(runs, key, xlabel, path):
+    styles = style_for({r["arch"] for r in runs})
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    seen = set()
+    for r in runs:
+        e = r["eval"].get(r["train_seq_len"])
+        if not e:
+            continue
+        color, marker = styles[r["arch"]]
+        label = r["arch"] if r["arch"] not in seen else None
+        seen.add(r["arch"])
+        ax.scatter(r[key], e["accuracy"], color=color, marker=marker, label=label)
+        ax.annotate(f"kv{r['kv_pairs']} T{r['train_seq_len']}", (r[key], e["accuracy"]), fontsize=6,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.set(xlabel=xlabel, ylabel="accuracy at the training length", ylim=(-0.02, 1.05))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dirs", nargs="+", help="sweep directories (runs/sweeps/<sweep>-<scale>)")
+    parser.add_argument("--out", help="output directory (default: <first sweep dir>/report)")
+    args = parser.parse_args(argv)
+    for d in args.sweep_dirs:
+        if not os.path.isdir(d):
+            sys.exit(f"aggregate.py: {d}: not a directory")
+    runs, unfinished = load_runs(args.sweep_dirs)
+    for d in unfinished:
+        print(f"aggregate.py: {d}: no summary.json (running, interrupted or failed); left out", file=sys.stderr)
+    if not runs:
+        sys.exit("aggregate.py: no finished runs (no summary.json) in " + ", ".join(args.sweep_dirs))
+    out = args.out or os.path.join(args.sweep_dirs[0], "report")
+    os.makedirs(out, exist_ok=True)
+    write_csv(runs, os.path.join(out, "results.csv"))
+    write_markdown(runs, os.path.join(out, "results.md"))
+    plot_acc_vs_seq_len(runs, os.path.join(out, "acc_vs_seq_len.png"))
+    plot_acc_vs_kv(runs, os.path.join(out, "acc_vs_kv_pairs.png"))
+    plot_acc_vs_cost(runs, "tokens_per_s", "measured training tokens/s", os.path.join(out, "acc_vs_tokens_per_s.png"))
+    plot_acc_vs_cost(runs, "params", "parameters", os.path.join(out, "acc_vs_params.png"))
+    print(f"aggregate.py: {len(runs)} runs → {out}/results.csv, results.md and 4 plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

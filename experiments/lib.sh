@@ -1,0 +1,160 @@
+# lib.sh — what every sweep script shares (sourced, not run): flags, the scale presets,
+# parameter matching, and a runner that trains points in parallel and skips those done.
+#
+# A point is one training run in its own directory, $OUT/<name>/, holding config.yaml,
+# metrics.jsonl, train.log, checkpoints/ and, when it finished, summary.json (written
+# last by the trainer, atomically). A point with summary.json is skipped; one with a
+# checkpoint but no summary was interrupted and is resumed (`train --resume`); one with
+# neither is started afresh. So re-running an interrupted sweep continues it.
+
+BRAID_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TRAIN=${TRAIN:-$BRAID_ROOT/build/train}
+PYTHON=${PYTHON:-python3}
+
+usage_common() {
+    cat <<USAGE
+options:
+  --device cpu|cuda   where each point trains (default cpu)
+  --scale tiny|small  tiny: d_model 64, 4 blocks, short runs for a 2-core CPU;
+                      small: d_model 256, 8 blocks, sized for one GPU (default tiny)
+  --seeds N           seeds 1..N per point (default 1)
+  --jobs J            points trained at once (default: cores/2, at least 1); each gets
+                      cores/J threads
+  --steps N           override the scale's training steps
+  --out DIR           sweep directory (default runs/sweeps/<sweep>-<scale>)
+  --only REGEX        run only the points whose name matches (grep -E)
+  --dry-run           list the points and their commands, train nothing
+  -h, --help          this help
+Afterwards: \${PYTHON:-python3} experiments/aggregate.py OUT  (CSV, markdown, PNG plots)
+USAGE
+}
+
+parse_common() {
+    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
+            --scale) SCALE=${2:?--scale needs a value}; shift 2 ;;
+            --seeds) SEEDS=${2:?--seeds needs a value}; shift 2 ;;
+            --jobs) JOBS=${2:?--jobs needs a value}; shift 2 ;;
+            --steps) STEPS=${2:?--steps needs a value}; shift 2 ;;
+            --out) OUT=${2:?--out needs a value}; shift 2 ;;
+            --only) ONLY=${2:?--only needs a value}; shift 2 ;;
+            --dry-run) DRY_RUN=1; shift ;;
+            -h|--help) usage; exit 0 ;;
+            *) echo "$SWEEP: unknown option '$1' (see --help)" >&2; exit 1 ;;
+        esac
+    done
+    case "$SCALE" in tiny|small) ;; *) echo "$SWEEP: --scale must be tiny or small, not '$SCALE'" >&2; exit 1 ;; esac
+    case "$DEVICE" in cpu|cuda|auto) ;; *) echo "$SWEEP: --device must be cpu, cuda or auto, not '$DEVICE'" >&2; exit 1 ;; esac
+    case "$SEEDS" in ''|*[!0-9]*|0) echo "$SWEEP: --seeds must be a positive integer" >&2; exit 1 ;; esac
+    local cores; cores=$(nproc 2>/dev/null || echo 1)
+    [ -n "$JOBS" ] || JOBS=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+    case "$JOBS" in ''|*[!0-9]*|0) echo "$SWEEP: --jobs must be a positive integer" >&2; exit 1 ;; esac
+    THREADS=$(( cores / JOBS > 0 ? cores / JOBS : 1 ))
+    [ -n "$OUT" ] || OUT=$BRAID_ROOT/runs/sweeps/$SWEEP-$SCALE
+    [ -x "$TRAIN" ] || { echo "$SWEEP: $TRAIN not found; build first (cmake --build build)" >&2; exit 1; }
+    scale_presets
+}
+
+# The scale presets. Every point shares these; a sweep varies the rest.
+scale_presets() {
+    if [ "$SCALE" = tiny ]; then
+        D_MODEL=64; N_LAYERS=4; BATCH=32; DEFAULT_STEPS=600; EVAL_EXAMPLES=256; LR=3.0e-3; INIT_STD=0.06
+        HEADS=2; VOCAB=256
+    else
+        D_MODEL=256; N_LAYERS=8; BATCH=64; DEFAULT_STEPS=4000; EVAL_EXAMPLES=1000; LR=1.0e-3; INIT_STD=0.03
+        HEADS=4; VOCAB=8192
+    fi
+    STEPS=${STEPS:-$DEFAULT_STEPS}
+    WARMUP=$(( STEPS / 10 ))
+    # Settings of every point: Zoology-style MQAR training on the chosen device.
+    BASE_SETS=(
+        model.d_model=$D_MODEL model.init_std=$INIT_STD model.attention.n_heads=$HEADS
+        model.attention.position=rope model.mamba.d_state=16 model.mamba.expand=2
+        task.name=mqar task.vocab_size=$VOCAB
+        train.device=$DEVICE train.steps=$STEPS train.batch_size=$BATCH train.lr=$LR
+        train.warmup_steps=$WARMUP train.weight_decay=0.1 train.grad_clip=1.0
+        train.log_every=50 train.eval_every=$STEPS train.eval_examples=$EVAL_EXAMPLES
+        train.checkpoint_every=$(( STEPS / 4 )) train.keep_checkpoints=1 train.threads=$THREADS
+    )
+}
+
+# params_of SET... — the parameter count of the model these settings build (one probe
+# step into a scratch directory; summary.json carries the count).
+params_of() {
+    local probe; probe=$(mktemp -d)
+    local args=() s
+    for s in "${BASE_SETS[@]}" "$@" train.steps=1 train.warmup_steps=0 train.eval_examples=1 \
+             train.checkpoint_every=0 train.threads=1 "train.run_dir=$probe"; do args+=(--set "$s"); done
+    if ! "$TRAIN" --quiet "${args[@]}" >"$probe/log" 2>&1; then
+        echo "$SWEEP: probing the parameter count failed:" >&2; cat "$probe/log" >&2; rm -rf "$probe"; return 1
+    fi
+    "$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["params"])' "$probe/summary.json"
+    rm -rf "$probe"
+}
+
+# matched_hidden BUDGET SET... — the dense FFN hidden size (a multiple of 8) that brings
+# the model these settings build closest to BUDGET parameters: parameters are linear in
+# the hidden size, so two probes give the line.
+matched_hidden() {
+    local budget=$1; shift
+    local p1 p2
+    p1=$(params_of "$@" model.dense.hidden=64) || return 1
+    p2=$(params_of "$@" model.dense.hidden=128) || return 1
+    "$PYTHON" -c 'import sys; b,p1,p2=map(int,sys.argv[1:]); h=64+(b-p1)*64/(p2-p1); print(max(8,int(round(h/8))*8))' \
+        "$budget" "$p1" "$p2"
+}
+
+POINT_NAMES=(); POINT_SETS=()
+# add_point NAME SET... — queue one point per seed (NAME-s<seed>), with these settings
+# on top of BASE_SETS.
+add_point() {
+    local name=$1; shift
+    local seed
+    for seed in $(seq 1 "$SEEDS"); do
+        POINT_NAMES+=("$name-s$seed")
+        POINT_SETS+=("$* train.seed=$seed")
+    done
+}
+
+# run_one NAME "SETS" — trains one point unless done; resumes an interrupted one.
+run_one() {
+    local name=$1 sets=$2 dir=$OUT/$1
+    if [ -f "$dir/summary.json" ]; then echo "[$SWEEP] $name: done, skipped"; return 0; fi
+    local args=() s
+    if [ -e "$dir/latest" ]; then
+        args=(--resume "$dir")
+        echo "[$SWEEP] $name: resuming the interrupted run"
+    else
+        rm -rf "$dir"; mkdir -p "$dir"
+        for s in "${BASE_SETS[@]}" $sets "train.run_dir=$dir"; do args+=(--set "$s"); done
+        echo "[$SWEEP] $name: training"
+    fi
+    local start; start=$(date +%s)
+    if "$TRAIN" "${args[@]}" >>"$dir/train.log" 2>&1; then
+        echo "[$SWEEP] $name: finished in $(( $(date +%s) - start )) s: $(tail -n 1 "$dir/train.log")"
+    else
+        echo "[$SWEEP] $name: FAILED (see $dir/train.log):" >&2; tail -n 3 "$dir/train.log" >&2
+        return 1
+    fi
+}
+
+# run_points — trains the queued points, $JOBS at a time.
+run_points() {
+    mkdir -p "$OUT"
+    local i failed=0 running=0
+    echo "[$SWEEP] ${#POINT_NAMES[@]} points, scale $SCALE, $JOBS at a time with $THREADS threads each, into $OUT"
+    for i in "${!POINT_NAMES[@]}"; do
+        local name=${POINT_NAMES[$i]}
+        if [ -n "$ONLY" ] && ! echo "$name" | grep -Eq "$ONLY"; then continue; fi
+        if [ "$DRY_RUN" = 1 ]; then echo "$name: $TRAIN --set ${POINT_SETS[$i]// / --set }"; continue; fi
+        if [ "$running" -ge "$JOBS" ]; then wait -n || failed=1; running=$((running - 1)); fi
+        run_one "$name" "${POINT_SETS[$i]}" &
+        running=$((running + 1))
+    done
+    while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
+    [ "$DRY_RUN" = 1 ] && return 0
+    echo "[$SWEEP] all points in $OUT; aggregate with: \${PYTHON:-python3} experiments/aggregate.py $OUT"
+    return $failed
+}
