@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <cuda_runtime_api.h>
 #include "../train/adamw.h"
+#include "cuda_check.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -99,6 +100,13 @@ void adamw_update_cuda(float *params, const float *grads, float *m, float *v,
  * so a training step need not wait for it; copy it back when it is wanted. */
 void global_grad_norm_cuda(double *norm, const float *grads, size_t n, double *partials,
                            cudaStream_t stream);
+
+/* y[i] += x[i] and x[i] *= s over n floats (elementwise.cu). */
+void add_inplace_cuda(float *y, const float *x, size_t n, cudaStream_t stream);
+void scale_cuda(float *x, float s, size_t n, cudaStream_t stream);
+
+/* Zeroes n floats of device memory on the default stream (host code's memset). */
+#define CUDA_ZERO(ptr, n) CUDA_CHECK(cudaMemsetAsync((ptr), 0, (size_t)(n) * sizeof(float), 0))
 
 #ifdef __cplusplus
 }

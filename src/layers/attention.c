@@ -15,6 +15,9 @@
 #include "../core/common.h"
 #include "../core/ops.h"
 #include "../models/config.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/ops_cuda.h"
+#endif
 
 extern const LayerKind sliding_window_kind;
 
@@ -152,6 +155,53 @@ static void attention_layer_backward(Layer *layer, float *dx, const float *dy, c
     matmul_backward(dx, layer->grads[PARAM_V], NULL, dv, x, layer->params[PARAM_V], N, d, kvd);
 }
 
+#ifdef BRAID_HAVE_CUDA
+/* The same steps on the GPU (every pointer a device pointer; the saved layout is shared). */
+static void attention_layer_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
+    (void)ctx;
+    AttentionShape s = attention_shape(layer);
+    AttentionSaved sv = attention_saved(layer, s, B, T);
+    int N = B * T, d = layer->d_model, qd = s.H * s.hd, kvd = s.Hkv * s.hd;
+    matmul_forward_cuda(sv.q, x, layer->params[PARAM_Q], NULL, N, d, qd, 0, 0);
+    matmul_forward_cuda(sv.k, x, layer->params[PARAM_K], NULL, N, d, kvd, 0, 0);
+    matmul_forward_cuda(sv.v, x, layer->params[PARAM_V], NULL, N, d, kvd, 0, 0);
+    if (s.rope) {
+        rope_forward_cuda(sv.q, B, T, s.H, s.hd, s.rope_base, 0);
+        rope_forward_cuda(sv.k, B, T, s.Hkv, s.hd, s.rope_base, 0);
+    }
+    attention_forward_cuda(sv.a, sv.lse, sv.q, sv.k, sv.v, B, T, s.H, s.Hkv, s.hd, s.window, 0);
+    matmul_forward_cuda(y, sv.a, layer->params[PARAM_O], NULL, N, qd, d, 0, 0);
+}
+
+static void attention_layer_backward_cuda(Layer *layer, float *dx, const float *dy, const float *x,
+                                          int B, int T, Ctx *ctx) {
+    AttentionShape s = attention_shape(layer);
+    AttentionSaved sv = attention_saved(layer, s, B, T);
+    int N = B * T, d = layer->d_model, qd = s.H * s.hd, kvd = s.Hkv * s.hd;
+    size_t need = attention_scratch_floats(layer, B, T);
+    BRAID_CHECK(ctx->scratch_floats >= need, "attention: scratch %zu < %zu floats",
+                ctx->scratch_floats, need);
+    float *da = ctx->scratch;
+    float *dq = da + (size_t)N * qd;
+    float *dk = dq + (size_t)N * qd;
+    float *dv = dk + (size_t)N * kvd;
+    CUDA_ZERO(ctx->scratch, need);   /* the ops below accumulate */
+    matmul_backward_cuda(da, layer->grads[PARAM_O], NULL, dy, sv.a, layer->params[PARAM_O], N, qd, d, 0);
+    attention_backward_cuda(dq, dk, dv, da, sv.q, sv.k, sv.v, sv.a, sv.lse, B, T, s.H, s.Hkv, s.hd,
+                            s.window, 0);
+    if (s.rope) {
+        rope_backward_cuda(dq, B, T, s.H, s.hd, s.rope_base, 0);
+        rope_backward_cuda(dk, B, T, s.Hkv, s.hd, s.rope_base, 0);
+    }
+    matmul_backward_cuda(dx, layer->grads[PARAM_Q], NULL, dq, x, layer->params[PARAM_Q], N, d, qd, 0);
+    matmul_backward_cuda(dx, layer->grads[PARAM_K], NULL, dk, x, layer->params[PARAM_K], N, d, kvd, 0);
+    matmul_backward_cuda(dx, layer->grads[PARAM_V], NULL, dv, x, layer->params[PARAM_V], N, d, kvd, 0);
+}
+#define ATTENTION_CUDA .forward_cuda = attention_layer_forward_cuda, .backward_cuda = attention_layer_backward_cuda,
+#else
+#define ATTENTION_CUDA
+#endif
+
 const LayerKind attention_kind = {
     .name = "attention", .symbol = 'A', .role = LAYER_MIXER, .hf_module = "self_attn",
     .implemented = 1,
@@ -161,6 +211,7 @@ const LayerKind attention_kind = {
     .scratch_floats = attention_scratch_floats,
     .forward = attention_layer_forward,
     .backward = attention_layer_backward,
+    ATTENTION_CUDA
 };
 
 const LayerKind sliding_window_kind = {
@@ -172,4 +223,5 @@ const LayerKind sliding_window_kind = {
     .scratch_floats = attention_scratch_floats,
     .forward = attention_layer_forward,
     .backward = attention_layer_backward,
+    ATTENTION_CUDA
 };

@@ -12,6 +12,9 @@
 #include "../core/common.h"
 #include "../core/ops.h"
 #include "../models/config.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/ops_cuda.h"
+#endif
 
 enum { PARAM_GATE, PARAM_UP, PARAM_DOWN };
 
@@ -65,6 +68,40 @@ static void ffn_dense_backward(Layer *layer, float *dx, const float *dy, const f
     matmul_backward(dx, layer->grads[PARAM_UP], NULL, dup, x, layer->params[PARAM_UP], N, d, hidden);
 }
 
+#ifdef BRAID_HAVE_CUDA
+static void ffn_dense_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
+    int N = B * T, d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
+    size_t nh = (size_t)N * hidden;
+    BRAID_CHECK(ctx->scratch_floats >= nh, "ffn_dense: scratch %zu < %zu floats", ctx->scratch_floats, nh);
+    float *gate = layer->saved, *up = gate + nh, *h = ctx->scratch;
+    matmul_forward_cuda(gate, x, layer->params[PARAM_GATE], NULL, N, d, hidden, 0, 0);
+    matmul_forward_cuda(up, x, layer->params[PARAM_UP], NULL, N, d, hidden, 0, 0);
+    swiglu_forward_cuda(h, gate, up, nh, 0);
+    matmul_forward_cuda(y, h, layer->params[PARAM_DOWN], NULL, N, hidden, d, 0, 0);
+}
+
+static void ffn_dense_backward_cuda(Layer *layer, float *dx, const float *dy, const float *x,
+                                    int B, int T, Ctx *ctx) {
+    int N = B * T, d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
+    size_t nh = (size_t)N * hidden;
+    BRAID_CHECK(ctx->scratch_floats >= 3 * nh, "ffn_dense: scratch %zu < %zu floats",
+                ctx->scratch_floats, 3 * nh);
+    const float *gate = layer->saved, *up = gate + nh;
+    float *h_then_dgate = ctx->scratch, *dh = h_then_dgate + nh, *dup = dh + nh;
+    swiglu_forward_cuda(h_then_dgate, gate, up, nh, 0);
+    CUDA_ZERO(dh, nh);
+    matmul_backward_cuda(dh, layer->grads[PARAM_DOWN], NULL, dy, h_then_dgate, layer->params[PARAM_DOWN],
+                         N, hidden, d, 0);
+    swiglu_backward_cuda(h_then_dgate, dup, dh, gate, up, nh, 0);
+    matmul_backward_cuda(dx, layer->grads[PARAM_GATE], NULL, h_then_dgate, x, layer->params[PARAM_GATE],
+                         N, d, hidden, 0);
+    matmul_backward_cuda(dx, layer->grads[PARAM_UP], NULL, dup, x, layer->params[PARAM_UP], N, d, hidden, 0);
+}
+#define FFN_DENSE_CUDA .forward_cuda = ffn_dense_forward_cuda, .backward_cuda = ffn_dense_backward_cuda,
+#else
+#define FFN_DENSE_CUDA
+#endif
+
 const LayerKind ffn_dense_kind = {
     .name = "dense", .symbol = 'D', .role = LAYER_FFN, .hf_module = "feed_forward",
     .implemented = 1,
@@ -73,4 +110,5 @@ const LayerKind ffn_dense_kind = {
     .scratch_floats = ffn_dense_scratch_floats,
     .forward = ffn_dense_forward,
     .backward = ffn_dense_backward,
+    FFN_DENSE_CUDA
 };

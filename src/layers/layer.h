@@ -13,7 +13,15 @@
  *     temporary space a call needs from Ctx.scratch (shared by all layers, valid only
  *     during one call). Nothing is allocated inside the training step.
  *  4. forward(y = f(x)) then backward(dx += ..., param grads +=), with the same B, T
- *     (B, T at most those the arena was sized for). */
+ *     (B, T at most those the arena was sized for).
+ *
+ * On the CUDA backend (layer->device == DEVICE_CUDA, set before init and the size
+ * queries) the model calls forward_cuda/backward_cuda instead, under the same contract
+ * with every pointer a device pointer: x, y, dx, dy, layer->params[i], layer->grads[i],
+ * layer->saved and ctx->scratch. Work goes on the default stream. aux_loss and stats stay
+ * host values (a kind that has them copies them back). A kind whose forward_cuda is NULL
+ * does not run on CUDA yet, and model_build says so. saved_floats/scratch_floats may
+ * answer differently per device (read layer->device). */
 #ifndef BRAID_LAYER_H
 #define BRAID_LAYER_H
 #include <stddef.h>
@@ -92,6 +100,10 @@ typedef struct LayerKind {
     /* dx[B,T,d] += ∂L/∂x; param grads +=. x is the same input forward saw. */
     void   (*backward)(Layer *layer, float *dx, const float *dy, const float *x, int B, int T, Ctx *ctx);
     void   (*destroy)(Layer *layer);   /* frees layer->private, may be NULL */
+    /* The CUDA versions of forward and backward (see the file comment); NULL: not yet. */
+    void   (*forward_cuda)(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx);
+    void   (*backward_cuda)(Layer *layer, float *dx, const float *dy, const float *x, int B, int T,
+                            Ctx *ctx);
 } LayerKind;
 
 struct Layer {
@@ -100,6 +112,7 @@ struct Layer {
     int index;                  /* block index */
     char prefix[64];            /* e.g. "layers.3.mamba" */
     int d_model;
+    DeviceKind device;          /* where params, grads, saved and scratch live */
     int first_param, n_params;  /* range in the model's ParamList */
     float **params;             /* n_params pointers into the parameter buffer, declare order */
     float **grads;              /* same, into the gradient buffer */

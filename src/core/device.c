@@ -1,0 +1,92 @@
+/* device.c — see device.h. */
+#include "device.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#ifdef BRAID_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#include "../cuda/cuda_check.h"
+#include "../cuda/ops_cuda.h"
+
+int device_cuda_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();   /* a missing driver is an answer here, not an error */
+        return 0;
+    }
+    return n > 0;
+}
+
+const char *device_cuda_name(void) {
+    static char name[256];
+    if (!device_cuda_available()) return "none";
+    struct cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    snprintf(name, sizeof name, "%s", prop.name);
+    return name;
+}
+#else
+int device_cuda_available(void) { return 0; }
+const char *device_cuda_name(void) { return "none"; }
+#endif
+
+void *device_alloc(DeviceKind dev, size_t bytes, const char *what) {
+    if (dev == DEVICE_CPU) return braid_calloc(bytes ? bytes : 1, 1, what);
+#ifdef BRAID_HAVE_CUDA
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess)
+        BRAID_DIE("out of GPU memory allocating %s (%.1f MiB): %s", what, bytes / 1048576.0,
+                  cudaGetErrorString(e));
+    CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 1));
+    return p;
+#else
+    BRAID_DIE("device_alloc(%s): this build has no CUDA backend", what);
+#endif
+}
+
+void device_free(DeviceKind dev, void *p) {
+    if (!p) return;
+    if (dev == DEVICE_CPU) { free(p); return; }
+#ifdef BRAID_HAVE_CUDA
+    CUDA_CHECK(cudaFree(p));
+#endif
+}
+
+void device_zero(DeviceKind dev, void *p, size_t bytes) {
+    if (dev == DEVICE_CPU) { memset(p, 0, bytes); return; }
+#ifdef BRAID_HAVE_CUDA
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, 0));
+#endif
+}
+
+void device_upload(DeviceKind dev, void *dst, const void *src, size_t bytes) {
+    if (dev == DEVICE_CPU) { memcpy(dst, src, bytes); return; }
+#ifdef BRAID_HAVE_CUDA
+    CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+#endif
+}
+
+void device_download(DeviceKind dev, void *dst, const void *src, size_t bytes) {
+    if (dev == DEVICE_CPU) { memcpy(dst, src, bytes); return; }
+#ifdef BRAID_HAVE_CUDA
+    CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+#endif
+}
+
+void device_copy(DeviceKind dev, void *dst, const void *src, size_t bytes) {
+    if (dev == DEVICE_CPU) { memmove(dst, src, bytes); return; }
+#ifdef BRAID_HAVE_CUDA
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+#endif
+}
+
+void device_synchronize(DeviceKind dev) {
+    if (dev == DEVICE_CPU) return;
+#ifdef BRAID_HAVE_CUDA
+    CUDA_CHECK(cudaDeviceSynchronize());
+#endif
+}

@@ -1,0 +1,31 @@
+/* device.h — where a model's tensors live, and the few host-side moves between places.
+ *
+ * The CPU backend keeps everything in host memory. The CUDA backend (src/cuda/, built
+ * when nvcc is found) keeps parameters, gradients, moments, the activation arena and the
+ * scratch in device memory, and host code touches them only through these calls; the
+ * layers' CUDA paths (LayerKind.forward_cuda/backward_cuda) queue their work on the
+ * default stream, so a copy back to the host sees everything queued before it.
+ * In a build without CUDA, asking for DEVICE_CUDA is an internal error (the config layer
+ * rejects train.device: cuda there with a clear message first). */
+#ifndef BRAID_DEVICE_H
+#define BRAID_DEVICE_H
+#include <stddef.h>
+#include "../layers/layer.h"
+
+/* 1 when this build has the CUDA backend and a CUDA device is present. */
+int device_cuda_available(void);
+/* Name of the CUDA device (or "none") for progress lines and benchmarks. */
+const char *device_cuda_name(void);
+/* Zero-filled memory of `bytes` on `dev`; dies naming `what` when out of memory. */
+void *device_alloc(DeviceKind dev, size_t bytes, const char *what);
+void device_free(DeviceKind dev, void *p);
+void device_zero(DeviceKind dev, void *p, size_t bytes);
+/* dst (on dev) ← src (host), and dst (host) ← src (on dev). Synchronous. */
+void device_upload(DeviceKind dev, void *dst, const void *src, size_t bytes);
+void device_download(DeviceKind dev, void *dst, const void *src, size_t bytes);
+/* dst ← src, both on dev (queued, not waited for). */
+void device_copy(DeviceKind dev, void *dst, const void *src, size_t bytes);
+/* Waits for all queued device work. */
+void device_synchronize(DeviceKind dev);
+
+#endif
