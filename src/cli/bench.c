@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     overrides[n_overrides++] = "train.run_dir=";
     Config cfg;
     BraidError err;
-    if (config_load(&cfg, config_path, overrides, n_overrides, &err)) {
+    if (config_load(&cfg, config_path, overrides, n_overrides, &err) || config_resolve_device(&cfg, &err)) {
         fprintf(stderr, "bench: %s\n", err.message);
         return 1;
     }

@@ -117,6 +117,15 @@ int main(int argc, char **argv) {
             if (cfg.eval.seq_lens[i] != cfg.task.seq_len) lens[n_lens++] = cfg.eval.seq_lens[i];
     }
     cfg.train.run_dir[0] = 0;   /* evaluation writes nothing into the run directory */
+    /* A checkpoint records the device it was trained on; scoring it takes whatever this
+     * machine has, unless --set train.device=... says otherwise. */
+    int device_given = 0;
+    for (int i = 0; i < n_overrides; i++) device_given |= !strncmp(overrides[i], "train.device=", 13);
+    if (!device_given) snprintf(cfg.train.device, sizeof cfg.train.device, "auto");
+    if (config_resolve_device(&cfg, &err)) {
+        fprintf(stderr, "eval: %s\n", err.message);
+        return 1;
+    }
 
     Trainer t;
     if (trainer_init(&t, &cfg, &err)) {

@@ -105,8 +105,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train: %s\n", err.message);
         return 1;
     }
-    if (!strcmp(cfg.train.device, "cuda")) {
-        fprintf(stderr, "train: train.device: this build has no CUDA backend yet; use --device cpu\n");
+    if (config_resolve_device(&cfg, &err)) {
+        fprintf(stderr, "train: %s\n", err.message);
         return 1;
     }
     if (print_only) { config_write_yaml(&cfg, stdout); return 0; }

@@ -11,6 +11,8 @@
 #include "../cuda/cuda_check.h"
 #include "../cuda/ops_cuda.h"
 
+int device_cuda_built(void) { return 1; }
+
 int device_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -29,6 +31,7 @@ const char *device_cuda_name(void) {
     return name;
 }
 #else
+int device_cuda_built(void) { return 0; }
 int device_cuda_available(void) { return 0; }
 const char *device_cuda_name(void) { return "none"; }
 #endif

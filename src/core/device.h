@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include "../layers/layer.h"
 
+/* 1 when this build has the CUDA backend (nvcc was found when it was configured). */
+int device_cuda_built(void);
 /* 1 when this build has the CUDA backend and a CUDA device is present. */
 int device_cuda_available(void);
 /* Name of the CUDA device (or "none") for progress lines and benchmarks. */

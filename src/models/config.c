@@ -32,6 +32,7 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "../core/device.h"
 #include "../layers/layer.h"
 
 /* ------------------------------------------------------------------------------------ */
@@ -138,7 +139,7 @@ static const SchemaKey schema[] = {
     {INT_KEY("task.copy_len", task.copy_len, 1, 1048576, "selective_copy: tokens to copy; induction: length of the repeated segment")},
     {ENUM_KEY("task.split", task.split, "train|heldout", "text: train on the first 90% of the corpus, or score the held-out last 10%")},
 
-    {ENUM_KEY("train.device", train.device, "cpu|cuda|auto", "where to train")},
+    {ENUM_KEY("train.device", train.device, "cpu|cuda|auto", "where to train: auto = a GPU when present")},
     {LONG_KEY("train.seed", train.seed, 0, LONG_MAX, "parameter init and data seed")},
     {INT_KEY("train.steps", train.steps, 0, BIG, "optimizer steps")},
     {INT_KEY("train.batch_size", train.batch_size, 1, 1048576, "sequences per micro-batch")},
@@ -1135,6 +1136,22 @@ static int split_path(const char *path, char components[8][PATH_MAX_LEN]) {
         p += n + (p[n] == '.');
     }
     return count;
+}
+
+int config_resolve_device(Config *cfg, BraidError *err) {
+    char *dev = cfg->train.device;
+    if (!strcmp(dev, "auto")) {
+        snprintf(dev, sizeof cfg->train.device, "%s", device_cuda_available() ? "cuda" : "cpu");
+        return 0;
+    }
+    if (strcmp(dev, "cuda") != 0 || device_cuda_available()) return 0;
+#ifdef BRAID_HAVE_CUDA
+    return error_set(err, "train.device: cuda, but no CUDA device is present on this machine "
+                     "(use --device cpu, or --device auto to take a GPU when there is one)");
+#else
+    return error_set(err, "train.device: cuda, but this build has no CUDA backend (nvcc was not "
+                     "found when it was configured; install the CUDA toolkit and rebuild, or use --device cpu)");
+#endif
 }
 
 void config_write_yaml(const Config *cfg, FILE *f) {

@@ -135,6 +135,12 @@ int config_load_string(Config *cfg, const char *yaml_text, const char *name,
 void config_write_yaml(const Config *cfg, FILE *f);
 /* Same into a malloc'd string the caller frees. */
 char *config_to_yaml_string(const Config *cfg);
+/* Resolves train.device for an executable: "auto" becomes "cuda" when this build has
+ * the CUDA backend and a GPU is present, else "cpu"; "cuda" where it cannot run is an
+ * error naming why (no backend in this build, or no device). The library itself (model_build)
+ * treats an unresolved "auto" as "cpu", so tests and embedders get the reference path
+ * unless they ask. Returns 0 or -1 with err. */
+int config_resolve_device(Config *cfg, BraidError *err);
 /* Lists warnings (e.g. no position source) to f; returns how many. */
 int config_print_warnings(const Config *cfg, FILE *f);
 

@@ -40,7 +40,7 @@ void config_defaults(Config *cfg) {
     strcpy(t->split, "train");
 
     TrainConfig *tr = &cfg->train;
-    strcpy(tr->device, "cpu");
+    strcpy(tr->device, "auto");   /* the executables resolve it: a GPU when present */
     tr->seed = 1;
     tr->steps = 1000;
     tr->batch_size = 64;

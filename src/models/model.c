@@ -14,7 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/device.h"
 #include "../core/ops.h"
+#include "../train/adamw.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/ops_cuda.h"
+#endif
 
 /* Arena layout: each request takes n floats, rounded up to 16 for alignment. */
 typedef struct ArenaPlan { size_t used; } ArenaPlan;
@@ -28,6 +33,7 @@ static void layer_setup(Model *m, Layer *L, const LayerKind *kind, int index) {
     memset(L, 0, sizeof *L);
     L->kind = kind;
     L->cfg = &m->cfg;
+    L->device = m->device;
     L->index = index;
     L->d_model = m->d;
     snprintf(L->prefix, sizeof L->prefix, "layers.%d.%s", index, kind->hf_module);
@@ -43,8 +49,8 @@ static void layer_bind(Model *m, Layer *L) {
     L->grads = braid_calloc((size_t)L->n_params, sizeof(float *), "layer grad pointers");
     for (int i = 0; i < L->n_params; i++) {
         const ParamDecl *pd = &m->params.items[L->first_param + i];
-        L->params[i] = m->param_data + pd->offset;
-        L->grads[i] = m->grad_data + pd->offset;
+        L->params[i] = m->dev_params + pd->offset;
+        L->grads[i] = m->dev_grads + pd->offset;
     }
 }
 
@@ -61,6 +67,10 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     m->n_blocks = cfg->model.n_layers;
     m->max_B = max_B;
     m->max_T = max_T;
+    m->device = strcmp(cfg->train.device, "cuda") == 0 ? DEVICE_CUDA : DEVICE_CPU;
+    if (m->device == DEVICE_CUDA && !device_cuda_available())
+        return error_set(err, "train.device: cuda, but %s", device_cuda_built() ? "no CUDA device is present"
+                                                                              : "this build has no CUDA backend");
     if ((int)strlen(cfg->model.pattern) != m->n_blocks || (int)strlen(cfg->model.ffn) != m->n_blocks)
         return error_set(err, "model: pattern '%s' / ffn '%s' do not have n_layers = %d symbols",
                          cfg->model.pattern, cfg->model.ffn, m->n_blocks);
@@ -77,6 +87,9 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
         if (!mixer || mixer->role != LAYER_MIXER || !mixer->implemented)
             return error_set(err, "model.pattern: block %d: mixer symbol '%c' is not an implemented layer kind",
                              i, cfg->model.pattern[i]);
+        if (m->device == DEVICE_CUDA && !mixer->forward_cuda)
+            return error_set(err, "model.pattern: block %d: '%s' layers do not run on CUDA yet; use --device cpu",
+                             i, mixer->name);
         b->norm1 = norm_param(m, prefix, "input_layernorm.weight");
         layer_setup(m, &b->mixer, mixer, i);
         if (cfg->model.ffn[i] != '-') {
@@ -84,6 +97,9 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
             if (!ffn || ffn->role != LAYER_FFN || !ffn->implemented)
                 return error_set(err, "model.ffn: block %d: ffn symbol '%c' is not an implemented layer kind",
                                  i, cfg->model.ffn[i]);
+            if (m->device == DEVICE_CUDA && !ffn->forward_cuda)
+                return error_set(err, "model.ffn: block %d: '%s' layers do not run on CUDA yet; use --device cpu",
+                                 i, ffn->name);
             b->norm2 = norm_param(m, prefix, "pre_ff_layernorm.weight");
             layer_setup(m, &b->ffn, ffn, i);
         } else {
@@ -103,6 +119,29 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     m->grad_data = braid_calloc(P, sizeof(float), "gradients");
     m->adam_m = braid_calloc(P, sizeof(float), "AdamW first moment");
     m->adam_v = braid_calloc(P, sizeof(float), "AdamW second moment");
+    if (m->device == DEVICE_CUDA) {
+#ifdef BRAID_HAVE_CUDA
+        ops_cuda_init();   /* the cuBLAS handle (once per process) */
+#endif
+        m->dev_params = device_alloc(DEVICE_CUDA, P * sizeof(float), "parameters (GPU)");
+        m->dev_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "gradients (GPU)");
+        m->dev_m = device_alloc(DEVICE_CUDA, P * sizeof(float), "AdamW first moment (GPU)");
+        m->dev_v = device_alloc(DEVICE_CUDA, P * sizeof(float), "AdamW second moment (GPU)");
+        size_t BTi = (size_t)max_B * max_T * sizeof(int);
+        m->dev_tokens = device_alloc(DEVICE_CUDA, BTi, "token batch (GPU)");
+        m->dev_targets = device_alloc(DEVICE_CUDA, BTi, "target batch (GPU)");
+#ifdef BRAID_HAVE_CUDA
+        m->dev_ce_scratch = device_alloc(DEVICE_CUDA, cross_entropy_cuda_scratch_bytes(max_B * max_T),
+                                         "cross-entropy scratch (GPU)");
+        m->dev_norm = device_alloc(DEVICE_CUDA, (1 + GLOBAL_GRAD_NORM_CUDA_PARTIALS) * sizeof(double),
+                                   "gradient-norm scratch (GPU)");
+#endif
+    } else {
+        m->dev_params = m->param_data;
+        m->dev_grads = m->grad_data;
+        m->dev_m = m->adam_m;
+        m->dev_v = m->adam_v;
+    }
 
     /* Activation arena: per block x_in, norm1_out, rstd1, h, norm2_out, rstd2, the
      * layers' saved floats; then the head and the gradient buffers. */
@@ -136,9 +175,9 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     size_t o_logits = arena_take(&plan, BT * (size_t)m->vocab), o_dlogits = arena_take(&plan, BT * (size_t)m->vocab);
     size_t o_dx = arena_take(&plan, BTd), o_dh = arena_take(&plan, BTd), o_dtmp = arena_take(&plan, BTd);
     m->arena_floats = plan.used;
-    m->arena = braid_calloc(plan.used, sizeof(float), "activation arena");
+    m->arena = device_alloc(m->device, plan.used * sizeof(float), "activation arena");
     m->scratch_floats = scratch;
-    m->scratch = braid_calloc(scratch + 16, sizeof(float), "scratch");
+    m->scratch = device_alloc(m->device, (scratch + 16) * sizeof(float), "scratch");
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
         size_t *o = off + 8 * i;
@@ -164,7 +203,7 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     m->dx = m->arena + o_dx;
     m->dh = m->arena + o_dh;
     m->dtmp = m->arena + o_dtmp;
-    m->ctx = (Ctx){.device = DEVICE_CPU, .scratch = m->scratch, .scratch_floats = scratch, .training = 1,
+    m->ctx = (Ctx){.device = m->device, .scratch = m->scratch, .scratch_floats = scratch, .training = 1,
                   .aux_grad_scale = 1.0f};
     model_init_params(m, (unsigned long)cfg->train.seed);
     return 0;
@@ -188,6 +227,28 @@ void model_init_params(Model *m, unsigned long seed) {
         rng_seed(&rng, seed * 1000003ull + (uint64_t)i);
         param_init_tensor(m->param_data + pd->offset, pd, param_owner(m, pd), &rng);
     }
+    if (m->device == DEVICE_CUDA) device_upload(DEVICE_CUDA, m->dev_params, m->param_data, m->params.total * sizeof(float));
+}
+
+void model_sync_to_host(Model *m) {
+    if (m->device != DEVICE_CUDA) return;
+    size_t bytes = m->params.total * sizeof(float);
+    device_download(DEVICE_CUDA, m->param_data, m->dev_params, bytes);
+    device_download(DEVICE_CUDA, m->adam_m, m->dev_m, bytes);
+    device_download(DEVICE_CUDA, m->adam_v, m->dev_v, bytes);
+}
+
+void model_sync_to_device(Model *m) {
+    if (m->device != DEVICE_CUDA) return;
+    size_t bytes = m->params.total * sizeof(float);
+    device_upload(DEVICE_CUDA, m->dev_params, m->param_data, bytes);
+    device_upload(DEVICE_CUDA, m->dev_m, m->adam_m, bytes);
+    device_upload(DEVICE_CUDA, m->dev_v, m->adam_v, bytes);
+}
+
+void model_grads_to_host(Model *m) {
+    if (m->device != DEVICE_CUDA) return;
+    device_download(DEVICE_CUDA, m->grad_data, m->dev_grads, m->params.total * sizeof(float));
 }
 
 void model_free(Model *m) {
@@ -202,18 +263,32 @@ void model_free(Model *m) {
         }
     }
     free(m->blocks);
+    if (m->device == DEVICE_CUDA) {
+        void *dev[] = {m->dev_params, m->dev_grads, m->dev_m, m->dev_v, m->dev_tokens, m->dev_targets,
+                       m->dev_ce_scratch, m->dev_norm};
+        for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) device_free(DEVICE_CUDA, dev[i]);
+    }
     free(m->param_data); free(m->grad_data); free(m->adam_m); free(m->adam_v);
-    free(m->arena); free(m->scratch);
+    device_free(m->device, m->arena);
+    device_free(m->device, m->scratch);
     param_list_free(&m->params);
     memset(m, 0, sizeof *m);
 }
 
-static float *P(Model *m, int idx) { return m->param_data + m->params.items[idx].offset; }
-static float *G(Model *m, int idx) { return m->grad_data + m->params.items[idx].offset; }
+static float *P(Model *m, int idx) { return m->dev_params + m->params.items[idx].offset; }
+static float *G(Model *m, int idx) { return m->dev_grads + m->params.items[idx].offset; }
+
+#ifdef BRAID_HAVE_CUDA
+static double model_forward_cuda(Model *m, const int *tokens, const int *targets, int B, int T);
+static void model_backward_cuda(Model *m, int B, int T, float loss_scale);
+#endif
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
     BRAID_CHECK(B <= m->max_B && T <= m->max_T, "batch %dx%d exceeds the %dx%d the model was built for",
                 B, T, m->max_B, m->max_T);
+#ifdef BRAID_HAVE_CUDA
+    if (m->device == DEVICE_CUDA) return model_forward_cuda(m, tokens, targets, B, T);
+#endif
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
     float eps = m->cfg.model.norm_eps;
@@ -252,6 +327,9 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
 void model_backward(Model *m, const int *tokens, const int *targets, int B, int T, float loss_scale) {
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
+#ifdef BRAID_HAVE_CUDA
+    if (m->device == DEVICE_CUDA) { (void)tokens; (void)targets; model_backward_cuda(m, B, T, loss_scale); return; }
+#endif
     int valid = m->last_valid > 0 ? m->last_valid : 1;
     m->ctx.aux_grad_scale = loss_scale;   /* objective = loss_scale · (CE mean + Σ aux) */
     cross_entropy_forward_backward(m->dlogits, m->logits, targets, N, m->vocab, loss_scale / (float)valid,
@@ -281,7 +359,93 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     embedding_backward(G(m, m->embed), m->dx, tokens, N, d);
 }
 
-void model_zero_grad(Model *m) { memset(m->grad_data, 0, m->params.total * sizeof(float)); }
+void model_zero_grad(Model *m) { device_zero(m->device, m->dev_grads, m->params.total * sizeof(float)); }
+
+double model_grad_norm(Model *m) {
+#ifdef BRAID_HAVE_CUDA
+    if (m->device == DEVICE_CUDA) {
+        double norm;
+        global_grad_norm_cuda(m->dev_norm, m->dev_grads, m->params.total, m->dev_norm + 1, 0);
+        device_download(DEVICE_CUDA, &norm, m->dev_norm, sizeof norm);
+        return norm;
+    }
+#endif
+    return global_grad_norm(m->grad_data, m->params.total);
+}
+
+#ifdef BRAID_HAVE_CUDA
+/* model_forward on the GPU: the same steps with the _cuda ops and each layer's
+ * forward_cuda. The batch is uploaded first (the targets stay for backward); the loss
+ * sums come back to the host (cross_entropy_forward_backward_cuda waits for them). */
+static double model_forward_cuda(Model *m, const int *tokens, const int *targets, int B, int T) {
+    int N = B * T, d = m->d;
+    size_t Nd = (size_t)N * d;
+    float eps = m->cfg.model.norm_eps;
+    device_upload(DEVICE_CUDA, m->dev_tokens, tokens, (size_t)N * sizeof(int));
+    if (targets) device_upload(DEVICE_CUDA, m->dev_targets, targets, (size_t)N * sizeof(int));
+    float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
+    embedding_forward_cuda(x, m->dev_tokens, P(m, m->embed), N, d, 0);
+    m->last_aux_loss = 0.0;
+    for (int i = 0; i < m->n_blocks; i++) {
+        Block *b = &m->blocks[i];
+        float *out = (i + 1 < m->n_blocks) ? m->blocks[i + 1].x_in : m->x_final;
+        rmsnorm_forward_cuda(b->norm1_out, b->rstd1, b->x_in, P(m, b->norm1), N, d, eps, 0);
+        b->mixer.aux_loss = 0.0;
+        b->mixer.kind->forward_cuda(&b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
+        m->last_aux_loss += b->mixer.aux_loss;
+        add_inplace_cuda(b->h, b->x_in, Nd, 0);
+        if (b->ffn.kind) {
+            rmsnorm_forward_cuda(b->norm2_out, b->rstd2, b->h, P(m, b->norm2), N, d, eps, 0);
+            b->ffn.aux_loss = 0.0;
+            b->ffn.kind->forward_cuda(&b->ffn, out, b->norm2_out, B, T, &m->ctx);
+            m->last_aux_loss += b->ffn.aux_loss;
+            add_inplace_cuda(out, b->h, Nd, 0);
+        } else {
+            device_copy(DEVICE_CUDA, out, b->h, Nd * sizeof(float));
+        }
+    }
+    rmsnorm_forward_cuda(m->final_norm_out, m->final_rstd, m->x_final, P(m, m->final_norm), N, d, eps, 0);
+    matmul_forward_cuda(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0, 0);
+    if (!targets) { device_synchronize(DEVICE_CUDA); return 0.0; }
+    int valid = 0, correct = 0;
+    double sum = cross_entropy_forward_backward_cuda(NULL, m->logits, m->dev_targets, N, m->vocab, 0.0f,
+                                                     &valid, &correct, m->dev_ce_scratch, 0);
+    m->last_valid = valid;
+    m->last_correct = correct;
+    m->last_loss = valid > 0 ? sum / valid : 0.0;
+    return m->last_loss + m->last_aux_loss;
+}
+
+/* model_backward on the GPU, against the targets the last forward uploaded. */
+static void model_backward_cuda(Model *m, int B, int T, float loss_scale) {
+    int N = B * T, d = m->d;
+    size_t Nd = (size_t)N * d;
+    int valid = m->last_valid > 0 ? m->last_valid : 1;
+    m->ctx.aux_grad_scale = loss_scale;
+    cross_entropy_forward_backward_cuda(m->dlogits, m->logits, m->dev_targets, N, m->vocab,
+                                        loss_scale / (float)valid, NULL, NULL, m->dev_ce_scratch, 0);
+    CUDA_ZERO(m->dtmp, Nd);
+    matmul_backward_cuda(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head),
+                         N, d, m->vocab, 0);
+    CUDA_ZERO(m->dx, Nd);
+    rmsnorm_backward_cuda(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm),
+                          m->final_rstd, N, d, 0);
+    for (int i = m->n_blocks - 1; i >= 0; i--) {
+        Block *b = &m->blocks[i];
+        device_copy(DEVICE_CUDA, m->dh, m->dx, Nd * sizeof(float));
+        if (b->ffn.kind) {
+            CUDA_ZERO(m->dtmp, Nd);
+            b->ffn.kind->backward_cuda(&b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
+            rmsnorm_backward_cuda(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d, 0);
+        }
+        device_copy(DEVICE_CUDA, m->dx, m->dh, Nd * sizeof(float));
+        CUDA_ZERO(m->dtmp, Nd);
+        b->mixer.kind->backward_cuda(&b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
+        rmsnorm_backward_cuda(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d, 0);
+    }
+    embedding_backward_cuda(G(m, m->embed), m->dx, m->dev_tokens, N, d, 0);
+}
+#endif
 
 size_t model_param_count(const Model *m) { return m->params.total; }
 

@@ -8,7 +8,14 @@
  * Parameters, gradients and AdamW's two moments are four buffers of params.total
  * floats, laid out in ParamList order; checkpoints, the optimizer, clipping and (later)
  * the all-reduce are each one loop over them. Activations for backward live in one
- * arena sized at build time for (max_B, max_T); nothing is allocated in a step. */
+ * arena sized at build time for (max_B, max_T); nothing is allocated in a step.
+ *
+ * Device (train.device): on CUDA the working copies of parameters, gradients and
+ * moments (dev_*), the arena, the scratch and the token buffers live on the GPU and every
+ * layer runs its forward_cuda/backward_cuda; param_data, adam_m and adam_v stay as HOST
+ * mirrors, synchronised explicitly (model_sync_to_host before a checkpoint is written,
+ * model_sync_to_device after one is read), so checkpoints are the same files on both
+ * devices. On the CPU the dev_* pointers equal the host buffers. */
 #ifndef BRAID_MODEL_H
 #define BRAID_MODEL_H
 #include "../layers/layer.h"
@@ -27,11 +34,17 @@ typedef struct Block {
 
 typedef struct Model {
     Config cfg;
+    DeviceKind device;
     int vocab, d, n_blocks;
     int max_B, max_T;
     ParamList params;
     float *param_data, *grad_data;   /* params.total floats each */
     float *adam_m, *adam_v;          /* params.total floats each, zero until the first step */
+    /* the working buffers on the model's device (= the host ones on the CPU) */
+    float *dev_params, *dev_grads, *dev_m, *dev_v;
+    int *dev_tokens, *dev_targets;   /* CUDA: the batch, uploaded by model_forward */
+    void *dev_ce_scratch;            /* CUDA: cross-entropy's reduction scratch */
+    double *dev_norm;                /* CUDA: the gradient norm, then its partial sums */
     Block *blocks;
     int embed, final_norm, lm_head;  /* ParamList indices (lm_head = embed when tied) */
     /* arena-backed activations */
@@ -48,8 +61,10 @@ typedef struct Model {
     int last_valid, last_correct;
 } Model;
 
-/* Builds the model for batches up to max_B × max_T: declares parameters, allocates the
- * buffers and the arena, and initialises parameters from cfg->train.seed.
+/* Builds the model for batches up to max_B × max_T on the device cfg->train.device names
+ * ("cuda"; "cpu" and an unresolved "auto" mean the CPU — see config_resolve_device):
+ * declares parameters, allocates the buffers and the arena, and initialises parameters
+ * from cfg->train.seed.
  * Returns 0, or -1 with err set (e.g. a layer kind not implemented yet). */
 int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *err);
 void model_free(Model *m);
@@ -64,6 +79,15 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
  * into grad_data (call model_zero_grad first). */
 void model_backward(Model *m, const int *tokens, const int *targets, int B, int T, float loss_scale);
 void model_zero_grad(Model *m);
+/* sqrt(Σ g²) over all gradients, summed in double, on the model's device. */
+double model_grad_norm(Model *m);
+
+/* CUDA: parameters and AdamW moments device → host mirrors (before reading them on the
+ * host, e.g. writing a checkpoint) and host → device (after changing the mirrors, e.g.
+ * loading one). model_grads_to_host copies the gradients into grad_data. No-ops on CPU. */
+void model_sync_to_host(Model *m);
+void model_sync_to_device(Model *m);
+void model_grads_to_host(Model *m);
 
 size_t model_param_count(const Model *m);
 /* FLOPs per token of a forward+backward pass (≈ 6·matmul params + attention terms). */

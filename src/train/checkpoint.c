@@ -179,8 +179,9 @@ static int fsync_path(const char *path, int directory) {
     return rc;
 }
 
-int checkpoint_save(const char *path, const Model *m, const TrainState *st, BraidError *err) {
+int checkpoint_save(const char *path, Model *m, const TrainState *st, BraidError *err) {
     hdf5_quiet();
+    model_sync_to_host(m);   /* on CUDA the host mirrors are what gets written */
     TrainState zero = {0};
     if (!st) st = &zero;
     char tmp[4096];
@@ -436,6 +437,7 @@ int checkpoint_load(const char *path, Model *m, TrainState *st, BraidError *err)
     if (st && read_train_state(file, path, &loaded, err)) goto done;
     for (int g = 0; g < 3; g++)
         if (read_tensor_group(file, path, groups[g], m, buffers[g], err)) goto done;
+    model_sync_to_device(m);
     if (st) *st = loaded;
     rc = 0;
 done:

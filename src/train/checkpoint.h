@@ -19,8 +19,9 @@
 #define CHECKPOINT_FORMAT "braid"
 #define CHECKPOINT_FORMAT_VERSION 1
 
-/* Writes m's parameters and moments, and st (may be NULL: zeros) to path, atomically. */
-int checkpoint_save(const char *path, const Model *m, const TrainState *st, BraidError *err);
+/* Writes m's parameters and moments, and st (may be NULL: zeros) to path, atomically.
+ * On CUDA it first copies them to the host mirrors (model_sync_to_host). */
+int checkpoint_save(const char *path, Model *m, const TrainState *st, BraidError *err);
 /* Reads path into m (parameters and moments) and st (may be NULL: not read), after
  * validating the whole file against m. On error m may be partly overwritten only if a
  * tensor turned out unreadable after validation (a corrupt file); st is untouched. */

@@ -18,6 +18,9 @@
 
 #include "adamw.h"
 #include "checkpoint.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/ops_cuda.h"
+#endif
 
 void set_thread_count(int threads) {
     if (threads <= 0) threads = omp_get_num_procs();
@@ -214,7 +217,7 @@ int trainer_step(Trainer *t, StepStats *st, BraidError *err) {
         if (isfinite(l)) model_backward(m, t->inputs, t->targets, B, T, 1.0f / (float)tc->grad_accum);
     }
     t->state.tokens_seen += (long)B * T * tc->grad_accum;
-    st->grad_norm = isfinite(st->loss) ? global_grad_norm(m->grad_data, P) : NAN;
+    st->grad_norm = isfinite(st->loss) ? model_grad_norm(m) : NAN;
     if (!isfinite(st->loss) || !isfinite(st->grad_norm)) {
         const char *what = !isfinite(st->loss) ? "loss" : "gradient norm";
         double value = !isfinite(st->loss) ? st->loss : st->grad_norm;
@@ -232,9 +235,18 @@ int trainer_step(Trainer *t, StepStats *st, BraidError *err) {
                          t->consecutive_skips ? " after 10 consecutive skipped steps" : "");
     }
     t->consecutive_skips = 0;
-    clip_grad_norm(m->grad_data, P, st->grad_norm, tc->grad_clip);
     AdamWSettings opt = {st->lr, tc->beta1, tc->beta2, tc->adam_eps, tc->weight_decay};
-    adamw_update(m->param_data, m->grad_data, m->adam_m, m->adam_v, &m->params, &opt, step + 1);
+    if (m->device == DEVICE_CUDA) {
+#ifdef BRAID_HAVE_CUDA
+        /* clip_grad_norm's rule, applied on the device */
+        if (tc->grad_clip > 0.0f && st->grad_norm > tc->grad_clip)
+            scale_cuda(m->dev_grads, (float)(tc->grad_clip / (st->grad_norm + 1e-6)), P, 0);
+        adamw_update_cuda(m->dev_params, m->dev_grads, m->dev_m, m->dev_v, &m->params, &opt, step + 1, 0);
+#endif
+    } else {
+        clip_grad_norm(m->grad_data, P, st->grad_norm, tc->grad_clip);
+        adamw_update(m->param_data, m->grad_data, m->adam_m, m->adam_v, &m->params, &opt, step + 1);
+    }
     t->state.step++;
     return 0;
 }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# gpu_check.sh — everything the GPU machine should check, in one device-tool call:
+#   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
+#   2. configure and build the whole project (library, executables, every test) in build-gpu
+#   3. ctest -L cuda: every CUDA op, layer and whole-model test against the CPU
+#   4. with --sanitize: the layer and model tests under compute-sanitizer memcheck
+#   5. with --train: a short jamba-tiny run on the GPU (train --device cuda) and `bench`
+#      of the same config on GPU and CPU
+#   6. a summary table last (the device tool returns the output's tail)
+# Logs go to $OUT (the folder the device tool brings back), else runs/gpu_check.
+#
+#   run(command="bash tools/gpu_check.sh --train", carry=[".deps"])
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/runs/gpu_check}
+mkdir -p "$out"
+build=$root/build-gpu
+jobs=${JOBS:-16}
+train_config=${TRAIN_CONFIG:-configs/jamba-tiny.yaml}   # what --train trains and benches
+sanitize=0 train=0
+for a in "$@"; do
+    case "$a" in --sanitize) sanitize=1 ;; --train) train=1 ;;
+        *) echo "gpu_check.sh: unknown option $a" >&2; exit 2 ;; esac
+done
+
+source tools/gpu_deps.sh unpack
+set +e
+
+declare -a rows
+row() { rows+=("$(printf '| %-30s | %-28s | %6s |' "$1" "$2" "$3")"); }
+step() {  # name, log, command...
+    local name=$1 log=$2; shift 2
+    local start=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    row "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
+    [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n 60 "$log"; }
+    return $rc
+}
+
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+echo "device: ${device:-no nvidia-smi}"
+status=0
+step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
+[ $status -eq 0 ] && { step build "$out/build.log" cmake --build "$build" -j"$jobs" || status=1; }
+[ $status -eq 0 ] && row "build warnings" "$(grep -ci warning "$out/build.log")" 0
+if [ $status -eq 0 ]; then
+    step "ctest -L cuda" "$out/ctest.log" ctest --test-dir "$build" -L cuda --output-on-failure -j2 || status=1
+    cp "$build/Testing/Temporary/LastTest.log" "$out/ctest_full.log" 2>/dev/null
+    grep -E "Test +#" "$out/ctest.log" | sed 's/^ *[0-9]*\/[0-9]* //' | while read -r l; do echo "  $l"; done
+fi
+if [ $status -eq 0 ] && [ $sanitize -eq 1 ]; then
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+    for t in test_cuda_layers test_cuda_mamba test_cuda_gla test_cuda_moe test_cuda_model; do
+        [ -x "$build/tests/$t" ] || continue
+        step "memcheck $t" "$out/memcheck_$t.log" timeout 300 "$san" --tool memcheck --error-exitcode 3 \
+            "$build/tests/$t" || status=1
+    done
+fi
+if [ $status -eq 0 ] && [ $train -eq 1 ]; then
+    step "train --device cuda" "$out/train.log" "$build/train" --config "$train_config" \
+        --device cuda --steps 300 --set train.eval_every=300 --run-dir "$out/run" || status=1
+    grep -E "^step|eval" "$out/train.log" | tail -n 4
+    for dev in cuda cpu; do
+        step "bench $dev" "$out/bench_$dev.log" "$build/bench" --config "$train_config" \
+            --set train.device=$dev --steps 10 --warmup 2 || status=1
+        tail -n 1 "$out/bench_$dev.log"
+    done
+fi
+echo
+echo "---- summary (${device:-?})"
+printf '| %-30s | %-28s | %6s |\n' step result "s"
+printf '| %-30s | %-28s | %6s |\n' ------------------------------ ---------------------------- ------
+printf '%s\n' "${rows[@]}"
+exit $status
