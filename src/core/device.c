@@ -30,7 +30,15 @@ const char *device_cuda_name(void) {
     snprintf(name, sizeof name, "%s", prop.name);
     return name;
 }
+double device_cuda_peak_fp32_flops(void) {
+    if (!device_cuda_available()) return 0.0;
+    int sms = 0, khz = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+    return (double)sms * khz * 1e3 * 128.0 * 2.0;   /* sm_80 and later: 128 FP32 lanes per SM */
+}
 #else
+double device_cuda_peak_fp32_flops(void) { return 0.0; }
 int device_cuda_built(void) { return 0; }
 int device_cuda_available(void) { return 0; }
 const char *device_cuda_name(void) { return "none"; }

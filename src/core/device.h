@@ -18,6 +18,10 @@ int device_cuda_built(void);
 int device_cuda_available(void);
 /* Name of the CUDA device (or "none") for progress lines and benchmarks. */
 const char *device_cuda_name(void);
+/* The GPU's peak float32 FLOP/s without tensor cores (SMs × clock × 128 FMA lanes × 2),
+ * the ceiling of braid's float32 kernels and cuBLAS with TF32 off; 0 without a GPU.
+ * Model FLOP utilisation is reported against it. */
+double device_cuda_peak_fp32_flops(void);
 /* Zero-filled memory of `bytes` on `dev`; dies naming `what` when out of memory. */
 void *device_alloc(DeviceKind dev, size_t bytes, const char *what);
 void device_free(DeviceKind dev, void *p);

@@ -18,6 +18,7 @@
 
 #include "adamw.h"
 #include "checkpoint.h"
+#include "../core/device.h"
 #ifdef BRAID_HAVE_CUDA
 #include "../cuda/ops_cuda.h"
 #endif
@@ -258,6 +259,9 @@ int trainer_run(Trainer *t, BraidError *err) {
     double t0 = time_seconds(), last_log_time = t0;
     long first_step = t->state.step, last_log_step = t->state.step;
     double flops_per_token = model_flops_per_token(&t->model, T);
+    /* MFU against the GPU's float32 peak (braid's kernels and cuBLAS run float32, TF32 off);
+     * a CPU's peak is not knowable portably, so there the line shows model TFLOP/s only. */
+    double peak_flops = t->model.device == DEVICE_CUDA ? device_cuda_peak_fp32_flops() : 0.0;
     double step_seconds = 0.0;          /* time inside trainer_step, for the mean tokens/s */
     long first_tokens = t->state.tokens_seen;
     EvalResult last_evals[CONFIG_MAX_LIST + 1];
@@ -276,17 +280,20 @@ int trainer_run(Trainer *t, BraidError *err) {
             char eta_s[32];
             format_duration(rate * (tc->steps - done), eta_s, sizeof eta_s);
             double acc = st.valid ? (double)st.correct / st.valid : 0.0;
+            double tflops = tps * flops_per_token / 1e12;
+            char mfu_s[32] = "";
+            if (peak_flops > 0.0) snprintf(mfu_s, sizeof mfu_s, "  MFU %.1f%%", 100.0 * tflops * 1e12 / peak_flops);
             if (!t->quiet) {
-                fprintf(stderr, "%sstep %ld/%d  loss %.4f  acc %.1f%%  lr %.2e  gnorm %.3f  %.1fk tok/s  ETA %s%s",
+                fprintf(stderr, "%sstep %ld/%d  loss %.4f  acc %.1f%%  lr %.2e  gnorm %.3f  %.1fk tok/s  %.2f TFLOP/s%s  ETA %s%s",
                         t->progress_tty ? "\r\033[K" : "", done, tc->steps, st.ce_loss, 100.0 * acc, st.lr,
-                        st.grad_norm, tps / 1000.0, eta_s, t->progress_tty ? "" : "\n");
+                        st.grad_norm, tps / 1000.0, tflops, mfu_s, eta_s, t->progress_tty ? "" : "\n");
             }
             if (t->metrics) {
                 fprintf(t->metrics, "{\"step\": %ld, \"loss\": %.6f, \"aux_loss\": %.6f, \"train_accuracy\": %.6f, "
                         "\"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"model_tflops\": %.4f, "
-                        "\"tokens_seen\": %ld, \"elapsed_s\": %.3f}\n",
+                        "\"mfu\": %.5f, \"tokens_seen\": %ld, \"elapsed_s\": %.3f}\n",
                         done, st.ce_loss, st.loss - st.ce_loss, acc, st.lr, st.grad_norm, tps,
-                        tps * flops_per_token / 1e12, t->state.tokens_seen, now - t0);
+                        tflops, peak_flops > 0.0 ? tflops * 1e12 / peak_flops : 0.0, t->state.tokens_seen, now - t0);
                 write_layer_stats(t);
                 fflush(t->metrics);
             }
