@@ -12,7 +12,9 @@
  *    dC, dA and dD, added up in a fixed order: the result is the same bits on every run);
  *    its size depends on the channel count, not on a thread count as the CPU's does;
  *  - limits: d_state N ≤ 32 for the scan, kernel K ≤ 8 for the conv (both abort beyond).
- * Tested against the CPU kernels in tests/test_cuda_scan.c; design in docs/gpu-scan.md. */
+ * Tested against the CPU kernels in tests/test_cuda_scan.c; design in docs/gpu-scan.md.
+ * The layer's elementwise steps (mamba_glue.cu) are declared at the end; the whole layer
+ * is tested against its CPU path in tests/test_cuda_mamba.c. */
 #ifndef BRAID_MAMBA_CUDA_H
 #define BRAID_MAMBA_CUDA_H
 #include <stddef.h>
@@ -48,6 +50,30 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
                                   const float *chunk_states, int Bsz, int T, int channels, int N,
                                   int chunk, float *scratch, size_t scratch_floats,
                                   cudaStream_t stream);
+
+/* ---- the layer's elementwise glue (mamba_glue.cu), the loops of layers/mamba.c ----
+ * n elements each; the same formulas as core/ops.h's silu_f/softplus_f (expf, log1pf,
+ * expm1f: no fast intrinsics). In place where the CPU loop is in place. */
+
+/* out = silu(in)   (u from the conv output; out may be in) */
+void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream);
+/* x = softplus(x)   (δ from the dt_proj output) */
+void mamba_softplus_cuda(float *x, size_t n, cudaStream_t stream);
+/* A = −exp(A_log) */
+void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaStream_t stream);
+/* gated = y ⊙ silu(z) */
+void mamba_gate_forward_cuda(float *gated, const float *y, const float *z, size_t n,
+                             cudaStream_t stream);
+/* dz = dgated ⊙ y ⊙ silu'(z) (WRITTEN), then dgated ⊙= silu(z) (the scan's dy) */
+void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z, size_t n,
+                              cudaStream_t stream);
+/* dA_log += dA ⊙ A   (A = −exp(A_log), so ∂A/∂A_log = A; ACCUMULATES) */
+void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
+                                  cudaStream_t stream);
+/* ddelta ⊙= −expm1(−delta)   (softplus' = σ, from the saved δ) */
+void mamba_softplus_backward_cuda(float *ddelta, const float *delta, size_t n, cudaStream_t stream);
+/* du ⊙= silu'(conv)   (du becomes dconv) */
+void mamba_silu_backward_cuda(float *du, const float *conv, size_t n, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -30,6 +30,10 @@
 #include "../models/config.h"
 #include "layer.h"
 #include "mamba_cpu.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/mamba_cuda.h"
+#include "../cuda/ops_cuda.h"
+#endif
 
 /* Parameter indices, in declaration order (the norms only with inner_norms). */
 enum {
@@ -147,11 +151,17 @@ static size_t mamba_saved_floats(const Layer *layer, int B, int T) {
     return mamba_saved_layout(&s, NULL, B, T).total;
 }
 
-/* The fixed temporaries plus the scan's per-thread buffers for every OpenMP thread. */
+/* The fixed temporaries plus the scan's own scratch: on the CPU its per-thread buffers for
+ * every OpenMP thread, on CUDA its per-block partial sums (which depend on the channel
+ * count instead). */
 static size_t mamba_scratch_floats(const Layer *layer, int B, int T) {
     MambaDims s = mamba_dims(layer);
-    return mamba_scratch_layout(&s, NULL, 0, B, T).total +
-           selective_scan_backward_scratch_floats(B, T, s.N, s.chunk, omp_get_max_threads());
+    size_t fixed = mamba_scratch_layout(&s, NULL, 0, B, T).total;
+#ifdef BRAID_HAVE_CUDA
+    if (layer->device == DEVICE_CUDA)
+        return fixed + selective_scan_backward_cuda_scratch_floats(B, T, s.di, s.N);
+#endif
+    return fixed + selective_scan_backward_scratch_floats(B, T, s.N, s.chunk, omp_get_max_threads());
 }
 
 /* ---- config check and parameters ---- */
@@ -339,6 +349,113 @@ static void mamba_backward(Layer *layer, float *dx, const float *dout, const flo
     matmul_backward(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di);
 }
 
+#ifdef BRAID_HAVE_CUDA
+/* The same steps on the GPU, line for line: every pointer a device pointer, the work on
+ * the default stream, the saved and scratch layouts those of the CPU path (so backward
+ * finds what forward left, and the two paths can be read side by side). The CPU's
+ * elementwise loops are the launchers of cuda/mamba_glue.cu; its memsets are CUDA_ZERO. */
+static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, int T, Ctx *ctx) {
+    MambaDims s = mamba_dims(layer);
+    MambaSaved v = mamba_saved_layout(&s, layer->saved, B, T);
+    MambaScratch w = mamba_scratch_layout(&s, ctx->scratch, ctx->scratch_floats, B, T);
+    BRAID_CHECK(w.total <= ctx->scratch_floats, "%s: scratch of %zu floats, need %zu", layer->prefix,
+                ctx->scratch_floats, w.total);
+    float *const *P = layer->params;
+    const float *W_in = P[P_IN_PROJ], *W_x = P[P_X_PROJ];
+    int BT = B * T, d = s.d, di = s.di, N = s.N, R = s.R;
+    size_t n_inner = (size_t)BT * di;
+
+    matmul_forward_cuda(v.x1, x, W_in, NULL, BT, d, di, 0, 0);
+    matmul_forward_cuda(v.z, x, W_in + (size_t)di * d, NULL, BT, d, di, 0, 0);
+    causal_conv1d_forward_cuda(v.conv, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
+    mamba_silu_cuda(v.u, v.conv, n_inner, 0);
+
+    matmul_forward_cuda(v.dtr_raw, v.u, W_x, NULL, BT, di, R, 0, 0);
+    matmul_forward_cuda(v.B_raw, v.u, W_x + (size_t)R * di, NULL, BT, di, N, 0, 0);
+    matmul_forward_cuda(v.C_raw, v.u, W_x + (size_t)(R + N) * di, NULL, BT, di, N, 0, 0);
+    if (s.inner_norms) {
+        rmsnorm_forward_cuda(v.dtr, v.rstd_dt, v.dtr_raw, P[P_DT_NORM], BT, R, s.eps, 0);
+        rmsnorm_forward_cuda(v.Bm, v.rstd_B, v.B_raw, P[P_B_NORM], BT, N, s.eps, 0);
+        rmsnorm_forward_cuda(v.Cm, v.rstd_C, v.C_raw, P[P_C_NORM], BT, N, s.eps, 0);
+    }
+    matmul_forward_cuda(v.delta, v.dtr, P[P_DT_W], P[P_DT_B], BT, R, di, 0, 0);
+    mamba_softplus_cuda(v.delta, n_inner, 0);
+
+    mamba_neg_exp_cuda(w.A, P[P_A_LOG], (size_t)di * N, 0);
+    selective_scan_forward_cuda(v.y, v.chunk_states, v.u, v.delta, w.A, v.Bm, v.Cm, P[P_D], B, T, di,
+                                N, s.chunk, 0);
+
+    mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
+    matmul_forward_cuda(out, w.gated, P[P_OUT_PROJ], NULL, BT, di, d, 0, 0);
+}
+
+static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, const float *x, int B,
+                                int T, Ctx *ctx) {
+    MambaDims s = mamba_dims(layer);
+    MambaSaved v = mamba_saved_layout(&s, layer->saved, B, T);
+    MambaScratch w = mamba_scratch_layout(&s, ctx->scratch, ctx->scratch_floats, B, T);
+    BRAID_CHECK(w.total <= ctx->scratch_floats, "%s: scratch of %zu floats, need %zu", layer->prefix,
+                ctx->scratch_floats, w.total);
+    float *const *P = layer->params, *const *G = layer->grads;
+    const float *W_in = P[P_IN_PROJ], *W_x = P[P_X_PROJ];
+    int BT = B * T, d = s.d, di = s.di, N = s.N, R = s.R;
+    size_t n_inner = (size_t)BT * di;
+
+    /* out = gated W_outᵀ, gated = y ⊙ silu(z) (recomputed: scratch does not survive) */
+    mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
+    CUDA_ZERO(w.dgated, n_inner);
+    matmul_backward_cuda(w.dgated, G[P_OUT_PROJ], NULL, dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
+    /* dz = dgated ⊙ y ⊙ silu'(z) (written); then dgated becomes dy of the scan */
+    mamba_gate_backward_cuda(w.dz, w.dgated, v.y, v.z, n_inner, 0);
+    matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT,
+                         d, di, 0);
+
+    /* the scan accumulates into all six: its outputs start at zero here, except dD, which
+     * goes straight into the gradient; dA comes back summed over the batch and goes
+     * through dA_log elementwise */
+    mamba_neg_exp_cuda(w.A, P[P_A_LOG], (size_t)di * N, 0);
+    CUDA_ZERO(w.du, n_inner);
+    CUDA_ZERO(w.ddelta, n_inner);
+    CUDA_ZERO(w.dA, (size_t)di * N);
+    CUDA_ZERO(w.dBm, (size_t)BT * N);
+    CUDA_ZERO(w.dCm, (size_t)BT * N);
+    selective_scan_backward_cuda(w.du, w.ddelta, w.dA, w.dBm, w.dCm, G[P_D], w.dgated, v.u, v.delta,
+                                 w.A, v.Bm, v.Cm, P[P_D], v.chunk_states, B, T, di, N, s.chunk,
+                                 w.scan, w.scan_floats, 0);
+    mamba_dA_log_accumulate_cuda(G[P_A_LOG], w.dA, w.A, (size_t)di * N, 0);
+
+    /* δ = softplus(a): da = dδ ⊙ (1 − exp(−δ)), in place */
+    mamba_softplus_backward_cuda(w.ddelta, v.delta, n_inner, 0);
+    CUDA_ZERO(w.ddtr, (size_t)BT * R);
+    matmul_backward_cuda(w.ddtr, G[P_DT_W], G[P_DT_B], w.ddelta, v.dtr, P[P_DT_W], BT, R, di, 0);
+    if (s.inner_norms) {
+        CUDA_ZERO(w.ddtr_raw, (size_t)BT * R);
+        CUDA_ZERO(w.dB_raw, (size_t)BT * N);
+        CUDA_ZERO(w.dC_raw, (size_t)BT * N);
+        rmsnorm_backward_cuda(w.ddtr_raw, G[P_DT_NORM], w.ddtr, v.dtr_raw, P[P_DT_NORM], v.rstd_dt, BT,
+                              R, 0);
+        rmsnorm_backward_cuda(w.dB_raw, G[P_B_NORM], w.dBm, v.B_raw, P[P_B_NORM], v.rstd_B, BT, N, 0);
+        rmsnorm_backward_cuda(w.dC_raw, G[P_C_NORM], w.dCm, v.C_raw, P[P_C_NORM], v.rstd_C, BT, N, 0);
+    }
+    /* [δr, B, C] = u W_xᵀ, one row block of W_x each; du already holds the scan's part */
+    matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.ddtr_raw, v.u, W_x, BT, di, R, 0);
+    matmul_backward_cuda(w.du, G[P_X_PROJ] + (size_t)R * di, NULL, w.dB_raw, v.u,
+                         W_x + (size_t)R * di, BT, di, N, 0);
+    matmul_backward_cuda(w.du, G[P_X_PROJ] + (size_t)(R + N) * di, NULL, w.dC_raw, v.u,
+                         W_x + (size_t)(R + N) * di, BT, di, N, 0);
+
+    /* u = silu(conv): du becomes dconv in place */
+    mamba_silu_backward_cuda(w.du, v.conv, n_inner, 0);
+    CUDA_ZERO(w.dx1, n_inner);
+    causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B, T, di,
+                                s.k, 0);
+    matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
+}
+#define MAMBA_CUDA .forward_cuda = mamba_forward_cuda, .backward_cuda = mamba_backward_cuda,
+#else
+#define MAMBA_CUDA
+#endif
+
 const LayerKind mamba_kind = {
     .name = "mamba",
     .symbol = 'M',
@@ -351,4 +468,5 @@ const LayerKind mamba_kind = {
     .scratch_floats = mamba_scratch_floats,
     .forward = mamba_forward,
     .backward = mamba_backward,
+    MAMBA_CUDA
 };
