@@ -42,9 +42,16 @@ static void *upload_copy(const float *host, size_t n, const char *what) {
 
 int cuda_layer_check(const LayerKind *kind, const Config *cfg, int B, int T, unsigned long seed,
                      double fwd_tol, double bwd_tol, const char *what) {
+    return cuda_layer_check_prepared(kind, cfg, B, T, seed, fwd_tol, bwd_tol, what, NULL, NULL);
+}
+
+int cuda_layer_check_prepared(const LayerKind *kind, const Config *cfg, int B, int T,
+                              unsigned long seed, double fwd_tol, double bwd_tol, const char *what,
+                              void (*prepare)(struct LayerHarness *h, void *arg), void *arg) {
     BRAID_CHECK(kind->forward_cuda && kind->backward_cuda, "%s: kind '%s' has no CUDA path", what,
                 kind->name);
     LayerHarness *h = harness_create(kind, cfg, B, T, seed, 0.05f);
+    if (prepare) prepare(h, arg);
     size_t n = (size_t)B * T * h->d, P = h->params.total;
     Rng rng;
     rng_seed(&rng, seed + 17);

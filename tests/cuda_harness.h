@@ -21,6 +21,15 @@
 int cuda_layer_check(const LayerKind *kind, const Config *cfg, int B, int T, unsigned long seed,
                      double fwd_tol, double bwd_tol, const char *what);
 
+struct LayerHarness;
+/* As cuda_layer_check, but prepare(h, arg) runs first on the CPU side's harness, after its
+ * parameters and x are drawn and before anything is run or copied to the device, so a
+ * test can shape them (MoE: scale the router for clear top-k margins, silence an expert);
+ * both sides then start from what prepare left. prepare may be NULL. */
+int cuda_layer_check_prepared(const LayerKind *kind, const Config *cfg, int B, int T,
+                              unsigned long seed, double fwd_tol, double bwd_tol, const char *what,
+                              void (*prepare)(struct LayerHarness *h, void *arg), void *arg);
+
 /* For a test's main(): 1 when a CUDA device is present (else prints that `test` skipped). */
 int cuda_harness_have_gpu(const char *test);
 

@@ -21,7 +21,16 @@
  * slot maps) and the gate/up pre-activations of every slot (worst case N·k slots).
  * Backward re-gathers x rows and recomputes silu(gate)⊙up and the expert outputs
  * (needed for ∂L/∂w_e) instead of storing them: one extra down matmul per expert
- * saves N·k·(H + 2d) floats of arena. */
+ * saves N·k·(H + 2d) floats of arena.
+ *
+ * CUDA (layer->device == DEVICE_CUDA): the same saved and scratch layouts, in device
+ * memory, and the same steps; routing, gather, combine and their backward are the kernels
+ * of cuda/moe_cuda.h, the expert FFNs matmul_*_cuda / swiglu_*_cuda on each expert's block.
+ * The expert counts must be on the host to size those matmuls, so forward copies the
+ * chosen expert ids back (its one synchronisation), sorts the slots on the host exactly
+ * as the CPU path does, and uploads the slot maps and offsets. The host copies live in
+ * layer->priv (MoeCudaHost, pinned memory); backward reuses that forward's offsets, so it
+ * does not wait on the device at all. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,6 +39,10 @@
 #include "../core/common.h"
 #include "../core/ops.h"
 #include "../models/config.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/moe_cuda.h"
+#include "../cuda/ops_cuda.h"
+#endif
 
 /* ------------------------------------------------------------------------------------
  * Shapes and buffer layouts */
@@ -48,7 +61,9 @@ static MoeDims moe_dims(const Layer *layer, int B, int T) {
 }
 
 /* What forward keeps for backward, carved from layer->saved. Integer arrays share the
- * float arena (4-byte elements, only ever accessed as int). S = N·k slots. */
+ * float arena (4-byte elements, only ever accessed as int). S = N·k slots. slot_of,
+ * slot_token and offset are adjacent, in that order: the CUDA path uploads all three from
+ * the host in one copy. */
 typedef struct MoeSaved {
     float *probs;       /* (N, E) softmax of the router logits */
     float *lse;         /* (N)    logsumexp of the router logits (z-loss) */
@@ -87,7 +102,9 @@ static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
     return o;
 }
 
-/* Temporaries in ctx->scratch. Forward uses xg, act, eo, cursor; backward all but cursor. */
+/* Temporaries in ctx->scratch. Forward uses xg, act, eo, cursor, sums; backward all but
+ * cursor and sums. On CUDA the cursor is a host array (MoeCudaHost) and its slot here
+ * goes unused (E floats): one layout for both devices keeps the sizes in one place. */
 typedef struct MoeScratch {
     float *xg;          /* (S, d) gathered input rows */
     float *act;         /* (S, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
@@ -97,11 +114,12 @@ typedef struct MoeScratch {
     float *dlogits;     /* (N, E) */
     float *dweight;     /* (N, k) ∂L/∂w */
     int   *cursor;      /* (E)    fill position per expert while grouping */
+    double *sums;       /* (E+1)  Σ_n p_{n,e} per expert, then Σ_n lse_n² (the aux losses) */
 } MoeScratch;
 
 static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
     size_t N = (size_t)m.N, S = (size_t)m.N * m.k, o = 0;
-    size_t at[8];
+    size_t at[9];
     at[0] = o; o += S * m.d;
     at[1] = o; o += S * m.H;
     at[2] = o; o += S * m.d;
@@ -110,6 +128,8 @@ static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
     at[5] = o; o += N * m.E;
     at[6] = o; o += S;
     at[7] = o; o += (size_t)m.E;
+    o += o & 1;   /* doubles: an even float offset from the (aligned) start of the scratch */
+    at[8] = o; o += 2 * ((size_t)m.E + 1);
     if (s) {
         s->xg = base + at[0];
         s->act = base + at[1];
@@ -119,6 +139,7 @@ static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
         s->dlogits = base + at[5];
         s->dweight = base + at[6];
         s->cursor = (int *)(base + at[7]);
+        s->sums = (double *)(base + at[8]);
     }
     return o;
 }
@@ -197,24 +218,46 @@ static void moe_gather_rows(float *xg, const float *x, const int *slot_token, in
 }
 
 /* aux = coef·E·Σ_e f_e·P_e with f_e = count_e / N, P_e = mean_n p_{n,e};
- * z = coef_z · mean_n lse_n². Returns aux + z (double accumulation). */
-static double moe_aux_loss(const float *probs, const float *lse, const int *offset, MoeDims m) {
+ * z = coef_z · mean_n lse_n². Returns aux + z from sums[e] = Σ_n p_{n,e} (read only if
+ * coef ≠ 0) and sums[E] = Σ_n lse_n² (read only if coef_z ≠ 0), both summed in double.
+ * Shared by both devices, so the formula exists once. */
+static double moe_aux_from_sums(const double *sums, const int *offset, MoeDims m) {
     double aux = 0.0;
     if (m.aux_coef != 0.0f) {
         for (int e = 0; e < m.E; e++) {
-            double P = 0.0;
-            for (int n = 0; n < m.N; n++) P += probs[(size_t)n * m.E + e];
             double f = (double)(offset[e + 1] - offset[e]) / m.N;
-            aux += f * (P / m.N);
+            aux += f * (sums[e] / m.N);
         }
         aux *= (double)m.aux_coef * m.E;
     }
     double z = 0.0;
-    if (m.z_coef != 0.0f) {
-        for (int n = 0; n < m.N; n++) z += (double)lse[n] * lse[n];
-        z *= (double)m.z_coef / m.N;
-    }
+    if (m.z_coef != 0.0f) z = sums[m.E] * ((double)m.z_coef / m.N);
     return aux + z;
+}
+
+/* The CPU's sums (sequential, double) into sums (E+1), then aux + z. */
+static double moe_aux_loss(double *sums, const float *probs, const float *lse, const int *offset,
+                           MoeDims m) {
+    if (m.aux_coef != 0.0f)
+        for (int e = 0; e < m.E; e++) {
+            double P = 0.0;
+            for (int n = 0; n < m.N; n++) P += probs[(size_t)n * m.E + e];
+            sums[e] = P;
+        }
+    if (m.z_coef != 0.0f) {
+        double z = 0.0;
+        for (int n = 0; n < m.N; n++) z += (double)lse[n] * lse[n];
+        sums[m.E] = z;
+    }
+    return moe_aux_from_sums(sums, offset, m);
+}
+
+/* The per-slot weights of the aux and z gradients in moe_route_backward, computed in
+ * float in one place so that both devices get the same numbers. */
+static void moe_route_backward_scales(MoeDims m, float aux_weight, float *aux_scale,
+                                      float *z_scale) {
+    *aux_scale = aux_weight * m.aux_coef * (float)m.E / ((float)m.N * (float)m.N);
+    *z_scale = aux_weight * 2.0f * m.z_coef / (float)m.N;
 }
 
 /* Router backward, per token n (S_n = Σ_j p_{e_j}, the renormalization sum):
@@ -229,8 +272,8 @@ static void moe_route_backward(float *dlogits, const float *dweight, const float
                                const float *lse, const int *expert, const float *weight,
                                const int *offset, MoeDims m, float aux_weight) {
     const int E = m.E, k = m.k;
-    const float aux_scale = aux_weight * m.aux_coef * (float)E / ((float)m.N * (float)m.N);
-    const float z_scale = aux_weight * 2.0f * m.z_coef / (float)m.N;
+    float aux_scale, z_scale;
+    moe_route_backward_scales(m, aux_weight, &aux_scale, &z_scale);
     #pragma omp parallel for schedule(static) if (m.N >= MOE_PARALLEL_MIN_TOKENS)
     for (int n = 0; n < m.N; n++) {
         const float *p = probs + (size_t)n * E;
@@ -274,18 +317,83 @@ static int moe_validate(const struct Config *cfg, char *err, size_t err_len) {
     return 0;
 }
 
-/* Per-expert load (fraction of routed slots), read by the metrics code. */
+#ifdef BRAID_HAVE_CUDA
+/* Host side of the CUDA path (layer->priv). `pinned` is page-locked so that the copies
+ * of one forward are plain DMA and a single stream synchronisation covers them:
+ *   [expert: capacity ints][slot_of: S][slot_token: S][offset: E+1]
+ * with S = N·k of the last forward (≤ capacity); the last three mirror the adjacent
+ * saved arrays of the same names and go up in one copy. `offset` and `N` describe the
+ * last forward: backward sizes its matmuls from them. */
+typedef struct MoeCudaHost {
+    int *pinned;
+    size_t capacity;     /* slots the pinned block has room for */
+    double *sums;        /* pinned (E+1): the aux-loss sums coming back */
+    int *cursor;         /* (E) counting-sort fill positions */
+    const int *offset;   /* inside pinned: the last forward's expert offsets, NULL before one */
+    int N;               /* tokens of the last forward */
+} MoeCudaHost;
+
+/* layer->priv, created if missing, with room for S slots. Growing frees the old block,
+ * so it first waits for the stream: the previous forward's upload may still read it. */
+static MoeCudaHost *moe_cuda_host(Layer *layer, size_t S) {
+    const int E = layer->cfg->model.moe.experts;
+    MoeCudaHost *hs = layer->priv;
+    if (!hs) {
+        hs = braid_calloc(1, sizeof *hs, "moe CUDA host state");
+        CUDA_CHECK(cudaMallocHost((void **)&hs->sums, ((size_t)E + 1) * sizeof(double)));
+        hs->cursor = braid_calloc((size_t)E, sizeof(int), "moe CUDA cursor");
+        layer->priv = hs;
+    }
+    if (S > hs->capacity || !hs->pinned) {
+        CUDA_CHECK(cudaStreamSynchronize(0));
+        if (hs->pinned) CUDA_CHECK(cudaFreeHost(hs->pinned));
+        hs->pinned = NULL;
+        hs->offset = NULL;
+        hs->N = 0;
+        const size_t ints = 3 * S + (size_t)E + 1;
+        CUDA_CHECK(cudaMallocHost((void **)&hs->pinned, ints * sizeof(int)));
+        hs->capacity = S;
+    }
+    return hs;
+}
+
+static void moe_cuda_host_free(Layer *layer) {
+    MoeCudaHost *hs = layer->priv;
+    if (!hs) return;
+    CUDA_CHECK(cudaStreamSynchronize(0));   /* no copy may still be reading pinned memory */
+    if (hs->pinned) CUDA_CHECK(cudaFreeHost(hs->pinned));
+    CUDA_CHECK(cudaFreeHost(hs->sums));
+    braid_free(hs->cursor);
+    braid_free(hs);
+    layer->priv = NULL;
+}
+#endif
+
+/* Per-expert load (fraction of routed slots), read by the metrics code. On CUDA also the
+ * host state of MoeCudaHost (its slot buffers grow with the first forward). */
 static void moe_init(Layer *layer) {
     int E = layer->cfg->model.moe.experts;
     layer->stats = braid_calloc((size_t)E, sizeof(float), "moe expert_load stats");
     layer->stats_count = E;
     layer->stats_name = "expert_load";
+#ifdef BRAID_HAVE_CUDA
+    if (layer->device == DEVICE_CUDA) moe_cuda_host(layer, 0);
+#endif
 }
 
 static void moe_destroy(Layer *layer) {
     braid_free(layer->stats);
     layer->stats = NULL;
     layer->stats_count = 0;
+#ifdef BRAID_HAVE_CUDA
+    moe_cuda_host_free(layer);
+#endif
+}
+
+/* expert_load[e] = count_e / S, the same float operations on both devices. */
+static void moe_set_stats(Layer *layer, const int *offset, int E, int S) {
+    for (int e = 0; e < E; e++)
+        layer->stats[e] = (float)(offset[e + 1] - offset[e]) / (float)S;
 }
 
 /* router normal(std); gate/up normal(std); down normal(std / sqrt(2·n_layers)), the
@@ -357,9 +465,8 @@ static void moe_forward(Layer *layer, float *y, const float *x, int B, int T, Ct
         }
     }
 
-    layer->aux_loss = moe_aux_loss(sv.probs, sv.lse, sv.offset, m);
-    for (int e = 0; e < E; e++)
-        layer->stats[e] = (float)(sv.offset[e + 1] - sv.offset[e]) / (float)S;
+    layer->aux_loss = moe_aux_loss(sc.sums, sv.probs, sv.lse, sv.offset, m);
+    moe_set_stats(layer, sv.offset, E, S);
 }
 
 /* Backward, with act = silu(gate_pre)⊙up_pre and eo = act W_downᵀ recomputed:
@@ -440,6 +547,146 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
     matmul_backward(dx, layer->grads[0], NULL, sc.dlogits, x, layer->params[0], N, d, E);
 }
 
+#ifdef BRAID_HAVE_CUDA
+/* moe_forward on the device (see the file comment). Pointers named h_* are host memory
+ * (MoeCudaHost); everything in sv, sc, x, y and the params is device memory. */
+static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
+    MoeDims m = moe_dims(layer, B, T);
+    const int N = m.N, d = m.d, E = m.E, k = m.k, H = m.H, S = N * k;
+    MoeSaved sv;
+    MoeScratch sc;
+    moe_saved_layout(&sv, layer->saved, m);
+    BRAID_CHECK(moe_scratch_layout(&sc, ctx->scratch, m) <= ctx->scratch_floats,
+                "moe forward (cuda): scratch too small for B=%d T=%d", B, T);
+    BRAID_CHECK(sv.slot_token == sv.slot_of + S && sv.offset == sv.slot_token + S,
+                "moe forward (cuda): slot maps not adjacent in the saved layout");
+    MoeCudaHost *hs = moe_cuda_host(layer, (size_t)S);
+    int *h_expert = hs->pinned;
+    int *h_slot_of = hs->pinned + hs->capacity, *h_slot_token = h_slot_of + S;
+    int *h_offset = h_slot_token + S;
+    hs->offset = NULL;   /* until this forward has rebuilt them */
+
+    /* route: logits straight into probs, softmax and top-k in place */
+    matmul_forward_cuda(sv.probs, x, layer->params[0], NULL, N, d, E, 0, 0);
+    moe_route_forward_cuda(sv.probs, sv.lse, sv.expert, sv.weight, N, E, k, m.renormalize, 0);
+    const int want_sums = m.aux_coef != 0.0f || m.z_coef != 0.0f;
+    if (want_sums) moe_route_sums_cuda(sc.sums, sv.probs, sv.lse, N, E, 0);
+
+    /* the one wait: expert ids (and the aux sums) to the host */
+    CUDA_CHECK(cudaMemcpyAsync(h_expert, sv.expert, (size_t)S * sizeof(int),
+                               cudaMemcpyDeviceToHost, 0));
+    if (want_sums)
+        CUDA_CHECK(cudaMemcpyAsync(hs->sums, sc.sums, ((size_t)E + 1) * sizeof(double),
+                                   cudaMemcpyDeviceToHost, 0));
+    CUDA_CHECK(cudaStreamSynchronize(0));
+    for (int i = 0; i < S; i++)   /* an id outside [0, E) would make the sort write wild */
+        BRAID_CHECK(h_expert[i] >= 0 && h_expert[i] < E,
+                    "moe forward (cuda): token %d rank %d routed to expert %d of %d", i / k, i % k,
+                    h_expert[i], E);
+    moe_group_slots(h_offset, h_slot_of, h_slot_token, hs->cursor, h_expert, N, E, k);
+    /* slot_of, slot_token, offset in one copy. The pinned source is next rewritten by this
+     * layer's next forward, after its cudaStreamSynchronize: the copy is done by then. */
+    CUDA_CHECK(cudaMemcpyAsync(sv.slot_of, h_slot_of, (2 * (size_t)S + (size_t)E + 1) * sizeof(int),
+                               cudaMemcpyHostToDevice, 0));
+    hs->offset = h_offset;
+    hs->N = N;
+
+    /* each expert on its contiguous block of slots; an expert with no slots is skipped */
+    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, S, d, 0);
+    for (int e = 0; e < E; e++) {
+        int o = h_offset[e], count = h_offset[e + 1] - o;
+        if (count == 0) continue;
+        const float *xg = sc.xg + (size_t)o * d;
+        matmul_forward_cuda(sv.gate_pre + (size_t)o * H, xg, layer->params[moe_param_gate(e)], NULL,
+                            count, d, H, 0, 0);
+        matmul_forward_cuda(sv.up_pre + (size_t)o * H, xg, layer->params[moe_param_up(e)], NULL,
+                            count, d, H, 0, 0);
+    }
+    /* the experts' blocks tile all S slots, so one elementwise pass covers them */
+    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)S * H, 0);
+    for (int e = 0; e < E; e++) {
+        int o = h_offset[e], count = h_offset[e + 1] - o;
+        if (count == 0) continue;
+        matmul_forward_cuda(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
+                            layer->params[moe_param_down(e)], NULL, count, H, d, 0, 0);
+    }
+    moe_combine_cuda(y, sc.eo, sv.weight, sv.slot_of, N, k, d, 0);
+
+    /* host values, from the host copies: counts exactly the CPU's, sums in double */
+    layer->aux_loss = moe_aux_from_sums(hs->sums, h_offset, m);
+    moe_set_stats(layer, h_offset, E, S);
+}
+
+/* moe_backward on the device: the same steps, the per-expert loops sized from the host
+ * offsets of the forward that filled layer->saved (no wait for the device). */
+static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const float *x, int B, int T,
+                              Ctx *ctx) {
+    MoeDims m = moe_dims(layer, B, T);
+    const int N = m.N, d = m.d, E = m.E, k = m.k, H = m.H, S = N * k;
+    MoeSaved sv;
+    MoeScratch sc;
+    moe_saved_layout(&sv, layer->saved, m);
+    BRAID_CHECK(moe_scratch_layout(&sc, ctx->scratch, m) <= ctx->scratch_floats,
+                "moe backward (cuda): scratch too small for B=%d T=%d", B, T);
+    const MoeCudaHost *hs = layer->priv;
+    BRAID_CHECK(hs && hs->offset && hs->N == N,
+                "moe backward (cuda): no forward of %d tokens to differentiate", N);
+    const int *h_offset = hs->offset;
+
+    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, S, d, 0);
+    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)S * H, 0);
+    for (int e = 0; e < E; e++) {
+        int o = h_offset[e], count = h_offset[e + 1] - o;
+        if (count == 0) continue;
+        matmul_forward_cuda(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
+                            layer->params[moe_param_down(e)], NULL, count, H, d, 0, 0);
+    }
+
+    /* dw from the expert outputs, then eo is overwritten in place by deo = w·dy */
+    moe_combine_backward_cuda(sc.dweight, sc.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
+
+    /* down projection, then the SwiGLU gate (act's buffer becomes dgate) */
+    CUDA_ZERO(sc.dact, (size_t)S * H);   /* matmul_backward_cuda accumulates */
+    for (int e = 0; e < E; e++) {
+        int o = h_offset[e], count = h_offset[e + 1] - o;
+        if (count == 0) continue;
+        matmul_backward_cuda(sc.dact + (size_t)o * H, layer->grads[moe_param_down(e)], NULL,
+                             sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
+                             layer->params[moe_param_down(e)], count, H, d, 0);
+    }
+    float *dgate = sc.act;
+    swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)S * H, 0);
+
+    /* gate and up projections; eo's buffer becomes dxg */
+    float *dxg = sc.eo;
+    CUDA_ZERO(dxg, (size_t)S * d);
+    for (int e = 0; e < E; e++) {
+        int o = h_offset[e], count = h_offset[e + 1] - o;
+        if (count == 0) continue;
+        const float *xg = sc.xg + (size_t)o * d;
+        matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
+                             dgate + (size_t)o * H, xg, layer->params[moe_param_gate(e)], count, d,
+                             H, 0);
+        matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
+                             sc.dup + (size_t)o * H, xg, layer->params[moe_param_up(e)], count, d,
+                             H, 0);
+    }
+
+    /* back to tokens, ranks in order (deterministic, no atomics) */
+    moe_scatter_add_rows_cuda(dx, dxg, sv.slot_of, N, k, d, 0);
+
+    /* router: the kernel reads the DEVICE copy of the offsets (sv.offset) */
+    float aux_scale, z_scale;
+    moe_route_backward_scales(m, ctx->aux_grad_scale, &aux_scale, &z_scale);
+    moe_route_backward_cuda(sc.dlogits, sc.dweight, sv.probs, sv.lse, sv.expert, sv.weight,
+                            sv.offset, N, E, k, m.renormalize, aux_scale, z_scale, 0);
+    matmul_backward_cuda(dx, layer->grads[0], NULL, sc.dlogits, x, layer->params[0], N, d, E, 0);
+}
+#define MOE_CUDA .forward_cuda = moe_forward_cuda, .backward_cuda = moe_backward_cuda,
+#else
+#define MOE_CUDA
+#endif
+
 const LayerKind moe_kind = {
     .name = "moe", .symbol = 'E', .role = LAYER_FFN, .hf_module = "feed_forward", .implemented = 1,
     .validate = moe_validate,
@@ -450,4 +697,5 @@ const LayerKind moe_kind = {
     .forward = moe_forward,
     .backward = moe_backward,
     .destroy = moe_destroy,
+    MOE_CUDA
 };

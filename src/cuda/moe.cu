@@ -1,0 +1,231 @@
+/* moe.cu — routing, dispatch and combine of the mixture-of-experts FFN on the GPU (see
+ * moe_cuda.h; the CPU reference is layers/moe.c).
+ *
+ * Work split:
+ *  - routing (softmax, logsumexp, top-k) and its backward: one thread per token. A router
+ *    has few experts (4–16), so a token's row is a handful of floats; a thread walking it
+ *    sequentially does the float operations in exactly the CPU's order, which keeps the
+ *    top-k choice identical to the CPU's wherever the inputs agree;
+ *  - the aux-loss sums: one block per expert (and one for Σ lse²), double accumulation,
+ *    block_sum's fixed tree;
+ *  - gather, combine, scatter-add: one thread per output element, grid-stride; a token
+ *    sums its k slots in rank order in a register, so there are no atomics;
+ *  - the combine's backward: one warp per slot pair (a dot product of two rows of d).
+ * expf/logf, not the fast intrinsics, and IEEE division (nvcc's default): the router's
+ * probabilities should match the CPU to a few ulp. */
+#include "cuda_check.h"
+#include "moe_cuda.h"
+#include "reduce.cuh"
+
+#define MOE_TOKEN_THREADS 128   /* per-token kernels: one thread per token */
+#define MOE_ROW_THREADS 256     /* element-wise and warp-per-pair kernels */
+
+/* Enough blocks to fill any current GPU several times over; grid-stride loops do the rest. */
+static unsigned moe_elementwise_blocks(size_t n) {
+    size_t blocks = (n + MOE_ROW_THREADS - 1) / MOE_ROW_THREADS;
+    return (unsigned)(blocks < 8192 ? blocks : 8192);
+}
+
+static unsigned moe_token_blocks(int N) {
+    return (unsigned)((N + MOE_TOKEN_THREADS - 1) / MOE_TOKEN_THREADS);
+}
+
+/* ---------------------------------------------------------------- routing */
+
+__global__ void moe_route_forward_kernel(float *probs, float *lse, int *expert, float *weight,
+                                         int N, int E, int k, int renormalize) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    float *p = probs + (size_t)n * E;
+    float maxv = p[0];
+    for (int e = 1; e < E; e++) maxv = fmaxf(maxv, p[e]);
+    float sum = 0.0f;
+    for (int e = 0; e < E; e++) { p[e] = expf(p[e] - maxv); sum += p[e]; }
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    lse[n] = maxv + logf(sum);
+
+    /* repeated arg-max over the experts not yet taken; strict '>' keeps the lower index
+     * on a tie. The chosen list is this thread's own output row, read back as it grows. */
+    int *chosen = expert + (size_t)n * k;
+    float *w = weight + (size_t)n * k;
+    float total = 0.0f;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++) taken |= chosen[i] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        chosen[j] = best;
+        w[j] = p[best];
+        total += p[best];
+    }
+    if (renormalize)
+        for (int j = 0; j < k; j++) w[j] /= total;
+}
+
+/* grid E + 1: block e < E sums column e of probs, block E sums lse². */
+__global__ void moe_route_sums_kernel(double *sums, const float *probs, const float *lse, int N,
+                                      int E) {
+    __shared__ double shared[32];
+    const int e = blockIdx.x;
+    double acc = 0.0;
+    if (e < E) {
+        for (int n = threadIdx.x; n < N; n += blockDim.x) acc += (double)probs[(size_t)n * E + e];
+    } else {
+        for (int n = threadIdx.x; n < N; n += blockDim.x) acc += (double)lse[n] * lse[n];
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) sums[e] = acc;
+}
+
+/* moe.c's moe_route_backward, line for line (dl holds ∂L/∂p first, then ∂L/∂logits). */
+__global__ void moe_route_backward_kernel(float *dlogits, const float *dweight, const float *probs,
+                                          const float *lse, const int *expert, const float *weight,
+                                          const int *offset, int N, int E, int k, int renormalize,
+                                          float aux_scale, float z_scale) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *p = probs + (size_t)n * E;
+    const int *chosen = expert + (size_t)n * k;
+    const float *w = weight + (size_t)n * k, *dw = dweight + (size_t)n * k;
+    float *dl = dlogits + (size_t)n * E;
+    for (int e = 0; e < E; e++) dl[e] = aux_scale * (float)(offset[e + 1] - offset[e]);
+    if (renormalize) {
+        float total = 0.0f, dw_dot_w = 0.0f;
+        for (int j = 0; j < k; j++) { total += p[chosen[j]]; dw_dot_w += dw[j] * w[j]; }
+        for (int j = 0; j < k; j++) dl[chosen[j]] += (dw[j] - dw_dot_w) / total;
+    } else {
+        for (int j = 0; j < k; j++) dl[chosen[j]] += dw[j];
+    }
+    float p_dot_dp = 0.0f;
+    for (int e = 0; e < E; e++) p_dot_dp += p[e] * dl[e];
+    const float z = z_scale * lse[n];
+    for (int e = 0; e < E; e++) dl[e] = p[e] * (dl[e] - p_dot_dp) + z * p[e];
+}
+
+/* ---------------------------------------------------------------- dispatch and combine */
+
+__global__ void moe_gather_rows_kernel(float *xg, const float *x, const int *slot_token, int S,
+                                       int d) {
+    const size_t total = (size_t)S * d;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t s = i / d, c = i % d;
+        xg[i] = x[(size_t)slot_token[s] * d + c];
+    }
+}
+
+__global__ void moe_combine_kernel(float *y, const float *eo, const float *weight,
+                                   const int *slot_of, int N, int k, int d) {
+    const size_t total = (size_t)N * d;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t n = i / d, c = i % d;
+        float acc = 0.0f;
+        for (int j = 0; j < k; j++) {
+            const size_t pair = n * k + j;
+            acc += weight[pair] * eo[(size_t)slot_of[pair] * d + c];
+        }
+        y[i] = acc;
+    }
+}
+
+/* One warp per pair q = n·k + j; the whole warp takes the same q, so an early return
+ * leaves no lane of a live warp behind (warp_sum needs all 32). */
+__global__ void moe_combine_backward_kernel(float *dweight, float *eo_then_deo, const float *dy,
+                                            const float *weight, const int *slot_of, int S, int k,
+                                            int d) {
+    const int lane = threadIdx.x % 32;
+    const size_t q = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (q >= (size_t)S) return;
+    const size_t n = q / k;
+    const float w = weight[q];
+    const float *dyn = dy + n * d;
+    float *row = eo_then_deo + (size_t)slot_of[q] * d;
+    float dot = 0.0f;
+    for (int c = lane; c < d; c += 32) {
+        const float g = dyn[c];
+        dot += g * row[c];
+        row[c] = w * g;
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) dweight[q] = dot;
+}
+
+__global__ void moe_scatter_add_rows_kernel(float *dx, const float *dxg, const int *slot_of, int N,
+                                            int k, int d) {
+    const size_t total = (size_t)N * d;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t n = i / d, c = i % d;
+        float acc = dx[i];
+        for (int j = 0; j < k; j++) acc += dxg[(size_t)slot_of[n * k + j] * d + c];
+        dx[i] = acc;
+    }
+}
+
+/* ---------------------------------------------------------------- launchers */
+
+extern "C" void moe_route_forward_cuda(float *probs, float *lse, int *expert, float *weight, int N,
+                                       int E, int k, int renormalize, cudaStream_t stream) {
+    if (N <= 0) return;
+    moe_route_forward_kernel<<<moe_token_blocks(N), MOE_TOKEN_THREADS, 0, stream>>>(
+        probs, lse, expert, weight, N, E, k, renormalize);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_route_sums_cuda(double *sums, const float *probs, const float *lse, int N,
+                                    int E, cudaStream_t stream) {
+    moe_route_sums_kernel<<<(unsigned)(E + 1), MOE_ROW_THREADS, 0, stream>>>(sums, probs, lse, N, E);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_token, int S, int d,
+                                     cudaStream_t stream) {
+    const size_t n = (size_t)S * d;
+    if (n == 0) return;
+    moe_gather_rows_kernel<<<moe_elementwise_blocks(n), MOE_ROW_THREADS, 0, stream>>>(
+        xg, x, slot_token, S, d);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_combine_cuda(float *y, const float *eo, const float *weight, const int *slot_of,
+                                 int N, int k, int d, cudaStream_t stream) {
+    const size_t n = (size_t)N * d;
+    if (n == 0) return;
+    moe_combine_kernel<<<moe_elementwise_blocks(n), MOE_ROW_THREADS, 0, stream>>>(
+        y, eo, weight, slot_of, N, k, d);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, const float *dy,
+                                          const float *weight, const int *slot_of, int N, int k,
+                                          int d, cudaStream_t stream) {
+    const int S = N * k, warps_per_block = MOE_ROW_THREADS / 32;
+    if (S <= 0) return;
+    const unsigned blocks = (unsigned)((S + warps_per_block - 1) / warps_per_block);
+    moe_combine_backward_kernel<<<blocks, MOE_ROW_THREADS, 0, stream>>>(
+        dweight, eo_then_deo, dy, weight, slot_of, S, k, d);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_scatter_add_rows_cuda(float *dx, const float *dxg, const int *slot_of, int N,
+                                          int k, int d, cudaStream_t stream) {
+    const size_t n = (size_t)N * d;
+    if (n == 0) return;
+    moe_scatter_add_rows_kernel<<<moe_elementwise_blocks(n), MOE_ROW_THREADS, 0, stream>>>(
+        dx, dxg, slot_of, N, k, d);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_route_backward_cuda(float *dlogits, const float *dweight, const float *probs,
+                                        const float *lse, const int *expert, const float *weight,
+                                        const int *offset, int N, int E, int k, int renormalize,
+                                        float aux_scale, float z_scale, cudaStream_t stream) {
+    if (N <= 0) return;
+    moe_route_backward_kernel<<<moe_token_blocks(N), MOE_TOKEN_THREADS, 0, stream>>>(
+        dlogits, dweight, probs, lse, expert, weight, offset, N, E, k, renormalize, aux_scale,
+        z_scale);
+    CUDA_CHECK_LAUNCH();
+}
