@@ -21,7 +21,12 @@
  * g_norm ones.
  *
  * Forward saves q, k, v, g, log α, the gate's pre-activations, o, the norm's rstd and
- * the kernel's chunk-start states; backward recomputes the normed output and z from them. */
+ * the kernel's chunk-start states; backward recomputes the normed output and z from them.
+ *
+ * CUDA (layer->device == DEVICE_CUDA): gla_forward_cuda / gla_backward_cuda compute the
+ * same thing with the same saved layout: the projections through cuBLAS, the chunk
+ * kernel of cuda/gla.cu, the per-head norm as rmsnorm_cuda over (B·T·H) rows of dv, the
+ * swish gate as swiglu_cuda. Their scratch differs (see gla_scratch_floats). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,6 +36,10 @@
 #include "../core/common.h"
 #include "../core/ops.h"
 #include "../models/config.h"
+#ifdef BRAID_HAVE_CUDA
+#include "../cuda/gla_cuda.h"
+#include "../cuda/ops_cuda.h"
+#endif
 
 typedef enum { GLA_MODE_GATED, GLA_MODE_RETENTION, GLA_MODE_LINEAR } GlaMode;
 
@@ -118,6 +127,13 @@ static void gla_init(Layer *layer) {
     p->scale = 1.0f / sqrtf((float)p->dk);
     p->p_gate_down = p->p_gate_up = p->p_gate_bias = -1;
     layer->priv = p;
+#ifdef BRAID_HAVE_CUDA
+    /* said here, at model build, rather than by the kernel in the middle of a step */
+    BRAID_CHECK(layer->device != DEVICE_CUDA || p->dk <= GLA_CUDA_MAX_DK,
+                "gla layer %s: per-head key width %d (expand_k · d_model / n_heads) exceeds the "
+                "CUDA kernel's limit of %d; raise gla.n_heads or lower gla.expand_k",
+                layer->prefix, p->dk, GLA_CUDA_MAX_DK);
+#endif
 }
 
 static void gla_destroy(Layer *layer) {
@@ -176,10 +192,18 @@ static size_t gla_saved_floats(const Layer *layer, int B, int T) {
 }
 
 /* Backward's temporaries (the larger need): three (N,Dv) and three (N,Dk) buffers, one
- * (N,r), then the kernel's scratch. Forward uses the first (N,Dv) and the kernel's. */
+ * (N,r), then the kernel's scratch. Forward uses the first (N,Dv) and the kernel's.
+ * On CUDA: four (N,Dv) buffers (the swish gate's backward writes its two outputs apart
+ * from its inputs), the same (N,Dk) and (N,r) ones, then the CUDA kernel's scratch,
+ * which holds per-slice partial sums and so grows with T. */
 static size_t gla_scratch_floats(const Layer *layer, int B, int T) {
     const GlaLayer *p = layer->priv;
     const size_t N = (size_t)B * T;
+#ifdef BRAID_HAVE_CUDA
+    if (layer->device == DEVICE_CUDA)
+        return 4 * N * p->Dv + 3 * N * p->Dk + N * p->rank +
+               gla_chunk_backward_cuda_scratch_floats(B, T, p->H, p->dk, p->dv, p->chunk);
+#endif
     return 3 * N * p->Dv + 3 * N * p->Dk + N * p->rank +
            gla_chunk_scratch_floats(B, p->H, p->dk, p->dv, p->chunk);
 }
@@ -299,6 +323,109 @@ static void gla_backward(Layer *layer, float *dx, const float *dy, const float *
     matmul_backward(dx, layer->grads[p->p_g], NULL, dg, x, layer->params[p->p_g], (int)N, d, p->Dv);
 }
 
+#ifdef BRAID_HAVE_CUDA
+/* ---------------------------------------------------------------- CUDA path
+ * The steps of gla_forward / gla_backward on the GPU (every pointer a device pointer,
+ * work on the default stream, the saved layout shared with the CPU path). */
+
+static void gla_log_decay_forward_cuda(const GlaLayer *p, GlaSaved *s, Layer *layer, const float *x,
+                                       size_t N) {
+    const int d = layer->d_model;
+    if (p->mode == GLA_MODE_GATED) {
+        matmul_forward_cuda(s->gate_low, x, layer->params[p->p_gate_down], NULL, (int)N, d, p->rank, 0, 0);
+        matmul_forward_cuda(s->gate_pre, s->gate_low, layer->params[p->p_gate_up],
+                            layer->params[p->p_gate_bias], (int)N, p->rank, p->Dk, 0, 0);
+        gla_log_decay_gated_cuda(s->log_alpha, s->gate_pre, N * p->Dk, 1.0f / p->gate_normalizer, 0);
+    } else if (p->mode == GLA_MODE_RETENTION) {
+        gla_log_decay_retention_cuda(s->log_alpha, N, p->H, p->dk, 0);
+    } else {
+        CUDA_ZERO(s->log_alpha, N * p->Dk);
+    }
+}
+
+static void gla_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
+    const GlaLayer *p = layer->priv;
+    const int d = layer->d_model;
+    const size_t N = (size_t)B * T, nv = N * p->Dv;
+    GlaSaved s = saved_layout(p, layer->saved, B, T);
+    BRAID_CHECK(ctx->scratch_floats >= 2 * nv, "gla: scratch %zu < %zu floats", ctx->scratch_floats, 2 * nv);
+    float *normed = ctx->scratch, *z = normed + nv;   /* (N, Dv) each */
+
+    matmul_forward_cuda(s.q, x, layer->params[p->p_q], NULL, (int)N, d, p->Dk, 0, 0);
+    matmul_forward_cuda(s.k, x, layer->params[p->p_k], NULL, (int)N, d, p->Dk, 0, 0);
+    matmul_forward_cuda(s.v, x, layer->params[p->p_v], NULL, (int)N, d, p->Dv, 0, 0);
+    matmul_forward_cuda(s.g, x, layer->params[p->p_g], NULL, (int)N, d, p->Dv, 0, 0);
+    gla_log_decay_forward_cuda(p, &s, layer, x, N);
+
+    gla_chunk_forward_cuda(s.o, s.states, NULL, s.q, s.k, s.v, s.log_alpha, B, T, p->H, p->dk, p->dv,
+                           p->chunk, p->scale, NULL, 0);
+
+    /* rstd per (token, head): rows of dv, the weight shared by the heads; z = normed ⊙ silu(g) */
+    rmsnorm_forward_cuda(normed, s.rstd, s.o, layer->params[p->p_norm], (int)(N * p->H), p->dv, p->eps, 0);
+    swiglu_forward_cuda(z, s.g, normed, nv, 0);
+    matmul_forward_cuda(y, z, layer->params[p->p_o], NULL, (int)N, p->Dv, d, 0, 0);
+}
+
+static void gla_backward_cuda(Layer *layer, float *dx, const float *dy, const float *x, int B, int T,
+                              Ctx *ctx) {
+    const GlaLayer *p = layer->priv;
+    const int d = layer->d_model;
+    const size_t N = (size_t)B * T, nv = N * p->Dv, nk = N * p->Dk;
+    GlaSaved s = saved_layout(p, layer->saved, B, T);
+    const size_t kernel_floats = gla_chunk_backward_cuda_scratch_floats(B, T, p->H, p->dk, p->dv, p->chunk);
+    const size_t need = 4 * nv + 3 * nk + N * p->rank + kernel_floats;
+    BRAID_CHECK(ctx->scratch_floats >= need, "gla: scratch %zu < %zu floats", ctx->scratch_floats, need);
+    /* scratch, reused as the values die: buf1 normed → dv; buf2 z → dnormed; buf3 dz → do;
+     * buf4 dg. swiglu_backward_cuda never writes into its own inputs. */
+    float *buf1 = ctx->scratch, *buf2 = buf1 + nv, *buf3 = buf2 + nv, *buf4 = buf3 + nv;
+    float *dq = buf4 + nv, *dk = dq + nk, *dlog_alpha = dk + nk;
+    float *dgate_low = dlog_alpha + nk;                                        /* (N, r) */
+    float *kernel_scratch = dgate_low + N * p->rank;
+    const float *w_norm = layer->params[p->p_norm];
+
+    /* recompute normed and z: the same kernel on the same o gives forward's rstd again */
+    rmsnorm_forward_cuda(buf1, NULL, s.o, w_norm, (int)(N * p->H), p->dv, p->eps, 0);
+    swiglu_forward_cuda(buf2, s.g, buf1, nv, 0);
+
+    /* output projection: dz = dy W_o, dW_o += dyᵀ z */
+    CUDA_ZERO(buf3, nv);
+    matmul_backward_cuda(buf3, layer->grads[p->p_o], NULL, dy, buf2, layer->params[p->p_o], (int)N, p->Dv,
+                         d, 0);
+
+    /* z = silu(g) ⊙ normed:  dg = dz ⊙ normed ⊙ σ(g)(1 + g(1 − σ(g))) → buf4,
+     * dnormed = dz ⊙ silu(g) → buf2 (z is dead) */
+    swiglu_backward_cuda(buf4, buf2, buf3, s.g, buf1, nv, 0);
+    float *dg = buf4, *dnormed = buf2, *d_o = buf3;   /* dz is dead */
+    CUDA_ZERO(d_o, nv);
+    rmsnorm_backward_cuda(d_o, layer->grads[p->p_norm], dnormed, s.o, w_norm, s.rstd, (int)(N * p->H),
+                          p->dv, 0);
+
+    float *dv = buf1;   /* normed is dead now */
+    CUDA_ZERO(dv, nv);
+    CUDA_ZERO(dq, 3 * nk);   /* dq, dk, dlog_alpha */
+    gla_chunk_backward_cuda(dq, dk, dv, p->mode == GLA_MODE_GATED ? dlog_alpha : NULL, d_o, s.q, s.k, s.v,
+                            s.log_alpha, s.states, B, T, p->H, p->dk, p->dv, p->chunk, p->scale,
+                            kernel_scratch, 0);
+
+    if (p->mode == GLA_MODE_GATED) {
+        /* log α = logsigmoid(pre)/g_n:  dpre = dlog α · σ(−pre) / g_n  (in place) */
+        gla_log_decay_gated_backward_cuda(dlog_alpha, s.gate_pre, nk, 1.0f / p->gate_normalizer, 0);
+        CUDA_ZERO(dgate_low, N * p->rank);
+        matmul_backward_cuda(dgate_low, layer->grads[p->p_gate_up], layer->grads[p->p_gate_bias],
+                             dlog_alpha, s.gate_low, layer->params[p->p_gate_up], (int)N, p->rank, p->Dk, 0);
+        matmul_backward_cuda(dx, layer->grads[p->p_gate_down], NULL, dgate_low, x,
+                             layer->params[p->p_gate_down], (int)N, d, p->rank, 0);
+    }
+    matmul_backward_cuda(dx, layer->grads[p->p_q], NULL, dq, x, layer->params[p->p_q], (int)N, d, p->Dk, 0);
+    matmul_backward_cuda(dx, layer->grads[p->p_k], NULL, dk, x, layer->params[p->p_k], (int)N, d, p->Dk, 0);
+    matmul_backward_cuda(dx, layer->grads[p->p_v], NULL, dv, x, layer->params[p->p_v], (int)N, d, p->Dv, 0);
+    matmul_backward_cuda(dx, layer->grads[p->p_g], NULL, dg, x, layer->params[p->p_g], (int)N, d, p->Dv, 0);
+}
+#define GLA_CUDA .forward_cuda = gla_forward_cuda, .backward_cuda = gla_backward_cuda,
+#else
+#define GLA_CUDA
+#endif
+
 const LayerKind gla_kind = {
     .name = "gla", .symbol = 'G', .role = LAYER_MIXER, .hf_module = "gla", .implemented = 1,
     .validate = gla_validate,
@@ -309,4 +436,5 @@ const LayerKind gla_kind = {
     .forward = gla_forward,
     .backward = gla_backward,
     .destroy = gla_destroy,
+    GLA_CUDA
 };
