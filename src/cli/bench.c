@@ -1,24 +1,62 @@
-/* bench — times whole training steps (forward, backward, AdamW) of a config on the CPU.
+/* bench — times whole training steps (forward, backward, AdamW) of a config on the CPU,
+ * or with --ops single GPU ops and layers at the config's shapes.
  *
  *   bench --config configs/attention-tiny.yaml [--set k=v ...] [--steps 20] [--warmup 3]
+ *   bench --ops [--config configs/jamba-small.yaml] [--set k=v ...] [--json]
  *
  * Prints tokens/s and ms/step as a table line and as JSON (--json), so tools/bench_cpu.sh
  * can put it beside the PyTorch reference measured in the same run. Evaluation and
- * logging are off while timing. */
+ * logging are off while timing. --ops is core/bench_ops.c: one line per op (and one JSON
+ * line with --json), beside tools/bench_torch_gpu.py --ops-only. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bench_ops.h"
 #include "models/config.h"
 #include "train/trainer.h"
+
+#define OPS_DEFAULT_CONFIG "configs/jamba-small.yaml"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: bench --config FILE [--set KEY=VALUE ...] [--steps N] [--warmup N] [--json]\n"
+            "       bench --ops [--config FILE] [--set KEY=VALUE ...] [--steps N] [--warmup N] [--json]\n"
             "\n"
             "Times full training steps (forward + backward + AdamW) of the model in FILE on the\n"
             "task's batch shape, after --warmup untimed steps (default 3), over --steps (default 20).\n"
-            "Reports the median step time and tokens/s.\n");
+            "Reports the median step time and tokens/s.\n"
+            "\n"
+            "--ops  times single GPU ops instead, at the shapes FILE implies (default\n"
+            "       " OPS_DEFAULT_CONFIG "; train.batch_size, task.seq_len, d_model, attention\n"
+            "       heads, mamba d_state/expand/d_conv/chunk, moe experts/top_k/hidden), each\n"
+            "       forward, backward and both: the Mamba in_proj matmul and causal flash\n"
+            "       attention in TFLOP/s against the GPU's float32 peak; the selective scan and\n"
+            "       the causal conv1d in GB/s, with the time their minimal memory traffic takes\n"
+            "       at the DRAM bandwidth (the floor) and time/floor; whole mamba, attention,\n"
+            "       dense, moe and gla layers through their CUDA paths (TFLOP/s by 6 x matmul\n"
+            "       params x tokens, plus attention's own term). Median of --steps runs (default\n"
+            "       20) after --warmup (default 3), timed with cudaEvents. One table line per\n"
+            "       op; --json adds one JSON line per op. Needs a CUDA build and a GPU (exits 1\n"
+            "       saying so otherwise).\n");
+}
+
+/* bench --ops: checks for a GPU before reading the config, so a machine without one
+ * hears that first. */
+static int run_ops(const char *config_path, const char **overrides, int n_overrides, int steps,
+                   int warmup, int json) {
+    BraidError err;
+    if (steps < 1 || warmup < 0) { usage(stderr); return 1; }
+    if (bench_ops_check_gpu(&err)) { fprintf(stderr, "bench --ops: %s\n", err.message); return 1; }
+    Config cfg;
+    if (config_load(&cfg, config_path, overrides, n_overrides, &err)) {
+        fprintf(stderr, "bench --ops: %s\n", err.message);
+        return 1;
+    }
+    BenchOpsOptions opt = {.warmup = warmup, .repeats = steps, .json = json, .source = config_path,
+                           .out = stdout};
+    if (bench_ops_run(&cfg, &opt, &err)) { fprintf(stderr, "bench --ops: %s\n", err.message); return 1; }
+    return 0;
 }
 
 static int compare_doubles(const void *a, const void *b) {
@@ -28,11 +66,12 @@ static int compare_doubles(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *config_path = NULL, *overrides[128];
-    int n_overrides = 0, steps = 20, warmup = 3, json = 0;
+    int n_overrides = 0, steps = 20, warmup = 3, json = 0, ops = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--json")) { json = 1; continue; }
+        if (!strcmp(a, "--ops")) { ops = 1; continue; }
         if (!v) { fprintf(stderr, "bench: %s needs a value (see --help)\n", a); return 1; }
         if (!strcmp(a, "--config")) config_path = v;
         else if (!strcmp(a, "--set") && n_overrides < 120) overrides[n_overrides++] = v;
@@ -41,6 +80,9 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "bench: unknown option '%s' (see --help)\n", a); return 1; }
         i++;
     }
+    if (ops)
+        return run_ops(config_path ? config_path : OPS_DEFAULT_CONFIG, overrides, n_overrides, steps,
+                       warmup, json);
     if (!config_path || steps < 1 || warmup < 0) { usage(stderr); return 1; }
     overrides[n_overrides++] = "train.run_dir=";
     Config cfg;
