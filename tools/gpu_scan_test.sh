@@ -3,7 +3,7 @@
 # against the CPU kernels and time the scan, on a GPU machine, in one device-tool call
 # (docs/gpu-scan.md). Same structure as tools/gpu_test.sh:
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
-#   2. configure and build braid_cuda and test_cuda_scan into build-gpu
+#   2. configure and build test_cuda_scan into build-gpu
 #   3. ctest -R test_cuda_scan
 #   4. timing: test_cuda_scan --bench (B=8 T=2048 di=2048 N=16 chunk 64, median of 25,
 #      against the memory-traffic floor at 3.0 TB/s), then, where PyTorch with CUDA is
@@ -47,7 +47,7 @@ status=0
 run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
 if [ $status -eq 0 ]; then
     run_step build "$out/build.log" \
-        cmake --build "$build" -j"$jobs" --target braid_cuda test_cuda_scan || status=1
+        cmake --build "$build" -j"$jobs" --target test_cuda_scan || status=1
     record "build warnings" "$(grep -ci "warning" "$out/build.log")" 0
 fi
 if [ $status -eq 0 ]; then

@@ -2,7 +2,7 @@
 # gpu_test.sh — build the CUDA ops and check them against the CPU ops, on a GPU machine,
 # in one go (one device-tool call; see docs/gpu.md):
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
-#   2. configure and build only what the check needs: braid, braid_cuda, test_cuda_ops
+#   2. configure and build only what the check needs: test_cuda_ops (and the libraries)
 #   3. ctest -L cuda (test_cuda_ops), then the same binary under compute-sanitizer memcheck
 #      (out-of-bounds and misaligned accesses the comparisons alone could miss) and
 #      racecheck (shared-memory races)
@@ -44,7 +44,7 @@ run_step configure "$out/configure.log" \
     cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
 if [ $status -eq 0 ]; then
     run_step build "$out/build.log" \
-        cmake --build "$build" -j"$jobs" --target braid_cuda test_cuda_ops || status=1
+        cmake --build "$build" -j"$jobs" --target test_cuda_ops || status=1
     # warnings are defects too: count them (the build passes -Wall -Wextra to gcc and nvcc)
     warnings=$(grep -ci "warning" "$out/build.log")
     record "build warnings" "$warnings" 0
