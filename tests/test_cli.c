@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "core/device.h"
+
 static char output[65536];
 
 /* Runs `cmd` (stdout and stderr together) and returns its exit status. */
@@ -75,6 +77,25 @@ START_TEST(train_reports_config_errors_with_file_line_column) {
 }
 END_TEST
 
+/* --device cuda: where it cannot run (no CUDA build, or no GPU, as on CI) one clear error
+ * naming train.device and the way out; where it can, a short job on the GPU. */
+START_TEST(device_cuda_runs_on_a_gpu_or_says_why_not) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "%s/train --config %s/configs/attention-tiny.yaml --device cuda --set train.steps=2 "
+             "--set train.batch_size=4 --set train.eval_examples=8 --set train.warmup_steps=1 --set train.run_dir=",
+             BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+    int rc = run(cmd);
+    if (device_cuda_available()) {
+        ck_assert_msg(rc == 0 && strstr(output, "step 2/2") && strstr(output, "MFU"), "train on the GPU: rc %d: %s",
+                      rc, output);
+    } else {
+        ck_assert_msg(rc == 1, "train --device cuda without a GPU exited %d: %s", rc, output);
+        ck_assert_msg(strstr(output, "train.device: cuda") && strstr(output, "--device cpu"), "output: %s", output);
+    }
+}
+END_TEST
+
 START_TEST(train_runs_a_short_job_and_writes_its_run_directory) {
     char cmd[2048], path[1024];
     snprintf(cmd, sizeof cmd,
@@ -103,6 +124,7 @@ int main(void) {
     tcase_add_test(tc, unknown_flag_is_an_error_naming_it);
     tcase_add_test(tc, train_reports_config_errors_with_file_line_column);
     tcase_add_test(tc, train_runs_a_short_job_and_writes_its_run_directory);
+    tcase_add_test(tc, device_cuda_runs_on_a_gpu_or_says_why_not);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
