@@ -16,6 +16,7 @@
  * one block then adds those partials in a fixed order and takes the square root. */
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "grid.cuh"
 #include "reduce.cuh"
 
 __global__ void adamw_range_kernel(float *params, const float *grads, float *m, float *v, size_t lo,
@@ -50,10 +51,8 @@ extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, f
             u++;
         }
         if (hi > lo) {
-            size_t blocks = (hi - lo + 255) / 256;
-            if (blocks > 8192) blocks = 8192;
             const float weight_decay = first->no_decay ? 0.0f : s->weight_decay;
-            adamw_range_kernel<<<(unsigned)blocks, 256, 0, stream>>>(
+            adamw_range_kernel<<<grid_stride_blocks(hi - lo), 256, 0, stream>>>(
                 params, grads, m, v, lo, hi, s->lr, s->beta1, s->beta2, s->eps, weight_decay,
                 bias_correction1, bias_correction2);
             CUDA_CHECK_LAUNCH();

@@ -15,6 +15,7 @@
 
 #include "cuda_check.h"
 #include "mamba_cuda.h"
+#include "grid.cuh"
 
 #define CONV_MAX_K 8
 #define CONV_WGRAD_CHANNELS 32
@@ -88,11 +89,6 @@ __global__ void causal_conv1d_wgrad_kernel(float *dweight, float *dbias, const f
     }
 }
 
-static unsigned conv_blocks(size_t n) {
-    size_t blocks = (n + 255) / 256;
-    return (unsigned)(blocks < 8192 ? blocks : 8192);
-}
-
 static void check_kernel_size(int K, const char *who) {
     if (K < 1 || K > CONV_MAX_K) {
         fprintf(stderr, "%s: kernel size %d unsupported (1..%d)\n", who, K, CONV_MAX_K);
@@ -106,7 +102,7 @@ extern "C" void causal_conv1d_forward_cuda(float *out, const float *x, const flo
     const size_t n = (size_t)Bsz * T * C;
     if (n == 0) return;
     check_kernel_size(K, "causal_conv1d_forward_cuda");
-    causal_conv1d_forward_kernel<<<conv_blocks(n), 256, 0, stream>>>(out, x, weight, bias, T, C, K, n);
+    causal_conv1d_forward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(out, x, weight, bias, T, C, K, n);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -117,7 +113,7 @@ extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *db
     if (n == 0) return;
     check_kernel_size(K, "causal_conv1d_backward_cuda");
     if (dx) {
-        causal_conv1d_dx_kernel<<<conv_blocks(n), 256, 0, stream>>>(dx, dout, weight, T, C, K, n);
+        causal_conv1d_dx_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dx, dout, weight, T, C, K, n);
         CUDA_CHECK_LAUNCH();
     }
     if (dweight || dbias) {

@@ -42,6 +42,7 @@
 
 #include "cuda_check.h"
 #include "gla_cuda.h"
+#include "grid.cuh"
 
 #define GLA_TILE 16      /* tokens per on-chip tile */
 #define GLA_SLICE 32     /* value columns per block */
@@ -429,11 +430,6 @@ static void check_gla_shape(int dk, int dv, int chunk, const char *who) {
                 __FILE__, __LINE__, who, dk, dv, chunk, GLA_CUDA_MAX_DK);
         abort();
     }
-}
-
-static unsigned grid_stride_blocks(size_t n) {
-    size_t blocks = (n + 255) / 256;
-    return (unsigned)(blocks < 8192 ? blocks : 8192);
 }
 
 extern "C" void gla_chunk_forward_cuda(float *o, float *chunk_states, float *final_state,

@@ -8,6 +8,7 @@
  * and the tests can hold it to 1e-4. */
 #include "cuda_check.h"
 #include "mamba_cuda.h"
+#include "grid.cuh"
 
 __device__ __forceinline__ float glue_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float glue_silu(float x) { return x / (1.0f + expf(-x)); }
@@ -74,59 +75,54 @@ __global__ void mamba_silu_backward_kernel(float *du, const float *conv, size_t 
 #undef GRID_STRIDE
 
 /* Enough blocks to fill any current GPU several times over; the loop takes the rest. */
-static unsigned glue_blocks(size_t n) {
-    size_t blocks = (n + 255) / 256;
-    return (unsigned)(blocks < 8192 ? blocks : 8192);
-}
-
 extern "C" void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_silu_kernel<<<glue_blocks(n), 256, 0, stream>>>(out, in, n);
+    mamba_silu_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(out, in, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_softplus_cuda(float *x, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_softplus_kernel<<<glue_blocks(n), 256, 0, stream>>>(x, n);
+    mamba_softplus_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(x, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_neg_exp_kernel<<<glue_blocks(n), 256, 0, stream>>>(A, A_log, n);
+    mamba_neg_exp_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(A, A_log, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_gate_forward_cuda(float *gated, const float *y, const float *z, size_t n,
                                         cudaStream_t stream) {
     if (n == 0) return;
-    mamba_gate_forward_kernel<<<glue_blocks(n), 256, 0, stream>>>(gated, y, z, n);
+    mamba_gate_forward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(gated, y, z, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z,
                                          size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_gate_backward_kernel<<<glue_blocks(n), 256, 0, stream>>>(dz, dgated, y, z, n);
+    mamba_gate_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dz, dgated, y, z, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
                                              cudaStream_t stream) {
     if (n == 0) return;
-    mamba_dA_log_kernel<<<glue_blocks(n), 256, 0, stream>>>(dA_log, dA, A, n);
+    mamba_dA_log_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dA_log, dA, A, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_softplus_backward_cuda(float *ddelta, const float *delta, size_t n,
                                              cudaStream_t stream) {
     if (n == 0) return;
-    mamba_softplus_backward_kernel<<<glue_blocks(n), 256, 0, stream>>>(ddelta, delta, n);
+    mamba_softplus_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(ddelta, delta, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void mamba_silu_backward_cuda(float *du, const float *conv, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_silu_backward_kernel<<<glue_blocks(n), 256, 0, stream>>>(du, conv, n);
+    mamba_silu_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(du, conv, n);
     CUDA_CHECK_LAUNCH();
 }

@@ -15,17 +15,13 @@
  * probabilities should match the CPU to a few ulp. */
 #include "cuda_check.h"
 #include "moe_cuda.h"
+#include "grid.cuh"
 #include "reduce.cuh"
 
 #define MOE_TOKEN_THREADS 128   /* per-token kernels: one thread per token */
 #define MOE_ROW_THREADS 256     /* element-wise and warp-per-pair kernels */
 
 /* Enough blocks to fill any current GPU several times over; grid-stride loops do the rest. */
-static unsigned moe_elementwise_blocks(size_t n) {
-    size_t blocks = (n + MOE_ROW_THREADS - 1) / MOE_ROW_THREADS;
-    return (unsigned)(blocks < 8192 ? blocks : 8192);
-}
-
 static unsigned moe_token_blocks(int N) {
     return (unsigned)((N + MOE_TOKEN_THREADS - 1) / MOE_TOKEN_THREADS);
 }
@@ -185,7 +181,7 @@ extern "C" void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_
                                      cudaStream_t stream) {
     const size_t n = (size_t)S * d;
     if (n == 0) return;
-    moe_gather_rows_kernel<<<moe_elementwise_blocks(n), MOE_ROW_THREADS, 0, stream>>>(
+    moe_gather_rows_kernel<<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, stream>>>(
         xg, x, slot_token, S, d);
     CUDA_CHECK_LAUNCH();
 }
@@ -194,7 +190,7 @@ extern "C" void moe_combine_cuda(float *y, const float *eo, const float *weight,
                                  int N, int k, int d, cudaStream_t stream) {
     const size_t n = (size_t)N * d;
     if (n == 0) return;
-    moe_combine_kernel<<<moe_elementwise_blocks(n), MOE_ROW_THREADS, 0, stream>>>(
+    moe_combine_kernel<<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, stream>>>(
         y, eo, weight, slot_of, N, k, d);
     CUDA_CHECK_LAUNCH();
 }
@@ -214,7 +210,7 @@ extern "C" void moe_scatter_add_rows_cuda(float *dx, const float *dxg, const int
                                           int k, int d, cudaStream_t stream) {
     const size_t n = (size_t)N * d;
     if (n == 0) return;
-    moe_scatter_add_rows_kernel<<<moe_elementwise_blocks(n), MOE_ROW_THREADS, 0, stream>>>(
+    moe_scatter_add_rows_kernel<<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, stream>>>(
         dx, dxg, slot_of, N, k, d);
     CUDA_CHECK_LAUNCH();
 }

@@ -11,6 +11,7 @@
  * (Hopper's double units make this cheap next to the memory traffic). */
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "grid.cuh"
 
 __global__ void rope_rotate_kernel(float *x, int T, int H, int hd, float base, float direction,
                                    size_t n_pairs) {
@@ -35,9 +36,7 @@ static void rope_rotate_cuda(float *x, int B, int T, int H, int hd, float base, 
                              cudaStream_t stream) {
     const size_t n_pairs = (size_t)B * T * H * (hd / 2);
     if (n_pairs == 0) return;
-    size_t blocks = (n_pairs + 255) / 256;
-    if (blocks > 8192) blocks = 8192;
-    rope_rotate_kernel<<<(unsigned)blocks, 256, 0, stream>>>(x, T, H, hd, base, direction, n_pairs);
+    rope_rotate_kernel<<<grid_stride_blocks(n_pairs), 256, 0, stream>>>(x, T, H, hd, base, direction, n_pairs);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -33,6 +33,7 @@
 
 #include "cuda_check.h"
 #include "mamba_cuda.h"
+#include "grid.cuh"
 
 #define SCAN_THREADS 256
 #define SCAN_WARPS (SCAN_THREADS / 32)
@@ -309,11 +310,6 @@ static void check_scan_shape(int N, int chunk, const char *who) {
     }
 }
 
-static unsigned grid_stride_blocks(size_t n) {
-    size_t blocks = (n + 255) / 256;
-    return (unsigned)(blocks < 4096 ? blocks : 4096);
-}
-
 template <int NP>
 static void launch_forward(float *y, float *chunk_states, const float *u, const float *delta,
                            const float *A, const float *B, const float *C, const float *D, int Bsz,
@@ -387,12 +383,12 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
     default: launch_backward<32>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream); break;
     }
     if (dB || dC) {
-        scan_sum_dBC_kernel<<<grid_stride_blocks(btn), 256, 0, stream>>>(dB, dC, dB_part, dC_part,
+        scan_sum_dBC_kernel<<<grid_stride_blocks(btn, 256, 4096), 256, 0, stream>>>(dB, dC, dB_part, dC_part,
                                                                          n_parts, btn);
         CUDA_CHECK_LAUNCH();
     }
     if (dA || dD) {
-        scan_sum_dAD_kernel<<<grid_stride_blocks((size_t)channels * (N + 1)), 256, 0, stream>>>(
+        scan_sum_dAD_kernel<<<grid_stride_blocks((size_t)channels * (N + 1), 256, 4096), 256, 0, stream>>>(
             dA, dD, dA_part, dD_part, Bsz, channels, N);
         CUDA_CHECK_LAUNCH();
     }

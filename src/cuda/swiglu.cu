@@ -4,6 +4,7 @@
  * expf, not __expf: the fast intrinsic would miss the CPU op by more than rounding. */
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "grid.cuh"
 
 __device__ __forceinline__ float sigmoid_device(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -25,22 +26,16 @@ __global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *do
     }
 }
 
-/* Enough blocks to fill any current GPU several times over; the loop takes the rest. */
-static unsigned elementwise_blocks(size_t n) {
-    size_t blocks = (n + 255) / 256;
-    return (unsigned)(blocks < 8192 ? blocks : 8192);
-}
-
 extern "C" void swiglu_forward_cuda(float *out, const float *gate, const float *up, size_t n,
                                     cudaStream_t stream) {
     if (n == 0) return;
-    swiglu_forward_kernel<<<elementwise_blocks(n), 256, 0, stream>>>(out, gate, up, n);
+    swiglu_forward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(out, gate, up, n);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const float *gate,
                                      const float *up, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    swiglu_backward_kernel<<<elementwise_blocks(n), 256, 0, stream>>>(dgate, dup, dout, gate, up, n);
+    swiglu_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dgate, dup, dout, gate, up, n);
     CUDA_CHECK_LAUNCH();
 }
