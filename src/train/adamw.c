@@ -33,9 +33,14 @@ double global_grad_norm(const float *grads, size_t n) {
     return sqrt(ss);
 }
 
-float clip_grad_norm(float *grads, size_t n, double norm, float max_norm) {
+float clip_grad_scale(double norm, float max_norm) {
     if (max_norm <= 0.0f || !(norm > max_norm)) return 1.0f;
-    float scale = (float)(max_norm / (norm + 1e-6));
+    return (float)(max_norm / (norm + 1e-6));
+}
+
+float clip_grad_norm(float *grads, size_t n, double norm, float max_norm) {
+    float scale = clip_grad_scale(norm, max_norm);
+    if (scale == 1.0f) return scale;
     for (size_t i = 0; i < n; i++) grads[i] *= scale;
     return scale;
 }

@@ -239,9 +239,8 @@ int trainer_step(Trainer *t, StepStats *st, BraidError *err) {
     AdamWSettings opt = {st->lr, tc->beta1, tc->beta2, tc->adam_eps, tc->weight_decay};
     if (m->device == DEVICE_CUDA) {
 #ifdef BRAID_HAVE_CUDA
-        /* clip_grad_norm's rule, applied on the device */
-        if (tc->grad_clip > 0.0f && st->grad_norm > tc->grad_clip)
-            scale_cuda(m->dev_grads, (float)(tc->grad_clip / (st->grad_norm + 1e-6)), P, 0);
+        float scale = clip_grad_scale(st->grad_norm, tc->grad_clip);
+        if (scale != 1.0f) scale_cuda(m->dev_grads, scale, P, 0);
         adamw_update_cuda(m->dev_params, m->dev_grads, m->dev_m, m->dev_v, &m->params, &opt, step + 1, 0);
 #endif
     } else {
