@@ -11,7 +11,11 @@
 #include "../cuda/cuda_check.h"
 #include "../cuda/ops_cuda.h"
 
-int device_cuda_built(void) { return 1; }
+const char *device_cuda_unavailable(void) {
+    return device_cuda_available() ? NULL
+                                   : "no CUDA device is present on this machine (use --device cpu, or "
+                                     "--device auto to take a GPU when there is one)";
+}
 
 int device_cuda_available(void) {
     int n = 0;
@@ -39,7 +43,10 @@ double device_cuda_peak_fp32_flops(void) {
 }
 #else
 double device_cuda_peak_fp32_flops(void) { return 0.0; }
-int device_cuda_built(void) { return 0; }
+const char *device_cuda_unavailable(void) {
+    return "this build has no CUDA backend (nvcc was not found when it was configured; install the "
+           "CUDA toolkit and rebuild, or use --device cpu)";
+}
 int device_cuda_available(void) { return 0; }
 const char *device_cuda_name(void) { return "none"; }
 #endif

@@ -12,8 +12,9 @@
 #include <stddef.h>
 #include "../layers/layer.h"
 
-/* 1 when this build has the CUDA backend (nvcc was found when it was configured). */
-int device_cuda_built(void);
+/* NULL when CUDA can be used here; else why not, as a phrase for an error message ("no
+ * CUDA device is present ..." or "this build has no CUDA backend ..."), with the way out. */
+const char *device_cuda_unavailable(void);
 /* 1 when this build has the CUDA backend and a CUDA device is present. */
 int device_cuda_available(void);
 /* Name of the CUDA device (or "none") for progress lines and benchmarks. */

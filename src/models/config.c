@@ -1144,14 +1144,8 @@ int config_resolve_device(Config *cfg, BraidError *err) {
         snprintf(dev, sizeof cfg->train.device, "%s", device_cuda_available() ? "cuda" : "cpu");
         return 0;
     }
-    if (strcmp(dev, "cuda") != 0 || device_cuda_available()) return 0;
-#ifdef BRAID_HAVE_CUDA
-    return error_set(err, "train.device: cuda, but no CUDA device is present on this machine "
-                     "(use --device cpu, or --device auto to take a GPU when there is one)");
-#else
-    return error_set(err, "train.device: cuda, but this build has no CUDA backend (nvcc was not "
-                     "found when it was configured; install the CUDA toolkit and rebuild, or use --device cpu)");
-#endif
+    const char *why = strcmp(dev, "cuda") == 0 ? device_cuda_unavailable() : NULL;
+    return why ? error_set(err, "train.device: cuda, but %s", why) : 0;
 }
 
 void config_write_yaml(const Config *cfg, FILE *f) {

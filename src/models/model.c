@@ -68,9 +68,8 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     m->max_B = max_B;
     m->max_T = max_T;
     m->device = strcmp(cfg->train.device, "cuda") == 0 ? DEVICE_CUDA : DEVICE_CPU;
-    if (m->device == DEVICE_CUDA && !device_cuda_available())
-        return error_set(err, "train.device: cuda, but %s", device_cuda_built() ? "no CUDA device is present"
-                                                                              : "this build has no CUDA backend");
+    const char *why = m->device == DEVICE_CUDA ? device_cuda_unavailable() : NULL;
+    if (why) return error_set(err, "train.device: cuda, but %s", why);
     if ((int)strlen(cfg->model.pattern) != m->n_blocks || (int)strlen(cfg->model.ffn) != m->n_blocks)
         return error_set(err, "model: pattern '%s' / ffn '%s' do not have n_layers = %d symbols",
                          cfg->model.pattern, cfg->model.ffn, m->n_blocks);
