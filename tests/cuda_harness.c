@@ -22,8 +22,7 @@ int cuda_harness_have_gpu(const char *test) {
     return 0;
 }
 
-/* max |a − b| / max |b| over n; the increments a − a0 and b − b0 when a0, b0 are given */
-static double rel_err(const float *a, const float *b, const float *a0, const float *b0, size_t n) {
+double cuda_rel_err(const float *a, const float *b, const float *a0, const float *b0, size_t n) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) {
         double x = a[i] - (a0 ? a0[i] : 0.0f), y = b[i] - (b0 ? b0[i] : 0.0f);
@@ -114,15 +113,15 @@ int cuda_layer_check_prepared(const LayerKind *kind, const Config *cfg, int B, i
     device_download(DEVICE_CUDA, g, dgrads, P * sizeof(float));
 
     int ok = 1;
-    double e = rel_err(y, h->y, NULL, NULL, n);
+    double e = cuda_rel_err(y, h->y, NULL, NULL, n);
     printf("  %-28s %-26s %.2e%s\n", what, "y", e, e <= fwd_tol ? "" : "  FAIL");
     ok &= e <= fwd_tol;
-    e = rel_err(dx, h->dx, dx0, dx0, n);
+    e = cuda_rel_err(dx, h->dx, dx0, dx0, n);
     printf("  %-28s %-26s %.2e%s\n", what, "dx", e, e <= bwd_tol ? "" : "  FAIL");
     ok &= e <= bwd_tol;
     for (int i = 0; i < pl.count; i++) {
         const ParamDecl *pd = &pl.items[i];
-        e = rel_err(g + pd->offset, h->grad_data + pd->offset, g0 + pd->offset, g0 + pd->offset, pd->numel);
+        e = cuda_rel_err(g + pd->offset, h->grad_data + pd->offset, g0 + pd->offset, g0 + pd->offset, pd->numel);
         printf("  %-28s d %-24s %.2e%s\n", what, pd->name + strlen(L.prefix) + 1, e,
                e <= bwd_tol ? "" : "  FAIL");
         ok &= e <= bwd_tol;

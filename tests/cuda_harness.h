@@ -30,6 +30,10 @@ int cuda_layer_check_prepared(const LayerKind *kind, const Config *cfg, int B, i
                               unsigned long seed, double fwd_tol, double bwd_tol, const char *what,
                               void (*prepare)(struct LayerHarness *h, void *arg), void *arg);
 
+/* max |a − b| / max |b| over n (the increments a − a0 and b − b0 when a0, b0 are given,
+ * else NULL); a NaN anywhere in a gives infinity. */
+double cuda_rel_err(const float *a, const float *b, const float *a0, const float *b0, size_t n);
+
 /* For a test's main(): 1 when a CUDA device is present (else prints that `test` skipped). */
 int cuda_harness_have_gpu(const char *test);
 

@@ -49,17 +49,6 @@ static void load_config(Config *cfg, const ModelSpec *s, const char *device) {
     ck_assert_msg(config_load(cfg, NULL, o, (int)(sizeof o / sizeof *o), &err) == 0, "config: %s", err.message);
 }
 
-/* max |a − b| / max |b| */
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= num)) num = isnan(d) ? INFINITY : d;
-        if (fabs(b[i]) > den) den = fabs(b[i]);
-    }
-    return num / (den > 0.0 ? den : 1.0);
-}
-
 START_TEST(forward_backward_matches_cpu) {
     const ModelSpec *s = &SPECS[_i];
     Config cc, cg;
@@ -89,7 +78,7 @@ START_TEST(forward_backward_matches_cpu) {
     int ok = fabs(lc - lg) <= 1e-5 * fabs(lc) && mc.last_correct == mg.last_correct;
     for (int i = 0; i < mc.params.count; i++) {
         const ParamDecl *pd = &mc.params.items[i];
-        double e = rel_err(mg.grad_data + pd->offset, mc.grad_data + pd->offset, pd->numel);
+        double e = cuda_rel_err(mg.grad_data + pd->offset, mc.grad_data + pd->offset, NULL, NULL, pd->numel);
         if (e > 1e-3) { printf("    d %-44s %.2e  FAIL\n", pd->name, e); ok = 0; }
     }
     ck_assert_msg(ok, "%s: GPU forward/backward differs from the CPU (see above)", s->name);

@@ -576,21 +576,6 @@ END_TEST
  * that size first, then a forward and backward at a smaller one (the host staging keeps
  * its larger capacity, and backward must size its matmuls from the forward just before
  * it). Compared with the CPU layer run at the small size only. */
-static double max_abs(const float *a, size_t n) {
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
-    return m;
-}
-
-static double rel_err_f(const float *got, const float *ref, size_t n) {
-    double num = 0.0, den = max_abs(ref, n);
-    for (size_t i = 0; i < n; i++) {
-        double diff = fabs((double)got[i] - ref[i]);
-        if (!(diff <= num)) num = isnan(diff) ? INFINITY : diff;
-    }
-    return num / (den > 0.0 ? den : 1.0);
-}
-
 START_TEST(test_layer_reused_at_a_smaller_batch_matches_cpu) {
     const LayerCase c = {1, 7, 32, 8, 2, 40, 1, 0.01f, 0.01f, -1, 1009};
     const int big_B = 2, big_T = 129;
@@ -648,12 +633,12 @@ START_TEST(test_layer_reused_at_a_smaller_batch_matches_cpu) {
     from_device(dx, d_dx, n * sizeof(float));
     from_device(g, d_grads, P * sizeof(float));
 
-    double e = rel_err_f(y, h->y, n);
+    double e = cuda_rel_err(y, h->y, NULL, NULL, n);
     ck_assert_msg(e <= FWD_TOL, "y: error %.3g", e);
-    e = rel_err_f(dx, h->dx, n);
+    e = cuda_rel_err(dx, h->dx, NULL, NULL, n);
     ck_assert_msg(e <= BWD_TOL, "dx: error %.3g", e);
     for (int i = 0; i < pl.count; i++) {
-        e = rel_err_f(g + pl.items[i].offset, h->grad_data + pl.items[i].offset, pl.items[i].numel);
+        e = cuda_rel_err(g + pl.items[i].offset, h->grad_data + pl.items[i].offset, NULL, NULL, pl.items[i].numel);
         ck_assert_msg(e <= BWD_TOL, "d %s: error %.3g", pl.items[i].name, e);
     }
     ck_assert_msg(fabs(aux - h->aux_loss) <= FWD_TOL * fabs(h->aux_loss), "aux_loss: cuda %.9g, cpu %.9g",
