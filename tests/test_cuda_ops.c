@@ -339,6 +339,28 @@ START_TEST(test_swiglu_forward_matches_cpu) {
 }
 END_TEST
 
+/* The residual add and the clipping scale of the model's CUDA step (elementwise.cu): every
+ * element of y must change (a skipped one keeps its old value, not y + x), so y starts
+ * from its own random values rather than poison. */
+START_TEST(test_add_inplace_and_scale_match_cpu) {
+    for (size_t s = 0; s < N_SWIGLU_SIZES; s++) {
+        const size_t n = swiglu_sizes[s];
+        char shape[64];
+        snprintf(shape, sizeof shape, "n=%zu", n);
+        float *y = host_normal(n, 1.0f), *x = host_normal(n, 1.0f);
+        float *d_y = device_copy(y, n), *d_x = device_copy(x, n);
+        for (size_t i = 0; i < n; i++) y[i] += x[i];
+        add_inplace_cuda(d_y, d_x, n, stream);
+        check_device_close("add_inplace", shape, d_y, y, n, ELEMENTWISE_TOL);
+        for (size_t i = 0; i < n; i++) y[i] *= 0.37f;
+        scale_cuda(d_y, 0.37f, n, stream);
+        check_device_close("scale", shape, d_y, y, n, ELEMENTWISE_TOL);
+        free(y); free(x);
+        CUDA_CHECK(cudaFree(d_y)); CUDA_CHECK(cudaFree(d_x));
+    }
+}
+END_TEST
+
 START_TEST(test_swiglu_backward_matches_cpu) {
     for (size_t s = 0; s < N_SWIGLU_SIZES; s++) {
         const size_t n = swiglu_sizes[s];
@@ -622,6 +644,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_rmsnorm_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_swiglu_forward_matches_cpu);
     tcase_add_test(tc, test_swiglu_backward_matches_cpu);
+    tcase_add_test(tc, test_add_inplace_and_scale_match_cpu);
     tcase_add_test(tc, test_cross_entropy_matches_cpu);
     tcase_add_test(tc, test_rope_forward_matches_cpu);
     tcase_add_test(tc, test_rope_backward_matches_cpu);
