@@ -6,28 +6,42 @@
  * first, recomputes a chunk's states from its saved start state and runs the reverse
  * recurrence dh_t = dy_t C_t + exp(δ_{t+1} A) ⊙ dh_{t+1}.
  *
- * Work split (both kernels): one thread per (b, c, n). A group of NP lanes (N rounded up
- * to a power of two, ≤ 32; lanes n ≥ N carry A = B = C = 0 and stay exactly zero) holds
- * one channel's state, so the sum over n (y, dδ, du) is a few xor shuffles inside the
- * group, and a block of 256 threads holds 256/NP adjacent channels of one batch row.
+ * Work split (both kernels): a thread holds SCAN_NPT = 4 states n = 4q … 4q+3 of one
+ * (b, c) in registers; the G = NP/4 threads of a channel (NP: N rounded up to a power of
+ * two ≥ 4; states n ≥ N carry A = B = C = 0 and stay exactly zero) are adjacent lanes, and
+ * a block of 128 threads holds 512/NP adjacent channels of one batch row. Why four and not
+ * one state per thread: the per-step sums over n (y; du, dδ) then cost log2 G shuffles per
+ * four states instead of log2 NP per state, B_t, C_t and the state come as one float4 each
+ * from shared memory, and the four independent exp/FMA chains give the ILP that hides the
+ * SFU and shared-memory latency. Why not all N in one thread: B·channels threads would be
+ * too few to fill the GPU (8·1536 = 12k threads: under 3 warps per SM).
  * The time loop is sequential. Its inputs are staged per tile of time steps into shared
- * memory with coalesced loads (u, δ, dy: the block's channels are contiguous; B, C: one
- * row of N), so the recurrence itself waits only on shared memory and the exp; outputs go
- * through shared memory too and are written back coalesced.
+ * memory with coalesced loads (u, δ, dy: the block's channels are contiguous; B, C: one row
+ * of N), so the recurrence itself waits only on shared memory and the exp; the forward
+ * double-buffers the tiles with cp.async (the next tile lands while this one computes);
+ * outputs go through shared memory too and are written back coalesced.
  *
- * Backward: a chunk is processed in sub-tiles of SCAN_BWD_TILE steps, last first. The
- * sub-tile's states are recomputed into shared memory (one column per thread, no sharing),
- * then walked in reverse. The carried gradient exp(δA)·dh stays in a register across
- * sub-tiles and chunks. A sub-tile that does not start at its chunk's start first walks
- * the recurrence from the chunk start (reading global memory): with chunk ≤ SCAN_BWD_TILE
- * this never happens; with chunk = 64 it costs half a chunk of extra forward steps.
- * dB_t, dC_t are sums over all channels: a warp adds its channels with shuffles, the
- * block adds its warps in order, and each block writes its partial sum to scratch; dA,
- * dD are sums over the batch: each block writes its b's partial. A second kernel adds
- * the partials in a fixed order into dB, dC, dA, dD: no atomics, the same bits each run.
+ * Backward: a chunk is processed in sub-tiles of SCAN_BWD_TILE = 16 steps, last first. The
+ * sub-tile's states are recomputed into shared memory (a float4 column per thread, no
+ * sharing), then walked in reverse. The carried gradient exp(δA)·dh stays in registers
+ * across sub-tiles and chunks. A sub-tile that does not start at its chunk's start first
+ * walks the recurrence over the chunk's earlier sub-tiles (staged the same way), from the
+ * chunk's saved start or from a checkpoint kept in registers: with chunk = 64 a chunk
+ * recomputes 4 sub-tiles' worth more than the 4 it differentiates. Why 16 steps and not
+ * more: shared memory (17 rows of states, 34 KiB, of 54 KiB a block) is what bounds the
+ * blocks per SM; at 16 four blocks (16 warps) fit and B=8, di=2048 runs in one wave, and
+ * that occupancy is worth more than the longer walks (at 32 steps: 2 blocks, 1.4× slower).
+ * The next sub-tile's inputs are loaded into registers while this one computes (N ≥ 16,
+ * where they fit in the 128 registers that four blocks leave a thread).
+ * dB_t, dC_t are sums over all channels: each step a warp adds its channels' 8 values per
+ * thread (dB and dC for 4 n) with a butterfly reduce-scatter (7 shuffles where plain xor
+ * sums would take 24), the block adds its warps in order after the sub-tile, and each
+ * block writes its partial sum to scratch; dA, dD are sums over the batch: each block
+ * writes its b's partial. A second kernel adds the partials in a fixed order into dB, dC,
+ * dA, dD: no atomics, the same bits each run.
  *
- * exp: exp2f(δ · A·log2 e). A·log2 e is computed once per thread; exp2f is the hardware
- * ex2 with a couple of ulp error, well inside the 1e-4 the tests hold it to. */
+ * exp: ex2.approx.ftz(δ · A·log2 e), the hardware ex2 (a couple of ulp; results below
+ * 2^−126 flushed to 0), well inside the 1e-4 the tests hold it to. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -35,10 +49,13 @@
 #include "mamba_cuda.h"
 #include "grid.cuh"
 
-#define SCAN_THREADS 256
+#define SCAN_THREADS 128
 #define SCAN_WARPS (SCAN_THREADS / 32)
+#define SCAN_NPT 4         /* states per thread: one float4 of n */
 #define SCAN_FWD_TILE 32   /* time steps staged per forward tile */
-#define SCAN_BWD_TILE 32   /* time steps per backward sub-tile (its states live in smem) */
+#define SCAN_BWD_TILE 16   /* time steps per backward sub-tile (its states live in smem) */
+#define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
+                                 * 3 lets ptxas use 168 and ran 1.6× slower) */
 #define LOG2E 1.4426950408889634f
 
 static int padded_state(int N) {
@@ -47,222 +64,447 @@ static int padded_state(int N) {
     return np;
 }
 
+/* channels per block: SCAN_THREADS threads of SCAN_NPT states each */
 static int channel_blocks(int channels, int N) {
-    const int per_block = SCAN_THREADS / padded_state(N);
+    const int per_block = SCAN_THREADS * SCAN_NPT / padded_state(N);
     return (channels + per_block - 1) / per_block;
 }
 
+/* 2^x on the SFU (MUFU.EX2), denormal results flushed to 0: x = δ·A·log2 e < −126 only
+ * where e^{δA} < 1e-38, which changes h by less than 1e-38·|h|. exp2f would add a range
+ * check and two multiplies per call to keep those denormals. */
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* cp.async: a 4-byte global → shared copy that does not hold up the thread. */
+__device__ __forceinline__ void cp_async4(float *dst, const float *src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/* wait until at most n of this thread's committed groups are still in flight */
+template <int n>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory"); }
+
+/* Stage rows [t0, t0+len) of a (Bsz,T,cols) tensor's columns [col0, col0+W) into
+ * tile[L][W] (cp.async; zero where s ≥ len or the column ≥ cols). */
+template <int L, int W>
+__device__ __forceinline__ void stage_rows(float *tile, const float *src, int b, int T, int t0, int len,
+                                           int cols, int col0, int tid) {
+    for (int i = tid; i < L * W; i += SCAN_THREADS) {
+        const int s = i / W, j = i % W;
+        if (s < len && col0 + j < cols) cp_async4(tile + i, src + ((size_t)b * T + t0 + s) * cols + col0 + j);
+        else tile[i] = 0.0f;
+    }
+}
+
+/* The same rows as stage_rows, through registers: load() issues the global loads (they
+ * are in flight while the thread computes), store() writes them into the tile. ON = false
+ * (a tile too large for registers) makes both no-ops: the caller stages with cp.async. */
+template <int L, int W, bool ON>
+struct RowRegs {
+    static constexpr int n = ON ? (L * W + SCAN_THREADS - 1) / SCAN_THREADS : 0;
+    float v[n > 0 ? n : 1];
+    __device__ __forceinline__ void load(const float *src, int b, int T, int t0, int len, int cols,
+                                         int col0, int tid) {
+#pragma unroll
+        for (int r = 0; r < n; r++) {
+            const int i = tid + r * SCAN_THREADS, s = i / W, j = i % W;
+            v[r] = i < L * W && s < len && col0 + j < cols ? src[((size_t)b * T + t0 + s) * cols + col0 + j] : 0.0f;
+        }
+    }
+    __device__ __forceinline__ void store(float *tile, int tid) const {
+#pragma unroll
+        for (int r = 0; r < n; r++) {
+            const int i = tid + r * SCAN_THREADS;
+            if (i < L * W) tile[i] = v[r];
+        }
+    }
+};
+
 /* ---------------------------------------------------------------- forward */
 
-/* grid (channel blocks, Bsz); thread (channel cl = tid / NP, state n = tid % NP). */
+/* Dynamic shared memory of the forward kernel, in floats (every array a multiple of 4). */
+template <int NP>
+struct ScanForwardSmem {
+    static constexpr int CB = SCAN_THREADS * SCAN_NPT / NP;   /* channels per block */
+    static constexpr int L = SCAN_FWD_TILE;
+    static constexpr int u = 0;                  /* [2][L][CB]: double-buffered input tiles */
+    static constexpr int dt = u + 2 * L * CB;
+    static constexpr int B = dt + 2 * L * CB;    /* [2][L][NP] */
+    static constexpr int C = B + 2 * L * NP;
+    static constexpr int y = C + 2 * L * NP;     /* [L][CB] */
+    static constexpr int total = y + L * CB;
+};
+
+/* grid (channel blocks, Bsz); thread (channel cl = tid / G, state group q = tid % G),
+ * holding states n = 4q … 4q+3 of channel c0 + cl in registers. */
 template <int NP>
 __global__ void __launch_bounds__(SCAN_THREADS)
 selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, const float *delta,
                               const float *A, const float *B, const float *C, const float *D,
                               int T, int channels, int N, int chunk) {
-    constexpr int CB = SCAN_THREADS / NP;   /* channels per block */
-    __shared__ float u_tile[SCAN_FWD_TILE][CB], dt_tile[SCAN_FWD_TILE][CB], y_tile[SCAN_FWD_TILE][CB];
-    __shared__ float B_tile[SCAN_FWD_TILE][NP], C_tile[SCAN_FWD_TILE][NP];
-    const int tid = threadIdx.x, cl = tid / NP, n = tid % NP;
+    using S = ScanForwardSmem<NP>;
+    constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L;
+    extern __shared__ __align__(16) float scan_smem[];
+    float *y_tile = scan_smem + S::y;
+    const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
-    const bool active = c < channels && n < N;
-    const int n_chunks = (T + chunk - 1) / chunk;
-    const float A2 = active ? A[(size_t)c * N + n] * LOG2E : 0.0f;
-    const float Dc = (c < channels && D) ? D[c] : 0.0f;
-    float h = 0.0f;
+    const bool active = c < channels;
+    const int n_chunks = (T + chunk - 1) / chunk, n_tiles = (T + L - 1) / L;
+    float A2[SCAN_NPT], h[SCAN_NPT];
+#pragma unroll
+    for (int i = 0; i < SCAN_NPT; i++) {
+        A2[i] = active && n0 + i < N ? A[(size_t)c * N + n0 + i] * LOG2E : 0.0f;
+        h[i] = 0.0f;
+    }
+    const float Dc = (active && D) ? D[c] : 0.0f;
     int next_save = 0, save_chunk = 0;   /* the next chunk start (no t % chunk per step) */
 
-    for (int t0 = 0; t0 < T; t0 += SCAN_FWD_TILE) {
-        const int len = min(SCAN_FWD_TILE, T - t0);
-        __syncthreads();   /* the previous tile's y_tile has been written out */
-        for (int i = tid; i < SCAN_FWD_TILE * CB; i += SCAN_THREADS) {
-            const int s = i / CB, j = i % CB;
-            const bool in = s < len && c0 + j < channels;
-            const size_t at = ((size_t)b * T + t0 + s) * channels + c0 + j;
-            u_tile[s][j] = in ? u[at] : 0.0f;
-            dt_tile[s][j] = in ? delta[at] : 0.0f;
-        }
-        for (int i = tid; i < SCAN_FWD_TILE * NP; i += SCAN_THREADS) {
-            const int s = i / NP, m = i % NP;
-            const bool in = s < len && m < N;
-            const size_t at = ((size_t)b * T + t0 + s) * N + m;
-            B_tile[s][m] = in ? B[at] : 0.0f;
-            C_tile[s][m] = in ? C[at] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 4
-        for (int s = 0; s < len; s++) {
+    /* tile i+1 is copied (cp.async) while tile i is computed */
+    auto stage = [&](int tile, int p) {
+        const int t0 = tile * L, len = min(L, T - t0);
+        stage_rows<L, CB>(scan_smem + S::u + p * L * CB, u, b, T, t0, len, channels, c0, tid);
+        stage_rows<L, CB>(scan_smem + S::dt + p * L * CB, delta, b, T, t0, len, channels, c0, tid);
+        stage_rows<L, NP>(scan_smem + S::B + p * L * NP, B, b, T, t0, len, N, 0, tid);
+        stage_rows<L, NP>(scan_smem + S::C + p * L * NP, C, b, T, t0, len, N, 0, tid);
+    };
+    stage(0, 0);
+    cp_async_commit();
+    for (int tile = 0; tile < n_tiles; tile++) {
+        const int p = tile & 1, t0 = tile * L, len = min(L, T - t0);
+        /* buffer p^1 was last read by tile−1, which every thread has finished (the
+         * barrier after its compute) */
+        if (tile + 1 < n_tiles) stage(tile + 1, p ^ 1);
+        cp_async_commit();   /* (an empty group on the last tile keeps the count uniform) */
+        cp_async_wait<1>();  /* this thread's copies of tile `tile` have landed ... */
+        __syncthreads();     /* ... and everyone's; y_tile of tile−1 has been written out */
+        const float *u_t = scan_smem + S::u + p * L * CB, *dt_t = scan_smem + S::dt + p * L * CB;
+        const float *B_t = scan_smem + S::B + p * L * NP, *C_t = scan_smem + S::C + p * L * NP;
+        auto step = [&](int s) {
             if (t0 + s == next_save) {   /* the state entering chunk save_chunk */
-                if (active) chunk_states[(((size_t)b * n_chunks + save_chunk) * channels + c) * N + n] = h;
+                float *at = chunk_states + (((size_t)b * n_chunks + save_chunk) * channels + c) * N + n0;
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++)
+                    if (active && n0 + i < N) at[i] = h[i];
                 next_save += chunk;
                 save_chunk++;
             }
-            const float dt = dt_tile[s][cl], uu = u_tile[s][cl];
-            h = exp2f(dt * A2) * h + dt * uu * B_tile[s][n];
-            float p = h * C_tile[s][n];
+            const float dt = dt_t[s * CB + cl], uu = u_t[s * CB + cl], dtu = dt * uu;
+            const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
+            const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
+            const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, Cn[SCAN_NPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
+            float p_y = 0.0f;
 #pragma unroll
-            for (int off = NP / 2; off > 0; off /= 2) p += __shfl_xor_sync(0xffffffffu, p, off);
-            if (n == 0) y_tile[s][cl] = p + Dc * uu;
+            for (int i = 0; i < SCAN_NPT; i++) {
+                h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
+                p_y += h[i] * Cn[i];
+            }
+            /* Σ over the channel's G threads (adjacent lanes) */
+#pragma unroll
+            for (int off = G / 2; off > 0; off /= 2) p_y += __shfl_xor_sync(0xffffffffu, p_y, off);
+            if (q == 0) y_tile[s * CB + cl] = p_y + Dc * uu;
+        };
+        /* a full tile: a fixed trip count, so shared-memory offsets become immediates */
+        if (len == L) {
+#pragma unroll 8
+            for (int s = 0; s < L; s++) step(s);
+        } else {
+            for (int s = 0; s < len; s++) step(s);
         }
-        __syncthreads();
+        __syncthreads();   /* y_tile complete; buffer p free for tile+2 */
         for (int i = tid; i < len * CB; i += SCAN_THREADS) {
             const int s = i / CB, j = i % CB;
-            if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = y_tile[s][j];
+            if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = y_tile[i];
         }
     }
 }
 
 /* ---------------------------------------------------------------- backward */
 
-/* Dynamic shared memory of the backward kernel, in floats. */
+/* Dynamic shared memory of the backward kernel, in floats (every array a multiple of 4). */
 template <int NP>
 struct ScanBackwardSmem {
-    static constexpr int CB = SCAN_THREADS / NP;
+    static constexpr int CB = SCAN_THREADS * SCAN_NPT / NP;
     static constexpr int L = SCAN_BWD_TILE;
-    static constexpr int states = 0;                   /* [L][threads] recomputed h */
-    static constexpr int u = states + L * SCAN_THREADS; /* [L][CB] */
+    static constexpr int states = 0;   /* [L+1][threads] float4: h_{ts0−1+s}, row 0 the start */
+    static constexpr int u = states + (L + 1) * SCAN_THREADS * SCAN_NPT;   /* [L][CB] */
     static constexpr int dt = u + L * CB;
     static constexpr int dy = dt + L * CB;
-    static constexpr int du = dy + L * CB;              /* [L][CB] Σ_n, before the write-out */
+    static constexpr int du = dy + L * CB;   /* [L][CB] Σ_n, before the write-out */
     static constexpr int ddt = du + L * CB;
-    static constexpr int B = ddt + L * CB;              /* [L][NP] */
+    static constexpr int B = ddt + L * CB;   /* [L][NP] */
     static constexpr int C = B + L * NP;
-    static constexpr int dB_warp = C + L * NP;          /* [L][warps][NP] per-warp Σ_c */
-    static constexpr int dC_warp = dB_warp + L * SCAN_WARPS * NP;
-    static constexpr int total = dC_warp + L * SCAN_WARPS * NP;
+    static constexpr int dBC = C + L * NP;   /* [L][warps][2][NP]: a warp's Σ_c of dB, dC */
+    static constexpr int total = dBC + L * SCAN_WARPS * 2 * NP;
 };
 
-/* grid (channel blocks, Bsz). Partials written (not accumulated):
+/* grid (channel blocks, Bsz); thread (cl = tid / G, q = tid % G) as in the forward.
+ * Partials written (not accumulated):
  *   dB_part, dC_part[blockIdx.x][b][t][n]   dA_part[b][c][n]   dD_part[b][c] */
 template <int NP>
-__global__ void __launch_bounds__(SCAN_THREADS)
+__global__ void __launch_bounds__(SCAN_THREADS, SCAN_BWD_MIN_BLOCKS)
 selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *dC_part,
                                float *dA_part, float *dD_part, const float *dy, const float *u,
                                const float *delta, const float *A, const float *B, const float *C,
                                const float *D, const float *chunk_states, int Bsz, int T,
                                int channels, int N, int chunk) {
     using S = ScanBackwardSmem<NP>;
-    constexpr int CB = S::CB, L = S::L;
-    extern __shared__ float smem[];
-    float *states = smem + S::states;
-    float (*u_tile)[CB] = (float (*)[CB])(smem + S::u);
-    float (*dt_tile)[CB] = (float (*)[CB])(smem + S::dt);
-    float (*dy_tile)[CB] = (float (*)[CB])(smem + S::dy);
-    float (*du_tile)[CB] = (float (*)[CB])(smem + S::du);
-    float (*ddt_tile)[CB] = (float (*)[CB])(smem + S::ddt);
-    float (*B_tile)[NP] = (float (*)[NP])(smem + S::B);
-    float (*C_tile)[NP] = (float (*)[NP])(smem + S::C);
-    float (*dB_warp)[SCAN_WARPS][NP] = (float (*)[SCAN_WARPS][NP])(smem + S::dB_warp);
-    float (*dC_warp)[SCAN_WARPS][NP] = (float (*)[SCAN_WARPS][NP])(smem + S::dC_warp);
+    constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L, V = 2 * SCAN_NPT;
+    extern __shared__ __align__(16) float scan_smem[];
+    float4 *states = (float4 *)(scan_smem + S::states);
+    const float *u_t = scan_smem + S::u, *dt_t = scan_smem + S::dt, *dy_t = scan_smem + S::dy;
+    const float *B_t = scan_smem + S::B, *C_t = scan_smem + S::C;
+    float *du_t = scan_smem + S::du, *ddt_t = scan_smem + S::ddt, *dBC = scan_smem + S::dBC;
 
-    const int tid = threadIdx.x, cl = tid / NP, n = tid % NP, lane = tid % 32, warp = tid / 32;
+    const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
+    const int lane = tid % 32, warp = tid / 32;
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
-    const bool active = c < channels && n < N;
+    const bool active = c < channels;
     const int n_chunks = (T + chunk - 1) / chunk;
-    const float Ac = active ? A[(size_t)c * N + n] : 0.0f, A2 = Ac * LOG2E;
-    const float Dc = (c < channels && D) ? D[c] : 0.0f;
-    float carry = 0.0f;            /* exp(δ_{t+1} A) dh_{t+1}, 0 past the end */
-    float dA_acc = 0.0f, dD_acc = 0.0f;
+    float Ac[SCAN_NPT], A2[SCAN_NPT];
+    float carry[SCAN_NPT], dA_acc[SCAN_NPT];   /* carry: exp(δ_{t+1} A) dh_{t+1}, 0 past the end */
+#pragma unroll
+    for (int i = 0; i < SCAN_NPT; i++) {
+        Ac[i] = active && n0 + i < N ? A[(size_t)c * N + n0 + i] : 0.0f;
+        A2[i] = Ac[i] * LOG2E;
+        carry[i] = 0.0f;
+        dA_acc[i] = 0.0f;
+    }
+    const float Dc = (active && D) ? D[c] : 0.0f;
+    float dD_acc = 0.0f;
 
-    for (int k = n_chunks - 1; k >= 0; k--) {
-        const int tc0 = k * chunk, tc1 = min(T, tc0 + chunk);
-        const float h_chunk =
-            active ? chunk_states[(((size_t)b * n_chunks + k) * channels + c) * N + n] : 0.0f;
-        const int n_sub = (tc1 - tc0 + L - 1) / L;
-        for (int j = n_sub - 1; j >= 0; j--) {
-            const int ts0 = tc0 + j * L, len = min(L, tc1 - ts0);
-            /* the state entering ts0: walk from the chunk's start (only if chunk > L) */
-            float h = h_chunk;
-            if (active)
-                for (int t = tc0; t < ts0; t++) {
-                    const size_t at = ((size_t)b * T + t) * channels + c;
-                    const float dt = delta[at];
-                    h = exp2f(dt * A2) * h + dt * u[at] * B[((size_t)b * T + t) * N + n];
-                }
-            const float h_start = h;
-            __syncthreads();   /* the previous sub-tile's smem has been read */
-            for (int i = tid; i < L * CB; i += SCAN_THREADS) {
-                const int s = i / CB, jj = i % CB;
-                const bool in = s < len && c0 + jj < channels;
-                const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
-                u_tile[s][jj] = in ? u[at] : 0.0f;
-                dt_tile[s][jj] = in ? delta[at] : 0.0f;
-                dy_tile[s][jj] = in ? dy[at] : 0.0f;
+    /* Where this lane's dB/dC sums land after the butterfly below (see there): the value
+     * index base..base+V_OUT−1 of the lane's V values, and whether the lane writes them. */
+    constexpr int CW = 32 / G;                      /* channels per warp */
+    constexpr int V_OUT = V > CW ? V / CW : 1;      /* values a lane holds at the end */
+    int base = 0;
+    bool writer = true;
+    {
+        int m = V;
+#pragma unroll
+        for (int o = G; o < 32; o *= 2) {
+            const bool bit = (lane & o) != 0;
+            if (m > 1) { m /= 2; base += bit ? m : 0; }
+            else if (bit) writer = false;
+        }
+    }
+
+    /* The work is a sequence of jobs, each one sub-tile staged through smem, in this order:
+     * chunks k last to first; in each, sub-tiles j last to first; for sub-tile j, first
+     * walk sub-tiles w = start … j−1 from the chunk's saved start (start = 0) or from the
+     * checkpoint below (only if chunk > L), then the gradients of j (w = j).
+     * With PF the next job's inputs are loaded into registers while this one computes. */
+    constexpr bool PF = NP >= 16;   /* 2 or 4 floats per array per thread (N ≤ 8: 8 or 16) */
+    RowRegs<L, CB, PF> r_u, r_dt, r_dy;
+    RowRegs<L, NP, PF> r_B, r_C;
+    auto n_sub_of = [&](int kk) { return (min(T, kk * chunk + chunk) - kk * chunk + L - 1) / L; };
+    auto fetch = [&](int kk, int jj, int ww) {   /* issue the loads of job (kk, jj, ww) */
+        const int tc1 = min(T, kk * chunk + chunk), ts0 = kk * chunk + ww * L, len = min(L, tc1 - ts0);
+        r_u.load(u, b, T, ts0, len, channels, c0, tid);
+        r_dt.load(delta, b, T, ts0, len, channels, c0, tid);
+        r_B.load(B, b, T, ts0, len, N, 0, tid);
+        if (ww == jj) {
+            r_dy.load(dy, b, T, ts0, len, channels, c0, tid);
+            r_C.load(C, b, T, ts0, len, N, 0, tid);
+        }
+    };
+    int k = n_chunks - 1, j = n_sub_of(k) - 1, w = 0;
+    bool from_ck = false;   /* this job starts from the checkpoint ck, not the chunk start */
+    if (PF) fetch(k, j, w);
+    float h[SCAN_NPT] = {0.0f, 0.0f, 0.0f, 0.0f};   /* the recurrence's state, set at w = 0 */
+    /* One checkpoint in registers: the state entering sub-tile ck_j of chunk k (−1: none).
+     * The walk towards j saves the state entering j − 1, so the next target needs no walk:
+     * with 4 sub-tiles a chunk walks 4 of them instead of 6, with 2 or 3 only 1 or 2. */
+    float ck[SCAN_NPT] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int ck_j = -1;
+    while (k >= 0) {
+        const int tc0 = k * chunk, tc1 = min(T, tc0 + chunk), ts0 = tc0 + w * L, len = min(L, tc1 - ts0);
+        const bool grad = w == j;
+        int nk = k, nj = j, nw = w + 1;   /* the job after this one (nk < 0: none) */
+        bool n_from_ck = false;
+        if (grad) {
+            nw = 0;
+            nj = j - 1;
+            if (nj < 0) {
+                nk = k - 1;
+                if (nk >= 0) nj = n_sub_of(nk) - 1;
+            } else if (ck_j == nj) {   /* (set by an earlier walk of this chunk) */
+                nw = nj;
+                n_from_ck = true;
             }
-            for (int i = tid; i < L * NP; i += SCAN_THREADS) {
-                const int s = i / NP, m = i % NP;
-                const bool in = s < len && m < N;
-                const size_t at = ((size_t)b * T + ts0 + s) * N + m;
-                B_tile[s][m] = in ? B[at] : 0.0f;
-                C_tile[s][m] = in ? C[at] : 0.0f;
+        }
+        __syncthreads();   /* the previous job's smem has been read */
+        if (PF) {
+            r_u.store(scan_smem + S::u, tid);
+            r_dt.store(scan_smem + S::dt, tid);
+            r_B.store(scan_smem + S::B, tid);
+            if (grad) {
+                r_dy.store(scan_smem + S::dy, tid);
+                r_C.store(scan_smem + S::C, tid);
             }
-            __syncthreads();
-            /* recompute the sub-tile's states: states[s][tid] = h_{ts0+s} */
+        } else {
+            stage_rows<L, CB>(scan_smem + S::u, u, b, T, ts0, len, channels, c0, tid);
+            stage_rows<L, CB>(scan_smem + S::dt, delta, b, T, ts0, len, channels, c0, tid);
+            stage_rows<L, NP>(scan_smem + S::B, B, b, T, ts0, len, N, 0, tid);
+            if (grad) {
+                stage_rows<L, CB>(scan_smem + S::dy, dy, b, T, ts0, len, channels, c0, tid);
+                stage_rows<L, NP>(scan_smem + S::C, C, b, T, ts0, len, N, 0, tid);
+            }
+            cp_async_commit();
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (PF && nk >= 0) fetch(nk, nj, nw);
+        if (from_ck) {
+#pragma unroll
+            for (int i = 0; i < SCAN_NPT; i++) h[i] = ck[i];
+        } else if (w == 0) {   /* the chunk's saved start state */
+            const float *saved = chunk_states + (((size_t)b * n_chunks + k) * channels + c) * N + n0;
+#pragma unroll
+            for (int i = 0; i < SCAN_NPT; i++) h[i] = active && n0 + i < N ? saved[i] : 0.0f;
+        }
+        if (!grad) {   /* walk a full sub-tile: h ← the state entering sub-tile w + 1 */
+            if (w == j - 1) {
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++) ck[i] = h[i];
+                ck_j = w;
+            }
+#pragma unroll 2
+            for (int s = 0; s < L; s++) {
+                const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
+                const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
+                const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++) h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
+            }
+        } else {
+            /* recompute the sub-tile's states: states[s][tid] = h_{ts0+s−1} (row 0: the
+             * start). Each thread reads back only its own column: no barrier needed. */
+            states[tid] = make_float4(h[0], h[1], h[2], h[3]);
+#pragma unroll 2
             for (int s = 0; s < len; s++) {
-                const float dt = dt_tile[s][cl];
-                h = exp2f(dt * A2) * h + dt * u_tile[s][cl] * B_tile[s][n];
-                states[s * SCAN_THREADS + tid] = h;
+                const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
+                const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
+                const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++) h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
+                states[(s + 1) * SCAN_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
             }
-            /* reverse recurrence */
+            /* reverse recurrence; h holds h_t, the state after step t */
+#pragma unroll 2
             for (int s = len - 1; s >= 0; s--) {
-                const float dt = dt_tile[s][cl], uu = u_tile[s][cl], dyv = dy_tile[s][cl];
-                const float Bn = B_tile[s][n], Cn = C_tile[s][n];
-                const float hs = states[s * SCAN_THREADS + tid];
-                const float prev = s > 0 ? states[(s - 1) * SCAN_THREADS + tid] : h_start;
-                const float decay = exp2f(dt * A2);
-                const float dh = carry + dyv * Cn;
-                const float decayed_prev = decay * prev;      /* e^{δA} h_{t−1} */
-                float g_dt = dh * (Ac * decayed_prev + uu * Bn);
-                float g_u = dh * dt * Bn;
-                float g_B = dh * dt * uu, g_C = dyv * hs;
-                dA_acc += dh * dt * decayed_prev;
-                carry = decay * dh;
-                /* Σ over n inside the channel's group */
+                const float dt = dt_t[s * CB + cl], uu = u_t[s * CB + cl], dyv = dy_t[s * CB + cl];
+                const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
+                const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
+                const float4 Pv = states[s * SCAN_THREADS + tid];   /* h_{t−1} */
+                const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, Cn[SCAN_NPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
+                const float prev[SCAN_NPT] = {Pv.x, Pv.y, Pv.z, Pv.w};
+                const float dtu = dt * uu;
+                /* dδ = Σ_n dh (A e^{δA} h_{t−1} + u B) = Σ_n A·wgt + u·Σ_n dh B with
+                 * wgt = dh e^{δA} h_{t−1}, which dA (+= δ·wgt) needs too */
+                float g_A = 0.0f, g_u = 0.0f;   /* Σ_n A·wgt, Σ_n dh B */
+                float v[V];                     /* this thread's dB_t[n], then dC_t[n] terms */
 #pragma unroll
-                for (int off = NP / 2; off > 0; off /= 2) {
-                    g_dt += __shfl_xor_sync(0xffffffffu, g_dt, off);
-                    g_u += __shfl_xor_sync(0xffffffffu, g_u, off);
+                for (int i = 0; i < SCAN_NPT; i++) {
+                    const float decay = ex2(dt * A2[i]);
+                    const float dh = carry[i] + dyv * Cn[i];
+                    const float wgt = dh * (decay * prev[i]);
+                    g_A += Ac[i] * wgt;
+                    g_u += dh * Bn[i];
+                    dA_acc[i] += dt * wgt;
+                    v[i] = dh * dtu;
+                    v[SCAN_NPT + i] = dyv * h[i];
+                    carry[i] = decay * dh;
+                    h[i] = prev[i];
                 }
-                /* Σ over the warp's channels (lanes n, n+NP, n+2NP, ...) */
+                const float g_dt = g_A + uu * g_u;
+                /* Σ_n over the channel's G lanes for dδ and du at once: at offset 1 a lane
+                 * keeps one of the two and sends its partner the other (one shuffle for
+                 * both), then plain xor sums; lane q = 0 ends with Σ g_dt, q = 1 with Σ g_u. */
+                float r = g_dt;
+                if (G > 1) {
+                    const bool odd = (lane & 1) != 0;
+                    const float keep = odd ? g_u : g_dt, send = odd ? g_dt : g_u;
+                    r = keep + __shfl_xor_sync(0xffffffffu, send, 1);
 #pragma unroll
-                for (int off = NP; off < 32; off *= 2) {
-                    g_B += __shfl_xor_sync(0xffffffffu, g_B, off);
-                    g_C += __shfl_xor_sync(0xffffffffu, g_C, off);
+                    for (int off = 2; off < G; off *= 2) r += __shfl_xor_sync(0xffffffffu, r, off);
                 }
-                if (n == 0) {
-                    ddt_tile[s][cl] = g_dt;
-                    du_tile[s][cl] = g_u + Dc * dyv;
+                /* Σ_c over the warp's channels (lanes q, q+G, q+2G, …) of the V values, as a
+                 * butterfly reduce-scatter: at offset o a lane keeps half of its values and
+                 * sends the other half, so each level halves the values in flight (V−1
+                 * shuffles in all, not V per level); once one is left, plain xor sums. */
+                {
+                    int m = V;
+#pragma unroll
+                    for (int o = G; o < 32; o *= 2) {
+                        const bool bit = (lane & o) != 0;
+                        if (m > 1) {
+                            m /= 2;
+#pragma unroll
+                            for (int i = 0; i < V / 2; i++)
+                                if (i < m) {
+                                    const float keep = bit ? v[i + m] : v[i], send = bit ? v[i] : v[i + m];
+                                    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                                }
+                        } else {
+                            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+                        }
+                    }
+                }
+                if (writer) {
+                    float *out = dBC + (s * SCAN_WARPS + warp) * 2 * NP;
+#pragma unroll
+                    for (int i = 0; i < V_OUT; i++) {
+                        const int idx = base + i;   /* value idx: kind idx / 4, n = n0 + idx % 4 */
+                        out[(idx / SCAN_NPT) * NP + n0 + idx % SCAN_NPT] = v[i];
+                    }
+                }
+                if (q == 0) {
+                    ddt_t[s * CB + cl] = r;
                     dD_acc += dyv * uu;
                 }
-                if (lane < NP) {
-                    dB_warp[s][warp][lane] = g_B;
-                    dC_warp[s][warp][lane] = g_C;
-                }
+                if (G == 1) du_t[s * CB + cl] = dt * g_u + Dc * dyv;
+                else if (q == 1) du_t[s * CB + cl] = dt * r + Dc * dyv;
             }
             __syncthreads();
             for (int i = tid; i < len * CB; i += SCAN_THREADS) {
                 const int s = i / CB, jj = i % CB;
                 if (c0 + jj >= channels) continue;
                 const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
-                if (du) du[at] += du_tile[s][jj];
-                if (ddelta) ddelta[at] += ddt_tile[s][jj];
+                if (du) du[at] += du_t[i];
+                if (ddelta) ddelta[at] += ddt_t[i];
             }
             /* the block's Σ over its channels, warps in order */
             for (int i = tid; i < len * N; i += SCAN_THREADS) {
                 const int s = i / N, m = i % N;
                 float sum_B = 0.0f, sum_C = 0.0f;
+#pragma unroll
                 for (int w = 0; w < SCAN_WARPS; w++) {
-                    sum_B += dB_warp[s][w][m];
-                    sum_C += dC_warp[s][w][m];
+                    sum_B += dBC[(s * SCAN_WARPS + w) * 2 * NP + m];
+                    sum_C += dBC[(s * SCAN_WARPS + w) * 2 * NP + NP + m];
                 }
                 const size_t at = (((size_t)blockIdx.x * Bsz + b) * T + ts0 + s) * N + m;
                 dB_part[at] = sum_B;
                 dC_part[at] = sum_C;
             }
         }
+        if (nk != k) ck_j = -1;
+        k = nk;
+        j = nj;
+        w = nw;
+        from_ck = n_from_ck;
     }
-    if (active) dA_part[((size_t)b * channels + c) * N + n] = dA_acc;
-    if (n == 0 && c < channels) dD_part[(size_t)b * channels + c] = dD_acc;
+    if (active) {
+        float *at = dA_part + ((size_t)b * channels + c) * N + n0;
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i++)
+            if (n0 + i < N) at[i] = dA_acc[i];
+        if (q == 0) dD_part[(size_t)b * channels + c] = dD_acc;
+    }
 }
 
 /* dB[i] += Σ_k dB_part[k][i] (and dC) over the channel blocks k in order; i = (b,t,n). */
@@ -314,8 +556,12 @@ template <int NP>
 static void launch_forward(float *y, float *chunk_states, const float *u, const float *delta,
                            const float *A, const float *B, const float *C, const float *D, int Bsz,
                            int T, int channels, int N, int chunk, cudaStream_t stream) {
+    const size_t smem_bytes = ScanForwardSmem<NP>::total * sizeof(float);
+    /* above 48 KiB (NP = 4: 84 KiB) a kernel must opt in to the larger shared memory */
+    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
     const dim3 grid((unsigned)channel_blocks(channels, N), (unsigned)Bsz);
-    selective_scan_forward_kernel<NP><<<grid, SCAN_THREADS, 0, stream>>>(
+    selective_scan_forward_kernel<NP><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
         y, chunk_states, u, delta, A, B, C, D, T, channels, N, chunk);
     CUDA_CHECK_LAUNCH();
 }
