@@ -254,7 +254,7 @@ END_TEST
 START_TEST(test_unknown_key_without_close_match_lists_section) {
     BraidError err;
     const char *m = load_fails(&err, "train:\n  zzz: 1\n", NULL);
-    assert_contains(m, NAME ":2:3: unknown key 'train.zzz'; the keys under 'train' are: device, seed, steps");
+    assert_contains(m, NAME ":2:3: unknown key 'train.zzz'; the keys under 'train' are: device, matmul_precision, seed, steps");
     assert_contains(m, "warmup_steps");
     m = load_fails(&err, "optimizer:\n  lr: 1\n", NULL);
     ck_assert_str_eq(m, NAME ":1:1: unknown key 'optimizer'; the top-level sections are: model, task, train, eval");
@@ -662,6 +662,18 @@ START_TEST(test_position_warning) {
     load_ok(&c, "model: {pattern: AW}\n", NULL);
     c.model.pattern[1] = 'M';
     ck_assert_int_eq(config_print_warnings(&c, NULL), 0);
+
+    /* a reduced matmul precision does nothing on the CPU: said, not silently dropped */
+    load_ok(&c, "model: {pattern: MA}\ntrain: {device: cpu, matmul_precision: tf32}\n", NULL);
+    f = open_memstream(&out, &size);
+    ck_assert_int_eq(config_print_warnings(&c, f), 1);
+    fclose(f);
+    assert_contains(out, "train.matmul_precision is tf32, which applies to CUDA matmuls");
+    free(out);
+    load_ok(&c, "model: {pattern: MA}\ntrain: {device: cuda, matmul_precision: tf32}\n", NULL);
+    ck_assert_int_eq(config_print_warnings(&c, NULL), 0);
+    BraidError err;
+    assert_contains(load_fails(&err, "train: {matmul_precision: bf16}\n", NULL), "expected one of fp32, tf32, got 'bf16'");
 }
 END_TEST
 

@@ -4,6 +4,8 @@
  *                   forward 2·N·C·OC FLOPs (one multiply-add per output per input column);
  *                   backward 4·N·C·OC (dinp = dout·W and dW = doutᵀ·inp, each as large as
  *                   the forward). Against the float32 peak: cuBLAS runs with TF32 off.
+ *                   matmul_in_proj_tf32: the same in TF32, against the tensor cores'
+ *                   dense TF32 peak (8× float32's). The layers use train.matmul_precision.
  *  attention        the flash kernel, causal (sliding window too when the pattern has 'W'),
  *                   GQA with the config's kv heads, hd = d/H. See attention_fwd_flops.
  *  selective_scan   u, δ (B,T,di), B, C (B,T,N) → y; GB/s over the minimal bytes, and the
@@ -396,6 +398,14 @@ static void bench_matmul(Bench *b, const Config *cfg) {
     bench_one(b, "matmul_in_proj", "_fwd", &s, METRIC_FLOPS, fwd, matmul_fwd, &r, 0.0);
     bench_one(b, "matmul_in_proj", "_bwd", &s, METRIC_FLOPS, 2.0 * fwd, matmul_bwd, &r, 0.0);
     bench_one(b, "matmul_in_proj", "_fwd_bwd", &s, METRIC_FLOPS, 3.0 * fwd, matmul_both, &r, 0.0);
+    /* train.matmul_precision tf32, against the tensor cores' dense TF32 peak: 8× the
+     * float32 rate per clock (see the trainer's MFU) */
+    const double fp32_peak = b->peak_flops;
+    matmul_set_precision_cuda("tf32");
+    b->peak_flops = 8.0 * fp32_peak;
+    bench_one(b, "matmul_in_proj_tf32", "_fwd_bwd", &s, METRIC_FLOPS, 3.0 * fwd, matmul_both, &r, 0.0);
+    b->peak_flops = fp32_peak;
+    matmul_set_precision_cuda(cfg->train.matmul_precision);   /* what the layers below use */
     float *all[] = {r.inp, r.w, r.dout, r.out, r.dinp, r.dw};
     device_free_all(all, sizeof all / sizeof all[0]);
 }
@@ -715,6 +725,9 @@ int bench_ops_run(const Config *cfg, const BenchOpsOptions *opt, BraidError *err
                 opt->warmup);
     Bench b = {.opt = opt, .out = opt->out ? opt->out : stdout};
     ops_cuda_init();   /* the cuBLAS handle the matmuls need */
+    if (matmul_set_precision_cuda(cfg->train.matmul_precision))
+        return error_set(err, "train.matmul_precision: '%s' (expected fp32 or tf32)",
+                         cfg->train.matmul_precision);
     b.peak_flops = device_cuda_peak_fp32_flops();
     int mem_khz, bus_bits;
     b.dram = dram_bytes_per_s(&mem_khz, &bus_bits);
@@ -727,9 +740,9 @@ int bench_ops_run(const Config *cfg, const BenchOpsOptions *opt, BraidError *err
     fprintf(b.out, "bench --ops on %s: float32 peak %.2f TFLOP/s (SMs x clock x 128 FMA x 2), "
             "DRAM %.0f GB/s (%.0f MHz x %d bit x 2)\n", device_cuda_name(), b.peak_flops / 1e12,
             b.dram / 1e9, mem_khz / 1e3, bus_bits);
-    fprintf(b.out, "config %s: B=%d T=%d d=%d pattern %s ffn %s; median of %d runs after %d warm-up, "
-            "cudaEvents on the default stream\n", source, cfg->train.batch_size, cfg->task.seq_len,
-            m->d_model, m->pattern, m->ffn, opt->repeats, opt->warmup);
+    fprintf(b.out, "config %s: B=%d T=%d d=%d pattern %s ffn %s, layer matmuls %s; median of %d runs after %d "
+            "warm-up, cudaEvents on the default stream\n", source, cfg->train.batch_size, cfg->task.seq_len,
+            m->d_model, m->pattern, m->ffn, cfg->train.matmul_precision, opt->repeats, opt->warmup);
     if (opt->json) {
         fprintf(b.out, "{\"what\": \"env\", \"impl\": \"braid\", \"device\": ");
         json_string(b.out, device_cuda_name());

@@ -25,10 +25,15 @@
 extern "C" {
 #endif
 
-/* Creates the cuBLAS handle the matmuls use (float32 math, no TF32); call once, after
- * choosing the device, before any matmul_*_cuda. ops_cuda_shutdown destroys it. */
+/* Creates the cuBLAS handle the matmuls use; call once, after choosing the device,
+ * before any matmul_*_cuda. ops_cuda_shutdown destroys it. */
 void ops_cuda_init(void);
 void ops_cuda_shutdown(void);
+/* What every later matmul_*_cuda multiplies in: "fp32" (the default: exact float32) or
+ * "tf32" (tensor cores; inputs rounded to 10 mantissa bits, float32 accumulation and
+ * storage).
+ * Returns -1 for any other name. Process-wide, like the handle. */
+int matmul_set_precision_cuda(const char *precision);
 
 /* out[N,OC] = inp[N,C] · weight[OC,C]ᵀ (+ bias[OC]); accumulate != 0 adds into out. */
 void matmul_forward_cuda(float *out, const float *inp, const float *weight, const float *bias,

@@ -140,6 +140,8 @@ static const SchemaKey schema[] = {
     {ENUM_KEY("task.split", task.split, "train|heldout", "text: train on the first 90% of the corpus, or score the held-out last 10%")},
 
     {ENUM_KEY("train.device", train.device, "cpu|cuda|auto", "where to train: auto = a GPU when present")},
+    {ENUM_KEY("train.matmul_precision", train.matmul_precision, "fp32|tf32",
+              "CUDA matmuls: fp32 exact; tf32 rounds their inputs to 10 mantissa bits for the tensor cores (float32 storage, accumulation and master weights)")},
     {LONG_KEY("train.seed", train.seed, 0, LONG_MAX, "parameter init and data seed")},
     {INT_KEY("train.steps", train.steps, 0, BIG, "optimizer steps")},
     {INT_KEY("train.batch_size", train.batch_size, 1, 1048576, "sequences per micro-batch")},
@@ -1208,6 +1210,13 @@ int config_print_warnings(const Config *cfg, FILE *f) {
                        "model cannot tell token order apart; without RoPE a 2-layer attention model is stuck near "
                        "34%% MQAR accuracy. Set model.attention.position: rope\n",
                     cfg->source, m->pattern);
+    }
+    if (strcmp(cfg->train.matmul_precision, "fp32") != 0 && strcmp(cfg->train.device, "cuda") != 0) {
+        warnings++;
+        if (f)
+            fprintf(f, "warning: %s: train.matmul_precision is %s, which applies to CUDA matmuls; on the CPU "
+                       "(train.device %s) every product is float32\n",
+                    cfg->source, cfg->train.matmul_precision, cfg->train.device);
     }
     return warnings;
 }

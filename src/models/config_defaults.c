@@ -41,6 +41,7 @@ void config_defaults(Config *cfg) {
 
     TrainConfig *tr = &cfg->train;
     strcpy(tr->device, "auto");   /* the executables resolve it: a GPU when present */
+    strcpy(tr->matmul_precision, "fp32");
     tr->seed = 1;
     tr->steps = 1000;
     tr->batch_size = 64;

@@ -121,6 +121,9 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     if (m->device == DEVICE_CUDA) {
 #ifdef BRAID_HAVE_CUDA
         ops_cuda_init();   /* the cuBLAS handle (once per process) */
+        if (matmul_set_precision_cuda(cfg->train.matmul_precision) != 0)
+            return error_set(err, "train.matmul_precision: '%s' (expected fp32 or tf32)",
+                             cfg->train.matmul_precision);
 #endif
         m->dev_params = device_alloc(DEVICE_CUDA, P * sizeof(float), "parameters (GPU)");
         m->dev_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "gradients (GPU)");
@@ -330,6 +333,9 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     if (m->device == DEVICE_CUDA) { (void)tokens; (void)targets; model_backward_cuda(m, B, T, loss_scale); return; }
 #endif
     int valid = m->last_valid > 0 ? m->last_valid : 1;
+#ifdef BRAID_HAVE_CUDA
+    matmul_set_precision_cuda(m->cfg.train.matmul_precision);
+#endif
     m->ctx.aux_grad_scale = loss_scale;   /* objective = loss_scale · (CE mean + Σ aux) */
     cross_entropy_forward_backward(m->dlogits, m->logits, targets, N, m->vocab, loss_scale / (float)valid,
                                    NULL, NULL);
@@ -380,6 +386,10 @@ static double model_forward_cuda(Model *m, const int *tokens, const int *targets
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
     float eps = m->cfg.model.norm_eps;
+#ifdef BRAID_HAVE_CUDA
+    /* cuBLAS's precision is process-wide; this model's holds for its own passes */
+    matmul_set_precision_cuda(m->cfg.train.matmul_precision);
+#endif
     device_upload(DEVICE_CUDA, m->dev_tokens, tokens, (size_t)N * sizeof(int));
     if (targets) device_upload(DEVICE_CUDA, m->dev_targets, targets, (size_t)N * sizeof(int));
     float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
@@ -420,6 +430,9 @@ static void model_backward_cuda(Model *m, int B, int T, float loss_scale) {
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
     int valid = m->last_valid > 0 ? m->last_valid : 1;
+#ifdef BRAID_HAVE_CUDA
+    matmul_set_precision_cuda(m->cfg.train.matmul_precision);
+#endif
     m->ctx.aux_grad_scale = loss_scale;
     cross_entropy_forward_backward_cuda(m->dlogits, m->logits, m->dev_targets, N, m->vocab,
                                         loss_scale / (float)valid, NULL, NULL, m->dev_ce_scratch, 0);

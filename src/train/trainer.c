@@ -258,9 +258,13 @@ int trainer_run(Trainer *t, BraidError *err) {
     double t0 = time_seconds(), last_log_time = t0;
     long first_step = t->state.step, last_log_step = t->state.step;
     double flops_per_token = model_flops_per_token(&t->model, T);
-    /* MFU against the GPU's float32 peak (braid's kernels and cuBLAS run float32, TF32 off);
-     * a CPU's peak is not knowable portably, so there the line shows model TFLOP/s only. */
+    /* MFU against the GPU's peak for the matmul precision: float32 by default; with tf32 the
+     * dense TF32 tensor-core peak, 8× the float32 rate per clock on sm_80/sm_90 (A100
+     * 19.5/156, H100 SXM 67/495 TFLOP/s at their rated clocks), since that is what the
+     * matmuls, most of the FLOPs, could reach. A CPU's peak is not knowable portably, so
+     * there the line shows model TFLOP/s only. */
     double peak_flops = t->model.device == DEVICE_CUDA ? device_cuda_peak_fp32_flops() : 0.0;
+    if (!strcmp(tc->matmul_precision, "tf32")) peak_flops *= 8.0;
     double step_seconds = 0.0;          /* time inside trainer_step, for the mean tokens/s */
     long first_tokens = t->state.tokens_seen;
     EvalResult last_evals[CONFIG_MAX_LIST + 1];
