@@ -1,6 +1,7 @@
 /* cuda_harness.c — see cuda_harness.h. */
 #include "cuda_harness.h"
 
+#include <check.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,4 +149,84 @@ int cuda_layer_check_prepared(const LayerKind *kind, const Config *cfg, int B, i
     param_list_free(&pl);
     harness_free(h);
     return ok;
+}
+
+/* ---------------------------------------------------------------- op-level helpers */
+
+float *cuda_test_host_normal(Rng *rng, size_t n, float scale) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    rng_fill_normal(rng, p, n, scale);
+    return p;
+}
+
+float *cuda_test_host_uniform(Rng *rng, size_t n, float lo, float hi) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    rng_fill_uniform(rng, p, n, lo, hi);
+    return p;
+}
+
+float *cuda_test_host_copy(const float *x, size_t n) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    memcpy(p, x, n * sizeof(float));
+    return p;
+}
+
+void *cuda_test_device_alloc(size_t bytes) {
+    void *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, bytes > 0 ? bytes : 1));
+    return p;
+}
+
+float *cuda_test_device_copy(const float *x, size_t n) {
+    float *p = cuda_test_device_alloc(n * sizeof(float));
+    CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(float), cudaMemcpyHostToDevice));
+    return p;
+}
+
+float *cuda_test_device_poisoned(size_t n) {
+    float *p = cuda_test_device_alloc(n * sizeof(float));
+    CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(float)));
+    return p;
+}
+
+float *cuda_test_host_from_device(const float *d, size_t n) {
+    float *p = braid_malloc(n * sizeof(float), "test tensor");
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(p, d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return p;
+}
+
+CudaComparison cuda_test_compare(const float *got, const float *want, size_t n) {
+    CudaComparison c = {0, 0, 0, 0.0, 0.0};
+    for (size_t i = 0; i < n; i++) c.max_want = fmax(c.max_want, fabs((double)want[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i])) {
+            if (c.n_nan++ == 0) c.first_nan = i;
+            continue;
+        }
+        double diff = fabs((double)got[i] - (double)want[i]);
+        if (diff > c.worst_diff) { c.worst_diff = diff; c.worst = i; }
+    }
+    return c;
+}
+
+void cuda_test_check_close(const char *op, const char *shape, const float *got, const float *want,
+                           size_t n, double tol) {
+    CudaComparison c = cuda_test_compare(got, want, n);
+    /* the observed error, for the log (how much room each tolerance leaves) */
+    printf("  %-40s %-44s worst |diff|/max %.2e (tol %.0e)\n", op, shape,
+           c.max_want > 0 ? c.worst_diff / c.max_want : c.worst_diff, tol);
+    ck_assert_msg(c.n_nan == 0, "%s %s: %zu of %zu elements not written (still NaN), first at %zu",
+                  op, shape, c.n_nan, n, c.first_nan);
+    ck_assert_msg(c.worst_diff <= tol * c.max_want,
+                  "%s %s: element %zu is %.8g, expected %.8g (|diff| %.3g > %.3g = %.0e of max %.4g)",
+                  op, shape, c.worst, got[c.worst], want[c.worst], c.worst_diff,
+                  tol * c.max_want, tol, c.max_want);
+}
+
+void cuda_test_check_device_close(const char *op, const char *shape, const float *device,
+                                  const float *want, size_t n, double tol) {
+    float *got = cuda_test_host_from_device(device, n);
+    cuda_test_check_close(op, shape, got, want, n, tol);
+    free(got);
 }

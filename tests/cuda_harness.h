@@ -11,9 +11,16 @@
  *    INCREMENTS are compared, so a backward that overwrites instead of adding fails;
  *  - errors are |cuda − cpu| / max|cpu| per tensor (y, dx, each parameter's gradient),
  *    against fwd_tol for y and bwd_tol for the gradients; aux_loss and stats (MoE load)
- *    are compared too. Every tensor's error is printed, the worst first on failure. */
+ *    are compared too. Every tensor's error is printed, the worst first on failure.
+ *
+ * Below that, the op-level helpers the kernel tests share (test_cuda_ops, test_cuda_scan,
+ * test_cuda_gla): random host tensors, device copies, NaN-poisoned outputs, and the
+ * element-wise check with its printed observed error. */
 #ifndef BRAID_CUDA_HARNESS_H
 #define BRAID_CUDA_HARNESS_H
+#include <stddef.h>
+
+#include "core/rng.h"
 #include "layers/layer.h"
 #include "models/config.h"
 
@@ -36,5 +43,61 @@ double cuda_rel_err(const float *a, const float *b, const float *a0, const float
 
 /* For a test's main(): 1 when a CUDA device is present (else prints that `test` skipped). */
 int cuda_harness_have_gpu(const char *test);
+
+/* ---- op-level helpers: one CUDA kernel against its CPU kernel on the same data.
+ * Host buffers come from braid_malloc and are released with free(); device buffers come
+ * from cudaMalloc and are released with cudaFree. The random ones draw from the test's own
+ * Rng, so each test decides its seed and the data it draws stays the same run to run. */
+
+/* n floats, normal with standard deviation `scale`, drawn from rng. */
+float *cuda_test_host_normal(Rng *rng, size_t n, float scale);
+
+/* n floats, uniform in [lo, hi), drawn from rng. */
+float *cuda_test_host_uniform(Rng *rng, size_t n, float lo, float hi);
+
+/* A new host copy of n floats (the start values of a gradient, kept to compare against). */
+float *cuda_test_host_copy(const float *x, size_t n);
+
+/* `bytes` uncleared bytes on the device (at least 1, so a zero-size shape still gets a
+ * pointer to free). BYTES, not floats: the ops tests also allocate ints, doubles and
+ * opaque scratch. */
+void *cuda_test_device_alloc(size_t bytes);
+
+/* A device copy of n host floats. */
+float *cuda_test_device_copy(const float *x, size_t n);
+
+/* n device floats, every one NaN (bytes 0xFF): what a kernel WRITES starts from this, so
+ * an element it never wrote reads back as NaN and fails cuda_test_check_close. */
+float *cuda_test_device_poisoned(size_t n);
+
+/* Waits for the whole device, then copies n floats back into a new host buffer. The whole
+ * device rather than one stream: some tests queue on their own stream, some on the default
+ * one, and all that matters here is that every queued kernel has finished. */
+float *cuda_test_host_from_device(const float *d, size_t n);
+
+/* What cuda_test_compare found; a test that asserts more than closeness (the
+ * reduced-precision matmul checks that rounding DID happen) reads the fields. */
+typedef struct CudaComparison {
+    size_t n_nan, first_nan;     /* elements of `got` that are NaN (never written) */
+    size_t worst;                /* index of the largest |got − want| among the others */
+    double worst_diff, max_want;
+} CudaComparison;
+
+/* got against want over n floats: NaNs in got are counted (not diffed), max_want is
+ * max |want|, worst_diff the largest |got − want| in double precision. */
+CudaComparison cuda_test_compare(const float *got, const float *want, size_t n);
+
+/* Asserts (ck_assert_msg: call it from inside a Check test) that every element was
+ * written (no NaN in got) and the worst |got − want| ≤ tol · max|want|. Always prints one
+ * line with the observed worst |diff| / max|want| next to tol, so the log shows how much
+ * room each tolerance leaves (tools/gpu_test.sh and gpu_scan_test.sh read `op` from its
+ * first 40 columns); a failure names op, shape, the worst element, both values and the
+ * difference. */
+void cuda_test_check_close(const char *op, const char *shape, const float *got, const float *want,
+                           size_t n, double tol);
+
+/* cuda_test_host_from_device, then cuda_test_check_close against the CPU's want. */
+void cuda_test_check_device_close(const char *op, const char *shape, const float *device,
+                                  const float *want, size_t n, double tol);
 
 #endif

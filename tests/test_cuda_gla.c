@@ -43,82 +43,6 @@ extern const LayerKind gla_kind;
 
 static Rng rng;
 
-/* ---------------------------------------------------------------- helpers */
-
-static float *host_normal(size_t n, float scale) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    rng_fill_normal(&rng, p, n, scale);
-    return p;
-}
-
-static float *host_uniform(size_t n, float lo, float hi) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    rng_fill_uniform(&rng, p, n, lo, hi);
-    return p;
-}
-
-static float *host_copy(const float *x, size_t n) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    memcpy(p, x, n * sizeof(float));
-    return p;
-}
-
-static float *dev_alloc(size_t n) {
-    void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, n > 0 ? n * sizeof(float) : 1));
-    return p;
-}
-
-static float *dev_copy(const float *x, size_t n) {
-    float *p = dev_alloc(n);
-    CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(float), cudaMemcpyHostToDevice));
-    return p;
-}
-
-/* n floats, every one NaN (bytes 0xFF). */
-static float *dev_poisoned(size_t n) {
-    float *p = dev_alloc(n);
-    CUDA_CHECK(cudaMemset(p, 0xFF, (n > 0 ? n : 1) * sizeof(float)));
-    return p;
-}
-
-static float *host_from_device(const float *d, size_t n) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    CUDA_CHECK(cudaDeviceSynchronize());
-    CUDA_CHECK(cudaMemcpy(p, d, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return p;
-}
-
-/* Every element written (no NaN), the worst difference within tol · max|want|. */
-static void check_close(const char *what, const char *shape, const float *got, const float *want,
-                        size_t n, double tol) {
-    size_t n_nan = 0, first_nan = 0, worst = 0;
-    double worst_diff = 0.0, max_want = 0.0;
-    for (size_t i = 0; i < n; i++) max_want = fmax(max_want, fabs((double)want[i]));
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i])) {
-            if (n_nan++ == 0) first_nan = i;
-            continue;
-        }
-        double diff = fabs((double)got[i] - (double)want[i]);
-        if (diff > worst_diff) { worst_diff = diff; worst = i; }
-    }
-    printf("  %-30s %-52s worst |diff|/max %.2e (tol %.0e)\n", what, shape,
-           max_want > 0 ? worst_diff / max_want : worst_diff, tol);
-    ck_assert_msg(n_nan == 0, "%s %s: %zu of %zu elements not written (NaN), first at %zu", what, shape,
-                  n_nan, n, first_nan);
-    ck_assert_msg(worst_diff <= tol * max_want,
-                  "%s %s: element %zu is %.8g, expected %.8g (|diff| %.3g > %.3g = %.0e of max %.4g)",
-                  what, shape, worst, got[worst], want[worst], worst_diff, tol * max_want, tol, max_want);
-}
-
-static void check_device_close(const char *what, const char *shape, const float *device,
-                               const float *want, size_t n, double tol) {
-    float *got = host_from_device(device, n);
-    check_close(what, shape, got, want, n, tol);
-    free(got);
-}
-
 /* ---------------------------------------------------------------- the kernel */
 
 typedef struct KernelShape {
@@ -157,16 +81,16 @@ static KernelData kernel_data(KernelShape m) {
     s.ns = (size_t)m.B * m.H * gla_chunk_count(m.T, m.chunk) * m.dk * m.dv;
     s.nf = (size_t)m.B * m.H * m.dk * m.dv;
     s.scale = 1.0f / sqrtf((float)m.dk);
-    s.q = host_normal(s.nk, 1.0f);
-    s.k = host_normal(s.nk, 1.0f);
-    s.v = host_normal(s.nv, 1.0f);
-    s.log_alpha = host_uniform(s.nk, m.decay_lo, m.decay_hi);
-    s.dout = host_normal(s.nv, 1.0f);
-    s.d_q = dev_copy(s.q, s.nk);
-    s.d_k = dev_copy(s.k, s.nk);
-    s.d_v = dev_copy(s.v, s.nv);
-    s.d_log_alpha = dev_copy(s.log_alpha, s.nk);
-    s.d_dout = dev_copy(s.dout, s.nv);
+    s.q = cuda_test_host_normal(&rng, s.nk, 1.0f);
+    s.k = cuda_test_host_normal(&rng, s.nk, 1.0f);
+    s.v = cuda_test_host_normal(&rng, s.nv, 1.0f);
+    s.log_alpha = cuda_test_host_uniform(&rng, s.nk, m.decay_lo, m.decay_hi);
+    s.dout = cuda_test_host_normal(&rng, s.nv, 1.0f);
+    s.d_q = cuda_test_device_copy(s.q, s.nk);
+    s.d_k = cuda_test_device_copy(s.k, s.nk);
+    s.d_v = cuda_test_device_copy(s.v, s.nv);
+    s.d_log_alpha = cuda_test_device_copy(s.log_alpha, s.nk);
+    s.d_dout = cuda_test_device_copy(s.dout, s.nv);
     return s;
 }
 
@@ -205,13 +129,16 @@ START_TEST(test_kernel_forward_matches_cpu) {
         kernel_shape_name(shape, sizeof shape, m);
         float *o, *states, *final_state;
         cpu_forward(&s, &o, &states, &final_state);
-        float *d_o = dev_poisoned(s.nv), *d_states = dev_poisoned(s.ns), *d_final = dev_poisoned(s.nf);
+        float *d_o = cuda_test_device_poisoned(s.nv), *d_states = cuda_test_device_poisoned(s.ns);
+        float *d_final = cuda_test_device_poisoned(s.nf);
         gla_chunk_forward_cuda(d_o, d_states, d_final, s.d_q, s.d_k, s.d_v, s.d_log_alpha, m.B, m.T, m.H,
                                m.dk, m.dv, m.chunk, s.scale, NULL, 0);
-        check_device_close("gla_chunk_forward o", shape, d_o, o, s.nv, FORWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_forward o", shape, d_o, o, s.nv, FORWARD_TOL);
         /* chunk 0's start state is exactly zero; compared against max|cpu| it still counts */
-        check_device_close("gla_chunk_forward chunk_states", shape, d_states, states, s.ns, FORWARD_TOL);
-        check_device_close("gla_chunk_forward final_state", shape, d_final, final_state, s.nf, FORWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_forward chunk_states", shape, d_states, states, s.ns,
+                                     FORWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_forward final_state", shape, d_final, final_state, s.nf,
+                                     FORWARD_TOL);
         free(o); free(states); free(final_state);
         CUDA_CHECK(cudaFree(d_o)); CUDA_CHECK(cudaFree(d_states)); CUDA_CHECK(cudaFree(d_final));
         kernel_data_free(&s);
@@ -227,11 +154,12 @@ START_TEST(test_kernel_forward_without_final_state) {
     kernel_shape_name(shape, sizeof shape, m);
     float *o, *states, *final_state;
     cpu_forward(&s, &o, &states, &final_state);
-    float *d_o = dev_poisoned(s.nv), *d_states = dev_poisoned(s.ns);
+    float *d_o = cuda_test_device_poisoned(s.nv), *d_states = cuda_test_device_poisoned(s.ns);
     gla_chunk_forward_cuda(d_o, d_states, NULL, s.d_q, s.d_k, s.d_v, s.d_log_alpha, m.B, m.T, m.H, m.dk,
                            m.dv, m.chunk, s.scale, NULL, 0);
-    check_device_close("gla_chunk_forward o (no final)", shape, d_o, o, s.nv, FORWARD_TOL);
-    check_device_close("gla_chunk_forward states (no final)", shape, d_states, states, s.ns, FORWARD_TOL);
+    cuda_test_check_device_close("gla_chunk_forward o (no final)", shape, d_o, o, s.nv, FORWARD_TOL);
+    cuda_test_check_device_close("gla_chunk_forward states (no final)", shape, d_states, states, s.ns,
+                                 FORWARD_TOL);
     free(o); free(states); free(final_state);
     CUDA_CHECK(cudaFree(d_o)); CUDA_CHECK(cudaFree(d_states));
     kernel_data_free(&s);
@@ -241,14 +169,14 @@ END_TEST
 typedef struct KernelGrads { float *dq, *dk, *dv, *dlog; } KernelGrads;
 
 static KernelGrads grads_random(const KernelData *s) {
-    KernelGrads g = {host_normal(s->nk, 1.0f), host_normal(s->nk, 1.0f), host_normal(s->nv, 1.0f),
-                     host_normal(s->nk, 1.0f)};
+    KernelGrads g = {cuda_test_host_normal(&rng, s->nk, 1.0f), cuda_test_host_normal(&rng, s->nk, 1.0f),
+                     cuda_test_host_normal(&rng, s->nv, 1.0f), cuda_test_host_normal(&rng, s->nk, 1.0f)};
     return g;
 }
 
 static KernelGrads grads_to_device(const KernelData *s, const KernelGrads *g) {
-    KernelGrads d = {dev_copy(g->dq, s->nk), dev_copy(g->dk, s->nk), dev_copy(g->dv, s->nv),
-                     dev_copy(g->dlog, s->nk)};
+    KernelGrads d = {cuda_test_device_copy(g->dq, s->nk), cuda_test_device_copy(g->dk, s->nk),
+                     cuda_test_device_copy(g->dv, s->nv), cuda_test_device_copy(g->dlog, s->nk)};
     return d;
 }
 
@@ -265,7 +193,7 @@ static void cuda_backward(const KernelData *s, float *dq, float *dk, float *dv, 
                           const float *d_states) {
     const KernelShape m = s->m;
     const size_t scratch_floats = gla_chunk_backward_cuda_scratch_floats(m.B, m.T, m.H, m.dk, m.dv, m.chunk);
-    float *d_scratch = dev_poisoned(scratch_floats);
+    float *d_scratch = cuda_test_device_poisoned(scratch_floats);
     gla_chunk_backward_cuda(dq, dk, dv, dlog, s->d_dout, s->d_q, s->d_k, s->d_v, s->d_log_alpha, d_states,
                             m.B, m.T, m.H, m.dk, m.dv, m.chunk, s->scale, d_scratch, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
@@ -293,12 +221,13 @@ START_TEST(test_kernel_backward_accumulates_like_cpu) {
         KernelGrads g = grads_random(&s);
         KernelGrads d = grads_to_device(&s, &g);
         float *states = cpu_forward_backward(&s, &g, 1);
-        float *d_states = dev_copy(states, s.ns);
+        float *d_states = cuda_test_device_copy(states, s.ns);
         cuda_backward(&s, d.dq, d.dk, d.dv, d.dlog, d_states);
-        check_device_close("gla_chunk_backward dq", shape, d.dq, g.dq, s.nk, BACKWARD_TOL);
-        check_device_close("gla_chunk_backward dk", shape, d.dk, g.dk, s.nk, BACKWARD_TOL);
-        check_device_close("gla_chunk_backward dv", shape, d.dv, g.dv, s.nv, BACKWARD_TOL);
-        check_device_close("gla_chunk_backward dlog_alpha", shape, d.dlog, g.dlog, s.nk, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dq", shape, d.dq, g.dq, s.nk, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dk", shape, d.dk, g.dk, s.nk, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dv", shape, d.dv, g.dv, s.nv, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dlog_alpha", shape, d.dlog, g.dlog, s.nk,
+                                     BACKWARD_TOL);
         free(states);
         CUDA_CHECK(cudaFree(d_states));
         grads_free(&g, 0);
@@ -320,12 +249,13 @@ START_TEST(test_kernel_backward_increments_match_cpu) {
                          calloc(s.nk, sizeof(float))};
         KernelGrads d = grads_to_device(&s, &g);
         float *states = cpu_forward_backward(&s, &g, 1);
-        float *d_states = dev_copy(states, s.ns);
+        float *d_states = cuda_test_device_copy(states, s.ns);
         cuda_backward(&s, d.dq, d.dk, d.dv, d.dlog, d_states);
-        check_device_close("gla_chunk_backward dq (from 0)", shape, d.dq, g.dq, s.nk, BACKWARD_TOL);
-        check_device_close("gla_chunk_backward dk (from 0)", shape, d.dk, g.dk, s.nk, BACKWARD_TOL);
-        check_device_close("gla_chunk_backward dv (from 0)", shape, d.dv, g.dv, s.nv, BACKWARD_TOL);
-        check_device_close("gla_chunk_backward dlog (from 0)", shape, d.dlog, g.dlog, s.nk, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dq (from 0)", shape, d.dq, g.dq, s.nk, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dk (from 0)", shape, d.dk, g.dk, s.nk, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dv (from 0)", shape, d.dv, g.dv, s.nv, BACKWARD_TOL);
+        cuda_test_check_device_close("gla_chunk_backward dlog (from 0)", shape, d.dlog, g.dlog, s.nk,
+                                     BACKWARD_TOL);
         free(states);
         CUDA_CHECK(cudaFree(d_states));
         grads_free(&g, 0);
@@ -342,22 +272,26 @@ START_TEST(test_kernel_backward_without_dlog_is_deterministic) {
     char shape[128];
     kernel_shape_name(shape, sizeof shape, s.m);
     KernelGrads g = grads_random(&s);
-    float *start_dq = host_copy(g.dq, s.nk), *start_dk = host_copy(g.dk, s.nk), *start_dv = host_copy(g.dv, s.nv);
+    float *start_dq = cuda_test_host_copy(g.dq, s.nk), *start_dk = cuda_test_host_copy(g.dk, s.nk);
+    float *start_dv = cuda_test_host_copy(g.dv, s.nv);
     float *states = cpu_forward_backward(&s, &g, 0);
-    float *d_states = dev_copy(states, s.ns);
-    float *d_dq = dev_copy(start_dq, s.nk), *d_dk = dev_copy(start_dk, s.nk), *d_dv = dev_copy(start_dv, s.nv);
+    float *d_states = cuda_test_device_copy(states, s.ns);
+    float *d_dq = cuda_test_device_copy(start_dq, s.nk), *d_dk = cuda_test_device_copy(start_dk, s.nk);
+    float *d_dv = cuda_test_device_copy(start_dv, s.nv);
 
     cuda_backward(&s, d_dq, d_dk, d_dv, NULL, d_states);
-    float *first[3] = {host_from_device(d_dq, s.nk), host_from_device(d_dk, s.nk), host_from_device(d_dv, s.nv)};
-    check_close("gla_chunk_backward dq (no dlog)", shape, first[0], g.dq, s.nk, BACKWARD_TOL);
-    check_close("gla_chunk_backward dk (no dlog)", shape, first[1], g.dk, s.nk, BACKWARD_TOL);
-    check_close("gla_chunk_backward dv (no dlog)", shape, first[2], g.dv, s.nv, BACKWARD_TOL);
+    float *first[3] = {cuda_test_host_from_device(d_dq, s.nk), cuda_test_host_from_device(d_dk, s.nk),
+                       cuda_test_host_from_device(d_dv, s.nv)};
+    cuda_test_check_close("gla_chunk_backward dq (no dlog)", shape, first[0], g.dq, s.nk, BACKWARD_TOL);
+    cuda_test_check_close("gla_chunk_backward dk (no dlog)", shape, first[1], g.dk, s.nk, BACKWARD_TOL);
+    cuda_test_check_close("gla_chunk_backward dv (no dlog)", shape, first[2], g.dv, s.nv, BACKWARD_TOL);
 
     CUDA_CHECK(cudaMemcpy(d_dq, start_dq, s.nk * sizeof(float), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(d_dk, start_dk, s.nk * sizeof(float), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(d_dv, start_dv, s.nv * sizeof(float), cudaMemcpyHostToDevice));
     cuda_backward(&s, d_dq, d_dk, d_dv, NULL, d_states);
-    float *second[3] = {host_from_device(d_dq, s.nk), host_from_device(d_dk, s.nk), host_from_device(d_dv, s.nv)};
+    float *second[3] = {cuda_test_host_from_device(d_dq, s.nk), cuda_test_host_from_device(d_dk, s.nk),
+                        cuda_test_host_from_device(d_dv, s.nv)};
     const char *names[3] = {"dq", "dk", "dv"};
     const size_t sizes[3] = {s.nk, s.nk, s.nv};
     for (int t = 0; t < 3; t++) {

@@ -6,8 +6,9 @@
  * Outputs an op WRITES are poisoned first (every byte 0xFF, a NaN) so an element the
  * kernel never wrote shows up as NaN; gradients an op ACCUMULATES into start from the same
  * random values on both sides, so adding (not overwriting) is what gets checked.
- * Elements are compared as |cuda − cpu| ≤ tol · max|cpu|; a failure names the op, the
- * shape, the worst element, both values and the difference.
+ * Elements are compared as |cuda − cpu| ≤ tol · max|cpu| (cuda_test_check_close,
+ * tests/cuda_harness.h); a failure names the op, the shape, the worst element, both values
+ * and the difference.
  * Tolerances: 1e-4 for elementwise and norm ops; 1e-5 for matmul (cuBLAS in float32 agrees
  * with OpenBLAS to ~1e-7 of the largest output; TF32 rounds inputs to 10 mantissa bits and
  * lands ~1e-4 off, so this also checks that TF32 stays off);
@@ -31,6 +32,7 @@
 #include "core/rng.h"
 #include "cuda/cuda_check.h"
 #include "cuda/ops_cuda.h"
+#include "cuda_harness.h"
 #include "layers/layer.h"
 #include "train/adamw.h"
 
@@ -43,114 +45,34 @@ static cudaStream_t stream;
 
 /* ---------------------------------------------------------------- helpers */
 
-static float *host_normal(size_t n, float scale) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    rng_fill_normal(&rng, p, n, scale);
-    return p;
-}
-
-static float *host_copy(const float *x, size_t n) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    memcpy(p, x, n * sizeof(float));
-    return p;
-}
-
-static void *device_alloc(size_t bytes) {
-    void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, bytes > 0 ? bytes : 1));
-    return p;
-}
-
-static float *device_copy(const float *x, size_t n) {
-    float *p = device_alloc(n * sizeof(float));
-    CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(float), cudaMemcpyHostToDevice));
-    return p;
-}
-
+/* Token and target ids; the float helpers are the harness's (tests/cuda_harness.h). */
 static int *device_copy_int(const int *x, size_t n) {
-    int *p = device_alloc(n * sizeof(int));
+    int *p = cuda_test_device_alloc(n * sizeof(int));
     CUDA_CHECK(cudaMemcpy(p, x, n * sizeof(int), cudaMemcpyHostToDevice));
     return p;
 }
 
-/* Device buffer of n floats, every one NaN (bytes 0xFF). */
-static float *device_poisoned(size_t n) {
-    float *p = device_alloc(n * sizeof(float));
-    CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(float)));
-    return p;
-}
-
-/* Waits for the ops queued on the test stream, then copies n floats back into a new
- * host buffer. */
-static float *host_from_device(const float *d, size_t n) {
-    float *p = braid_malloc(n * sizeof(float), "test tensor");
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    CUDA_CHECK(cudaMemcpy(p, d, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return p;
-}
-
-typedef struct Comparison {
-    size_t n_nan, first_nan;     /* elements of `got` that are NaN (never written) */
-    size_t worst;                /* index of the largest |got − want| among the others */
-    double worst_diff, max_want;
-} Comparison;
-
-static Comparison compare(const float *got, const float *want, size_t n) {
-    Comparison c = {0, 0, 0, 0.0, 0.0};
-    for (size_t i = 0; i < n; i++) c.max_want = fmax(c.max_want, fabs((double)want[i]));
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i])) {
-            if (c.n_nan++ == 0) c.first_nan = i;
-            continue;
-        }
-        double diff = fabs((double)got[i] - (double)want[i]);
-        if (diff > c.worst_diff) { c.worst_diff = diff; c.worst = i; }
-    }
-    return c;
-}
-
-/* Every element written (no NaN), and the worst difference within tol · max|want|. */
-static void check_close(const char *op, const char *shape, const float *got, const float *want,
-                        size_t n, double tol) {
-    Comparison c = compare(got, want, n);
-    /* the observed error, for the log (how much room each tolerance leaves) */
-    printf("  %-40s %-44s worst |diff|/max %.2e (tol %.0e)\n", op, shape,
-           c.max_want > 0 ? c.worst_diff / c.max_want : c.worst_diff, tol);
-    ck_assert_msg(c.n_nan == 0, "%s %s: %zu of %zu elements not written (still NaN), first at %zu",
-                  op, shape, c.n_nan, n, c.first_nan);
-    ck_assert_msg(c.worst_diff <= tol * c.max_want,
-                  "%s %s: element %zu is %.8g, expected %.8g (|diff| %.3g > %.3g = %.0e of max %.4g)",
-                  op, shape, c.worst, got[c.worst], want[c.worst], c.worst_diff,
-                  tol * c.max_want, tol, c.max_want);
-}
-
-/* Copies the device result back and checks it against the CPU's. */
-static void check_device_close(const char *op, const char *shape, const float *device,
-                               const float *want, size_t n, double tol) {
-    float *got = host_from_device(device, n);
-    check_close(op, shape, got, want, n, tol);
-    free(got);
-}
-
 /* ---------------------------------------------------------------- the checker itself */
 
+/* The harness's checker, which test_cuda_scan and test_cuda_gla rely on too: a changed
+ * element is the worst, and the poisoned elements an "op" never wrote come back as NaN. */
 START_TEST(test_comparison_flags_unwritten_and_wrong_elements) {
     float want[5] = {1.0f, -2.0f, 3.0f, 4.0f, -5.0f};
     float got[5];
     memcpy(got, want, sizeof got);
-    Comparison same = compare(got, want, 5);
+    CudaComparison same = cuda_test_compare(got, want, 5);
     ck_assert_msg(same.n_nan == 0 && same.worst_diff == 0.0, "identical buffers compared unequal");
 
     got[3] = 4.01f;
-    Comparison wrong = compare(got, want, 5);
+    CudaComparison wrong = cuda_test_compare(got, want, 5);
     ck_assert_msg(wrong.worst == 3 && wrong.worst_diff > 1e-3 * wrong.max_want,
                   "a changed element went unnoticed (worst %zu, diff %g)", wrong.worst, wrong.worst_diff);
 
     /* a poisoned buffer that the "op" wrote only partly */
-    float *poisoned = device_poisoned(5);
+    float *poisoned = cuda_test_device_poisoned(5);
     CUDA_CHECK(cudaMemcpy(poisoned, want, 3 * sizeof(float), cudaMemcpyHostToDevice));
-    float *back = host_from_device(poisoned, 5);
-    Comparison unwritten = compare(back, want, 5);
+    float *back = cuda_test_host_from_device(poisoned, 5);
+    CudaComparison unwritten = cuda_test_compare(back, want, 5);
     ck_assert_msg(unwritten.n_nan == 2 && unwritten.first_nan == 3,
                   "poisoned elements not seen as unwritten (%zu NaN, first at %zu)",
                   unwritten.n_nan, unwritten.first_nan);
@@ -174,16 +96,19 @@ START_TEST(test_matmul_forward_matches_cpu) {
         snprintf(shape, sizeof shape, "N=%d C=%d OC=%d bias=%d accumulate=%d", m.N, m.C, m.OC,
                  m.use_bias, m.accumulate);
         const size_t n_out = (size_t)m.N * m.OC;
-        float *inp = host_normal((size_t)m.N * m.C, 1.0f), *weight = host_normal((size_t)m.OC * m.C, 0.5f);
-        float *bias = host_normal(m.OC, 1.0f), *out = host_normal(n_out, 1.0f);
-        float *d_inp = device_copy(inp, (size_t)m.N * m.C), *d_weight = device_copy(weight, (size_t)m.OC * m.C);
-        float *d_bias = device_copy(bias, m.OC);
+        float *inp = cuda_test_host_normal(&rng, (size_t)m.N * m.C, 1.0f);
+        float *weight = cuda_test_host_normal(&rng, (size_t)m.OC * m.C, 0.5f);
+        float *bias = cuda_test_host_normal(&rng, m.OC, 1.0f);
+        float *out = cuda_test_host_normal(&rng, n_out, 1.0f);
+        float *d_inp = cuda_test_device_copy(inp, (size_t)m.N * m.C);
+        float *d_weight = cuda_test_device_copy(weight, (size_t)m.OC * m.C);
+        float *d_bias = cuda_test_device_copy(bias, m.OC);
         /* accumulate: both sides start from the same values; else the output is poisoned */
-        float *d_out = m.accumulate ? device_copy(out, n_out) : device_poisoned(n_out);
+        float *d_out = m.accumulate ? cuda_test_device_copy(out, n_out) : cuda_test_device_poisoned(n_out);
         matmul_forward(out, inp, weight, m.use_bias ? bias : NULL, m.N, m.C, m.OC, m.accumulate);
         matmul_forward_cuda(d_out, d_inp, d_weight, m.use_bias ? d_bias : NULL, m.N, m.C, m.OC,
                             m.accumulate, stream);
-        check_device_close("matmul_forward", shape, d_out, out, n_out, MATMUL_TOL);
+        cuda_test_check_device_close("matmul_forward", shape, d_out, out, n_out, MATMUL_TOL);
         free(inp); free(weight); free(bias); free(out);
         CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight));
         CUDA_CHECK(cudaFree(d_bias)); CUDA_CHECK(cudaFree(d_out));
@@ -197,22 +122,73 @@ START_TEST(test_matmul_backward_accumulates_like_cpu) {
         char shape[128];
         snprintf(shape, sizeof shape, "N=%d C=%d OC=%d", m.N, m.C, m.OC);
         const size_t n_inp = (size_t)m.N * m.C, n_w = (size_t)m.OC * m.C, n_out = (size_t)m.N * m.OC;
-        float *inp = host_normal(n_inp, 1.0f), *weight = host_normal(n_w, 0.5f);
-        float *dout = host_normal(n_out, 1.0f);
-        float *dinp = host_normal(n_inp, 1.0f), *dweight = host_normal(n_w, 1.0f);
-        float *dbias = host_normal(m.OC, 1.0f);
-        float *d_inp = device_copy(inp, n_inp), *d_weight = device_copy(weight, n_w);
-        float *d_dout = device_copy(dout, n_out), *d_dinp = device_copy(dinp, n_inp);
-        float *d_dweight = device_copy(dweight, n_w), *d_dbias = device_copy(dbias, m.OC);
+        float *inp = cuda_test_host_normal(&rng, n_inp, 1.0f);
+        float *weight = cuda_test_host_normal(&rng, n_w, 0.5f);
+        float *dout = cuda_test_host_normal(&rng, n_out, 1.0f);
+        float *dinp = cuda_test_host_normal(&rng, n_inp, 1.0f);
+        float *dweight = cuda_test_host_normal(&rng, n_w, 1.0f);
+        float *dbias = cuda_test_host_normal(&rng, m.OC, 1.0f);
+        float *d_inp = cuda_test_device_copy(inp, n_inp), *d_weight = cuda_test_device_copy(weight, n_w);
+        float *d_dout = cuda_test_device_copy(dout, n_out), *d_dinp = cuda_test_device_copy(dinp, n_inp);
+        float *d_dweight = cuda_test_device_copy(dweight, n_w), *d_dbias = cuda_test_device_copy(dbias, m.OC);
         matmul_backward(dinp, dweight, dbias, dout, inp, weight, m.N, m.C, m.OC);
         matmul_backward_cuda(d_dinp, d_dweight, d_dbias, d_dout, d_inp, d_weight, m.N, m.C, m.OC, stream);
-        check_device_close("matmul_backward dinp", shape, d_dinp, dinp, n_inp, MATMUL_TOL);
-        check_device_close("matmul_backward dweight", shape, d_dweight, dweight, n_w, MATMUL_TOL);
-        check_device_close("matmul_backward dbias", shape, d_dbias, dbias, m.OC, MATMUL_TOL);
+        cuda_test_check_device_close("matmul_backward dinp", shape, d_dinp, dinp, n_inp, MATMUL_TOL);
+        cuda_test_check_device_close("matmul_backward dweight", shape, d_dweight, dweight, n_w, MATMUL_TOL);
+        cuda_test_check_device_close("matmul_backward dbias", shape, d_dbias, dbias, m.OC, MATMUL_TOL);
         free(inp); free(weight); free(dout); free(dinp); free(dweight); free(dbias);
         CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
         CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight)); CUDA_CHECK(cudaFree(d_dbias));
     }
+}
+END_TEST
+
+/* train.matmul_precision tf32 rounds the inputs to 10 mantissa bits (unit roundoff 2^-11)
+ * and accumulates in float32, so against the CPU's float32 the products keep a few times
+ * u·sqrt(C) of max|out| (observed on an H100: 2.8e-4); and they must really be reduced —
+ * at a shape big enough for tensor-core kernels the result has to differ from the exact
+ * one by more than float32 rounding does (observed 4.6e-7), else the option would be
+ * silently ignored. fp32 afterwards is exact again (the setting is process-wide). */
+START_TEST(test_matmul_reduced_precision_within_rounding) {
+    static const struct { const char *name; double tol, min_diff; } precisions[] = {
+        {"tf32", 4e-3, 2e-5}, {"fp32", MATMUL_TOL, 0.0}};
+    const int N = 512, C = 384, OC = 256;
+    const size_t n_inp = (size_t)N * C, n_w = (size_t)OC * C, n_out = (size_t)N * OC;
+    float *inp = cuda_test_host_normal(&rng, n_inp, 1.0f), *weight = cuda_test_host_normal(&rng, n_w, 0.5f);
+    float *dout = cuda_test_host_normal(&rng, n_out, 1.0f);
+    float *out = braid_calloc(n_out, sizeof(float), "out"), *dinp = braid_calloc(n_inp, sizeof(float), "dinp");
+    float *dweight = braid_calloc(n_w, sizeof(float), "dweight");
+    matmul_forward(out, inp, weight, NULL, N, C, OC, 0);
+    matmul_backward(dinp, dweight, NULL, dout, inp, weight, N, C, OC);
+    float *d_inp = cuda_test_device_copy(inp, n_inp), *d_weight = cuda_test_device_copy(weight, n_w);
+    float *d_dout = cuda_test_device_copy(dout, n_out);
+    ck_assert_int_eq(matmul_set_precision_cuda("bf16"), -1);
+    for (size_t p = 0; p < sizeof precisions / sizeof precisions[0]; p++) {
+        char shape[96];
+        snprintf(shape, sizeof shape, "%s N=%d C=%d OC=%d", precisions[p].name, N, C, OC);
+        ck_assert_int_eq(matmul_set_precision_cuda(precisions[p].name), 0);
+        float *d_out = cuda_test_device_poisoned(n_out);
+        float *d_dinp = cuda_test_device_alloc(n_inp * sizeof(float));
+        float *d_dweight = cuda_test_device_alloc(n_w * sizeof(float));
+        CUDA_CHECK(cudaMemset(d_dinp, 0, n_inp * sizeof(float)));
+        CUDA_CHECK(cudaMemset(d_dweight, 0, n_w * sizeof(float)));
+        matmul_forward_cuda(d_out, d_inp, d_weight, NULL, N, C, OC, 0, stream);
+        matmul_backward_cuda(d_dinp, d_dweight, NULL, d_dout, d_inp, d_weight, N, C, OC, stream);
+        float *got = cuda_test_host_from_device(d_out, n_out);
+        cuda_test_check_close("matmul_forward", shape, got, out, n_out, precisions[p].tol);
+        CudaComparison c = cuda_test_compare(got, out, n_out);
+        ck_assert_msg(c.worst_diff >= precisions[p].min_diff * c.max_want,
+                      "matmul_forward %s: worst |diff| %.3g of max %.4g: no rounding to %s happened "
+                      "(train.matmul_precision would be ignored)", shape, c.worst_diff, c.max_want,
+                      precisions[p].name);
+        cuda_test_check_device_close("matmul_backward dinp", shape, d_dinp, dinp, n_inp, precisions[p].tol);
+        cuda_test_check_device_close("matmul_backward dweight", shape, d_dweight, dweight, n_w,
+                                     precisions[p].tol);
+        free(got);
+        CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight));
+    }
+    free(inp); free(weight); free(dout); free(out); free(dinp); free(dweight);
+    CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
 }
 END_TEST
 
@@ -236,12 +212,14 @@ START_TEST(test_embedding_forward_matches_cpu) {
         snprintf(shape, sizeof shape, "N=%d V=%d C=%d", e.N, e.V, e.C);
         const size_t n_out = (size_t)e.N * e.C;
         int *tokens = random_tokens(e.N, e.V);
-        float *table = host_normal((size_t)e.V * e.C, 1.0f), *out = host_normal(n_out, 1.0f);
+        float *table = cuda_test_host_normal(&rng, (size_t)e.V * e.C, 1.0f);
+        float *out = cuda_test_host_normal(&rng, n_out, 1.0f);
         int *d_tokens = device_copy_int(tokens, e.N);
-        float *d_table = device_copy(table, (size_t)e.V * e.C), *d_out = device_poisoned(n_out);
+        float *d_table = cuda_test_device_copy(table, (size_t)e.V * e.C);
+        float *d_out = cuda_test_device_poisoned(n_out);
         embedding_forward(out, tokens, table, e.N, e.C);
         embedding_forward_cuda(d_out, d_tokens, d_table, e.N, e.C, stream);
-        check_device_close("embedding_forward", shape, d_out, out, n_out, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("embedding_forward", shape, d_out, out, n_out, ELEMENTWISE_TOL);
         free(tokens); free(table); free(out);
         CUDA_CHECK(cudaFree(d_tokens)); CUDA_CHECK(cudaFree(d_table)); CUDA_CHECK(cudaFree(d_out));
     }
@@ -255,12 +233,15 @@ START_TEST(test_embedding_backward_accumulates_repeated_tokens) {
         snprintf(shape, sizeof shape, "N=%d V=%d C=%d", e.N, e.V, e.C);
         const size_t n_table = (size_t)e.V * e.C;
         int *tokens = random_tokens(e.N, e.V);
-        float *dout = host_normal((size_t)e.N * e.C, 1.0f), *dtable = host_normal(n_table, 1.0f);
+        float *dout = cuda_test_host_normal(&rng, (size_t)e.N * e.C, 1.0f);
+        float *dtable = cuda_test_host_normal(&rng, n_table, 1.0f);
         int *d_tokens = device_copy_int(tokens, e.N);
-        float *d_dout = device_copy(dout, (size_t)e.N * e.C), *d_dtable = device_copy(dtable, n_table);
+        float *d_dout = cuda_test_device_copy(dout, (size_t)e.N * e.C);
+        float *d_dtable = cuda_test_device_copy(dtable, n_table);
         embedding_backward(dtable, dout, tokens, e.N, e.C);
         embedding_backward_cuda(d_dtable, d_dout, d_tokens, e.N, e.C, stream);
-        check_device_close("embedding_backward dtable", shape, d_dtable, dtable, n_table, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("embedding_backward dtable", shape, d_dtable, dtable, n_table,
+                                     ELEMENTWISE_TOL);
         free(tokens); free(dout); free(dtable);
         CUDA_CHECK(cudaFree(d_tokens)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_dtable));
     }
@@ -279,14 +260,14 @@ START_TEST(test_rmsnorm_forward_matches_cpu) {
         char shape[128];
         snprintf(shape, sizeof shape, "N=%d C=%d", r.N, r.C);
         const size_t n = (size_t)r.N * r.C;
-        float *inp = host_normal(n, 2.0f), *weight = host_normal(r.C, 1.0f);
-        float *out = host_normal(n, 1.0f), *rstd = host_normal(r.N, 1.0f);
-        float *d_inp = device_copy(inp, n), *d_weight = device_copy(weight, r.C);
-        float *d_out = device_poisoned(n), *d_rstd = device_poisoned(r.N);
+        float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
+        float *out = cuda_test_host_normal(&rng, n, 1.0f), *rstd = cuda_test_host_normal(&rng, r.N, 1.0f);
+        float *d_inp = cuda_test_device_copy(inp, n), *d_weight = cuda_test_device_copy(weight, r.C);
+        float *d_out = cuda_test_device_poisoned(n), *d_rstd = cuda_test_device_poisoned(r.N);
         rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
         rmsnorm_forward_cuda(d_out, d_rstd, d_inp, d_weight, r.N, r.C, 1e-6f, stream);
-        check_device_close("rmsnorm_forward out", shape, d_out, out, n, ELEMENTWISE_TOL);
-        check_device_close("rmsnorm_forward rstd", shape, d_rstd, rstd, r.N, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("rmsnorm_forward out", shape, d_out, out, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("rmsnorm_forward rstd", shape, d_rstd, rstd, r.N, ELEMENTWISE_TOL);
         free(inp); free(weight); free(out); free(rstd);
         CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight));
         CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_rstd));
@@ -300,17 +281,19 @@ START_TEST(test_rmsnorm_backward_accumulates_like_cpu) {
         char shape[128];
         snprintf(shape, sizeof shape, "N=%d C=%d", r.N, r.C);
         const size_t n = (size_t)r.N * r.C;
-        float *inp = host_normal(n, 2.0f), *weight = host_normal(r.C, 1.0f), *dout = host_normal(n, 1.0f);
+        float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
+        float *dout = cuda_test_host_normal(&rng, n, 1.0f);
         float *out = braid_malloc(n * sizeof(float), "out"), *rstd = braid_malloc(r.N * sizeof(float), "rstd");
         rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
-        float *dinp = host_normal(n, 1.0f), *dweight = host_normal(r.C, 1.0f);
-        float *d_inp = device_copy(inp, n), *d_weight = device_copy(weight, r.C);
-        float *d_dout = device_copy(dout, n), *d_rstd = device_copy(rstd, r.N);
-        float *d_dinp = device_copy(dinp, n), *d_dweight = device_copy(dweight, r.C);
+        float *dinp = cuda_test_host_normal(&rng, n, 1.0f), *dweight = cuda_test_host_normal(&rng, r.C, 1.0f);
+        float *d_inp = cuda_test_device_copy(inp, n), *d_weight = cuda_test_device_copy(weight, r.C);
+        float *d_dout = cuda_test_device_copy(dout, n), *d_rstd = cuda_test_device_copy(rstd, r.N);
+        float *d_dinp = cuda_test_device_copy(dinp, n), *d_dweight = cuda_test_device_copy(dweight, r.C);
         rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, r.N, r.C);
         rmsnorm_backward_cuda(d_dinp, d_dweight, d_dout, d_inp, d_weight, d_rstd, r.N, r.C, stream);
-        check_device_close("rmsnorm_backward dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
-        check_device_close("rmsnorm_backward dweight", shape, d_dweight, dweight, r.C, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("rmsnorm_backward dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("rmsnorm_backward dweight", shape, d_dweight, dweight, r.C,
+                                     ELEMENTWISE_TOL);
         free(inp); free(weight); free(dout); free(out); free(rstd); free(dinp); free(dweight);
         CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
         CUDA_CHECK(cudaFree(d_rstd)); CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight));
@@ -328,11 +311,13 @@ START_TEST(test_swiglu_forward_matches_cpu) {
         const size_t n = swiglu_sizes[s];
         char shape[64];
         snprintf(shape, sizeof shape, "n=%zu", n);
-        float *gate = host_normal(n, 3.0f), *up = host_normal(n, 1.0f), *out = host_normal(n, 1.0f);
-        float *d_gate = device_copy(gate, n), *d_up = device_copy(up, n), *d_out = device_poisoned(n);
+        float *gate = cuda_test_host_normal(&rng, n, 3.0f), *up = cuda_test_host_normal(&rng, n, 1.0f);
+        float *out = cuda_test_host_normal(&rng, n, 1.0f);
+        float *d_gate = cuda_test_device_copy(gate, n), *d_up = cuda_test_device_copy(up, n);
+        float *d_out = cuda_test_device_poisoned(n);
         swiglu_forward(out, gate, up, n);
         swiglu_forward_cuda(d_out, d_gate, d_up, n, stream);
-        check_device_close("swiglu_forward", shape, d_out, out, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("swiglu_forward", shape, d_out, out, n, ELEMENTWISE_TOL);
         free(gate); free(up); free(out);
         CUDA_CHECK(cudaFree(d_gate)); CUDA_CHECK(cudaFree(d_up)); CUDA_CHECK(cudaFree(d_out));
     }
@@ -347,14 +332,14 @@ START_TEST(test_add_inplace_and_scale_match_cpu) {
         const size_t n = swiglu_sizes[s];
         char shape[64];
         snprintf(shape, sizeof shape, "n=%zu", n);
-        float *y = host_normal(n, 1.0f), *x = host_normal(n, 1.0f);
-        float *d_y = device_copy(y, n), *d_x = device_copy(x, n);
+        float *y = cuda_test_host_normal(&rng, n, 1.0f), *x = cuda_test_host_normal(&rng, n, 1.0f);
+        float *d_y = cuda_test_device_copy(y, n), *d_x = cuda_test_device_copy(x, n);
         for (size_t i = 0; i < n; i++) y[i] += x[i];
         add_inplace_cuda(d_y, d_x, n, stream);
-        check_device_close("add_inplace", shape, d_y, y, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("add_inplace", shape, d_y, y, n, ELEMENTWISE_TOL);
         for (size_t i = 0; i < n; i++) y[i] *= 0.37f;
         scale_cuda(d_y, 0.37f, n, stream);
-        check_device_close("scale", shape, d_y, y, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("scale", shape, d_y, y, n, ELEMENTWISE_TOL);
         free(y); free(x);
         CUDA_CHECK(cudaFree(d_y)); CUDA_CHECK(cudaFree(d_x));
     }
@@ -366,15 +351,17 @@ START_TEST(test_swiglu_backward_matches_cpu) {
         const size_t n = swiglu_sizes[s];
         char shape[64];
         snprintf(shape, sizeof shape, "n=%zu", n);
-        float *gate = host_normal(n, 3.0f), *up = host_normal(n, 1.0f), *dout = host_normal(n, 1.0f);
-        float *dgate = host_normal(n, 1.0f), *dup = host_normal(n, 1.0f);
-        float *d_gate = device_copy(gate, n), *d_up = device_copy(up, n), *d_dout = device_copy(dout, n);
+        float *gate = cuda_test_host_normal(&rng, n, 3.0f), *up = cuda_test_host_normal(&rng, n, 1.0f);
+        float *dout = cuda_test_host_normal(&rng, n, 1.0f);
+        float *dgate = cuda_test_host_normal(&rng, n, 1.0f), *dup = cuda_test_host_normal(&rng, n, 1.0f);
+        float *d_gate = cuda_test_device_copy(gate, n), *d_up = cuda_test_device_copy(up, n);
+        float *d_dout = cuda_test_device_copy(dout, n);
         /* swiglu_backward WRITES its gradients (layer-owned intermediates): poison them */
-        float *d_dgate = device_poisoned(n), *d_dup = device_poisoned(n);
+        float *d_dgate = cuda_test_device_poisoned(n), *d_dup = cuda_test_device_poisoned(n);
         swiglu_backward(dgate, dup, dout, gate, up, n);
         swiglu_backward_cuda(d_dgate, d_dup, d_dout, d_gate, d_up, n, stream);
-        check_device_close("swiglu_backward dgate", shape, d_dgate, dgate, n, ELEMENTWISE_TOL);
-        check_device_close("swiglu_backward dup", shape, d_dup, dup, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("swiglu_backward dgate", shape, d_dgate, dgate, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close("swiglu_backward dup", shape, d_dup, dup, n, ELEMENTWISE_TOL);
         free(gate); free(up); free(dout); free(dgate); free(dup);
         CUDA_CHECK(cudaFree(d_gate)); CUDA_CHECK(cudaFree(d_up)); CUDA_CHECK(cudaFree(d_dout));
         CUDA_CHECK(cudaFree(d_dgate)); CUDA_CHECK(cudaFree(d_dup));
@@ -395,7 +382,7 @@ START_TEST(test_cross_entropy_matches_cpu) {
         char shape[128];
         snprintf(shape, sizeof shape, "N=%d V=%d dlogits=%s", c.N, c.V, c.with_grad ? "yes" : "NULL");
         const size_t n = (size_t)c.N * c.V;
-        float *logits = host_normal(n, 4.0f);   /* peaky rows: the max-subtraction matters */
+        float *logits = cuda_test_host_normal(&rng, n, 4.0f);   /* peaky rows: the max-subtraction matters */
         int *targets = braid_malloc((size_t)c.N * sizeof(int), "targets");
         for (int r = 0; r < c.N; r++) {
             const uint32_t pick = r == 0 ? 1 : rng_below(&rng, 4);   /* row 0 is correct */
@@ -407,10 +394,10 @@ START_TEST(test_cross_entropy_matches_cpu) {
             } else targets[r] = (int)rng_below(&rng, (uint32_t)c.V);
         }
         const float grad_scale = 1.0f / c.N;
-        float *dlogits = host_normal(n, 1.0f);
-        float *d_logits = device_copy(logits, n), *d_dlogits = device_poisoned(n);
+        float *dlogits = cuda_test_host_normal(&rng, n, 1.0f);
+        float *d_logits = cuda_test_device_copy(logits, n), *d_dlogits = cuda_test_device_poisoned(n);
         int *d_targets = device_copy_int(targets, c.N);
-        void *scratch = device_alloc(cross_entropy_cuda_scratch_bytes(c.N));
+        void *scratch = cuda_test_device_alloc(cross_entropy_cuda_scratch_bytes(c.N));
         int valid = -1, correct = -1, d_valid = -2, d_correct = -2;
         const double loss = cross_entropy_forward_backward(c.with_grad ? dlogits : NULL, logits, targets,
                                                            c.N, c.V, grad_scale, &valid, &correct);
@@ -425,7 +412,8 @@ START_TEST(test_cross_entropy_matches_cpu) {
                       d_correct, valid, correct);
         ck_assert_msg(correct > 0, "cross_entropy %s: the test meant some rows to be correct", shape);
         if (c.with_grad)
-            check_device_close("cross_entropy dlogits", shape, d_dlogits, dlogits, n, ELEMENTWISE_TOL);
+            cuda_test_check_device_close("cross_entropy dlogits", shape, d_dlogits, dlogits, n,
+                                         ELEMENTWISE_TOL);
         free(logits); free(targets); free(dlogits);
         CUDA_CHECK(cudaFree(d_logits)); CUDA_CHECK(cudaFree(d_dlogits));
         CUDA_CHECK(cudaFree(d_targets)); CUDA_CHECK(cudaFree(scratch));
@@ -445,8 +433,8 @@ static void check_rope(int backward) {
         char shape[128];
         snprintf(shape, sizeof shape, "B=%d T=%d H=%d hd=%d", r.B, r.T, r.H, r.hd);
         const size_t n = (size_t)r.B * r.T * r.H * r.hd;
-        float *x = host_normal(n, 1.0f);
-        float *d_x = device_copy(x, n);
+        float *x = cuda_test_host_normal(&rng, n, 1.0f);
+        float *d_x = cuda_test_device_copy(x, n);
         if (backward) {
             rope_backward(x, r.B, r.T, r.H, r.hd, 10000.0f);
             rope_backward_cuda(d_x, r.B, r.T, r.H, r.hd, 10000.0f, stream);
@@ -454,7 +442,8 @@ static void check_rope(int backward) {
             rope_forward(x, r.B, r.T, r.H, r.hd, 10000.0f);
             rope_forward_cuda(d_x, r.B, r.T, r.H, r.hd, 10000.0f, stream);
         }
-        check_device_close(backward ? "rope_backward" : "rope_forward", shape, d_x, x, n, ELEMENTWISE_TOL);
+        cuda_test_check_device_close(backward ? "rope_backward" : "rope_forward", shape, d_x, x, n,
+                                     ELEMENTWISE_TOL);
         free(x);
         CUDA_CHECK(cudaFree(d_x));
     }
@@ -486,14 +475,16 @@ START_TEST(test_attention_forward_matches_cpu) {
         attention_shape_name(shape, sizeof shape, a);
         const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
         const size_t n_lse = (size_t)a.B * a.H * a.T;
-        float *q = host_normal(n_q, 2.0f), *k = host_normal(n_kv, 1.0f), *v = host_normal(n_kv, 1.0f);
-        float *out = host_normal(n_q, 1.0f), *lse = host_normal(n_lse, 1.0f);
-        float *d_q = device_copy(q, n_q), *d_k = device_copy(k, n_kv), *d_v = device_copy(v, n_kv);
-        float *d_out = device_poisoned(n_q), *d_lse = device_poisoned(n_lse);
+        float *q = cuda_test_host_normal(&rng, n_q, 2.0f), *k = cuda_test_host_normal(&rng, n_kv, 1.0f);
+        float *v = cuda_test_host_normal(&rng, n_kv, 1.0f);
+        float *out = cuda_test_host_normal(&rng, n_q, 1.0f), *lse = cuda_test_host_normal(&rng, n_lse, 1.0f);
+        float *d_q = cuda_test_device_copy(q, n_q), *d_k = cuda_test_device_copy(k, n_kv);
+        float *d_v = cuda_test_device_copy(v, n_kv);
+        float *d_out = cuda_test_device_poisoned(n_q), *d_lse = cuda_test_device_poisoned(n_lse);
         attention_forward(out, lse, q, k, v, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
         attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
-        check_device_close("attention_forward out", shape, d_out, out, n_q, ATTENTION_TOL);
-        check_device_close("attention_forward lse", shape, d_lse, lse, n_lse, ATTENTION_TOL);
+        cuda_test_check_device_close("attention_forward out", shape, d_out, out, n_q, ATTENTION_TOL);
+        cuda_test_check_device_close("attention_forward lse", shape, d_lse, lse, n_lse, ATTENTION_TOL);
         free(q); free(k); free(v); free(out); free(lse);
         CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
         CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
@@ -508,21 +499,26 @@ START_TEST(test_attention_backward_accumulates_like_cpu) {
         attention_shape_name(shape, sizeof shape, a);
         const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
         const size_t n_lse = (size_t)a.B * a.H * a.T;
-        float *q = host_normal(n_q, 2.0f), *k = host_normal(n_kv, 1.0f), *v = host_normal(n_kv, 1.0f);
+        float *q = cuda_test_host_normal(&rng, n_q, 2.0f), *k = cuda_test_host_normal(&rng, n_kv, 1.0f);
+        float *v = cuda_test_host_normal(&rng, n_kv, 1.0f);
         float *out = braid_malloc(n_q * sizeof(float), "out"), *lse = braid_malloc(n_lse * sizeof(float), "lse");
         attention_forward(out, lse, q, k, v, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
-        float *dout = host_normal(n_q, 1.0f);
-        float *dq = host_normal(n_q, 1.0f), *dk = host_normal(n_kv, 1.0f), *dv = host_normal(n_kv, 1.0f);
+        float *dout = cuda_test_host_normal(&rng, n_q, 1.0f);
+        float *dq = cuda_test_host_normal(&rng, n_q, 1.0f), *dk = cuda_test_host_normal(&rng, n_kv, 1.0f);
+        float *dv = cuda_test_host_normal(&rng, n_kv, 1.0f);
         /* both backward passes see the same forward results (the CPU's) */
-        float *d_q = device_copy(q, n_q), *d_k = device_copy(k, n_kv), *d_v = device_copy(v, n_kv);
-        float *d_out = device_copy(out, n_q), *d_lse = device_copy(lse, n_lse), *d_dout = device_copy(dout, n_q);
-        float *d_dq = device_copy(dq, n_q), *d_dk = device_copy(dk, n_kv), *d_dv = device_copy(dv, n_kv);
+        float *d_q = cuda_test_device_copy(q, n_q), *d_k = cuda_test_device_copy(k, n_kv);
+        float *d_v = cuda_test_device_copy(v, n_kv);
+        float *d_out = cuda_test_device_copy(out, n_q), *d_lse = cuda_test_device_copy(lse, n_lse);
+        float *d_dout = cuda_test_device_copy(dout, n_q);
+        float *d_dq = cuda_test_device_copy(dq, n_q), *d_dk = cuda_test_device_copy(dk, n_kv);
+        float *d_dv = cuda_test_device_copy(dv, n_kv);
         attention_backward(dq, dk, dv, dout, q, k, v, out, lse, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
         attention_backward_cuda(d_dq, d_dk, d_dv, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
                                 a.Hkv, a.hd, a.window, stream);
-        check_device_close("attention_backward dq", shape, d_dq, dq, n_q, ATTENTION_TOL);
-        check_device_close("attention_backward dk", shape, d_dk, dk, n_kv, ATTENTION_TOL);
-        check_device_close("attention_backward dv", shape, d_dv, dv, n_kv, ATTENTION_TOL);
+        cuda_test_check_device_close("attention_backward dq", shape, d_dq, dq, n_q, ATTENTION_TOL);
+        cuda_test_check_device_close("attention_backward dk", shape, d_dk, dk, n_kv, ATTENTION_TOL);
+        cuda_test_check_device_close("attention_backward dv", shape, d_dv, dv, n_kv, ATTENTION_TOL);
         free(q); free(k); free(v); free(out); free(lse); free(dout); free(dq); free(dk); free(dv);
         CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
         CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse)); CUDA_CHECK(cudaFree(d_dout));
@@ -542,21 +538,26 @@ START_TEST(test_attention_backward_adds_to_existing_gradients) {
     attention_shape_name(shape, sizeof shape, a);
     const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
     const size_t n_lse = (size_t)a.B * a.H * a.T;
-    float *q = host_normal(n_q, 1.0f), *k = host_normal(n_kv, 1.0f), *v = host_normal(n_kv, 1.0f);
-    float *dout = host_normal(n_q, 1.0f), *start = host_normal(n_q, 10.0f);
-    float *d_q = device_copy(q, n_q), *d_k = device_copy(k, n_kv), *d_v = device_copy(v, n_kv);
-    float *d_dout = device_copy(dout, n_q), *d_out = device_poisoned(n_q), *d_lse = device_poisoned(n_lse);
+    float *q = cuda_test_host_normal(&rng, n_q, 1.0f), *k = cuda_test_host_normal(&rng, n_kv, 1.0f);
+    float *v = cuda_test_host_normal(&rng, n_kv, 1.0f);
+    float *dout = cuda_test_host_normal(&rng, n_q, 1.0f), *start = cuda_test_host_normal(&rng, n_q, 10.0f);
+    float *d_q = cuda_test_device_copy(q, n_q), *d_k = cuda_test_device_copy(k, n_kv);
+    float *d_v = cuda_test_device_copy(v, n_kv);
+    float *d_dout = cuda_test_device_copy(dout, n_q), *d_out = cuda_test_device_poisoned(n_q);
+    float *d_lse = cuda_test_device_poisoned(n_lse);
     attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
-    float *d_dq_zero = device_alloc(n_q * sizeof(float)), *d_dq_start = device_copy(start, n_q);
+    float *d_dq_zero = cuda_test_device_alloc(n_q * sizeof(float));
+    float *d_dq_start = cuda_test_device_copy(start, n_q);
     CUDA_CHECK(cudaMemset(d_dq_zero, 0, n_q * sizeof(float)));
     attention_backward_cuda(d_dq_zero, NULL, NULL, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
                             a.Hkv, a.hd, a.window, stream);
     attention_backward_cuda(d_dq_start, NULL, NULL, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
                             a.Hkv, a.hd, a.window, stream);
-    float *from_zero = host_from_device(d_dq_zero, n_q), *from_start = host_from_device(d_dq_start, n_q);
+    float *from_zero = cuda_test_host_from_device(d_dq_zero, n_q);
+    float *from_start = cuda_test_host_from_device(d_dq_start, n_q);
     for (size_t i = 0; i < n_q; i++) from_zero[i] += start[i];
-    check_close("attention_backward dq (start + grad vs grad into start)", shape, from_start, from_zero,
-                n_q, 1e-6);
+    cuda_test_check_close("attention_backward dq (start + grad vs grad into start)", shape, from_start,
+                          from_zero, n_q, 1e-6);
     free(q); free(k); free(v); free(dout); free(start); free(from_zero); free(from_start);
     CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
     CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
@@ -579,11 +580,13 @@ START_TEST(test_adamw_update_matches_cpu_with_no_decay_tensors) {
     const size_t n = list.total;
     const AdamWSettings settings = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                                     .weight_decay = 0.1f};
-    float *params = host_normal(n, 1.0f), *m = host_normal(n, 0.1f), *v = host_normal(n, 0.1f);
+    float *params = cuda_test_host_normal(&rng, n, 1.0f), *m = cuda_test_host_normal(&rng, n, 0.1f);
+    float *v = cuda_test_host_normal(&rng, n, 0.1f);
     for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];   /* a second moment is ≥ 0 */
-    float *d_params = device_copy(params, n), *d_m = device_copy(m, n), *d_v = device_copy(v, n);
+    float *d_params = cuda_test_device_copy(params, n), *d_m = cuda_test_device_copy(m, n);
+    float *d_v = cuda_test_device_copy(v, n);
     float *grads = braid_malloc(n * sizeof(float), "grads");
-    float *d_grads = device_alloc(n * sizeof(float));
+    float *d_grads = cuda_test_device_alloc(n * sizeof(float));
     for (long step = 1; step <= 3; step++) {
         rng_fill_normal(&rng, grads, n, 0.5f);
         CUDA_CHECK(cudaMemcpy(d_grads, grads, n * sizeof(float), cudaMemcpyHostToDevice));
@@ -593,9 +596,9 @@ START_TEST(test_adamw_update_matches_cpu_with_no_decay_tensors) {
     /* a missed no_decay flag would move a parameter by lr·λ·θ ≈ 1e-3·θ per step */
     char shape[64];
     snprintf(shape, sizeof shape, "%zu floats in 6 tensors, 3 steps", n);
-    check_device_close("adamw_update params", shape, d_params, params, n, 1e-5);
-    check_device_close("adamw_update m", shape, d_m, m, n, 1e-5);
-    check_device_close("adamw_update v", shape, d_v, v, n, 1e-5);
+    cuda_test_check_device_close("adamw_update params", shape, d_params, params, n, 1e-5);
+    cuda_test_check_device_close("adamw_update m", shape, d_m, m, n, 1e-5);
+    cuda_test_check_device_close("adamw_update v", shape, d_v, v, n, 1e-5);
     param_list_free(&list);
     free(params); free(m); free(v); free(grads);
     CUDA_CHECK(cudaFree(d_params)); CUDA_CHECK(cudaFree(d_m)); CUDA_CHECK(cudaFree(d_v));
@@ -605,12 +608,12 @@ END_TEST
 
 START_TEST(test_global_grad_norm_matches_cpu) {
     const size_t sizes[] = {1, 1000, 300 * 129, 1000003};
-    double *d_norm = device_alloc(sizeof(double));
-    double *partials = device_alloc(GLOBAL_GRAD_NORM_CUDA_PARTIALS * sizeof(double));
+    double *d_norm = cuda_test_device_alloc(sizeof(double));
+    double *partials = cuda_test_device_alloc(GLOBAL_GRAD_NORM_CUDA_PARTIALS * sizeof(double));
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         const size_t n = sizes[s];
-        float *grads = host_normal(n, 0.01f);
-        float *d_grads = device_copy(grads, n);
+        float *grads = cuda_test_host_normal(&rng, n, 0.01f);
+        float *d_grads = cuda_test_device_copy(grads, n);
         const double poison = NAN;
         CUDA_CHECK(cudaMemcpy(d_norm, &poison, sizeof poison, cudaMemcpyHostToDevice));
         global_grad_norm_cuda(d_norm, d_grads, n, partials, stream);
@@ -648,6 +651,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_cross_entropy_matches_cpu);
     tcase_add_test(tc, test_rope_forward_matches_cpu);
     tcase_add_test(tc, test_rope_backward_matches_cpu);
+    tcase_add_test(tc, test_matmul_reduced_precision_within_rounding);
     tcase_add_test(tc, test_attention_forward_matches_cpu);
     tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);
