@@ -783,6 +783,9 @@ def time_training(step, batches, steps, warmup, device):
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+        # each step on stderr: a slow reference killed by a time limit still leaves its steps
+        print("  step %d/%d%s: %.1f ms" % (i + 1, warmup + steps, " (warm-up)" if i < warmup else "",
+                                           1e3 * (time.perf_counter() - t0)), file=sys.stderr, flush=True)
     return median(times)
 
 
@@ -1331,6 +1334,8 @@ def parse_args(argv=None):
     ap.add_argument("--ops-only", action="store_true")
     ap.add_argument("--model-only", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face Jamba timing")
+    ap.add_argument("--hf-only", action="store_true",
+                    help="only the Hugging Face Jamba timing (its slow path can take minutes a step)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
@@ -1388,6 +1393,9 @@ def main(argv=None):
     failed = False
     if a.check:
         failed = not run_checks(a, device)
+    if a.hf_only:
+        bench_hf_jamba(a, device)
+        return
     if not a.ops_only:
         bench_model(a, device)
         if device.type == "cuda":
