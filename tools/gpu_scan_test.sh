@@ -136,11 +136,12 @@ mutant() {  # file under src/cuda, sed expression, what it breaks
 }
 declare -a mutant_rows
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
-    mutant scan.cu 's/y_tile\[s\]\[cl\] = p + Dc \* uu;/y_tile[s][cl] = p;/' "scan forward drops D·u"
-    mutant scan.cu 's/if (du) du\[at\] += du_tile/if (du) du[at] = du_tile/' "scan du overwritten, not accumulated"
+    # patterns for the scan kernel of commit 64b147c (4 states a thread, sub-tile checkpoint)
+    mutant scan.cu 's/y_tile\[s \* CB + cl\] = p_y + Dc \* uu;/y_tile[s * CB + cl] = p_y;/' "scan forward drops D·u"
+    mutant scan.cu 's/if (du) du\[at\] += du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
     mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"
-    mutant scan.cu 's/for (int t = tc0; t < ts0; t++)/for (int t = tc0; t < tc0; t++)/' "scan sub-tile skips the walk from chunk start"
-    mutant scan.cu 's/const int tc0 = k \* chunk, tc1 = min(T, tc0 + chunk);/& carry = 0.0f;/' "scan drops the gradient carried across chunks"
+    mutant scan.cu 's/for (int i = 0; i < SCAN_NPT; i++) h\[i\] = ck\[i\];/;/' "scan sub-tile ignores its checkpointed state"
+    mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
     mutant conv1d.cu 's/dx\[i\] += acc;/dx[i] = acc;/' "conv1d dx overwritten, not accumulated"
     mutant conv1d.cu 's/for (int r = 0; r < CONV_WGRAD_ROWS; r++)/for (int r = 1; r < CONV_WGRAD_ROWS; r++)/' "conv1d dweight misses a row group"
     cmake --build "$build" -j"$jobs" --target test_cuda_scan >>"$out/mutants.log" 2>&1   # the real one again

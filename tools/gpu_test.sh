@@ -91,13 +91,13 @@ mutant() {  # file under src/cuda, sed expression, what it breaks
 }
 declare -a mutant_rows
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
-    mutant matmul.cu 's/CUBLAS_DEFAULT_MATH/CUBLAS_TF32_TENSOR_OP_MATH/' "matmul with TF32 on"
+    mutant matmul.cu 's/compute_type = CUBLAS_COMPUTE_32F;/compute_type = CUBLAS_COMPUTE_32F_FAST_TF32;/' "matmul with TF32 on"
     mutant rmsnorm.cu 's/dx\[c\] += r \*/dx[c] = r */' "rmsnorm dinp overwritten, not accumulated"
     mutant swiglu.cu 's/i < n;/i + 1 < n;/g' "swiglu last element never written"
     mutant cross_entropy.cu 's/drow\[v\] = 0.0f;/;/' "cross_entropy ignored rows left unwritten"
     mutant rope.cu 's/direction \* (float)sin_angle/(float)sin_angle/' "rope backward rotates forward"
-    mutant attention.cu 's/max(0, t - window + 1)/max(0, t - window)/' "attention window one key too wide"
-    mutant attention.cu 's/acc\[i\]\[e\] \*= correction;/;/' "attention forward skips online rescale"
+    mutant attention.cu 's/j > t - window)/j >= t - window)/' "attention window one key too wide"
+    mutant attention.cu 's/acc\[i\]\[e\] \*= corr;/;/' "attention forward skips online rescale"
     mutant attention.cu 's/h < (g + 1) \* group;/h < g * group + 1;/' "attention dk/dv sees one head of a group"
     mutant attention.cu 's/dq_row\[d\] += scale/dq_row[d] = scale/' "attention dq overwritten, not accumulated"
     mutant adamw.cu 's/first->no_decay ? 0.0f : s->weight_decay/s->weight_decay/' "adamw decays no_decay tensors"
