@@ -21,6 +21,9 @@ options:
   --jobs J            points trained at once (default: cores/2, at least 1); each gets
                       cores/J threads
   --steps N           override the scale's training steps
+  --set KEY=VALUE     a config setting for every point (repeatable), applied after the
+                      scale's presets and before the sweep's own settings, so the keys the
+                      sweep varies keep the sweep's values; e.g. --set train.matmul_precision=tf32
   --out DIR           sweep directory (default runs/sweeps/<sweep>-<scale>)
   --only REGEX        run only the points whose name matches (grep -E)
   --dry-run           list the points and their commands, train nothing
@@ -30,7 +33,7 @@ USAGE
 }
 
 parse_common() {
-    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0
+    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0; EXTRA_SETS=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
@@ -40,6 +43,11 @@ parse_common() {
             --steps) STEPS=${2:?--steps needs a value}; shift 2 ;;
             --out) OUT=${2:?--out needs a value}; shift 2 ;;
             --only) ONLY=${2:?--only needs a value}; shift 2 ;;
+            --set)
+                case "${2:-}" in
+                    ?*=*) EXTRA_SETS+=("$2"); shift 2 ;;
+                    *) echo "$SWEEP: --set needs KEY=VALUE, got '${2:-}'" >&2; exit 1 ;;
+                esac ;;
             --dry-run) DRY_RUN=1; shift ;;
             -h|--help) usage; exit 0 ;;
             *) echo "$SWEEP: unknown option '$1' (see --help)" >&2; exit 1 ;;
@@ -78,6 +86,7 @@ scale_presets() {
         train.log_every=50 train.eval_every=$STEPS train.eval_examples=$EVAL_EXAMPLES
         train.checkpoint_every=$(( STEPS / 4 )) train.keep_checkpoints=1 train.threads=$THREADS
     )
+    BASE_SETS+=("${EXTRA_SETS[@]}")   # --set: after the presets, before each point's own
 }
 
 # params_of SET... — the parameter count of the model these settings build (one probe
@@ -145,6 +154,7 @@ run_points() {
     mkdir -p "$OUT"
     local i failed=0 running=0
     echo "[$SWEEP] ${#POINT_NAMES[@]} points, scale $SCALE, $JOBS at a time with $THREADS threads each, into $OUT"
+    [ ${#EXTRA_SETS[@]} -eq 0 ] || echo "[$SWEEP] every point also gets (--set): ${EXTRA_SETS[*]}"
     for i in "${!POINT_NAMES[@]}"; do
         local name=${POINT_NAMES[$i]}
         if [ -n "$ONLY" ] && ! echo "$name" | grep -Eq "$ONLY"; then continue; fi

@@ -30,15 +30,16 @@ static void usage(FILE *f) {
             "--ops  times single GPU ops instead, at the shapes FILE implies (default\n"
             "       " OPS_DEFAULT_CONFIG "; train.batch_size, task.seq_len, d_model, attention\n"
             "       heads, mamba d_state/expand/d_conv/chunk, moe experts/top_k/hidden), each\n"
-            "       forward, backward and both: the Mamba in_proj matmul and causal flash\n"
-            "       attention in TFLOP/s against the GPU's float32 peak; the selective scan and\n"
-            "       the causal conv1d in GB/s, with the time their minimal memory traffic takes\n"
-            "       at the DRAM bandwidth (the floor) and time/floor; whole mamba, attention,\n"
-            "       dense, moe and gla layers through their CUDA paths (TFLOP/s by 6 x matmul\n"
-            "       params x tokens, plus attention's own term). Median of --steps runs (default\n"
-            "       20) after --warmup (default 3), timed with cudaEvents. One table line per\n"
-            "       op; --json adds one JSON line per op. Needs a CUDA build and a GPU (exits 1\n"
-            "       saying so otherwise).\n");
+            "       forward, backward and both: the Mamba in_proj matmul (float32, and TF32\n"
+            "       against the TF32 peak) and causal flash attention in TFLOP/s against the\n"
+            "       GPU's float32 peak; the selective scan and the causal conv1d in GB/s, with\n"
+            "       the time their minimal memory traffic takes at the DRAM bandwidth (the\n"
+            "       floor) and time/floor; whole mamba, attention, dense, moe and gla layers\n"
+            "       through their CUDA paths, matmuls in train.matmul_precision (TFLOP/s by\n"
+            "       6 x matmul params x tokens, plus attention's own term). Median of --steps\n"
+            "       runs (default 20) after --warmup (default 3), timed with cudaEvents. One\n"
+            "       table line per op; --json adds one JSON line per op. Needs a CUDA build\n"
+            "       and a GPU (exits 1 saying so otherwise).\n");
 }
 
 /* bench --ops: checks for a GPU before reading the config, so a machine without one
