@@ -461,6 +461,8 @@ typedef struct AttentionShape { int B, T, H, Hkv, hd, window; } AttentionShape;
 static const AttentionShape attention_shapes[] = {
     {1, 1, 2, 2, 16, 0},   {2, 7, 4, 2, 16, 5},    {1, 64, 8, 2, 64, 0},   {2, 129, 8, 2, 64, 5},
     {1, 300, 8, 2, 128, 64}, {1, 300, 4, 4, 128, 0}, {2, 129, 8, 8, 24, 64}, {1, 33, 8, 1, 128, 0},
+    /* head dims inside the kernels' 32/64/128 buckets, a window wider than T, GQA group 4 */
+    {2, 40, 2, 2, 7, 0},     {1, 70, 4, 1, 48, 200},  {1, 65, 8, 2, 100, 0},
 };
 #define N_ATTENTION_SHAPES (sizeof attention_shapes / sizeof attention_shapes[0])
 

@@ -117,6 +117,7 @@ static const ScanShape scan_shapes[] = {
     {2, 300, 100, 16, 8, 0},  /* 38 chunks, half-full channel block, D = NULL */
     {1, 300, 40, 5, 64, 1},   /* N not a power of two: padded state lanes */
     {2, 129, 24, 32, 8, 1},   /* N = 32: a whole warp per channel */
+    {2, 100, 72, 16, 24, 1},  /* chunk not a multiple of the backward's 16-step sub-tile */
 };
 #define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
 
