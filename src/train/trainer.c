@@ -284,8 +284,10 @@ int trainer_run(Trainer *t, BraidError *err) {
             format_duration(rate * (tc->steps - done), eta_s, sizeof eta_s);
             double acc = st.valid ? (double)st.correct / st.valid : 0.0;
             double tflops = tps * flops_per_token / 1e12;
-            char mfu_s[32] = "";
-            if (peak_flops > 0.0) snprintf(mfu_s, sizeof mfu_s, "  MFU %.1f%%", 100.0 * tflops * 1e12 / peak_flops);
+            char mfu_s[48] = "";
+            if (peak_flops > 0.0)   /* the basis named when it is not float32's */
+                snprintf(mfu_s, sizeof mfu_s, "  MFU %.1f%%%s", 100.0 * tflops * 1e12 / peak_flops,
+                         strcmp(tc->matmul_precision, "tf32") ? "" : " of TF32 peak");
             if (!t->quiet) {
                 fprintf(stderr, "%sstep %ld/%d  loss %.4f  acc %.1f%%  lr %.2e  gnorm %.3f  %.1fk tok/s  %.2f TFLOP/s%s  ETA %s%s",
                         t->progress_tty ? "\r\033[K" : "", done, tc->steps, st.ce_loss, 100.0 * acc, st.lr,
