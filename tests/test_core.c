@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/common.h"
 #include "core/rng.h"
 #include "models/config.h"
 #include "train/adamw.h"
@@ -86,6 +87,17 @@ START_TEST(test_rng_uniform_and_normal_have_the_right_moments) {
     ck_assert_msg(fabs(mean_u - 0.5) < 0.01, "uniform mean %.4f, expected 0.5", mean_u);
     ck_assert_msg(fabs(mean_n) < 0.04, "normal mean %.4f, expected 0", mean_n);
     ck_assert_msg(fabs(var_n - 1.0) < 0.05, "normal variance %.4f, expected 1", var_n);
+}
+END_TEST
+
+START_TEST(test_json_write_string_escapes_quotes_backslashes_and_controls) {
+    char *out = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&out, &size);
+    json_write_string(f, "runs/a \"b\"\\c\n\x01.yaml");
+    fclose(f);
+    ck_assert_str_eq(out, "\"runs/a \\\"b\\\"\\\\c\\u000a\\u0001.yaml\"");
+    free(out);
 }
 END_TEST
 
@@ -199,6 +211,7 @@ int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_rng_seed_42_gives_the_pinned_xoshiro256_sequence);
+    tcase_add_test(tc, test_json_write_string_escapes_quotes_backslashes_and_controls);
     tcase_add_test(tc, test_rng_same_seed_same_stream_and_different_seed_different_stream);
     tcase_add_test(tc, test_rng_copied_state_resumes_the_stream_exactly);
     tcase_add_test(tc, test_rng_below_stays_in_range_and_covers_every_value);

@@ -108,10 +108,13 @@ int main(int argc, char **argv) {
     double tokens = (double)cfg.train.batch_size * cfg.task.seq_len * cfg.train.grad_accum;
     printf("%-32s pattern %-10s params %9zu  step %8.2f ms  %10.0f tokens/s\n", config_path,
            cfg.model.pattern, t.model.params.total, 1e3 * median, tokens / median);
-    if (json)
-        printf("{\"config\": \"%s\", \"pattern\": \"%s\", \"params\": %zu, \"batch\": %d, \"seq_len\": %d, "
-               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f}\n", config_path, cfg.model.pattern,
+    if (json) {
+        printf("{\"config\": ");
+        json_write_string(stdout, config_path);
+        printf(", \"pattern\": \"%s\", \"params\": %zu, \"batch\": %d, \"seq_len\": %d, "
+               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f}\n", cfg.model.pattern,
                t.model.params.total, cfg.train.batch_size, cfg.task.seq_len, 1e3 * median, tokens / median);
+    }
     free(times);
     trainer_free(&t);
     return 0;

@@ -46,17 +46,6 @@ static int parse_positive(const char *s) {
     return (int)v;
 }
 
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 int main(int argc, char **argv) {
     const char *checkpoint = NULL, *json_path = NULL;
     const char *overrides[MAX_OVERRIDES];
@@ -158,9 +147,9 @@ int main(int argc, char **argv) {
             rc = 1;
         } else {
             fprintf(f, "{\"checkpoint\": ");
-            json_string(f, path);
+            json_write_string(f, path);
             fprintf(f, ", \"step\": %ld, \"task\": ", t.state.step);
-            json_string(f, cfg.task.name);
+            json_write_string(f, cfg.task.name);
             fprintf(f, ", \"results\": [");
             for (int i = 0; i < n_lens; i++)
                 fprintf(f, "%s\n  {\"seq_len\": %d, \"examples\": %d, \"loss\": %.6f, \"accuracy\": %.6f, \"scored\": %ld}",

@@ -192,18 +192,6 @@ static double bench_time(Bench *b, BenchFn fn, void *arg, double *min_ms, double
     return n % 2 ? b->times[n / 2] : 0.5 * ((double)b->times[n / 2 - 1] + b->times[n / 2]);
 }
 
-/* A JSON string: quotes, backslashes and control characters escaped. */
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 static void print_header(Bench *b) {
     fprintf(b->out, "%-28s %-42s %9s  %-16s %-22s %s\n", "op", "shape", "median ms", "achieved",
             "peak / floor", "ratio");
@@ -248,7 +236,7 @@ static void report(Bench *b, const char *op, const OpShape *shape, MetricKind ki
     if (!b->opt->json) return;
     FILE *f = b->out;
     fprintf(f, "{\"what\": \"op\", \"impl\": \"braid\", \"op\": ");
-    json_string(f, op);
+    json_write_string(f, op);
     fprintf(f, ", \"shape\": {");
     for (int i = 0; i < shape->n; i++) fprintf(f, "%s\"%s\": %ld", i ? ", " : "", shape->key[i], shape->val[i]);
     fprintf(f, "}, \"ms\": %.4f, \"ms_min\": %.4f, \"ms_max\": %.4f, \"runs\": %d, \"warmup\": %d",
@@ -271,9 +259,9 @@ static void report_skip(Bench *b, const char *op, const char *why) {
     fprintf(b->out, "%-28s skipped: %s\n", op, why);
     if (b->opt->json) {
         fprintf(b->out, "{\"what\": \"op\", \"impl\": \"braid\", \"op\": ");
-        json_string(b->out, op);
+        json_write_string(b->out, op);
         fprintf(b->out, ", \"skipped\": ");
-        json_string(b->out, why);
+        json_write_string(b->out, why);
         fprintf(b->out, "}\n");
     }
     fflush(b->out);
@@ -745,9 +733,9 @@ int bench_ops_run(const Config *cfg, const BenchOpsOptions *opt, BraidError *err
             m->d_model, m->pattern, m->ffn, cfg->train.matmul_precision, opt->repeats, opt->warmup);
     if (opt->json) {
         fprintf(b.out, "{\"what\": \"env\", \"impl\": \"braid\", \"device\": ");
-        json_string(b.out, device_cuda_name());
+        json_write_string(b.out, device_cuda_name());
         fprintf(b.out, ", \"config\": ");
-        json_string(b.out, source);
+        json_write_string(b.out, source);
         fprintf(b.out, ", \"peak_tflops\": %.4f, \"dram_gbps\": %.1f, \"runs\": %d, \"warmup\": %d}\n",
                 b.peak_flops / 1e12, b.dram / 1e9, opt->repeats, opt->warmup);
     }

@@ -34,6 +34,10 @@ void  braid_free(void *p);
 
 double time_seconds(void);  /* monotonic wall clock */
 
+/* s as a JSON string literal: quotes, backslashes and control characters escaped (paths
+ * and names in the executables' JSON output can hold any of them). */
+void json_write_string(FILE *f, const char *s);
+
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
