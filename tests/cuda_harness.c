@@ -12,6 +12,7 @@
 #include "core/common.h"
 #include "core/device.h"
 #include "cuda/cuda_check.h"
+#include "cuda/ops_cuda.h"
 #include "layer_harness.h"
 
 int cuda_harness_have_gpu(const char *test) {
@@ -21,6 +22,18 @@ int cuda_harness_have_gpu(const char *test) {
     }
     printf("%s: no CUDA device — skipped\n", test);
     return 0;
+}
+
+int cuda_test_main(const char *test, Suite *(*make_suite)(void)) {
+    if (!cuda_harness_have_gpu(test)) return 77;
+    ops_cuda_init();
+    SRunner *sr = srunner_create(make_suite());
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    ops_cuda_shutdown();
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
 double cuda_rel_err(const float *a, const float *b, const float *a0, const float *b0, size_t n) {

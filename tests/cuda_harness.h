@@ -44,6 +44,12 @@ double cuda_rel_err(const float *a, const float *b, const float *a0, const float
 /* For a test's main(): 1 when a CUDA device is present (else prints that `test` skipped). */
 int cuda_harness_have_gpu(const char *test);
 
+/* A whole CUDA test's main(): 77 (CTest's "skipped") without a GPU; else creates the
+ * cuBLAS handle, runs the suite in-process (CK_NOFORK: a CUDA context does not survive
+ * fork()), destroys the handle, and returns EXIT_SUCCESS or EXIT_FAILURE. */
+struct Suite;
+int cuda_test_main(const char *test, struct Suite *(*make_suite)(void));
+
 /* ---- op-level helpers: one CUDA kernel against its CPU kernel on the same data.
  * Host buffers come from braid_malloc and are released with free(); device buffers come
  * from cudaMalloc and are released with cudaFree. The random ones draw from the test's own

@@ -361,14 +361,6 @@ static Suite *cuda_gla_suite(void) {
 }
 
 int main(void) {
-    if (!cuda_harness_have_gpu("test_cuda_gla")) return 77;
-    ops_cuda_init();
     rng_seed(&rng, 20261201);
-    SRunner *sr = srunner_create(cuda_gla_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    ops_cuda_shutdown();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return cuda_test_main("test_cuda_gla", cuda_gla_suite);
 }

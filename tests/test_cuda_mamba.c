@@ -75,14 +75,4 @@ static Suite *cuda_mamba_suite(void) {
     return s;
 }
 
-int main(void) {
-    if (!cuda_harness_have_gpu("test_cuda_mamba")) return 77;
-    ops_cuda_init();
-    SRunner *sr = srunner_create(cuda_mamba_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    ops_cuda_shutdown();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return cuda_test_main("test_cuda_mamba", cuda_mamba_suite); }

@@ -186,13 +186,4 @@ static Suite *cuda_model_suite(void) {
     return s;
 }
 
-int main(void) {
-    if (!cuda_harness_have_gpu("test_cuda_model")) return 77;
-    ops_cuda_init();
-    SRunner *sr = srunner_create(cuda_model_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return cuda_test_main("test_cuda_model", cuda_model_suite); }
