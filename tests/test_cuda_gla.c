@@ -213,25 +213,32 @@ static float *cpu_forward_backward(const KernelData *s, KernelGrads *g, int with
     return states;
 }
 
+/* Backward from the gradients g (host; their device copy starts the CUDA side) on both
+ * devices, then dq, dk, dv, dlog compared under `names` (one per tensor); frees g. */
+static void check_backward_from(KernelData *s, KernelGrads *g, const char *shape, const char *const names[4]) {
+    KernelGrads d = grads_to_device(s, g);
+    float *states = cpu_forward_backward(s, g, 1);
+    float *d_states = cuda_test_device_copy(states, s->ns);
+    cuda_backward(s, d.dq, d.dk, d.dv, d.dlog, d_states);
+    cuda_test_check_device_close(names[0], shape, d.dq, g->dq, s->nk, BACKWARD_TOL);
+    cuda_test_check_device_close(names[1], shape, d.dk, g->dk, s->nk, BACKWARD_TOL);
+    cuda_test_check_device_close(names[2], shape, d.dv, g->dv, s->nv, BACKWARD_TOL);
+    cuda_test_check_device_close(names[3], shape, d.dlog, g->dlog, s->nk, BACKWARD_TOL);
+    free(states);
+    CUDA_CHECK(cudaFree(d_states));
+    grads_free(g, 0);
+    grads_free(&d, 1);
+}
+
 START_TEST(test_kernel_backward_accumulates_like_cpu) {
+    static const char *const names[4] = {"gla_chunk_backward dq", "gla_chunk_backward dk",
+                                         "gla_chunk_backward dv", "gla_chunk_backward dlog_alpha"};
     for (size_t i = 0; i < N_KERNEL_SHAPES; i++) {
         KernelData s = kernel_data(kernel_shapes[i]);
         char shape[128];
         kernel_shape_name(shape, sizeof shape, s.m);
         KernelGrads g = grads_random(&s);
-        KernelGrads d = grads_to_device(&s, &g);
-        float *states = cpu_forward_backward(&s, &g, 1);
-        float *d_states = cuda_test_device_copy(states, s.ns);
-        cuda_backward(&s, d.dq, d.dk, d.dv, d.dlog, d_states);
-        cuda_test_check_device_close("gla_chunk_backward dq", shape, d.dq, g.dq, s.nk, BACKWARD_TOL);
-        cuda_test_check_device_close("gla_chunk_backward dk", shape, d.dk, g.dk, s.nk, BACKWARD_TOL);
-        cuda_test_check_device_close("gla_chunk_backward dv", shape, d.dv, g.dv, s.nv, BACKWARD_TOL);
-        cuda_test_check_device_close("gla_chunk_backward dlog_alpha", shape, d.dlog, g.dlog, s.nk,
-                                     BACKWARD_TOL);
-        free(states);
-        CUDA_CHECK(cudaFree(d_states));
-        grads_free(&g, 0);
-        grads_free(&d, 1);
+        check_backward_from(&s, &g, shape, names);
         kernel_data_free(&s);
     }
 }
@@ -240,6 +247,8 @@ END_TEST
 /* The increments alone against the CPU's, from zero gradients: a start of random values
  * (above) could hide an increment much smaller than them, e.g. one slice's share lost. */
 START_TEST(test_kernel_backward_increments_match_cpu) {
+    static const char *const names[4] = {"gla_chunk_backward dq (from 0)", "gla_chunk_backward dk (from 0)",
+                                         "gla_chunk_backward dv (from 0)", "gla_chunk_backward dlog (from 0)"};
     const size_t picks[] = {3, 4, 6};   /* multi-slice shapes */
     for (size_t p = 0; p < sizeof picks / sizeof *picks; p++) {
         KernelData s = kernel_data(kernel_shapes[picks[p]]);
@@ -247,19 +256,7 @@ START_TEST(test_kernel_backward_increments_match_cpu) {
         kernel_shape_name(shape, sizeof shape, s.m);
         KernelGrads g = {calloc(s.nk, sizeof(float)), calloc(s.nk, sizeof(float)), calloc(s.nv, sizeof(float)),
                          calloc(s.nk, sizeof(float))};
-        KernelGrads d = grads_to_device(&s, &g);
-        float *states = cpu_forward_backward(&s, &g, 1);
-        float *d_states = cuda_test_device_copy(states, s.ns);
-        cuda_backward(&s, d.dq, d.dk, d.dv, d.dlog, d_states);
-        cuda_test_check_device_close("gla_chunk_backward dq (from 0)", shape, d.dq, g.dq, s.nk, BACKWARD_TOL);
-        cuda_test_check_device_close("gla_chunk_backward dk (from 0)", shape, d.dk, g.dk, s.nk, BACKWARD_TOL);
-        cuda_test_check_device_close("gla_chunk_backward dv (from 0)", shape, d.dv, g.dv, s.nv, BACKWARD_TOL);
-        cuda_test_check_device_close("gla_chunk_backward dlog (from 0)", shape, d.dlog, g.dlog, s.nk,
-                                     BACKWARD_TOL);
-        free(states);
-        CUDA_CHECK(cudaFree(d_states));
-        grads_free(&g, 0);
-        grads_free(&d, 1);
+        check_backward_from(&s, &g, shape, names);
         kernel_data_free(&s);
     }
 }
