@@ -31,54 +31,43 @@ done
 source tools/gpu_deps.sh unpack
 set +e
 
-declare -a rows
-row() { rows+=("$(printf '| %-30s | %-28s | %6s |' "$1" "$2" "$3")"); }
-step() {  # name, log, command...
-    local name=$1 log=$2; shift 2
-    local start=$SECONDS
-    "$@" >"$log" 2>&1
-    local rc=$?
-    row "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
-    [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n 60 "$log"; }
-    return $rc
-}
-
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-echo "device: ${device:-no nvidia-smi}"
+source tools/gpu_lib.sh
+STEP_TAIL=60
+device_info
 status=0
-step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
-[ $status -eq 0 ] && { step build "$out/build.log" cmake --build "$build" -j"$jobs" || status=1; }
-[ $status -eq 0 ] && row "build warnings" "$(grep -ci warning "$out/build.log")" 0
+run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
+[ $status -eq 0 ] && { run_step build "$out/build.log" cmake --build "$build" -j"$jobs" || status=1; }
+[ $status -eq 0 ] && record "build warnings" "$(grep -ci warning "$out/build.log")" 0
 if [ $status -eq 0 ]; then
-    step "ctest -L cuda" "$out/ctest.log" ctest --test-dir "$build" -L cuda --output-on-failure -j2 || status=1
+    run_step "ctest -L cuda" "$out/ctest.log" ctest --test-dir "$build" -L cuda --output-on-failure -j2 || status=1
     cp "$build/Testing/Temporary/LastTest.log" "$out/ctest_full.log" 2>/dev/null
     grep -E "Test +#" "$out/ctest.log" | sed 's/^ *[0-9]*\/[0-9]* //' | while read -r l; do echo "  $l"; done
 fi
 if [ $status -eq 0 ] && [ $sanitize -eq 1 ]; then
-    san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+    san=$(find_sanitizer)
     for t in test_cuda_layers test_cuda_mamba test_cuda_gla test_cuda_moe test_cuda_model; do
         [ -x "$build/tests/$t" ] || continue
-        step "memcheck $t" "$out/memcheck_$t.log" timeout 300 "$san" --tool memcheck --error-exitcode 3 \
+        run_step "memcheck $t" "$out/memcheck_$t.log" timeout 300 "$san" --tool memcheck --error-exitcode 3 \
             "$build/tests/$t" || status=1
     done
 fi
 if [ $status -eq 0 ] && [ $train -eq 1 ]; then
-    step "train --device cuda" "$out/train.log" "$build/train" --config "$train_config" \
+    run_step "train --device cuda" "$out/train.log" "$build/train" --config "$train_config" \
         --device cuda --steps 300 --set train.eval_every=300 --run-dir "$out/run" || status=1
     grep -E "^step|eval" "$out/train.log" | tail -n 4
     for dev in cuda cpu; do
-        step "bench $dev" "$out/bench_$dev.log" "$build/bench" --config "$train_config" \
+        run_step "bench $dev" "$out/bench_$dev.log" "$build/bench" --config "$train_config" \
             --set train.device=$dev --steps 10 --warmup 2 || status=1
         tail -n 1 "$out/bench_$dev.log"
     done
 fi
 if [ $status -eq 0 ] && [ $perf -eq 1 ]; then
     small=configs/jamba-small.yaml
-    step "bench --ops (jamba-small)" "$out/bench_ops.log" "$build/bench" --config $small --ops || status=1
+    run_step "bench --ops (jamba-small)" "$out/bench_ops.log" "$build/bench" --config $small --ops || status=1
     for prec in fp32 tf32; do
-        step "bench step $prec" "$out/bench_step_$prec.log" "$build/bench" --config $small \
+        run_step "bench step $prec" "$out/bench_step_$prec.log" "$build/bench" --config $small \
             --set train.matmul_precision=$prec --steps 10 --warmup 3 || status=1
-        row "  braid $prec" "$(grep -oE 'step +[0-9.]+ ms' "$out/bench_step_$prec.log" | tail -n 1)" ""
+        record "  braid $prec" "$(grep -oE 'step +[0-9.]+ ms' "$out/bench_step_$prec.log" | tail -n 1)" ""
     done
     # the same model in PyTorch (docs/performance.md)
     S="--pattern MMMMAMMM --ffn DEDEDEDE --d-model 768 --n-heads 12 --n-kv-heads 4 --position rope
@@ -87,20 +76,16 @@ if [ $status -eq 0 ] && [ $perf -eq 1 ]; then
     # shellcheck disable=SC2086
     for variant in "fp32:" "tf32:--tf32" "bf16:--dtype bf16"; do
         name=${variant%%:*} flags=${variant#*:}
-        step "torch step $name" "$out/torch_$name.log" python3 tools/bench_torch_gpu.py $S $flags \
+        run_step "torch step $name" "$out/torch_$name.log" python3 tools/bench_torch_gpu.py $S $flags \
             --steps 5 --warmup 2 --model-only --no-hf || status=1
-        row "  torch $name" "$(grep -oE '"step_ms": [0-9.]+' "$out/torch_$name.log" | head -n 1)" ""
+        record "  torch $name" "$(grep -oE '"step_ms": [0-9.]+' "$out/torch_$name.log" | head -n 1)" ""
     done
     if [ "${HF_TIMEOUT:-150}" -gt 0 ]; then   # HF_TIMEOUT=0 skips it
         # shellcheck disable=SC2086
-        step "HF Jamba (limit ${HF_TIMEOUT:-150} s)" "$out/hf_jamba.log" timeout "${HF_TIMEOUT:-150}" \
+        run_step "HF Jamba (limit ${HF_TIMEOUT:-150} s)" "$out/hf_jamba.log" timeout "${HF_TIMEOUT:-150}" \
             python3 tools/bench_torch_gpu.py $S --hf-only --steps 1 --warmup 1
         grep -E "step [0-9]|model_hf_jamba" "$out/hf_jamba.log" | tail -n 4
     fi
 fi
-echo
-echo "---- summary (${device:-?})"
-printf '| %-30s | %-28s | %6s |\n' step result "s"
-printf '| %-30s | %-28s | %6s |\n' ------------------------------ ---------------------------- ------
-printf '%s\n' "${rows[@]}"
+print_summary
 exit $status

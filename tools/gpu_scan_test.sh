@@ -27,21 +27,8 @@ test_bin=$build/tests/test_cuda_scan
 source tools/gpu_deps.sh unpack
 set +e   # gpu_deps.sh sets -e; here a failed step is recorded and the summary still prints
 
-declare -a step_names step_results step_seconds
-record() { step_names+=("$1"); step_results+=("$2"); step_seconds+=("$3"); }
-run_step() {  # name, log file, command...
-    local name=$1 log=$2; shift 2
-    local start=$SECONDS
-    "$@" >"$log" 2>&1
-    local rc=$?
-    record "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
-    [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n 40 "$log"; }
-    return $rc
-}
-
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null ||
-  echo "no nvidia-smi"; nvcc --version | tail -n 1; } >"$out/device.txt"
-echo "device: $(head -n 1 "$out/device.txt")"
+source tools/gpu_lib.sh
+device_info
 
 status=0
 run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
@@ -54,8 +41,7 @@ if [ $status -eq 0 ]; then
     run_step "ctest scan" "$out/ctest.log" \
         ctest --test-dir "$build" -R test_cuda_scan --output-on-failure || status=1
     cp "$build/Testing/Temporary/LastTest.log" "$out/test_cuda_scan.log" 2>/dev/null
-    if grep -q "Skipped" "$out/ctest.log"; then record "test_cuda_scan" "SKIPPED (no GPU)" 0
-    else record "test_cuda_scan" "$(grep -oE "[0-9]+% tests passed" "$out/ctest.log" || echo '?')" 0; fi
+    record_ctest test_cuda_scan "$out/ctest.log"
 
     run_step "bench" "$out/bench.log" timeout 120 "$test_bin" --bench || status=1
 
@@ -108,7 +94,7 @@ EOF
         record "torch reference" "no PyTorch" 0
     fi
 
-    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+    sanitizer=$(find_sanitizer)
     if [ -n "$sanitizer" ]; then
         run_step "memcheck" "$out/memcheck.log" \
             timeout 150 "$sanitizer" --tool memcheck --error-exitcode 3 "$test_bin" || status=1
@@ -117,24 +103,7 @@ EOF
     fi
 fi
 
-# --mutants: each plants one bug the comparisons must catch, rebuilds, expects a failure.
-mutant() {  # file under src/cuda, sed expression, what it breaks
-    local file=src/cuda/$1 expr=$2 what=$3 result caught_by
-    cp -p "$file" "$file.orig"
-    sed -i "$expr" "$file"
-    if cmp -s "$file" "$file.orig"; then result="NOT APPLIED"
-    elif ! cmake --build "$build" -j"$jobs" --target test_cuda_scan >>"$out/mutants.log" 2>&1; then
-        result="build failed"
-    elif timeout 60 "$test_bin" >"$out/mutant.out" 2>&1; then result="MISSED"
-    else
-        caught_by=$(grep -m 1 -oE ':[EF]:[^:]*:[^:]*' "$out/mutant.out" | cut -d: -f4)
-        result="caught${caught_by:+ by $caught_by}"
-    fi
-    { echo "==== $what: $result"; cat "$out/mutant.out"; } >>"$out/mutants.log"
-    mv "$file.orig" "$file" && touch "$file"
-    mutant_rows+=("$(printf '| %-48s | %s |' "$what" "$result")")
-}
-declare -a mutant_rows
+MUTANT_TARGET=test_cuda_scan MUTANT_TIMEOUT=60
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     # patterns for the scan kernel of commit 64b147c (4 states a thread, sub-tile checkpoint)
     mutant scan.cu 's/y_tile\[s \* CB + cl\] = p_y + Dc \* uu;/y_tile[s * CB + cl] = p_y;/' "scan forward drops D·u"
@@ -153,33 +122,10 @@ if [ $status -eq 0 ] && [ -n "${sanitizer:-}" ]; then
 fi
 
 echo
-echo "---- test_cuda_scan: per-test results"
-grep -E "Checks:|:[EF]:|no CUDA device" "$out/test_cuda_scan.log" 2>/dev/null | sed 's/^/  /'
-echo "---- worst |cuda − cpu| / max|cpu| over each kernel's shapes"
-awk '/worst \|diff\|\/max/ {
-        op = substr($0, 3, 40); sub(/ +$/, "", op)
-        match($0, /max [0-9.e+-]+/); r = substr($0, RSTART + 4, RLENGTH - 4) + 0
-        match($0, /tol [0-9.e+-]+/); tol[op] = substr($0, RSTART + 4, RLENGTH - 4)
-        if (!(op in worst) || r > worst[op]) worst[op] = r
-     }
-     END { for (op in worst) printf "  %-40s %.2e  (tol %s)\n", op, worst[op], tol[op] }' \
-    "$out/test_cuda_scan.log" 2>/dev/null | sort
+print_test_report test_cuda_scan "$out/test_cuda_scan.log"
 grep -E "ERROR SUMMARY" "$out/memcheck.log" 2>/dev/null | sed 's/^/  memcheck: /'
 grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$out/racecheck.log" 2>/dev/null | sed 's/^/  racecheck: /'
 echo "---- timing"
 grep -E "^bench|^torch" "$out/bench.log" "$out/torch.log" 2>/dev/null | sed 's/^[^:]*://; s/^/  /'
-echo
-echo "---- summary ($(head -n 1 "$out/device.txt"))"
-printf '| %-16s | %-18s | %7s |\n' step result seconds
-printf '| %-16s | %-18s | %7s |\n' ---------------- ------------------ -------
-for i in "${!step_names[@]}"; do
-    printf '| %-16s | %-18s | %7s |\n' "${step_names[$i]}" "${step_results[$i]}" "${step_seconds[$i]}"
-done
-if [ -n "${mutant_rows[*]:-}" ]; then
-    echo
-    printf '| %-48s | %s |\n' "planted bug (--mutants)" "test_cuda_scan"
-    printf '| %-48s | %s |\n' "------------------------------------------------" "------"
-    printf '%s\n' "${mutant_rows[@]}"
-    grep -q "MISSED\|NOT APPLIED\|build failed" <<<"${mutant_rows[*]}" && status=1
-fi
+print_summary || status=1
 exit $status

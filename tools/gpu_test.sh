@@ -21,23 +21,8 @@ jobs=${JOBS:-16}
 source tools/gpu_deps.sh unpack
 set +e   # gpu_deps.sh sets -e; here a failed step is recorded, and the summary still prints
 
-declare -a step_names step_results step_seconds
-record() {   # name, status, seconds
-    step_names+=("$1"); step_results+=("$2"); step_seconds+=("$3")
-}
-run_step() {  # name, log file, command...
-    local name=$1 log=$2; shift 2
-    local start=$SECONDS
-    "$@" >"$log" 2>&1
-    local rc=$?
-    record "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
-    [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n 40 "$log"; }
-    return $rc
-}
-
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null ||
-  echo "no nvidia-smi"; nvcc --version | tail -n 1; } >"$out/device.txt"
-echo "device: $(head -n 1 "$out/device.txt")"
+source tools/gpu_lib.sh
+device_info
 
 status=0
 run_step configure "$out/configure.log" \
@@ -53,10 +38,8 @@ if [ $status -eq 0 ]; then
     run_step "ctest -L cuda" "$out/ctest.log" \
         ctest --test-dir "$build" -L cuda --output-on-failure || status=1
     cp "$build/Testing/Temporary/LastTest.log" "$out/test_cuda_ops.log" 2>/dev/null
-    # ctest counts a skip (exit 77, no GPU) as no failure: say which it was
-    if grep -q "Skipped" "$out/ctest.log"; then record "test_cuda_ops" "SKIPPED (no GPU)" 0
-    else record "test_cuda_ops" "$(grep -oE "[0-9]+% tests passed" "$out/ctest.log" || echo '?')" 0; fi
-    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+    record_ctest test_cuda_ops "$out/ctest.log"
+    sanitizer=$(find_sanitizer)
     if [ -n "$sanitizer" ]; then
         run_step "memcheck" "$out/memcheck.log" \
             timeout 240 "$sanitizer" --tool memcheck --error-exitcode 3 "$build/tests/test_cuda_ops" \
@@ -70,26 +53,7 @@ if [ $status -eq 0 ]; then
     fi
 fi
 
-# --mutants: checks that the tests can fail. Each mutant plants one bug of a kind the
-# comparisons must catch (overwrite instead of accumulate, an unwritten tail, an off-by-one
-# window, TF32 on, ...), rebuilds, and expects test_cuda_ops to fail; then restores the file.
-mutant() {  # file under src/cuda, sed expression, what it breaks
-    local file=src/cuda/$1 expr=$2 what=$3 result caught_by
-    cp -p "$file" "$file.orig"
-    sed -i "$expr" "$file"
-    if cmp -s "$file" "$file.orig"; then result="NOT APPLIED"
-    elif ! cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1; then
-        result="build failed"
-    elif timeout 120 "$build/tests/test_cuda_ops" >"$out/mutant.out" 2>&1; then result="MISSED"
-    else
-        caught_by=$(grep -m 1 -oE ':[EF]:[^:]*:[^:]*' "$out/mutant.out" | cut -d: -f4)
-        result="caught${caught_by:+ by $caught_by}"
-    fi
-    { echo "==== $what: $result"; cat "$out/mutant.out"; } >>"$out/mutants.log"
-    mv "$file.orig" "$file" && touch "$file"
-    mutant_rows+=("$(printf '| %-44s | %s |' "$what" "$result")")
-}
-declare -a mutant_rows
+MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant matmul.cu 's/compute_type = CUBLAS_COMPUTE_32F;/compute_type = CUBLAS_COMPUTE_32F_FAST_TF32;/' "matmul with TF32 on"
     mutant rmsnorm.cu 's/dx\[c\] += r \*/dx[c] = r */' "rmsnorm dinp overwritten, not accumulated"
@@ -106,31 +70,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
 fi
 
 echo
-echo "---- test_cuda_ops: per-test results"
-grep -E "Checks:|:[EF]:|no CUDA device" "$out/test_cuda_ops.log" 2>/dev/null | sed 's/^/  /'
-echo "---- worst |cuda − cpu| / max|cpu| over each op's shapes"
-awk '/worst \|diff\|\/max/ {
-        op = substr($0, 3, 40); sub(/ +$/, "", op)
-        match($0, /max [0-9.e+-]+/); r = substr($0, RSTART + 4, RLENGTH - 4) + 0
-        match($0, /tol [0-9.e+-]+/); tol[op] = substr($0, RSTART + 4, RLENGTH - 4)
-        if (!(op in worst) || r > worst[op]) worst[op] = r
-     }
-     END { for (op in worst) printf "  %-40s %.2e  (tol %s)\n", op, worst[op], tol[op] }' \
-    "$out/test_cuda_ops.log" 2>/dev/null | sort
+print_test_report test_cuda_ops "$out/test_cuda_ops.log"
 grep -E "ERROR SUMMARY" "$out/memcheck.log" 2>/dev/null | sed 's/^/  memcheck: /'
 grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$out/racecheck.log" 2>/dev/null | sed 's/^/  racecheck: /'
-echo
-echo "---- summary ($(head -n 1 "$out/device.txt"))"
-printf '| %-16s | %-18s | %7s |\n' step result seconds
-printf '| %-16s | %-18s | %7s |\n' ---------------- ------------------ -------
-for i in "${!step_names[@]}"; do
-    printf '| %-16s | %-18s | %7s |\n' "${step_names[$i]}" "${step_results[$i]}" "${step_seconds[$i]}"
-done
-if [ -n "${mutant_rows[*]:-}" ]; then
-    echo
-    printf '| %-44s | %s |\n' "planted bug (--mutants)" "test_cuda_ops"
-    printf '| %-44s | %s |\n' "--------------------------------------------" "------"
-    printf '%s\n' "${mutant_rows[@]}"
-    grep -q "MISSED\|NOT APPLIED\|build failed" <<<"${mutant_rows[*]}" && status=1
-fi
+print_summary || status=1
 exit $status

@@ -1,0 +1,102 @@
+# gpu_lib.sh — what the GPU-machine scripts (gpu_check.sh, gpu_test.sh, gpu_scan_test.sh)
+# share; sourced, not run. Each script sets $out (the log folder the device tool brings
+# back), $build and $jobs first. It provides:
+#   record NAME RESULT SECONDS     a row of the summary table
+#   run_step NAME LOG CMD...       runs CMD into LOG, records ok / FAILED (rc N) and the
+#                                  time, shows LOG's last $STEP_TAIL (40) lines on failure;
+#                                  returns CMD's status
+#   device_info                    $out/device.txt (GPU, driver, memory, nvcc) and its first line
+#   record_ctest NAME LOG          "SKIPPED (no GPU)" or "N% tests passed" from a ctest log
+#   find_sanitizer                 the compute-sanitizer path, or nothing
+#   mutant FILE SED WHAT           plants one bug in src/cuda/FILE, rebuilds $MUTANT_TARGET,
+#                                  expects it to fail (within $MUTANT_TIMEOUT s), restores
+#   print_test_report NAME LOG     per-test lines and the worst |cuda − cpu| per op
+#   print_summary                  the steps table, then the mutants table; returns 1 if a
+#                                  mutant was missed, not applied, not run or did not build
+# Logs and the summary go to $out; the summary is printed last because the device tool
+# returns only the output's tail.
+
+declare -a step_names step_results step_seconds mutant_rows
+
+record() { step_names+=("$1"); step_results+=("$2"); step_seconds+=("$3"); }
+
+run_step() {  # name, log file, command...
+    local name=$1 log=$2; shift 2
+    local start=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    record "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
+    [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n "${STEP_TAIL:-40}" "$log"; }
+    return $rc
+}
+
+device_info() {
+    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null ||
+      echo "no nvidia-smi"; nvcc --version | tail -n 1; } >"$out/device.txt"
+    echo "device: $(head -n 1 "$out/device.txt")"
+}
+
+# ctest counts a skip (exit 77, no GPU) as no failure: say which it was
+record_ctest() {  # name, ctest log
+    if grep -q "Skipped" "$2"; then record "$1" "SKIPPED (no GPU)" 0
+    else record "$1" "$(grep -oE "[0-9]+% tests passed" "$2" || echo '?')" 0; fi
+}
+
+find_sanitizer() {
+    command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1
+}
+
+# --mutants: checks that the tests can fail. Each mutant plants one bug of a kind the
+# comparisons must catch (overwrite instead of accumulate, an unwritten tail, an off-by-one
+# window, ...), rebuilds $MUTANT_TARGET, and expects it to fail; then restores the file.
+mutant() {  # file under src/cuda, sed expression, what it breaks
+    local file=src/cuda/$1 expr=$2 what=$3 result caught_by
+    cp -p "$file" "$file.orig"
+    sed -i "$expr" "$file"
+    if cmp -s "$file" "$file.orig"; then result="NOT APPLIED"
+    elif ! cmake --build "$build" -j"$jobs" --target "$MUTANT_TARGET" >>"$out/mutants.log" 2>&1; then
+        result="build failed"
+    else
+        timeout "${MUTANT_TIMEOUT:-120}" "$build/tests/$MUTANT_TARGET" >"$out/mutant.out" 2>&1
+        case $? in
+            0) result="MISSED" ;;
+            77) result="not run (no GPU)" ;;   # a skip proves nothing, and is no catch
+            *) caught_by=$(grep -m 1 -oE ':[EF]:[^:]*:[^:]*' "$out/mutant.out" | cut -d: -f4)
+               result="caught${caught_by:+ by $caught_by}" ;;
+        esac
+    fi
+    { echo "==== $what: $result"; cat "$out/mutant.out"; } >>"$out/mutants.log"
+    mv "$file.orig" "$file" && touch "$file"
+    mutant_rows+=("$(printf '| %-48s | %s |' "$what" "$result")")
+}
+
+print_test_report() {  # test name, its LastTest log
+    echo "---- $1: per-test results"
+    grep -E "Checks:|:[EF]:|no CUDA device" "$2" 2>/dev/null | sed 's/^/  /'
+    echo "---- worst |cuda − cpu| / max|cpu| over each op's shapes"
+    awk '/worst \|diff\|\/max/ {
+            op = substr($0, 3, 40); sub(/ +$/, "", op)
+            match($0, /max [0-9.e+-]+/); r = substr($0, RSTART + 4, RLENGTH - 4) + 0
+            match($0, /tol [0-9.e+-]+/); tol[op] = substr($0, RSTART + 4, RLENGTH - 4)
+            if (!(op in worst) || r > worst[op]) worst[op] = r
+         }
+         END { for (op in worst) printf "  %-40s %.2e  (tol %s)\n", op, worst[op], tol[op] }' \
+        "$2" 2>/dev/null | sort
+}
+
+print_summary() {
+    echo
+    echo "---- summary ($(head -n 1 "$out/device.txt" 2>/dev/null))"
+    printf '| %-30s | %-28s | %7s |\n' step result seconds
+    printf '| %-30s | %-28s | %7s |\n' ------------------------------ ---------------------------- -------
+    local i
+    for i in "${!step_names[@]}"; do
+        printf '| %-30s | %-28s | %7s |\n' "${step_names[$i]}" "${step_results[$i]}" "${step_seconds[$i]}"
+    done
+    [ -n "${mutant_rows[*]:-}" ] || return 0
+    echo
+    printf '| %-48s | %s |\n' "planted bug (--mutants)" "$MUTANT_TARGET"
+    printf '| %-48s | %s |\n' "------------------------------------------------" "------"
+    printf '%s\n' "${mutant_rows[@]}"
+    ! grep -q "MISSED\|NOT APPLIED\|build failed\|not run" <<<"${mutant_rows[*]}"
+}
