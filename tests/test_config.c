@@ -670,10 +670,16 @@ START_TEST(test_position_warning) {
     fclose(f);
     assert_contains(out, "train.matmul_precision is tf32, which applies to CUDA matmuls");
     free(out);
+    load_ok(&c, "model: {pattern: MA}\ntrain: {device: cpu, matmul_precision: bf16}\n", NULL);
+    ck_assert_int_eq(config_print_warnings(&c, NULL), 1);
     load_ok(&c, "model: {pattern: MA}\ntrain: {device: cuda, matmul_precision: tf32}\n", NULL);
     ck_assert_int_eq(config_print_warnings(&c, NULL), 0);
+    load_ok(&c, "model: {pattern: MA}\ntrain: {device: cuda, matmul_precision: bf16}\n", NULL);
+    ck_assert_str_eq(c.train.matmul_precision, "bf16");
+    ck_assert_int_eq(config_print_warnings(&c, NULL), 0);
     BraidError err;
-    assert_contains(load_fails(&err, "train: {matmul_precision: bf16}\n", NULL), "expected one of fp32, tf32, got 'bf16'");
+    assert_contains(load_fails(&err, "train: {matmul_precision: fp16}\n", NULL),
+                    "expected one of fp32, tf32, bf16, got 'fp16'");
 }
 END_TEST
 

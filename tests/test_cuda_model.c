@@ -5,7 +5,7 @@
  *    clipping, AdamW on the device): the losses agree step by step and the parameters
  *    stay together;
  *  - a checkpoint written from the GPU model loads into a CPU model with the same loss;
- *  - with train.matmul_precision tf32 the GPU steps track the float32 GPU steps.
+ *  - with train.matmul_precision tf32 or bf16 the GPU steps track the float32 GPU steps.
  * The CPU model is the reference (its every op is gradient-checked in the CPU suites).
  * Tolerances: loss 1e-5 relative; gradients 1e-3 of each tensor's largest element (cuBLAS
  * and the kernels sum in other orders). After AdamW steps a parameter whose gradient is
@@ -139,12 +139,12 @@ START_TEST(training_steps_match_cpu) {
 }
 END_TEST
 
-/* train.matmul_precision tf32: the same training steps on the GPU with the matmuls on the
- * tensor cores track the float32 GPU run (inputs rounded to 10 mantissa bits; everything
- * else float32; observed on an H100: 1e-5 … 2e-4 relative over 5 steps), and do differ
- * from it, so the option reaches the matmuls. */
+/* train.matmul_precision tf32 / bf16: the same training steps on the GPU with the matmuls
+ * on the tensor cores track the float32 GPU run (inputs rounded to 10 / 7 mantissa bits;
+ * everything else float32; tf32 observed on an H100: 1e-5 … 2e-4 relative over 5 steps),
+ * and do differ from it, so the option reaches the matmuls. */
 START_TEST(reduced_precision_steps_track_float32) {
-    static const char *precisions[] = {"tf32"};
+    static const char *precisions[] = {"tf32", "bf16"};
     const ModelSpec *s = &SPECS[2];
     Config c32, cr;
     load_config(&c32, s, "cuda");
@@ -181,7 +181,7 @@ static Suite *cuda_model_suite(void) {
     int n = (int)(sizeof SPECS / sizeof *SPECS);
     tcase_add_loop_test(tc, forward_backward_matches_cpu, 0, n);
     tcase_add_loop_test(tc, training_steps_match_cpu, 0, n);
-    tcase_add_loop_test(tc, reduced_precision_steps_track_float32, 0, 1);
+    tcase_add_loop_test(tc, reduced_precision_steps_track_float32, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

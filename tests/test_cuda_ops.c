@@ -145,13 +145,14 @@ END_TEST
 
 /* train.matmul_precision tf32 rounds the inputs to 10 mantissa bits (unit roundoff 2^-11)
  * and accumulates in float32, so against the CPU's float32 the products keep a few times
- * u·sqrt(C) of max|out| (observed on an H100: 2.8e-4); and they must really be reduced —
- * at a shape big enough for tensor-core kernels the result has to differ from the exact
- * one by more than float32 rounding does (observed 4.6e-7), else the option would be
- * silently ignored. fp32 afterwards is exact again (the setting is process-wide). */
+ * u·sqrt(C) of max|out| (observed on an H100: 2.8e-4); bf16 (7 bits, u = 2^-8) about 8×
+ * that. And they must really be reduced — at a shape big enough for tensor-core kernels
+ * the result has to differ from the exact one by more than float32 rounding does (observed
+ * 4.6e-7), else the option would be silently ignored. fp32 afterwards is exact again (the
+ * setting is process-wide). */
 START_TEST(test_matmul_reduced_precision_within_rounding) {
     static const struct { const char *name; double tol, min_diff; } precisions[] = {
-        {"tf32", 4e-3, 2e-5}, {"fp32", MATMUL_TOL, 0.0}};
+        {"tf32", 4e-3, 2e-5}, {"bf16", 2e-2, 2e-4}, {"fp32", MATMUL_TOL, 0.0}};
     const int N = 512, C = 384, OC = 256;
     const size_t n_inp = (size_t)N * C, n_w = (size_t)OC * C, n_out = (size_t)N * OC;
     float *inp = cuda_test_host_normal(&rng, n_inp, 1.0f), *weight = cuda_test_host_normal(&rng, n_w, 0.5f);
@@ -162,7 +163,7 @@ START_TEST(test_matmul_reduced_precision_within_rounding) {
     matmul_backward(dinp, dweight, NULL, dout, inp, weight, N, C, OC);
     float *d_inp = cuda_test_device_copy(inp, n_inp), *d_weight = cuda_test_device_copy(weight, n_w);
     float *d_dout = cuda_test_device_copy(dout, n_out);
-    ck_assert_int_eq(matmul_set_precision_cuda("bf16"), -1);
+    ck_assert_int_eq(matmul_set_precision_cuda("fp16"), -1);
     for (size_t p = 0; p < sizeof precisions / sizeof precisions[0]; p++) {
         char shape[96];
         snprintf(shape, sizeof shape, "%s N=%d C=%d OC=%d", precisions[p].name, N, C, OC);
@@ -189,6 +190,70 @@ START_TEST(test_matmul_reduced_precision_within_rounding) {
     }
     free(inp); free(weight); free(dout); free(out); free(dinp); free(dweight);
     CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
+}
+END_TEST
+
+/* x rounded to the nearest bfloat16 (ties to even), as __float2bfloat16_rn does: keep the
+ * top 16 bits of the float32 after adding half of the dropped part's unit */
+static float round_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static float *bf16_rounded_copy(const float *x, size_t n) {
+    float *r = braid_calloc(n, sizeof(float), "bf16-rounded copy");
+    for (size_t i = 0; i < n; i++) r[i] = round_to_bf16(x[i]);
+    return r;
+}
+
+/* train.matmul_precision bf16 is exactly "round both operands to bfloat16, multiply and
+ * accumulate in float32": the CPU op on operands rounded the same way must agree to
+ * float32 summation-order rounding (products of two bf16 values are exact in float32), far
+ * below the ~2e-3 that bf16 rounding itself costs — so this catches an operand left
+ * unconverted, a wrong rounding mode, TF32 in its place, or the wrong buffer fed to cuBLAS.
+ * Ragged shapes (odd N, C, OC: element counts that are not a multiple of the conversion's 8),
+ * with accumulation into existing outputs and gradients; the second shape's input starts
+ * one float past an aligned address (the MoE experts' row blocks do), so the conversion
+ * takes its unaligned path there. */
+START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
+    static const MatmulShape shapes[] = {{513, 384, 256, 1, 1}, {97, 33, 65, 1, 0}, {1, 17, 3, 0, 1}};
+    ck_assert_int_eq(matmul_set_precision_cuda("bf16"), 0);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const MatmulShape m = shapes[s];
+        char shape[96];
+        snprintf(shape, sizeof shape, "bf16 N=%d C=%d OC=%d", m.N, m.C, m.OC);
+        const size_t n_inp = (size_t)m.N * m.C, n_w = (size_t)m.OC * m.C, n_out = (size_t)m.N * m.OC;
+        float *inp = cuda_test_host_normal(&rng, n_inp, 1.0f), *weight = cuda_test_host_normal(&rng, n_w, 0.5f);
+        float *dout = cuda_test_host_normal(&rng, n_out, 1.0f), *bias = cuda_test_host_normal(&rng, m.OC, 1.0f);
+        float *out = cuda_test_host_normal(&rng, n_out, 1.0f), *dinp = cuda_test_host_normal(&rng, n_inp, 1.0f);
+        float *dweight = cuda_test_host_normal(&rng, n_w, 1.0f);
+        const size_t misalign = s == 1;
+        float *d_inp_block = cuda_test_device_alloc((n_inp + 1) * sizeof(float)), *d_inp = d_inp_block + misalign;
+        CUDA_CHECK(cudaMemcpy(d_inp, inp, n_inp * sizeof(float), cudaMemcpyHostToDevice));
+        float *d_weight = cuda_test_device_copy(weight, n_w);
+        float *d_dout = cuda_test_device_copy(dout, n_out), *d_bias = cuda_test_device_copy(bias, m.OC);
+        float *d_out = m.accumulate ? cuda_test_device_copy(out, n_out) : cuda_test_device_poisoned(n_out);
+        float *d_dinp = cuda_test_device_copy(dinp, n_inp), *d_dweight = cuda_test_device_copy(dweight, n_w);
+        matmul_forward_cuda(d_out, d_inp, d_weight, m.use_bias ? d_bias : NULL, m.N, m.C, m.OC, m.accumulate,
+                            stream);
+        matmul_backward_cuda(d_dinp, d_dweight, NULL, d_dout, d_inp, d_weight, m.N, m.C, m.OC, stream);
+        float *inp_r = bf16_rounded_copy(inp, n_inp), *weight_r = bf16_rounded_copy(weight, n_w);
+        float *dout_r = bf16_rounded_copy(dout, n_out);
+        matmul_forward(out, inp_r, weight_r, m.use_bias ? bias : NULL, m.N, m.C, m.OC, m.accumulate);
+        matmul_backward(dinp, dweight, NULL, dout_r, inp_r, weight_r, m.N, m.C, m.OC);
+        cuda_test_check_device_close("matmul_forward", shape, d_out, out, n_out, 1e-5);
+        cuda_test_check_device_close("matmul_backward dinp", shape, d_dinp, dinp, n_inp, 1e-5);
+        cuda_test_check_device_close("matmul_backward dweight", shape, d_dweight, dweight, n_w, 1e-5);
+        free(inp); free(weight); free(dout); free(bias); free(out); free(dinp); free(dweight);
+        free(inp_r); free(weight_r); free(dout_r);
+        float *dev[] = {d_inp_block, d_weight, d_dout, d_bias, d_out, d_dinp, d_dweight};
+        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) CUDA_CHECK(cudaFree(dev[i]));
+    }
+    ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
 }
 END_TEST
 
@@ -654,6 +719,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_rope_forward_matches_cpu);
     tcase_add_test(tc, test_rope_backward_matches_cpu);
     tcase_add_test(tc, test_matmul_reduced_precision_within_rounding);
+    tcase_add_test(tc, test_matmul_bf16_is_float32_on_rounded_operands);
     tcase_add_test(tc, test_attention_forward_matches_cpu);
     tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);

@@ -7,7 +7,7 @@
 #   5. with --train: a short jamba-tiny run on the GPU (train --device cuda) and `bench`
 #      of the same config on GPU and CPU
 #   6. with --perf: the performance table of docs/performance.md on jamba-small: bench --ops,
-#      braid's whole step at each train.matmul_precision (fp32, tf32), PyTorch's step
+#      braid's whole step at each train.matmul_precision (fp32, tf32, bf16), PyTorch's step
 #      (tools/bench_torch_gpu.py) in float32, TF32 and bf16 autocast, then Hugging Face's
 #      Jamba (--hf-only, stopped after HF_TIMEOUT seconds, default 150: its slow path)
 #   7. a summary table last (the device tool returns the output's tail)
@@ -64,7 +64,7 @@ fi
 if [ $status -eq 0 ] && [ $perf -eq 1 ]; then
     small=configs/jamba-small.yaml
     run_step "bench --ops (jamba-small)" "$out/bench_ops.log" "$build/bench" --config $small --ops || status=1
-    for prec in fp32 tf32; do
+    for prec in fp32 tf32 bf16; do
         run_step "bench step $prec" "$out/bench_step_$prec.log" "$build/bench" --config $small \
             --set train.matmul_precision=$prec --steps 10 --warmup 3 || status=1
         record "  braid $prec" "$(grep -oE 'step +[0-9.]+ ms' "$out/bench_step_$prec.log" | tail -n 1)" ""

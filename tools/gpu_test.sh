@@ -3,7 +3,7 @@
 # in one go (one device-tool call; see docs/gpu.md):
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
 #   2. configure and build only what the check needs: test_cuda_ops (and the libraries)
-#   3. ctest -L cuda (test_cuda_ops), then the same binary under compute-sanitizer memcheck
+#   3. ctest -R test_cuda_ops, then the same binary under compute-sanitizer memcheck
 #      (out-of-bounds and misaligned accesses the comparisons alone could miss) and
 #      racecheck (shared-memory races)
 #   4. print a short summary table last (the device tool returns the output's tail)
@@ -35,8 +35,9 @@ if [ $status -eq 0 ]; then
     record "build warnings" "$warnings" 0
 fi
 if [ $status -eq 0 ]; then
-    run_step "ctest -L cuda" "$out/ctest.log" \
-        ctest --test-dir "$build" -L cuda --output-on-failure || status=1
+    # only the test built above: the other CUDA tests have no binary in a fresh build-gpu
+    run_step "ctest test_cuda_ops" "$out/ctest.log" \
+        ctest --test-dir "$build" -R '^test_cuda_ops$' --output-on-failure || status=1
     cp "$build/Testing/Temporary/LastTest.log" "$out/test_cuda_ops.log" 2>/dev/null
     record_ctest test_cuda_ops "$out/ctest.log"
     sanitizer=$(find_sanitizer)
@@ -55,7 +56,11 @@ fi
 
 MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
-    mutant matmul.cu 's/compute_type = CUBLAS_COMPUTE_32F;/compute_type = CUBLAS_COMPUTE_32F_FAST_TF32;/' "matmul with TF32 on"
+    mutant matmul.cu 's/precision == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F/CUBLAS_COMPUTE_32F_FAST_TF32/' "matmul with TF32 on"
+    mutant matmul.cu 's/__float2bfloat16_rn/__float2bfloat16_rz/' "bf16 operands truncated, not rounded"
+    mutant matmul.cu 's/operand(BF16_DOUT, dout/operand(BF16_INP, dout/' "bf16 dout and inp share one buffer"
+    mutant matmul.cu 's/if (done < n) {/if (0) {/' "bf16 conversion drops the last n % 8"
+    mutant matmul.cu 's/__floats2bfloat162_rn(a.x, a.y)/__floats2bfloat162_rn(a.y, a.x)/' "bf16 8-wide conversion swaps a pair"
     mutant rmsnorm.cu 's/dx\[c\] += r \*/dx[c] = r */' "rmsnorm dinp overwritten, not accumulated"
     mutant swiglu.cu 's/i < n;/i + 1 < n;/g' "swiglu last element never written"
     mutant cross_entropy.cu 's/drow\[v\] = 0.0f;/;/' "cross_entropy ignored rows left unwritten"

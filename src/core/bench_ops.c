@@ -4,8 +4,9 @@
  *                   forward 2·N·C·OC FLOPs (one multiply-add per output per input column);
  *                   backward 4·N·C·OC (dinp = dout·W and dW = doutᵀ·inp, each as large as
  *                   the forward). Against the float32 peak: cuBLAS runs with TF32 off.
- *                   matmul_in_proj_tf32: the same in TF32, against the tensor cores'
- *                   dense TF32 peak (8× float32's). The layers use train.matmul_precision.
+ *                   matmul_in_proj_tf32 / _bf16: the same in TF32 / bf16 (operand
+ *                   conversion included), against the tensor cores' dense TF32 / bf16 peak
+ *                   (8× / 16× float32's). The layers use train.matmul_precision.
  *  attention        the flash kernel, causal (sliding window too when the pattern has 'W'),
  *                   GQA with the config's kv heads, hd = d/H. See attention_fwd_flops.
  *  selective_scan   u, δ (B,T,di), B, C (B,T,N) → y; GB/s over the minimal bytes, and the
@@ -386,12 +387,17 @@ static void bench_matmul(Bench *b, const Config *cfg) {
     bench_one(b, "matmul_in_proj", "_fwd", &s, METRIC_FLOPS, fwd, matmul_fwd, &r, 0.0);
     bench_one(b, "matmul_in_proj", "_bwd", &s, METRIC_FLOPS, 2.0 * fwd, matmul_bwd, &r, 0.0);
     bench_one(b, "matmul_in_proj", "_fwd_bwd", &s, METRIC_FLOPS, 3.0 * fwd, matmul_both, &r, 0.0);
-    /* train.matmul_precision tf32, against the tensor cores' dense TF32 peak: 8× the
-     * float32 rate per clock (see the trainer's MFU) */
+    /* train.matmul_precision tf32 and bf16, against the tensor cores' dense peak for each
+     * (matmul_precision_peak_factor; bf16 includes converting both operands, as in training) */
     const double fp32_peak = b->peak_flops;
-    matmul_set_precision_cuda("tf32");
-    b->peak_flops = 8.0 * fp32_peak;
-    bench_one(b, "matmul_in_proj_tf32", "_fwd_bwd", &s, METRIC_FLOPS, 3.0 * fwd, matmul_both, &r, 0.0);
+    static const char *reduced[] = {"tf32", "bf16"};
+    for (int p = 0; p < 2; p++) {
+        char name[32];
+        snprintf(name, sizeof name, "matmul_in_proj_%s", reduced[p]);
+        matmul_set_precision_cuda(reduced[p]);
+        b->peak_flops = matmul_precision_peak_factor(reduced[p]) * fp32_peak;
+        bench_one(b, name, "_fwd_bwd", &s, METRIC_FLOPS, 3.0 * fwd, matmul_both, &r, 0.0);
+    }
     b->peak_flops = fp32_peak;
     matmul_set_precision_cuda(cfg->train.matmul_precision);   /* what the layers below use */
     float *all[] = {r.inp, r.w, r.dout, r.out, r.dinp, r.dw};
@@ -714,7 +720,7 @@ int bench_ops_run(const Config *cfg, const BenchOpsOptions *opt, BraidError *err
     Bench b = {.opt = opt, .out = opt->out ? opt->out : stdout};
     ops_cuda_init();   /* the cuBLAS handle the matmuls need */
     if (matmul_set_precision_cuda(cfg->train.matmul_precision))
-        return error_set(err, "train.matmul_precision: '%s' (expected fp32 or tf32)",
+        return error_set(err, "train.matmul_precision: '%s' (expected fp32, tf32 or bf16)",
                          cfg->train.matmul_precision);
     b.peak_flops = device_cuda_peak_fp32_flops();
     int mem_khz, bus_bits;

@@ -6,6 +6,18 @@
 
 #include "common.h"
 
+double matmul_precision_peak_factor(const char *precision) {
+    if (!strcmp(precision, "tf32")) return 8.0;
+    if (!strcmp(precision, "bf16")) return 16.0;
+    return 1.0;
+}
+
+const char *matmul_precision_peak_label(const char *precision) {
+    if (!strcmp(precision, "tf32")) return " of TF32 peak";
+    if (!strcmp(precision, "bf16")) return " of bf16 peak";
+    return "";
+}
+
 #ifdef BRAID_HAVE_CUDA
 #include <cuda_runtime_api.h>
 #include "../cuda/cuda_check.h"

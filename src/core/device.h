@@ -23,6 +23,13 @@ const char *device_cuda_name(void);
  * the ceiling of braid's float32 kernels and cuBLAS with TF32 off; 0 without a GPU.
  * Model FLOP utilisation is reported against it. */
 double device_cuda_peak_fp32_flops(void);
+/* The dense tensor-core rate of train.matmul_precision per clock, as a multiple of float32
+ * on the CUDA cores, on sm_80/sm_90: fp32 1, tf32 8, bf16 16 (H100 SXM at its rated clocks:
+ * 67, 495, 989 TFLOP/s). Model FLOP utilisation is reported against peak × this, since the
+ * matmuls are most of the FLOPs. 1 for an unknown name. */
+double matmul_precision_peak_factor(const char *precision);
+/* "" for fp32, else " of TF32 peak" / " of bf16 peak": what an MFU figure is relative to. */
+const char *matmul_precision_peak_label(const char *precision);
 /* Zero-filled memory of `bytes` on `dev`; dies naming `what` when out of memory. */
 void *device_alloc(DeviceKind dev, size_t bytes, const char *what);
 void device_free(DeviceKind dev, void *p);

@@ -1,5 +1,5 @@
-/* matmul.cu — linear layers through cuBLAS: float32 by default, TF32 tensor-core math on
- * request (matmul_set_precision_cuda).
+/* matmul.cu — linear layers through cuBLAS: float32 by default, TF32 or bf16 tensor-core
+ * math on request (matmul_set_precision_cuda).
  *
  * out[N,OC] = inp[N,C] · W[OC,C]ᵀ + b          (W stored PyTorch-style, out × in)
  * dinp     += dout · W                          [N,OC]·[OC,C]
@@ -7,37 +7,114 @@
  * db       += Σ_n dout[n,:]
  * cuBLAS is column-major: a row-major X[r,c] is the column-major Xᵀ with leading dimension
  * c, so each product is issued transposed (outᵀ = W · inpᵀ, and so on; see each call).
- * Every product is cublasGemmEx on float32 matrices; only its compute type changes with the
- * precision. fp32 (the default, CUBLAS_COMPUTE_32F) is full float32 on the CUDA cores and
- * agrees with the CPU op to rounding. tf32 (CUBLAS_COMPUTE_32F_FAST_TF32) lets cuBLAS round
- * the inputs to 10 mantissa bits for the tensor cores, accumulating in float32: storage,
- * master weights, AdamW and every non-matmul op stay float32 (PyTorch's allow_tf32).
- * A bf16 mode through CUBLAS_COMPUTE_32F_FAST_16BF was tried and dropped: on an H100 with
- * CUDA 13 it gave bit-for-bit the TF32 results and times (float32 inputs), so it was not
- * bf16; real bf16 needs bf16 operands (converted activations), which is still to do. The bias is a
- * separate tiny kernel; dbias is a column sum, one thread per output column with the rows
- * split over blockDim.y (fixed order, so it is deterministic). */
+ * Every product is cublasGemmEx with a float32 output and float32 accumulation; what changes
+ * with the precision is what the tensor cores are fed:
+ *   fp32 (the default, CUBLAS_COMPUTE_32F): full float32 on the CUDA cores; agrees with the
+ *        CPU op to rounding.
+ *   tf32 (CUBLAS_COMPUTE_32F_FAST_TF32): cuBLAS rounds the float32 inputs to 10 mantissa
+ *        bits for the tensor cores (PyTorch's allow_tf32).
+ *   bf16: both operands are converted to bfloat16 (round to nearest even, 7 mantissa bits)
+ *        into scratch buffers here — the activations and a bf16 copy of the float32 master
+ *        weight, made at each call since AdamW changes the weights every step — and
+ *        multiplied by the bf16 tensor cores (twice TF32's rate) into the float32 output.
+ *        The float32 values stay the layers' activations and the master weights; gradients,
+ *        AdamW and every non-matmul op stay float32 (so this saves time, not memory).
+ * CUBLAS_COMPUTE_32F_FAST_16BF on float32 operands is NOT a bf16 mode: on an H100 with CUDA 13
+ * it gave bit-for-bit the TF32 results and times (measured, then dropped); bf16 needs bf16
+ * operands, hence the conversion. The bias is a separate tiny kernel; dbias is a column
+ * sum, one thread per output column with the rows split over blockDim.y (fixed order, so
+ * it is deterministic). */
 #include "cuda_check.h"
 #include "ops_cuda.h"
 
+#include <stdint.h>
 #include <string.h>
 
-static cublasHandle_t cublas_handle = NULL;
-static cublasComputeType_t compute_type = CUBLAS_COMPUTE_32F;
+#include <cuda_bf16.h>
 
-extern "C" int matmul_set_precision_cuda(const char *precision) {
-    if (!strcmp(precision, "fp32")) compute_type = CUBLAS_COMPUTE_32F;
-    else if (!strcmp(precision, "tf32")) compute_type = CUBLAS_COMPUTE_32F_FAST_TF32;
+typedef enum { PRECISION_FP32, PRECISION_TF32, PRECISION_BF16 } MatmulPrecision;
+
+static cublasHandle_t cublas_handle = NULL;
+static MatmulPrecision precision = PRECISION_FP32;
+
+extern "C" int matmul_set_precision_cuda(const char *name) {
+    if (!strcmp(name, "fp32")) precision = PRECISION_FP32;
+    else if (!strcmp(name, "tf32")) precision = PRECISION_TF32;
+    else if (!strcmp(name, "bf16")) precision = PRECISION_BF16;
     else return -1;
     return 0;
 }
 
-/* C[m,n] = alpha·op(A)·op(B) + beta·C, column-major float32 matrices, at the precision set. */
+/* dst[i] = bf16(src[i]), round to nearest even. The conversions are pure memory traffic
+ * (4 bytes read, 2 written per element) and, summed over a training step, as large as the
+ * activations, so each thread moves 8 elements: two 16-byte loads, one 16-byte store.
+ * src must be 16-byte aligned (to_bf16 falls back to the scalar kernel otherwise); dst is
+ * a fresh cudaMalloc buffer. The last n % 8 elements go through the scalar kernel. */
+__global__ void float_to_bf16_x8_kernel(__nv_bfloat16 *dst, const float *src, size_t n8) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+        const float4 a = reinterpret_cast<const float4 *>(src)[2 * i];
+        const float4 b = reinterpret_cast<const float4 *>(src)[2 * i + 1];
+        __nv_bfloat162 packed[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
+                                    __floats2bfloat162_rn(b.x, b.y), __floats2bfloat162_rn(b.z, b.w)};
+        reinterpret_cast<uint4 *>(dst)[i] = *reinterpret_cast<const uint4 *>(packed);
+    }
+}
+
+__global__ void float_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+static unsigned conversion_blocks(size_t threads) {
+    const size_t blocks = (threads + 255) / 256;
+    return (unsigned)(blocks < 8192 ? blocks : 8192);   /* grid-stride beyond ~2M threads */
+}
+
+/* The bf16 operands: one grow-only buffer per role (input, weight, output gradient), so a
+ * backward converts each of its three matrices once for both products. Everything runs on
+ * one stream, so a buffer is free again once the next call is queued behind this one;
+ * cudaFree waits for the device before a buffer grows. */
+enum { BF16_INP, BF16_WEIGHT, BF16_DOUT, BF16_ROLES };
+static __nv_bfloat16 *bf16_buffer[BF16_ROLES];
+static size_t bf16_capacity[BF16_ROLES];
+
+static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {
+    if (n == 0) return bf16_buffer[role];   /* an expert with no tokens: cuBLAS reads nothing */
+    if (n > bf16_capacity[role]) {
+        if (bf16_buffer[role]) CUDA_CHECK(cudaFree(bf16_buffer[role]));
+        CUDA_CHECK(cudaMalloc((void **)&bf16_buffer[role], n * sizeof(__nv_bfloat16)));
+        bf16_capacity[role] = n;
+    }
+    size_t done = 0;
+    if ((uintptr_t)src % 16 == 0 && n >= 8) {
+        const size_t n8 = n / 8;
+        float_to_bf16_x8_kernel<<<conversion_blocks(n8), 256, 0, stream>>>(bf16_buffer[role], src, n8);
+        CUDA_CHECK_LAUNCH();
+        done = n8 * 8;
+    }
+    if (done < n) {
+        float_to_bf16_kernel<<<conversion_blocks(n - done), 256, 0, stream>>>(bf16_buffer[role] + done,
+                                                                              src + done, n - done);
+        CUDA_CHECK_LAUNCH();
+    }
+    return bf16_buffer[role];
+}
+
+/* C[m,n] = alpha·op(A)·op(B) + beta·C, column-major; A and B float32 (fp32, tf32) or bf16
+ * (already converted: precision bf16), C float32. */
 static void gemm(cublasHandle_t handle, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n,
-                 int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                 int k, const float *alpha, const void *A, int lda, const void *B, int ldb,
                  const float *beta, float *C, int ldc) {
-    CUBLAS_CHECK(cublasGemmEx(handle, op_a, op_b, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
-                              beta, C, CUDA_R_32F, ldc, compute_type, CUBLAS_GEMM_DEFAULT));
+    const cudaDataType_t operand = precision == PRECISION_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t compute =
+        precision == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    CUBLAS_CHECK(cublasGemmEx(handle, op_a, op_b, m, n, k, alpha, A, operand, lda, B, operand, ldb,
+                              beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+}
+
+/* The operand gemm() is to read: src itself, or its bf16 copy under precision bf16. */
+static const void *operand(int role, const float *src, size_t n, cudaStream_t stream) {
+    return precision == PRECISION_BF16 ? (const void *)to_bf16(role, src, n, stream) : (const void *)src;
 }
 
 extern "C" void ops_cuda_init(void) {
@@ -47,6 +124,11 @@ extern "C" void ops_cuda_init(void) {
 }
 
 extern "C" void ops_cuda_shutdown(void) {
+    for (int r = 0; r < BF16_ROLES; r++) {
+        if (bf16_buffer[r]) CUDA_CHECK(cudaFree(bf16_buffer[r]));
+        bf16_buffer[r] = NULL;
+        bf16_capacity[r] = 0;
+    }
     if (!cublas_handle) return;
     CUBLAS_CHECK(cublasDestroy(cublas_handle));
     cublas_handle = NULL;
@@ -89,7 +171,9 @@ extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *w
     cublasHandle_t handle = matmul_handle(stream);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     /* outᵀ[OC,N] = (Wᵀ as stored: C×OC, ld C)ᵀ · (inpᵀ: C×N, ld C) */
-    gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, C, &beta, out, OC);
+    const void *W = operand(BF16_WEIGHT, weight, (size_t)OC * C, stream);
+    const void *X = operand(BF16_INP, inp, (size_t)N * C, stream);
+    gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, X, C, &beta, out, OC);
     if (bias) {
         const size_t n = (size_t)N * OC;
         add_bias_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(out, bias, N, OC);
@@ -102,10 +186,13 @@ extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, 
                                      cudaStream_t stream) {
     cublasHandle_t handle = matmul_handle(stream);
     const float one = 1.0f;
+    const void *dY = (dinp || dweight) ? operand(BF16_DOUT, dout, (size_t)N * OC, stream) : NULL;
     if (dinp) /* dinpᵀ[C,N] += (Wᵀ: C×OC, ld C) · (doutᵀ: OC×N, ld OC) */
-        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC, &one, dinp, C);
+        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, operand(BF16_WEIGHT, weight, (size_t)OC * C, stream),
+             C, dY, OC, &one, dinp, C);
     if (dweight) /* dWᵀ[C,OC] += (inpᵀ: C×N, ld C) · (doutᵀ: OC×N, ld OC)ᵀ */
-        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dweight, C);
+        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, operand(BF16_INP, inp, (size_t)N * C, stream), C,
+             dY, OC, &one, dweight, C);
     if (dbias) {
         column_sum_accumulate_kernel<<<(OC + 31) / 32, dim3(32, 8), 0, stream>>>(dbias, dout, N, OC);
         CUDA_CHECK_LAUNCH();

@@ -29,9 +29,10 @@ extern "C" {
  * before any matmul_*_cuda. ops_cuda_shutdown destroys it. */
 void ops_cuda_init(void);
 void ops_cuda_shutdown(void);
-/* What every later matmul_*_cuda multiplies in: "fp32" (the default: exact float32) or
- * "tf32" (tensor cores; inputs rounded to 10 mantissa bits, float32 accumulation and
- * storage).
+/* What every later matmul_*_cuda multiplies in: "fp32" (the default: exact float32),
+ * "tf32" (tensor cores; inputs rounded to 10 mantissa bits) or "bf16" (tensor cores; both
+ * operands converted to bfloat16 on the fly); float32 accumulation, output and storage
+ * whichever (matmul.cu).
  * Returns -1 for any other name. Process-wide, like the handle. */
 int matmul_set_precision_cuda(const char *precision);
 

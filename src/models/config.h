@@ -91,7 +91,7 @@ typedef struct TaskConfig {
 
 typedef struct TrainConfig {
     char device[16];        /* "cpu" | "cuda" | "auto" */
-    char matmul_precision[8]; /* "fp32" | "tf32": what cuBLAS multiplies in (CUDA) */
+    char matmul_precision[8]; /* "fp32" | "tf32" | "bf16": what cuBLAS multiplies in (CUDA) */
     long seed;
     int steps;
     int batch_size;

@@ -122,7 +122,7 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
 #ifdef BRAID_HAVE_CUDA
         ops_cuda_init();   /* the cuBLAS handle (once per process) */
         if (matmul_set_precision_cuda(cfg->train.matmul_precision) != 0)
-            return error_set(err, "train.matmul_precision: '%s' (expected fp32 or tf32)",
+            return error_set(err, "train.matmul_precision: '%s' (expected fp32, tf32 or bf16)",
                              cfg->train.matmul_precision);
 #endif
         m->dev_params = device_alloc(DEVICE_CUDA, P * sizeof(float), "parameters (GPU)");

@@ -258,13 +258,12 @@ int trainer_run(Trainer *t, BraidError *err) {
     double t0 = time_seconds(), last_log_time = t0;
     long first_step = t->state.step, last_log_step = t->state.step;
     double flops_per_token = model_flops_per_token(&t->model, T);
-    /* MFU against the GPU's peak for the matmul precision: float32 by default; with tf32 the
-     * dense TF32 tensor-core peak, 8× the float32 rate per clock on sm_80/sm_90 (A100
-     * 19.5/156, H100 SXM 67/495 TFLOP/s at their rated clocks), since that is what the
-     * matmuls, most of the FLOPs, could reach. A CPU's peak is not knowable portably, so
+    /* MFU against the GPU's peak for the matmul precision (float32 by default, else the
+     * dense TF32 or bf16 tensor-core peak: matmul_precision_peak_factor), since that is what
+     * the matmuls, most of the FLOPs, could reach. A CPU's peak is not knowable portably, so
      * there the line shows model TFLOP/s only. */
     double peak_flops = t->model.device == DEVICE_CUDA ? device_cuda_peak_fp32_flops() : 0.0;
-    if (!strcmp(tc->matmul_precision, "tf32")) peak_flops *= 8.0;
+    peak_flops *= matmul_precision_peak_factor(tc->matmul_precision);
     double step_seconds = 0.0;          /* time inside trainer_step, for the mean tokens/s */
     long first_tokens = t->state.tokens_seen;
     EvalResult last_evals[CONFIG_MAX_LIST + 1];
@@ -287,7 +286,7 @@ int trainer_run(Trainer *t, BraidError *err) {
             char mfu_s[48] = "";
             if (peak_flops > 0.0)   /* the basis named when it is not float32's */
                 snprintf(mfu_s, sizeof mfu_s, "  MFU %.1f%%%s", 100.0 * tflops * 1e12 / peak_flops,
-                         strcmp(tc->matmul_precision, "tf32") ? "" : " of TF32 peak");
+                         matmul_precision_peak_label(tc->matmul_precision));
             if (!t->quiet) {
                 fprintf(stderr, "%sstep %ld/%d  loss %.4f  acc %.1f%%  lr %.2e  gnorm %.3f  %.1fk tok/s  %.2f TFLOP/s%s  ETA %s%s",
                         t->progress_tty ? "\r\033[K" : "", done, tc->steps, st.ce_loss, 100.0 * acc, st.lr,
