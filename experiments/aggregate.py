@@ -125,7 +125,9 @@ def fmt_acc(values):
     mean = 100 * np.mean(values)
     if len(values) == 1:
         return f"{mean:.1f}"
-    return f"{mean:.1f} ({100 * min(values):.0f}–{100 * max(values):.0f})"
+    lo, hi = 100 * min(values), 100 * max(values)
+    digits = 1 if hi < 10 else 0   # near chance a whole-percent range reads "0–0"
+    return f"{mean:.1f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
 def write_markdown(runs, path):
