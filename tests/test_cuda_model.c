@@ -33,7 +33,10 @@ static const ModelSpec SPECS[] = {
     {"jamba-like 1:3, MoE every other", "MMAM", "DEDE"},
 };
 
-static void load_config(Config *cfg, const ModelSpec *s, const char *device) {
+/* wide: d_model 64 and batch 8 (320 tokens) instead of 32 and 3, so that most matmuls
+ * have every dimension a multiple of 8 and at least 64 — the ones train.matmul_precision
+ * bf16 multiplies in bf16 (smaller ones go to TF32; see matmul.cu). */
+static void load_config_sized(Config *cfg, const ModelSpec *s, const char *device, int wide) {
     char pattern[64], ffn[64], dev[64];
     snprintf(pattern, sizeof pattern, "model.pattern=%s", s->pattern);
     snprintf(ffn, sizeof ffn, "model.ffn=%s", s->ffn);
@@ -41,13 +44,17 @@ static void load_config(Config *cfg, const ModelSpec *s, const char *device) {
     char layers[48];
     snprintf(layers, sizeof layers, "model.n_layers=%zu", strlen(s->pattern));
     const char *o[] = {"task.name=mqar", "task.vocab_size=64", "task.seq_len=40", "task.num_kv_pairs=4",
-                       "model.d_model=32", layers, pattern, ffn, "model.attention.n_heads=2",
+                       wide ? "model.d_model=64" : "model.d_model=32", layers, pattern, ffn, "model.attention.n_heads=2",
                        "model.attention.window=9", "model.attention.position=rope", "model.gla.n_heads=2",
                        "model.moe.experts=4", "model.moe.top_k=2", "model.mamba.chunk=16",
-                       "model.init_std=0.06", "train.batch_size=3", "train.steps=5", "train.warmup_steps=1",
+                       "model.init_std=0.06", wide ? "train.batch_size=8" : "train.batch_size=3", "train.steps=5", "train.warmup_steps=1",
                        "train.lr=3e-3", "train.grad_clip=0.5", "train.run_dir=", "train.threads=1", dev};
     BraidError err;
     ck_assert_msg(config_load(cfg, NULL, o, (int)(sizeof o / sizeof *o), &err) == 0, "config: %s", err.message);
+}
+
+static void load_config(Config *cfg, const ModelSpec *s, const char *device) {
+    load_config_sized(cfg, s, device, 0);
 }
 
 START_TEST(forward_backward_matches_cpu) {
@@ -147,8 +154,8 @@ START_TEST(reduced_precision_steps_track_float32) {
     static const char *precisions[] = {"tf32", "bf16"};
     const ModelSpec *s = &SPECS[2];
     Config c32, cr;
-    load_config(&c32, s, "cuda");
-    load_config(&cr, s, "cuda");
+    load_config_sized(&c32, s, "cuda", 1);
+    load_config_sized(&cr, s, "cuda", 1);
     snprintf(cr.train.matmul_precision, sizeof cr.train.matmul_precision, "%s", precisions[_i]);
     Trainer t32, tr;
     BraidError err;

@@ -215,12 +215,13 @@ static float *bf16_rounded_copy(const float *x, size_t n) {
  * float32 summation-order rounding (products of two bf16 values are exact in float32), far
  * below the ~2e-3 that bf16 rounding itself costs — so this catches an operand left
  * unconverted, a wrong rounding mode, TF32 in its place, or the wrong buffer fed to cuBLAS.
- * Ragged shapes (odd N, C, OC: element counts that are not a multiple of the conversion's 8),
- * with accumulation into existing outputs and gradients; the second shape's input starts
- * one float past an aligned address (the MoE experts' row blocks do), so the conversion
- * takes its unaligned path there. */
+ * Shapes bf16 is used for (every dimension a multiple of 8, at least 64; others go to TF32,
+ * matmul.cu's bf16_pays), with accumulation into existing outputs and gradients; the second
+ * shape's input starts one float past an aligned address, so the conversion takes its
+ * unaligned path there. Then a shape outside that rule must be TF32's result: within TF32's
+ * rounding of float32 and further from the bf16-rounded product than bf16 itself lands. */
 START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
-    static const MatmulShape shapes[] = {{513, 384, 256, 1, 1}, {97, 33, 65, 1, 0}, {1, 17, 3, 0, 1}};
+    static const MatmulShape shapes[] = {{512, 384, 256, 1, 1}, {96, 64, 136, 1, 0}, {64, 72, 64, 0, 1}};
     ck_assert_int_eq(matmul_set_precision_cuda("bf16"), 0);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const MatmulShape m = shapes[s];
@@ -253,6 +254,23 @@ START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
         float *dev[] = {d_inp_block, d_weight, d_dout, d_bias, d_out, d_dinp, d_dweight};
         for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) CUDA_CHECK(cudaFree(dev[i]));
     }
+    /* N = 97: not a multiple of 8, so TF32 on the float32 operands */
+    const int N = 97, C = 384, OC = 256;
+    float *inp = cuda_test_host_normal(&rng, (size_t)N * C, 1.0f), *weight = cuda_test_host_normal(&rng, (size_t)OC * C, 0.5f);
+    float *exact = braid_calloc((size_t)N * OC, sizeof(float), "exact"), *rounded = braid_calloc((size_t)N * OC, sizeof(float), "rounded");
+    float *inp_r = bf16_rounded_copy(inp, (size_t)N * C), *weight_r = bf16_rounded_copy(weight, (size_t)OC * C);
+    matmul_forward(exact, inp, weight, NULL, N, C, OC, 0);
+    matmul_forward(rounded, inp_r, weight_r, NULL, N, C, OC, 0);
+    float *d_inp = cuda_test_device_copy(inp, (size_t)N * C), *d_weight = cuda_test_device_copy(weight, (size_t)OC * C);
+    float *d_out = cuda_test_device_poisoned((size_t)N * OC);
+    matmul_forward_cuda(d_out, d_inp, d_weight, NULL, N, C, OC, 0, stream);
+    float *got = cuda_test_host_from_device(d_out, (size_t)N * OC);
+    cuda_test_check_close("matmul_forward", "bf16 falls back to tf32 N=97 C=384 OC=256", got, exact, (size_t)N * OC, 4e-3);
+    CudaComparison c = cuda_test_compare(got, rounded, (size_t)N * OC);
+    ck_assert_msg(c.worst_diff > 1e-4 * c.max_want, "N=97: the product is the bf16 one (|diff| %.3g of max %.4g), "
+                  "so bf16 ran on a shape cuBLAS runs slowly in bf16", c.worst_diff, c.max_want);
+    free(inp); free(weight); free(exact); free(rounded); free(inp_r); free(weight_r); free(got);
+    CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_out));
     ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
 }
 END_TEST

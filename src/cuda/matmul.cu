@@ -28,7 +28,9 @@
 #include "ops_cuda.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cuda_bf16.h>
 
@@ -43,6 +45,93 @@ extern "C" int matmul_set_precision_cuda(const char *name) {
     else if (!strcmp(name, "bf16")) precision = PRECISION_BF16;
     else return -1;
     return 0;
+}
+
+/* BRAID_MATMUL_PROFILE=1 (a developer's diagnostic, off by default): every GEMM and bf16
+ * conversion is bracketed by cudaEvents on its stream (nothing waits), and at exit a table
+ * of GPU time per (what, m, n, k) goes to stderr, largest first: which matmuls a step's
+ * time goes to, and what the bf16 conversions cost beside the products they feed. */
+typedef struct ProfiledCall {
+    const char *what;
+    long m, n, k;
+    cudaEvent_t start, stop;
+    double host_ms;   /* inside the cuBLAS call on the host (its algorithm choice, the launch) */
+} ProfiledCall;
+static int profile_on = -1;   /* -1: BRAID_MATMUL_PROFILE not read yet */
+static ProfiledCall *profiled;
+static size_t n_profiled, profiled_capacity;
+
+static void profile_report(void) {
+    if (!n_profiled) return;
+    CUDA_CHECK(cudaDeviceSynchronize());
+    typedef struct { const char *what; long m, n, k, calls; double ms, host_ms; } Total;
+    Total *totals = (Total *)calloc(n_profiled, sizeof(Total));
+    size_t n_totals = 0;
+    double all_ms[2] = {0.0, 0.0};   /* GEMMs, conversions */
+    for (size_t i = 0; i < n_profiled; i++) {
+        const ProfiledCall *c = &profiled[i];
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, c->start, c->stop));
+        size_t t = 0;
+        while (t < n_totals && !(totals[t].what == c->what && totals[t].m == c->m && totals[t].n == c->n &&
+                                 totals[t].k == c->k)) t++;
+        if (t == n_totals) totals[n_totals++] = (Total){c->what, c->m, c->n, c->k, 0, 0.0, 0.0};
+        totals[t].calls++;
+        totals[t].ms += ms;
+        totals[t].host_ms += c->host_ms;
+        all_ms[c->k == 0] += ms;
+    }
+    qsort(totals, n_totals, sizeof(Total), [](const void *a, const void *b) {
+        const double d = ((const Total *)b)->ms - ((const Total *)a)->ms;
+        return (d > 0) - (d < 0);
+    });
+    fprintf(stderr, "matmul profile (BRAID_MATMUL_PROFILE): %zu calls, GEMMs %.2f ms, bf16 conversions %.2f ms in all\n",
+            n_profiled, all_ms[0], all_ms[1]);
+    /* GPU ms runs from the event before the call to the one after: where the GPU was idle
+     * when the first was reached, it includes the host's time until the launch (host ms) */
+    fprintf(stderr, "%-18s %8s %8s %8s %7s %10s %10s %10s %12s\n", "what", "m", "n", "k", "calls", "GPU ms",
+            "ms/call", "host ms", "rate");
+    for (size_t t = 0; t < n_totals; t++) {
+        const Total *x = &totals[t];
+        const double per_call = x->ms / x->calls;
+        const double rate = x->k ? 2.0 * x->m * x->n * x->k / (per_call * 1e-3) / 1e12   /* TFLOP/s */
+                                 : 6.0 * x->m / (per_call * 1e-3) / 1e9;                 /* GB/s */
+        fprintf(stderr, "%-18s %8ld %8ld %8ld %7ld %10.3f %10.4f %10.3f %7.1f %s\n", x->what, x->m, x->n, x->k,
+                x->calls, x->ms, per_call, x->host_ms, rate, x->k ? "TFLOP/s" : "GB/s");
+    }
+    free(totals);
+}
+
+static double host_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The call being timed, or NULL when profiling is off (or the table is full). */
+static ProfiledCall *profile_begin(const char *what, long m, long n, long k, cudaStream_t stream) {
+    if (profile_on < 0) {
+        const char *env = getenv("BRAID_MATMUL_PROFILE");
+        profile_on = env && *env && strcmp(env, "0") != 0;
+        if (profile_on) atexit(profile_report);   /* after the CUDA runtime's own: runs first */
+    }
+    if (!profile_on) return NULL;
+    if (n_profiled == profiled_capacity) {
+        if (profiled_capacity >= (1u << 20)) return NULL;
+        profiled_capacity = profiled_capacity ? 2 * profiled_capacity : 4096;
+        profiled = (ProfiledCall *)realloc(profiled, profiled_capacity * sizeof(ProfiledCall));
+        if (!profiled) { fprintf(stderr, "matmul profile: out of memory\n"); abort(); }
+    }
+    ProfiledCall *c = &profiled[n_profiled++];
+    *c = (ProfiledCall){what, m, n, k, NULL, NULL, 0.0};
+    CUDA_CHECK(cudaEventCreate(&c->start));
+    CUDA_CHECK(cudaEventCreate(&c->stop));
+    CUDA_CHECK(cudaEventRecord(c->start, stream));
+    return c;
+}
+
+static void profile_end(ProfiledCall *c, cudaStream_t stream) {
+    if (c) CUDA_CHECK(cudaEventRecord(c->stop, stream));
 }
 
 /* dst[i] = bf16(src[i]), round to nearest even. The conversions are pure memory traffic
@@ -85,6 +174,8 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
         CUDA_CHECK(cudaMalloc((void **)&bf16_buffer[role], n * sizeof(__nv_bfloat16)));
         bf16_capacity[role] = n;
     }
+    static const char *names[BF16_ROLES] = {"to_bf16 input", "to_bf16 weight", "to_bf16 dout"};
+    ProfiledCall *timed = profile_begin(names[role], (long)n, 0, 0, stream);
     size_t done = 0;
     if ((uintptr_t)src % 16 == 0 && n >= 8) {
         const size_t n8 = n / 8;
@@ -97,24 +188,41 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
                                                                               src + done, n - done);
         CUDA_CHECK_LAUNCH();
     }
+    profile_end(timed, stream);
     return bf16_buffer[role];
 }
 
-/* C[m,n] = alpha·op(A)·op(B) + beta·C, column-major; A and B float32 (fp32, tf32) or bf16
- * (already converted: precision bf16), C float32. */
-static void gemm(cublasHandle_t handle, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n,
-                 int k, const float *alpha, const void *A, int lda, const void *B, int ldb,
-                 const float *beta, float *C, int ldc) {
-    const cudaDataType_t operand = precision == PRECISION_BF16 ? CUDA_R_16BF : CUDA_R_32F;
-    const cublasComputeType_t compute =
-        precision == PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    CUBLAS_CHECK(cublasGemmEx(handle, op_a, op_b, m, n, k, alpha, A, operand, lda, B, operand, ldb,
-                              beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+/* Whether precision bf16 multiplies this matmul (out[N,OC] = inp[N,C]·Wᵀ and its two
+ * backward products) in bf16, or leaves it to TF32 on its float32 operands: bf16 only where
+ * every dimension is a multiple of 8 and at least 64. In the jamba-small step on an H100
+ * (bench with BRAID_MATMUL_PROFILE) the narrow bf16 products were slower than TF32's even
+ * before their conversions (x_proj's 48 outputs 0.17 against 0.05 ms, its 16 outputs 0.10
+ * against 0.08 ms), and the MoE experts' products — row counts that change every step,
+ * mostly not multiples of 8 — took 1–3 ms a call in bf16 against TF32's 0.1 ms. */
+static int bf16_pays(int N, int C, int OC) {
+    return precision == PRECISION_BF16 && N % 8 == 0 && C % 8 == 0 && OC % 8 == 0 && N >= 64 && C >= 64 &&
+           OC >= 64;
 }
 
-/* The operand gemm() is to read: src itself, or its bf16 copy under precision bf16. */
-static const void *operand(int role, const float *src, size_t n, cudaStream_t stream) {
-    return precision == PRECISION_BF16 ? (const void *)to_bf16(role, src, n, stream) : (const void *)src;
+/* C[m,n] = alpha·op(A)·op(B) + beta·C, column-major; A and B float32 (fp32, tf32), or bf16
+ * when `bf16` (converted by operand()), C float32. `what` names the product for the profile. */
+static void gemm(const char *what, int bf16, cublasHandle_t handle, cudaStream_t stream, cublasOperation_t op_a,
+                 cublasOperation_t op_b, int m, int n, int k, const float *alpha, const void *A, int lda,
+                 const void *B, int ldb, const float *beta, float *C, int ldc) {
+    const cudaDataType_t operand = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t compute = bf16 || precision == PRECISION_FP32 ? CUBLAS_COMPUTE_32F
+                                                                           : CUBLAS_COMPUTE_32F_FAST_TF32;
+    ProfiledCall *timed = profile_begin(what, m, n, k, stream);
+    const double host_start = timed ? host_seconds() : 0.0;
+    CUBLAS_CHECK(cublasGemmEx(handle, op_a, op_b, m, n, k, alpha, A, operand, lda, B, operand, ldb,
+                              beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+    if (timed) timed->host_ms = 1e3 * (host_seconds() - host_start);
+    profile_end(timed, stream);
+}
+
+/* The operand gemm() is to read: src itself, or its bf16 copy when the matmul is in bf16. */
+static const void *operand(int bf16, int role, const float *src, size_t n, cudaStream_t stream) {
+    return bf16 ? (const void *)to_bf16(role, src, n, stream) : (const void *)src;
 }
 
 extern "C" void ops_cuda_init(void) {
@@ -171,9 +279,10 @@ extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *w
     cublasHandle_t handle = matmul_handle(stream);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     /* outᵀ[OC,N] = (Wᵀ as stored: C×OC, ld C)ᵀ · (inpᵀ: C×N, ld C) */
-    const void *W = operand(BF16_WEIGHT, weight, (size_t)OC * C, stream);
-    const void *X = operand(BF16_INP, inp, (size_t)N * C, stream);
-    gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, X, C, &beta, out, OC);
+    const int bf16 = bf16_pays(N, C, OC);
+    const void *W = operand(bf16, BF16_WEIGHT, weight, (size_t)OC * C, stream);
+    const void *X = operand(bf16, BF16_INP, inp, (size_t)N * C, stream);
+    gemm("forward", bf16, handle, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, X, C, &beta, out, OC);
     if (bias) {
         const size_t n = (size_t)N * OC;
         add_bias_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(out, bias, N, OC);
@@ -186,13 +295,14 @@ extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, 
                                      cudaStream_t stream) {
     cublasHandle_t handle = matmul_handle(stream);
     const float one = 1.0f;
-    const void *dY = (dinp || dweight) ? operand(BF16_DOUT, dout, (size_t)N * OC, stream) : NULL;
+    const int bf16 = bf16_pays(N, C, OC);
+    const void *dY = (dinp || dweight) ? operand(bf16, BF16_DOUT, dout, (size_t)N * OC, stream) : NULL;
     if (dinp) /* dinpᵀ[C,N] += (Wᵀ: C×OC, ld C) · (doutᵀ: OC×N, ld OC) */
-        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, operand(BF16_WEIGHT, weight, (size_t)OC * C, stream),
-             C, dY, OC, &one, dinp, C);
+        gemm("backward dinp", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one,
+             operand(bf16, BF16_WEIGHT, weight, (size_t)OC * C, stream), C, dY, OC, &one, dinp, C);
     if (dweight) /* dWᵀ[C,OC] += (inpᵀ: C×N, ld C) · (doutᵀ: OC×N, ld OC)ᵀ */
-        gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, operand(BF16_INP, inp, (size_t)N * C, stream), C,
-             dY, OC, &one, dweight, C);
+        gemm("backward dweight", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one,
+             operand(bf16, BF16_INP, inp, (size_t)N * C, stream), C, dY, OC, &one, dweight, C);
     if (dbias) {
         column_sum_accumulate_kernel<<<(OC + 31) / 32, dim3(32, 8), 0, stream>>>(dbias, dout, N, OC);
         CUDA_CHECK_LAUNCH();
