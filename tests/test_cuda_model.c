@@ -47,7 +47,8 @@ static void load_config_sized(Config *cfg, const ModelSpec *s, const char *devic
                        wide ? "model.d_model=64" : "model.d_model=32", layers, pattern, ffn, "model.attention.n_heads=2",
                        "model.attention.window=9", "model.attention.position=rope", "model.gla.n_heads=2",
                        "model.moe.experts=4", "model.moe.top_k=2", "model.mamba.chunk=16",
-                       "model.init_std=0.06", wide ? "train.batch_size=8" : "train.batch_size=3", "train.steps=5", "train.warmup_steps=1",
+                       "model.init_std=0.06", wide ? "train.batch_size=8" : "train.batch_size=3",
+                       "train.steps=5", "train.warmup_steps=1",
                        "train.lr=3e-3", "train.grad_clip=0.5", "train.run_dir=", "train.threads=1", dev};
     BraidError err;
     ck_assert_msg(config_load(cfg, NULL, o, (int)(sizeof o / sizeof *o), &err) == 0, "config: %s", err.message);

@@ -256,8 +256,10 @@ START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
     }
     /* N = 97: not a multiple of 8, so TF32 on the float32 operands */
     const int N = 97, C = 384, OC = 256;
-    float *inp = cuda_test_host_normal(&rng, (size_t)N * C, 1.0f), *weight = cuda_test_host_normal(&rng, (size_t)OC * C, 0.5f);
-    float *exact = braid_calloc((size_t)N * OC, sizeof(float), "exact"), *rounded = braid_calloc((size_t)N * OC, sizeof(float), "rounded");
+    float *inp = cuda_test_host_normal(&rng, (size_t)N * C, 1.0f);
+    float *weight = cuda_test_host_normal(&rng, (size_t)OC * C, 0.5f);
+    float *exact = braid_calloc((size_t)N * OC, sizeof(float), "exact");
+    float *rounded = braid_calloc((size_t)N * OC, sizeof(float), "rounded");
     float *inp_r = bf16_rounded_copy(inp, (size_t)N * C), *weight_r = bf16_rounded_copy(weight, (size_t)OC * C);
     matmul_forward(exact, inp, weight, NULL, N, C, OC, 0);
     matmul_forward(rounded, inp_r, weight_r, NULL, N, C, OC, 0);
@@ -265,7 +267,8 @@ START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
     float *d_out = cuda_test_device_poisoned((size_t)N * OC);
     matmul_forward_cuda(d_out, d_inp, d_weight, NULL, N, C, OC, 0, stream);
     float *got = cuda_test_host_from_device(d_out, (size_t)N * OC);
-    cuda_test_check_close("matmul_forward", "bf16 falls back to tf32 N=97 C=384 OC=256", got, exact, (size_t)N * OC, 4e-3);
+    cuda_test_check_close("matmul_forward", "bf16 falls back to tf32 N=97 C=384 OC=256", got, exact,
+                          (size_t)N * OC, 4e-3);
     CudaComparison c = cuda_test_compare(got, rounded, (size_t)N * OC);
     ck_assert_msg(c.worst_diff > 1e-4 * c.max_want, "N=97: the product is the bf16 one (|diff| %.3g of max %.4g), "
                   "so bf16 ran on a shape cuBLAS runs slowly in bf16", c.worst_diff, c.max_want);

@@ -113,7 +113,8 @@ static ProfiledCall *profile_begin(const char *what, long m, long n, long k, cud
     if (profile_on < 0) {
         const char *env = getenv("BRAID_MATMUL_PROFILE");
         profile_on = env && *env && strcmp(env, "0") != 0;
-        if (profile_on) atexit(profile_report);   /* registered after the CUDA runtime's exit handler, so it runs before it */
+        /* registered after the CUDA runtime's exit handler, so it runs before it */
+        if (profile_on) atexit(profile_report);
     }
     if (!profile_on) return NULL;
     if (n_profiled == profiled_capacity) {
