@@ -20,6 +20,8 @@ options:
   --seeds N           seeds 1..N per point (default 1)
   --jobs J            points trained at once (default: cores/2, at least 1); each gets
                       cores/J threads
+  --gpus G            spread the points over G GPUs of this machine (CUDA_VISIBLE_DEVICES
+                      0..G-1, round-robin in launch order; default 1: whatever CUDA picks)
   --steps N           override the scale's training steps
   --set KEY=VALUE     a config setting for every point (repeatable), applied after the
                       scale's presets and before the sweep's own settings, so the keys the
@@ -33,13 +35,14 @@ USAGE
 }
 
 parse_common() {
-    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0; EXTRA_SETS=()
+    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; GPUS=1; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0; EXTRA_SETS=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
             --scale) SCALE=${2:?--scale needs a value}; shift 2 ;;
             --seeds) SEEDS=${2:?--seeds needs a value}; shift 2 ;;
             --jobs) JOBS=${2:?--jobs needs a value}; shift 2 ;;
+            --gpus) GPUS=${2:?--gpus needs a value}; shift 2 ;;
             --steps) STEPS=${2:?--steps needs a value}; shift 2 ;;
             --out) OUT=${2:?--out needs a value}; shift 2 ;;
             --only) ONLY=${2:?--only needs a value}; shift 2 ;;
@@ -59,6 +62,7 @@ parse_common() {
     local cores; cores=$(nproc 2>/dev/null || echo 1)
     [ -n "$JOBS" ] || JOBS=$(( cores / 2 > 0 ? cores / 2 : 1 ))
     case "$JOBS" in ''|*[!0-9]*|0) echo "$SWEEP: --jobs must be a positive integer" >&2; exit 1 ;; esac
+    case "$GPUS" in ''|*[!0-9]*|0) echo "$SWEEP: --gpus must be a positive integer" >&2; exit 1 ;; esac
     THREADS=$(( cores / JOBS > 0 ? cores / JOBS : 1 ))
     [ -n "$OUT" ] || OUT=$BRAID_ROOT/runs/sweeps/$SWEEP-$SCALE
     [ -x "$TRAIN" ] || { echo "$SWEEP: $TRAIN not found; build first (cmake --build build)" >&2; exit 1; }
@@ -127,18 +131,21 @@ add_point() {
     done
 }
 
-# run_one NAME "SETS" — trains one point unless done; resumes an interrupted one.
+# run_one NAME "SETS" [GPU] — trains one point unless done; resumes an interrupted one. With
+# GPU, on that device alone (run_one runs in its own background subshell: the export
+# stays there).
 run_one() {
-    local name=$1 sets=$2 dir=$OUT/$1
+    local name=$1 sets=$2 dir=$OUT/$1 on=""
+    if [ -n "${3:-}" ]; then export CUDA_VISIBLE_DEVICES=$3; on=" on GPU $3"; fi
     if [ -f "$dir/summary.json" ]; then echo "[$SWEEP] $name: done, skipped"; return 0; fi
     local args=() s
     if [ -e "$dir/latest" ]; then
         args=(--resume "$dir")
-        echo "[$SWEEP] $name: resuming the interrupted run"
+        echo "[$SWEEP] $name: resuming the interrupted run$on"
     else
         rm -rf "$dir"; mkdir -p "$dir"
         for s in "${BASE_SETS[@]}" $sets "train.run_dir=$dir"; do args+=(--set "$s"); done
-        echo "[$SWEEP] $name: training"
+        echo "[$SWEEP] $name: training$on"
     fi
     local start; start=$(date +%s)
     if "$TRAIN" "${args[@]}" >>"$dir/train.log" 2>&1; then
@@ -152,15 +159,20 @@ run_one() {
 # run_points — trains the queued points, $JOBS at a time.
 run_points() {
     mkdir -p "$OUT"
-    local i failed=0 running=0
+    local i failed=0 running=0 launched=0 gpu=""
     echo "[$SWEEP] ${#POINT_NAMES[@]} points, scale $SCALE, $JOBS at a time with $THREADS threads each, into $OUT"
+    [ "$GPUS" -eq 1 ] || echo "[$SWEEP] spread over $GPUS GPUs (CUDA_VISIBLE_DEVICES, round-robin)"
     [ ${#EXTRA_SETS[@]} -eq 0 ] || echo "[$SWEEP] every point also gets (--set): ${EXTRA_SETS[*]}"
     for i in "${!POINT_NAMES[@]}"; do
         local name=${POINT_NAMES[$i]}
         if [ -n "$ONLY" ] && ! echo "$name" | grep -Eq "$ONLY"; then continue; fi
-        if [ "$DRY_RUN" = 1 ]; then echo "$name: $TRAIN --set ${POINT_SETS[$i]// / --set }"; continue; fi
+        [ "$GPUS" -eq 1 ] || gpu=$((launched % GPUS))
+        launched=$((launched + 1))
+        if [ "$DRY_RUN" = 1 ]; then
+            echo "$name${gpu:+ (GPU $gpu)}: $TRAIN --set ${POINT_SETS[$i]// / --set }"; continue
+        fi
         if [ "$running" -ge "$JOBS" ]; then wait -n || failed=1; running=$((running - 1)); fi
-        run_one "$name" "${POINT_SETS[$i]}" &
+        run_one "$name" "${POINT_SETS[$i]}" $gpu &
         running=$((running + 1))
     done
     while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done

@@ -116,6 +116,35 @@ START_TEST(train_runs_a_short_job_and_writes_its_run_directory) {
 }
 END_TEST
 
+/* The sweep scripts' shared runner (experiments/lib.sh), through moe_vs_dense's dry run
+ * (it probes nothing, so it is quick): --gpus spreads the points round-robin; bad values
+ * and a MIXERS pattern of the wrong length are refused by name; another pattern names
+ * its points for it. */
+START_TEST(sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags) {
+    char cmd[2048];
+    const char *sweep = "TRAIN=%s/train bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu";
+    char base[1024];
+    snprintf(base, sizeof base, sweep, BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+    snprintf(cmd, sizeof cmd, "%s --gpus 2 --jobs 4 --dry-run", base);
+    int rc = run(cmd);
+    ck_assert_msg(rc == 0, "dry run exited %d: %s", rc, output);
+    ck_assert_msg(strstr(output, "spread over 2 GPUs") && strstr(output, "dense-T128-kv16-s1 (GPU 0)") &&
+                      strstr(output, "moe-e4-top2-T128-kv16-s1 (GPU 1)") &&
+                      strstr(output, "moe-e4-top1-T128-kv16-s1 (GPU 0)"),
+                  "points not spread round-robin over the GPUs: %s", output);
+    snprintf(cmd, sizeof cmd, "%s --gpus 0 --dry-run", base);
+    rc = run(cmd);
+    ck_assert_msg(rc == 1 && strstr(output, "--gpus must be a positive integer"), "--gpus 0: exit %d: %s", rc, output);
+    snprintf(cmd, sizeof cmd, "MIXERS=MMAMM %s --dry-run", base);
+    rc = run(cmd);
+    ck_assert_msg(rc == 1 && strstr(output, "MIXERS MMAMM is not 4 blocks long"), "MIXERS: exit %d: %s", rc, output);
+    snprintf(cmd, sizeof cmd, "MIXERS=MAMA %s --dry-run", base);
+    rc = run(cmd);
+    ck_assert_msg(rc == 0 && strstr(output, "MAMA-jamba-T128-kv16-s1:") && !strstr(output, "\njamba-T128"),
+                  "MIXERS=MAMA points not named for the pattern: %s", output);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("cli");
@@ -125,6 +154,7 @@ int main(void) {
     tcase_add_test(tc, train_reports_config_errors_with_file_line_column);
     tcase_add_test(tc, train_runs_a_short_job_and_writes_its_run_directory);
     tcase_add_test(tc, device_cuda_runs_on_a_gpu_or_says_why_not);
+    tcase_add_test(tc, sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

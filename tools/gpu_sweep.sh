@@ -13,6 +13,13 @@
 #
 #   run(command="bash tools/gpu_sweep.sh attention_ratio --scale small --jobs 4", carry=[".deps"])
 #
+# On a machine with several GPUs the points are spread over all of them (--gpus, from
+# nvidia-smi, unless given): give --jobs as points per GPU × GPUs. One H100 ran four
+# 1600-step small points at once in ~5.5 minutes, so an 8-GPU kind (nvidia-h200-x8, when
+# it is lent; its held time counts once for all eight GPUs) would run 32 in one call:
+#   run(command="bash tools/gpu_sweep.sh attention_ratio --scale small --jobs 32 --steps 1600",
+#       carry=[".deps"], kind="nvidia-h200-x8")
+#
 # Points that finished are skipped when the same sweep runs again with its directory
 # carried (runs/sweeps/NAME); an unfinished point restarts, as its checkpoints stay there.
 set -uo pipefail
@@ -44,8 +51,13 @@ for a in "$@"; do
     prev=$a
 done
 
+gpus=()
+case " $* " in *" --gpus "*) ;; *)
+    n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    [ "${n:-0}" -gt 1 ] && { gpus=(--gpus "$n"); echo "spreading the points over $n GPUs"; } ;;
+esac
 start=$SECONDS
-timeout --signal=INT "$limit" bash "$script" --device cuda "$@" >"$out/sweep.log" 2>&1
+timeout --signal=INT "$limit" bash "$script" --device cuda "${gpus[@]}" "$@" >"$out/sweep.log" 2>&1
 rc=$?
 echo "sweep rc $rc after $((SECONDS - start)) s (limit $limit s; 124 = stopped by the limit)"
 grep -E "finished|FAILED|budget" "$out/sweep.log" | sed 's/^/  /'
