@@ -16,9 +16,11 @@
  *   bf16: both operands are converted to bfloat16 (round to nearest even, 7 mantissa bits)
  *        into scratch buffers here — the activations and a bf16 copy of the float32 master
  *        weight, made at each call since AdamW changes the weights every step — and
- *        multiplied by the bf16 tensor cores (twice TF32's rate) into the float32 output.
+ *        multiplied by the bf16 tensor cores (twice TF32's rate) into the float32 output —
+ *        on the shapes where that pays (bf16_pays); the others take the tf32 path.
  *        The float32 values stay the layers' activations and the master weights; gradients,
- *        AdamW and every non-matmul op stay float32 (so this saves time, not memory).
+ *        AdamW and every non-matmul op stay float32, so this saves no memory, and on the
+ *        jamba-small step the conversions cost about what the bf16 rate saves.
  * CUBLAS_COMPUTE_32F_FAST_16BF on float32 operands is NOT a bf16 mode: on an H100 with CUDA 13
  * it gave bit-for-bit the TF32 results and times (measured, then dropped); bf16 needs bf16
  * operands, hence the conversion. The bias is a separate tiny kernel; dbias is a column

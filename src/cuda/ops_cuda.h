@@ -31,7 +31,8 @@ void ops_cuda_init(void);
 void ops_cuda_shutdown(void);
 /* What every later matmul_*_cuda multiplies in: "fp32" (the default: exact float32),
  * "tf32" (tensor cores; inputs rounded to 10 mantissa bits) or "bf16" (tensor cores; both
- * operands converted to bfloat16 on the fly); float32 accumulation, output and storage
+ * operands converted to bfloat16 on the fly where every dimension is a multiple of 8 and
+ * at least 64, TF32 elsewhere); float32 accumulation, output and storage
  * whichever (matmul.cu).
  * Returns -1 for any other name. Process-wide, like the handle. */
 int matmul_set_precision_cuda(const char *precision);
