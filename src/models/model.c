@@ -280,88 +280,185 @@ void model_free(Model *m) {
 static float *P(Model *m, int idx) { return m->dev_params + m->params.items[idx].offset; }
 static float *G(Model *m, int idx) { return m->dev_grads + m->params.items[idx].offset; }
 
+/* The ops a training step calls, per device. model_forward and model_backward walk the
+ * blocks once for both devices through this table: on the CPU the ops of src/core, on the
+ * GPU their CUDA launchers on the default stream, behind adapters that give both the same
+ * arguments. The layers' own passes are picked the same way (layer_forward/_backward). */
+typedef struct StepOps {
+    int cuda;   /* the layers' forward_cuda/backward_cuda, and the batch on the device */
+    void (*embedding_forward)(float *out, const int *tokens, const float *table, int N, int C);
+    void (*embedding_backward)(float *dtable, const float *dout, const int *tokens, int N, int C);
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                            float eps);
+    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+                             const float *weight, const float *rstd, int N, int C);
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias, int N, int C,
+                           int OC, int accumulate);
+    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                            const float *weight, int N, int C, int OC);
+    /* Σ loss over valid targets (the count and hits in *valid, *correct when non-NULL);
+     * dlogits, when non-NULL, WRITTEN with grad_scale·(softmax − onehot) */
+    double (*cross_entropy)(Model *m, float *dlogits, const int *targets, int N, float grad_scale, int *valid,
+                            int *correct);
+    void (*add_inplace)(float *y, const float *x, size_t n);   /* y += x */
+} StepOps;
+
+static void add_inplace_cpu(float *y, const float *x, size_t n) {
+    for (size_t j = 0; j < n; j++) y[j] += x[j];
+}
+
+static double cross_entropy_cpu(Model *m, float *dlogits, const int *targets, int N, float grad_scale,
+                                int *valid, int *correct) {
+    return cross_entropy_forward_backward(dlogits, m->logits, targets, N, m->vocab, grad_scale, valid, correct);
+}
+
+static const StepOps cpu_step_ops = {
+    0, embedding_forward, embedding_backward, rmsnorm_forward, rmsnorm_backward, matmul_forward,
+    matmul_backward, cross_entropy_cpu, add_inplace_cpu,
+};
+
 #ifdef BRAID_HAVE_CUDA
-static double model_forward_cuda(Model *m, const int *tokens, const int *targets, int B, int T);
-static void model_backward_cuda(Model *m, int B, int T, float loss_scale);
+static void embedding_forward_gpu(float *out, const int *tokens, const float *table, int N, int C) {
+    embedding_forward_cuda(out, tokens, table, N, C, 0);
+}
+static void embedding_backward_gpu(float *dtable, const float *dout, const int *tokens, int N, int C) {
+    embedding_backward_cuda(dtable, dout, tokens, N, C, 0);
+}
+static void rmsnorm_forward_gpu(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                                float eps) {
+    rmsnorm_forward_cuda(out, rstd, inp, weight, N, C, eps, 0);
+}
+static void rmsnorm_backward_gpu(float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const float *weight, const float *rstd, int N, int C) {
+    rmsnorm_backward_cuda(dinp, dweight, dout, inp, weight, rstd, N, C, 0);
+}
+static void matmul_forward_gpu(float *out, const float *inp, const float *weight, const float *bias, int N, int C,
+                               int OC, int accumulate) {
+    matmul_forward_cuda(out, inp, weight, bias, N, C, OC, accumulate, 0);
+}
+static void matmul_backward_gpu(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                                const float *weight, int N, int C, int OC) {
+    matmul_backward_cuda(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 0);
+}
+/* waits for the device: the sums come back to the host */
+static double cross_entropy_gpu(Model *m, float *dlogits, const int *targets, int N, float grad_scale,
+                                int *valid, int *correct) {
+    return cross_entropy_forward_backward_cuda(dlogits, m->logits, targets, N, m->vocab, grad_scale, valid,
+                                               correct, m->dev_ce_scratch, 0);
+}
+static void add_inplace_gpu(float *y, const float *x, size_t n) { add_inplace_cuda(y, x, n, 0); }
+
+static const StepOps cuda_step_ops = {
+    1, embedding_forward_gpu, embedding_backward_gpu, rmsnorm_forward_gpu, rmsnorm_backward_gpu,
+    matmul_forward_gpu, matmul_backward_gpu, cross_entropy_gpu, add_inplace_gpu,
+};
 #endif
+
+static const StepOps *step_ops(const Model *m) {
+#ifdef BRAID_HAVE_CUDA
+    if (m->device == DEVICE_CUDA) {
+        /* cuBLAS's precision is process-wide; this model's holds for its own passes */
+        matmul_set_precision_cuda(m->cfg.train.matmul_precision);
+        return &cuda_step_ops;
+    }
+#else
+    (void)m;
+#endif
+    return &cpu_step_ops;
+}
+
+static void layer_forward(const StepOps *ops, Layer *L, float *y, const float *x, int B, int T, Ctx *ctx) {
+    (ops->cuda ? L->kind->forward_cuda : L->kind->forward)(L, y, x, B, T, ctx);
+}
+
+static void layer_backward(const StepOps *ops, Layer *L, float *dx, const float *dy, const float *x, int B, int T,
+                           Ctx *ctx) {
+    (ops->cuda ? L->kind->backward_cuda : L->kind->backward)(L, dx, dy, x, B, T, ctx);
+}
+
+/* The batch where the ops read it: as given on the CPU; on the GPU uploaded into the
+ * model's device buffers, where the targets stay for the backward. */
+static const int *staged(const Model *m, const StepOps *ops, int *device_copy_of, const int *host, int N) {
+    if (!ops->cuda || !host) return host;
+    device_upload(m->device, device_copy_of, host, (size_t)N * sizeof(int));
+    return device_copy_of;
+}
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
     BRAID_CHECK(B <= m->max_B && T <= m->max_T, "batch %dx%d exceeds the %dx%d the model was built for",
                 B, T, m->max_B, m->max_T);
-#ifdef BRAID_HAVE_CUDA
-    if (m->device == DEVICE_CUDA) return model_forward_cuda(m, tokens, targets, B, T);
-#endif
+    const StepOps *ops = step_ops(m);
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
     float eps = m->cfg.model.norm_eps;
+    const int *tok = staged(m, ops, m->dev_tokens, tokens, N);
+    const int *tgt = staged(m, ops, m->dev_targets, targets, N);
     float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
-    embedding_forward(x, tokens, P(m, m->embed), N, d);
+    ops->embedding_forward(x, tok, P(m, m->embed), N, d);
     m->last_aux_loss = 0.0;
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
         float *out = (i + 1 < m->n_blocks) ? m->blocks[i + 1].x_in : m->x_final;
-        rmsnorm_forward(b->norm1_out, b->rstd1, b->x_in, P(m, b->norm1), N, d, eps);
+        ops->rmsnorm_forward(b->norm1_out, b->rstd1, b->x_in, P(m, b->norm1), N, d, eps);
         b->mixer.aux_loss = 0.0;
-        b->mixer.kind->forward(&b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
+        layer_forward(ops, &b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
         m->last_aux_loss += b->mixer.aux_loss;
-        for (size_t j = 0; j < Nd; j++) b->h[j] += b->x_in[j];
+        ops->add_inplace(b->h, b->x_in, Nd);
         if (b->ffn.kind) {
-            rmsnorm_forward(b->norm2_out, b->rstd2, b->h, P(m, b->norm2), N, d, eps);
+            ops->rmsnorm_forward(b->norm2_out, b->rstd2, b->h, P(m, b->norm2), N, d, eps);
             b->ffn.aux_loss = 0.0;
-            b->ffn.kind->forward(&b->ffn, out, b->norm2_out, B, T, &m->ctx);
+            layer_forward(ops, &b->ffn, out, b->norm2_out, B, T, &m->ctx);
             m->last_aux_loss += b->ffn.aux_loss;
-            for (size_t j = 0; j < Nd; j++) out[j] += b->h[j];
+            ops->add_inplace(out, b->h, Nd);
         } else {
-            memcpy(out, b->h, Nd * sizeof(float));
+            device_copy(m->device, out, b->h, Nd * sizeof(float));
         }
     }
-    rmsnorm_forward(m->final_norm_out, m->final_rstd, m->x_final, P(m, m->final_norm), N, d, eps);
-    matmul_forward(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0);
-    if (!targets) return 0.0;
+    ops->rmsnorm_forward(m->final_norm_out, m->final_rstd, m->x_final, P(m, m->final_norm), N, d, eps);
+    ops->matmul_forward(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0);
+    if (!targets) { device_synchronize(m->device); return 0.0; }
     int valid = 0, correct = 0;
-    double sum = cross_entropy_forward_backward(NULL, m->logits, targets, N, m->vocab, 0.0f, &valid, &correct);
+    double sum = ops->cross_entropy(m, NULL, tgt, N, 0.0f, &valid, &correct);
     m->last_valid = valid;
     m->last_correct = correct;
     m->last_loss = valid > 0 ? sum / valid : 0.0;
     return m->last_loss + m->last_aux_loss;
 }
 
+/* Against the targets of the last forward (on the GPU, the ones it uploaded). */
 void model_backward(Model *m, const int *tokens, const int *targets, int B, int T, float loss_scale) {
+    const StepOps *ops = step_ops(m);
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
-#ifdef BRAID_HAVE_CUDA
-    if (m->device == DEVICE_CUDA) { (void)tokens; (void)targets; model_backward_cuda(m, B, T, loss_scale); return; }
-#endif
+    const int *tok = ops->cuda ? m->dev_tokens : tokens;
+    const int *tgt = ops->cuda ? m->dev_targets : targets;
     int valid = m->last_valid > 0 ? m->last_valid : 1;
-#ifdef BRAID_HAVE_CUDA
-    matmul_set_precision_cuda(m->cfg.train.matmul_precision);
-#endif
     m->ctx.aux_grad_scale = loss_scale;   /* objective = loss_scale · (CE mean + Σ aux) */
-    cross_entropy_forward_backward(m->dlogits, m->logits, targets, N, m->vocab, loss_scale / (float)valid,
-                                   NULL, NULL);
+    ops->cross_entropy(m, m->dlogits, tgt, N, loss_scale / (float)valid, NULL, NULL);
     /* logits = n_f · Wᵀ */
-    memset(m->dtmp, 0, Nd * sizeof(float));
-    matmul_backward(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head),
-                    N, d, m->vocab);
+    device_zero(m->device, m->dtmp, Nd * sizeof(float));
+    ops->matmul_backward(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head), N, d,
+                         m->vocab);
     /* dx: gradient w.r.t. the current residual stream (block output). */
-    memset(m->dx, 0, Nd * sizeof(float));
-    rmsnorm_backward(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm), m->final_rstd, N, d);
+    device_zero(m->device, m->dx, Nd * sizeof(float));
+    ops->rmsnorm_backward(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm), m->final_rstd, N,
+                          d);
     for (int i = m->n_blocks - 1; i >= 0; i--) {
         Block *b = &m->blocks[i];
         /* out = h + ffn(norm2(h)) ⇒ dh = dx + norm2ᵀ(ffnᵀ(dx)) */
-        memcpy(m->dh, m->dx, Nd * sizeof(float));
+        device_copy(m->device, m->dh, m->dx, Nd * sizeof(float));
         if (b->ffn.kind) {
-            memset(m->dtmp, 0, Nd * sizeof(float));
-            b->ffn.kind->backward(&b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
-            rmsnorm_backward(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
+            device_zero(m->device, m->dtmp, Nd * sizeof(float));
+            layer_backward(ops, &b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
+            ops->rmsnorm_backward(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
         }
         /* h = x + mixer(norm1(x)) ⇒ dx = dh + norm1ᵀ(mixerᵀ(dh)) */
-        memcpy(m->dx, m->dh, Nd * sizeof(float));
-        memset(m->dtmp, 0, Nd * sizeof(float));
-        b->mixer.kind->backward(&b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
-        rmsnorm_backward(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
+        device_copy(m->device, m->dx, m->dh, Nd * sizeof(float));
+        device_zero(m->device, m->dtmp, Nd * sizeof(float));
+        layer_backward(ops, &b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
+        ops->rmsnorm_backward(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
     }
-    embedding_backward(G(m, m->embed), m->dx, tokens, N, d);
+    ops->embedding_backward(G(m, m->embed), m->dx, tok, N, d);
 }
 
 void model_zero_grad(Model *m) { device_zero(m->device, m->dev_grads, m->params.total * sizeof(float)); }
@@ -377,87 +474,6 @@ double model_grad_norm(Model *m) {
 #endif
     return global_grad_norm(m->grad_data, m->params.total);
 }
-
-#ifdef BRAID_HAVE_CUDA
-/* model_forward on the GPU: the same steps with the _cuda ops and each layer's
- * forward_cuda. The batch is uploaded first (the targets stay for backward); the loss
- * sums come back to the host (cross_entropy_forward_backward_cuda waits for them). */
-static double model_forward_cuda(Model *m, const int *tokens, const int *targets, int B, int T) {
-    int N = B * T, d = m->d;
-    size_t Nd = (size_t)N * d;
-    float eps = m->cfg.model.norm_eps;
-#ifdef BRAID_HAVE_CUDA
-    /* cuBLAS's precision is process-wide; this model's holds for its own passes */
-    matmul_set_precision_cuda(m->cfg.train.matmul_precision);
-#endif
-    device_upload(DEVICE_CUDA, m->dev_tokens, tokens, (size_t)N * sizeof(int));
-    if (targets) device_upload(DEVICE_CUDA, m->dev_targets, targets, (size_t)N * sizeof(int));
-    float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
-    embedding_forward_cuda(x, m->dev_tokens, P(m, m->embed), N, d, 0);
-    m->last_aux_loss = 0.0;
-    for (int i = 0; i < m->n_blocks; i++) {
-        Block *b = &m->blocks[i];
-        float *out = (i + 1 < m->n_blocks) ? m->blocks[i + 1].x_in : m->x_final;
-        rmsnorm_forward_cuda(b->norm1_out, b->rstd1, b->x_in, P(m, b->norm1), N, d, eps, 0);
-        b->mixer.aux_loss = 0.0;
-        b->mixer.kind->forward_cuda(&b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
-        m->last_aux_loss += b->mixer.aux_loss;
-        add_inplace_cuda(b->h, b->x_in, Nd, 0);
-        if (b->ffn.kind) {
-            rmsnorm_forward_cuda(b->norm2_out, b->rstd2, b->h, P(m, b->norm2), N, d, eps, 0);
-            b->ffn.aux_loss = 0.0;
-            b->ffn.kind->forward_cuda(&b->ffn, out, b->norm2_out, B, T, &m->ctx);
-            m->last_aux_loss += b->ffn.aux_loss;
-            add_inplace_cuda(out, b->h, Nd, 0);
-        } else {
-            device_copy(DEVICE_CUDA, out, b->h, Nd * sizeof(float));
-        }
-    }
-    rmsnorm_forward_cuda(m->final_norm_out, m->final_rstd, m->x_final, P(m, m->final_norm), N, d, eps, 0);
-    matmul_forward_cuda(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0, 0);
-    if (!targets) { device_synchronize(DEVICE_CUDA); return 0.0; }
-    int valid = 0, correct = 0;
-    double sum = cross_entropy_forward_backward_cuda(NULL, m->logits, m->dev_targets, N, m->vocab, 0.0f,
-                                                     &valid, &correct, m->dev_ce_scratch, 0);
-    m->last_valid = valid;
-    m->last_correct = correct;
-    m->last_loss = valid > 0 ? sum / valid : 0.0;
-    return m->last_loss + m->last_aux_loss;
-}
-
-/* model_backward on the GPU, against the targets the last forward uploaded. */
-static void model_backward_cuda(Model *m, int B, int T, float loss_scale) {
-    int N = B * T, d = m->d;
-    size_t Nd = (size_t)N * d;
-    int valid = m->last_valid > 0 ? m->last_valid : 1;
-#ifdef BRAID_HAVE_CUDA
-    matmul_set_precision_cuda(m->cfg.train.matmul_precision);
-#endif
-    m->ctx.aux_grad_scale = loss_scale;
-    cross_entropy_forward_backward_cuda(m->dlogits, m->logits, m->dev_targets, N, m->vocab,
-                                        loss_scale / (float)valid, NULL, NULL, m->dev_ce_scratch, 0);
-    CUDA_ZERO(m->dtmp, Nd);
-    matmul_backward_cuda(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head),
-                         N, d, m->vocab, 0);
-    CUDA_ZERO(m->dx, Nd);
-    rmsnorm_backward_cuda(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm),
-                          m->final_rstd, N, d, 0);
-    for (int i = m->n_blocks - 1; i >= 0; i--) {
-        Block *b = &m->blocks[i];
-        device_copy(DEVICE_CUDA, m->dh, m->dx, Nd * sizeof(float));
-        if (b->ffn.kind) {
-            CUDA_ZERO(m->dtmp, Nd);
-            b->ffn.kind->backward_cuda(&b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
-            rmsnorm_backward_cuda(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d, 0);
-        }
-        device_copy(DEVICE_CUDA, m->dx, m->dh, Nd * sizeof(float));
-        CUDA_ZERO(m->dtmp, Nd);
-        b->mixer.kind->backward_cuda(&b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
-        rmsnorm_backward_cuda(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d, 0);
-    }
-    embedding_backward_cuda(G(m, m->embed), m->dx, m->dev_tokens, N, d, 0);
-}
-#endif
 
 size_t model_param_count(const Model *m) { return m->params.total; }
 
