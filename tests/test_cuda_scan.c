@@ -12,8 +12,8 @@
  * Tolerances, |cuda − cpu| ≤ tol · max|cpu|: 1e-4 forward, 1e-3 backward (sums over up to
  * 300 steps and 256 channels in another order; exp2f against the CPU's polynomial exp).
  *
- * `test_cuda_scan --bench` times the scan at B=8, T=2048, di=2048, N=16, chunk 64 instead
- * of testing (tools/gpu_scan_test.sh runs both).
+ * `test_cuda_scan --bench [B T di N chunk]` times the scan (default B=8, T=2048, di=1536,
+ * N=16, chunk 64: jamba-small's) instead of testing (tools/gpu_scan_test.sh runs both).
  * No GPU: prints that it skipped and exits 77 (CTest: skipped). Check runs in-process
  * (CK_NOFORK): a CUDA context does not survive fork(). */
 #include <check.h>
@@ -118,6 +118,7 @@ static const ScanShape scan_shapes[] = {
     {1, 300, 40, 5, 64, 1},   /* N not a power of two: padded state lanes */
     {2, 129, 24, 32, 8, 1},   /* N = 32: a whole warp per channel */
     {2, 100, 72, 16, 24, 1},  /* chunk not a multiple of the backward's 16-step sub-tile */
+    {2, 50, 38, 16, 8, 1},    /* channels not a multiple of 4: the kernels' 4-byte staging */
 };
 #define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
 
@@ -383,9 +384,9 @@ static float *bench_device(size_t n, float lo, float hi) {
     return d;
 }
 
-static int run_bench(void) {
+static int run_bench(int Bsz, int T, int channels, int N, int chunk) {
     BenchArgs a = {0};
-    a.Bsz = 8; a.T = 2048; a.channels = 2048; a.N = 16; a.chunk = 64;
+    a.Bsz = Bsz; a.T = T; a.channels = channels; a.N = N; a.chunk = chunk;
     const size_t btc = (size_t)a.Bsz * a.T * a.channels, btn = (size_t)a.Bsz * a.T * a.N;
     const size_t cn = (size_t)a.channels * a.N;
     const size_t n_states = (size_t)a.Bsz * selective_scan_n_chunks(a.T, a.chunk) * cn;
@@ -453,7 +454,14 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaStreamCreate(&stream));
     int failed = 0;
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
-        failed = run_bench() != EXIT_SUCCESS;
+        /* --bench [B T di N chunk]: jamba-small's Mamba shape by default */
+        int shape[5] = {8, 2048, 1536, 16, 64};
+        for (int i = 0; i < 5 && 2 + i < argc; i++) shape[i] = atoi(argv[2 + i]);
+        if (shape[0] < 1 || shape[1] < 1 || shape[2] < 1 || shape[3] < 1 || shape[3] > 32 || shape[4] < 1) {
+            fprintf(stderr, "test_cuda_scan --bench B T di N chunk: positive sizes, N ≤ 32\n");
+            return 2;
+        }
+        failed = run_bench(shape[0], shape[1], shape[2], shape[3], shape[4]) != EXIT_SUCCESS;
     } else {
         SRunner *sr = srunner_create(cuda_scan_suite());
         srunner_set_fork_status(sr, CK_NOFORK);   /* a CUDA context does not survive fork() */

@@ -43,6 +43,7 @@
  * exp: ex2.approx.ftz(δ · A·log2 e), the hardware ex2 (a couple of ulp; results below
  * 2^−126 flushed to 0), well inside the 1e-4 the tests hold it to. */
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "cuda_check.h"
@@ -89,41 +90,80 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int n>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory"); }
 
+/* cp.async of 16 bytes (both addresses 16-byte aligned), through L2 only. */
+__device__ __forceinline__ void cp_async16(float *dst, const float *src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+}
+
 /* Stage rows [t0, t0+len) of a (Bsz,T,cols) tensor's columns [col0, col0+W) into
- * tile[L][W] (cp.async; zero where s ≥ len or the column ≥ cols). */
-template <int L, int W>
+ * tile[L][W] (cp.async; zero where s ≥ len or the column ≥ cols).
+ * VEC: in 16-byte pieces, for cols and col0 multiples of 4 and a 16-byte aligned tensor
+ * (selective_scan_*_cuda check): a quarter of the copies, and the index arithmetic per
+ * copy (a division, a 64-bit address) was most of the staging's instructions. */
+template <int L, int W, bool VEC>
 __device__ __forceinline__ void stage_rows(float *tile, const float *src, int b, int T, int t0, int len,
                                            int cols, int col0, int tid) {
-    for (int i = tid; i < L * W; i += SCAN_THREADS) {
-        const int s = i / W, j = i % W;
-        if (s < len && col0 + j < cols) cp_async4(tile + i, src + ((size_t)b * T + t0 + s) * cols + col0 + j);
-        else tile[i] = 0.0f;
+    if constexpr (VEC) {
+        constexpr int W4 = W / 4;
+#pragma unroll
+        for (int i = tid; i < L * W4; i += SCAN_THREADS) {
+            const int s = i / W4, j = 4 * (i % W4);
+            float *dst = tile + s * W + j;
+            if (s < len && col0 + j < cols) cp_async16(dst, src + ((size_t)b * T + t0 + s) * cols + col0 + j);
+            else *(float4 *)dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    } else {
+        for (int i = tid; i < L * W; i += SCAN_THREADS) {
+            const int s = i / W, j = i % W;
+            if (s < len && col0 + j < cols) cp_async4(tile + i, src + ((size_t)b * T + t0 + s) * cols + col0 + j);
+            else tile[i] = 0.0f;
+        }
     }
 }
 
 /* The same rows as stage_rows, through registers: load() issues the global loads (they
  * are in flight while the thread computes), store() writes them into the tile. ON = false
- * (a tile too large for registers) makes both no-ops: the caller stages with cp.async. */
-template <int L, int W, bool ON>
+ * (a tile too large for registers) makes both no-ops: the caller stages with cp.async.
+ * VEC as in stage_rows: float4 loads and stores. */
+template <int L, int W, bool ON, bool VEC>
 struct RowRegs {
-    static constexpr int n = ON ? (L * W + SCAN_THREADS - 1) / SCAN_THREADS : 0;
-    float v[n > 0 ? n : 1];
+    static constexpr int P = VEC ? 4 : 1;   /* floats per piece */
+    static constexpr int WP = W / P, n = ON ? (L * WP + SCAN_THREADS - 1) / SCAN_THREADS : 0;
+    float4 v[n > 0 ? n : 1];   /* VEC: whole float4s; else .x only */
     __device__ __forceinline__ void load(const float *src, int b, int T, int t0, int len, int cols,
                                          int col0, int tid) {
 #pragma unroll
         for (int r = 0; r < n; r++) {
-            const int i = tid + r * SCAN_THREADS, s = i / W, j = i % W;
-            v[r] = i < L * W && s < len && col0 + j < cols ? src[((size_t)b * T + t0 + s) * cols + col0 + j] : 0.0f;
+            const int i = tid + r * SCAN_THREADS, s = i / WP, j = P * (i % WP);
+            const bool in = i < L * WP && s < len && col0 + j < cols;
+            const float *at = src + ((size_t)b * T + t0 + s) * cols + col0 + j;
+            if constexpr (VEC) v[r] = in ? *(const float4 *)at : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            else v[r].x = in ? *at : 0.0f;
         }
     }
     __device__ __forceinline__ void store(float *tile, int tid) const {
 #pragma unroll
         for (int r = 0; r < n; r++) {
             const int i = tid + r * SCAN_THREADS;
-            if (i < L * W) tile[i] = v[r];
+            if (i < L * WP) {
+                if constexpr (VEC) *(float4 *)(tile + P * i) = v[r];
+                else tile[i] = v[r].x;
+            }
         }
     }
 };
+
+/* *dst += *src for 4 floats (dst global, src shared; both 16-byte aligned) */
+__device__ __forceinline__ void add4(float *dst, const float *src) {
+    float4 d = *(float4 *)dst;
+    const float4 a = *(const float4 *)src;
+    d.x += a.x;
+    d.y += a.y;
+    d.z += a.z;
+    d.w += a.w;
+    *(float4 *)dst = d;
+}
 
 /* ---------------------------------------------------------------- forward */
 
@@ -142,7 +182,7 @@ struct ScanForwardSmem {
 
 /* grid (channel blocks, Bsz); thread (channel cl = tid / G, state group q = tid % G),
  * holding states n = 4q … 4q+3 of channel c0 + cl in registers. */
-template <int NP>
+template <int NP, bool VEC>
 __global__ void __launch_bounds__(SCAN_THREADS)
 selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, const float *delta,
                               const float *A, const float *B, const float *C, const float *D,
@@ -167,10 +207,10 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
     /* tile i+1 is copied (cp.async) while tile i is computed */
     auto stage = [&](int tile, int p) {
         const int t0 = tile * L, len = min(L, T - t0);
-        stage_rows<L, CB>(scan_smem + S::u + p * L * CB, u, b, T, t0, len, channels, c0, tid);
-        stage_rows<L, CB>(scan_smem + S::dt + p * L * CB, delta, b, T, t0, len, channels, c0, tid);
-        stage_rows<L, NP>(scan_smem + S::B + p * L * NP, B, b, T, t0, len, N, 0, tid);
-        stage_rows<L, NP>(scan_smem + S::C + p * L * NP, C, b, T, t0, len, N, 0, tid);
+        stage_rows<L, CB, VEC>(scan_smem + S::u + p * L * CB, u, b, T, t0, len, channels, c0, tid);
+        stage_rows<L, CB, VEC>(scan_smem + S::dt + p * L * CB, delta, b, T, t0, len, channels, c0, tid);
+        stage_rows<L, NP, VEC>(scan_smem + S::B + p * L * NP, B, b, T, t0, len, N, 0, tid);
+        stage_rows<L, NP, VEC>(scan_smem + S::C + p * L * NP, C, b, T, t0, len, N, 0, tid);
     };
     stage(0, 0);
     cp_async_commit();
@@ -216,9 +256,17 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
             for (int s = 0; s < len; s++) step(s);
         }
         __syncthreads();   /* y_tile complete; buffer p free for tile+2 */
-        for (int i = tid; i < len * CB; i += SCAN_THREADS) {
-            const int s = i / CB, j = i % CB;
-            if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = y_tile[i];
+        if constexpr (VEC) {
+            for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
+                const int s = i / (CB / 4), j = 4 * (i % (CB / 4));
+                if (c0 + j < channels)
+                    *(float4 *)(y + ((size_t)b * T + t0 + s) * channels + c0 + j) = *(const float4 *)(y_tile + s * CB + j);
+            }
+        } else {
+            for (int i = tid; i < len * CB; i += SCAN_THREADS) {
+                const int s = i / CB, j = i % CB;
+                if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = y_tile[i];
+            }
         }
     }
 }
@@ -245,7 +293,7 @@ struct ScanBackwardSmem {
 /* grid (channel blocks, Bsz); thread (cl = tid / G, q = tid % G) as in the forward.
  * Partials written (not accumulated):
  *   dB_part, dC_part[blockIdx.x][b][t][n]   dA_part[b][c][n]   dD_part[b][c] */
-template <int NP>
+template <int NP, bool VEC>
 __global__ void __launch_bounds__(SCAN_THREADS, SCAN_BWD_MIN_BLOCKS)
 selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *dC_part,
                                float *dA_part, float *dD_part, const float *dy, const float *u,
@@ -299,8 +347,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
      * checkpoint below (only if chunk > L), then the gradients of j (w = j).
      * With PF the next job's inputs are loaded into registers while this one computes. */
     constexpr bool PF = NP >= 16;   /* 2 or 4 floats per array per thread (N ≤ 8: 8 or 16) */
-    RowRegs<L, CB, PF> r_u, r_dt, r_dy;
-    RowRegs<L, NP, PF> r_B, r_C;
+    RowRegs<L, CB, PF, VEC> r_u, r_dt, r_dy;
+    RowRegs<L, NP, PF, VEC> r_B, r_C;
     auto n_sub_of = [&](int kk) { return (min(T, kk * chunk + chunk) - kk * chunk + L - 1) / L; };
     auto fetch = [&](int kk, int jj, int ww) {   /* issue the loads of job (kk, jj, ww) */
         const int tc1 = min(T, kk * chunk + chunk), ts0 = kk * chunk + ww * L, len = min(L, tc1 - ts0);
@@ -347,12 +395,12 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 r_C.store(scan_smem + S::C, tid);
             }
         } else {
-            stage_rows<L, CB>(scan_smem + S::u, u, b, T, ts0, len, channels, c0, tid);
-            stage_rows<L, CB>(scan_smem + S::dt, delta, b, T, ts0, len, channels, c0, tid);
-            stage_rows<L, NP>(scan_smem + S::B, B, b, T, ts0, len, N, 0, tid);
+            stage_rows<L, CB, VEC>(scan_smem + S::u, u, b, T, ts0, len, channels, c0, tid);
+            stage_rows<L, CB, VEC>(scan_smem + S::dt, delta, b, T, ts0, len, channels, c0, tid);
+            stage_rows<L, NP, VEC>(scan_smem + S::B, B, b, T, ts0, len, N, 0, tid);
             if (grad) {
-                stage_rows<L, CB>(scan_smem + S::dy, dy, b, T, ts0, len, channels, c0, tid);
-                stage_rows<L, NP>(scan_smem + S::C, C, b, T, ts0, len, N, 0, tid);
+                stage_rows<L, CB, VEC>(scan_smem + S::dy, dy, b, T, ts0, len, channels, c0, tid);
+                stage_rows<L, NP, VEC>(scan_smem + S::C, C, b, T, ts0, len, N, 0, tid);
             }
             cp_async_commit();
             cp_async_wait<0>();
@@ -471,25 +519,49 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 else if (q == 1) du_t[s * CB + cl] = dt * r + Dc * dyv;
             }
             __syncthreads();
-            for (int i = tid; i < len * CB; i += SCAN_THREADS) {
-                const int s = i / CB, jj = i % CB;
-                if (c0 + jj >= channels) continue;
-                const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
-                if (du) du[at] += du_t[i];
-                if (ddelta) ddelta[at] += ddt_t[i];
-            }
-            /* the block's Σ over its channels, warps in order */
-            for (int i = tid; i < len * N; i += SCAN_THREADS) {
-                const int s = i / N, m = i % N;
-                float sum_B = 0.0f, sum_C = 0.0f;
-#pragma unroll
-                for (int w = 0; w < SCAN_WARPS; w++) {
-                    sum_B += dBC[(s * SCAN_WARPS + w) * 2 * NP + m];
-                    sum_C += dBC[(s * SCAN_WARPS + w) * 2 * NP + NP + m];
+            if constexpr (VEC) {   /* float4 pieces: channels and N are multiples of 4 */
+                for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
+                    const int s = i / (CB / 4), jj = 4 * (i % (CB / 4));
+                    if (c0 + jj >= channels) continue;
+                    const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
+                    if (du) add4(du + at, du_t + s * CB + jj);
+                    if (ddelta) add4(ddelta + at, ddt_t + s * CB + jj);
                 }
-                const size_t at = (((size_t)blockIdx.x * Bsz + b) * T + ts0 + s) * N + m;
-                dB_part[at] = sum_B;
-                dC_part[at] = sum_C;
+                /* the block's Σ over its channels, warps in order */
+                for (int i = tid; i < len * (N / 4); i += SCAN_THREADS) {
+                    const int s = i / (N / 4), m = 4 * (i % (N / 4));
+                    float4 sum_B = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sum_C = sum_B;
+#pragma unroll
+                    for (int w = 0; w < SCAN_WARPS; w++) {
+                        const float4 pb = *(const float4 *)(dBC + (s * SCAN_WARPS + w) * 2 * NP + m);
+                        const float4 pc = *(const float4 *)(dBC + (s * SCAN_WARPS + w) * 2 * NP + NP + m);
+                        sum_B = make_float4(sum_B.x + pb.x, sum_B.y + pb.y, sum_B.z + pb.z, sum_B.w + pb.w);
+                        sum_C = make_float4(sum_C.x + pc.x, sum_C.y + pc.y, sum_C.z + pc.z, sum_C.w + pc.w);
+                    }
+                    const size_t at = (((size_t)blockIdx.x * Bsz + b) * T + ts0 + s) * N + m;
+                    *(float4 *)(dB_part + at) = sum_B;
+                    *(float4 *)(dC_part + at) = sum_C;
+                }
+            } else {
+                for (int i = tid; i < len * CB; i += SCAN_THREADS) {
+                    const int s = i / CB, jj = i % CB;
+                    if (c0 + jj >= channels) continue;
+                    const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
+                    if (du) du[at] += du_t[i];
+                    if (ddelta) ddelta[at] += ddt_t[i];
+                }
+                for (int i = tid; i < len * N; i += SCAN_THREADS) {
+                    const int s = i / N, m = i % N;
+                    float sum_B = 0.0f, sum_C = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < SCAN_WARPS; w++) {
+                        sum_B += dBC[(s * SCAN_WARPS + w) * 2 * NP + m];
+                        sum_C += dBC[(s * SCAN_WARPS + w) * 2 * NP + NP + m];
+                    }
+                    const size_t at = (((size_t)blockIdx.x * Bsz + b) * T + ts0 + s) * N + m;
+                    dB_part[at] = sum_B;
+                    dC_part[at] = sum_C;
+                }
             }
         }
         if (nk != k) ck_j = -1;
@@ -552,16 +624,25 @@ static void check_scan_shape(int N, int chunk, const char *who) {
     }
 }
 
-template <int NP>
+/* The 16-byte (VEC) staging applies when every row the kernels copy starts 16-byte aligned. */
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+static bool scan_vec_ok(int channels, int N, const void *const *ptrs, int n_ptrs) {
+    if (channels % 4 != 0 || N % 4 != 0) return false;
+    for (int i = 0; i < n_ptrs; i++)
+        if (ptrs[i] && !aligned16(ptrs[i])) return false;
+    return true;
+}
+
+template <int NP, bool VEC>
 static void launch_forward(float *y, float *chunk_states, const float *u, const float *delta,
                            const float *A, const float *B, const float *C, const float *D, int Bsz,
                            int T, int channels, int N, int chunk, cudaStream_t stream) {
     const size_t smem_bytes = ScanForwardSmem<NP>::total * sizeof(float);
     /* above 48 KiB (NP = 4: 84 KiB) a kernel must opt in to the larger shared memory */
-    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP>,
+    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP, VEC>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
     const dim3 grid((unsigned)channel_blocks(channels, N), (unsigned)Bsz);
-    selective_scan_forward_kernel<NP><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
+    selective_scan_forward_kernel<NP, VEC><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
         y, chunk_states, u, delta, A, B, C, D, T, channels, N, chunk);
     CUDA_CHECK_LAUNCH();
 }
@@ -572,12 +653,18 @@ extern "C" void selective_scan_forward_cuda(float *y, float *chunk_states, const
                                             int channels, int N, int chunk, cudaStream_t stream) {
     check_scan_shape(N, chunk, "selective_scan_forward_cuda");
     if (Bsz == 0 || T == 0 || channels == 0) return;
+    const void *rows[] = {y, u, delta, B, C};
+    const bool vec = scan_vec_ok(channels, N, rows, 5);
+#define SCAN_FORWARD(NP)                                                                             \
+    (vec ? launch_forward<NP, true>(y, chunk_states, u, delta, A, B, C, D, Bsz, T, channels, N, chunk, stream) \
+         : launch_forward<NP, false>(y, chunk_states, u, delta, A, B, C, D, Bsz, T, channels, N, chunk, stream))
     switch (padded_state(N)) {
-    case 4: launch_forward<4>(y, chunk_states, u, delta, A, B, C, D, Bsz, T, channels, N, chunk, stream); break;
-    case 8: launch_forward<8>(y, chunk_states, u, delta, A, B, C, D, Bsz, T, channels, N, chunk, stream); break;
-    case 16: launch_forward<16>(y, chunk_states, u, delta, A, B, C, D, Bsz, T, channels, N, chunk, stream); break;
-    default: launch_forward<32>(y, chunk_states, u, delta, A, B, C, D, Bsz, T, channels, N, chunk, stream); break;
+    case 4: SCAN_FORWARD(4); break;
+    case 8: SCAN_FORWARD(8); break;
+    case 16: SCAN_FORWARD(16); break;
+    default: SCAN_FORWARD(32); break;
     }
+#undef SCAN_FORWARD
 }
 
 /* scratch: dB_part, dC_part (n_cblocks·Bsz·T·N each), dA_part (Bsz·C·N), dD_part (Bsz·C). */
@@ -586,7 +673,7 @@ extern "C" size_t selective_scan_backward_cuda_scratch_floats(int Bsz, int T, in
     return 2 * (size_t)channel_blocks(channels, N) * btn + (size_t)Bsz * channels * (N + 1);
 }
 
-template <int NP>
+template <int NP, bool VEC>
 static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_part, float *dA_part,
                             float *dD_part, const float *dy, const float *u, const float *delta,
                             const float *A, const float *B, const float *C, const float *D,
@@ -594,10 +681,10 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
                             cudaStream_t stream) {
     const size_t smem_bytes = ScanBackwardSmem<NP>::total * sizeof(float);
     /* above 48 KiB a kernel must opt in to the larger shared memory */
-    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel<NP>,
+    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel<NP, VEC>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
     const dim3 grid((unsigned)channel_blocks(channels, N), (unsigned)Bsz);
-    selective_scan_backward_kernel<NP><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
+    selective_scan_backward_kernel<NP, VEC><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
         du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz,
         T, channels, N, chunk);
     CUDA_CHECK_LAUNCH();
@@ -622,12 +709,20 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
     const size_t btn = (size_t)Bsz * T * N;
     float *dB_part = scratch, *dC_part = dB_part + (size_t)n_parts * btn;
     float *dA_part = dC_part + (size_t)n_parts * btn, *dD_part = dA_part + (size_t)Bsz * channels * N;
+    const void *rows[] = {du, ddelta, dy, u, delta, B, C, scratch};
+    const bool vec = scan_vec_ok(channels, N, rows, 8);
+#define SCAN_BACKWARD(NP)                                                                            \
+    (vec ? launch_backward<NP, true>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, \
+                                     chunk_states, Bsz, T, channels, N, chunk, stream)                      \
+         : launch_backward<NP, false>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, \
+                                      chunk_states, Bsz, T, channels, N, chunk, stream))
     switch (padded_state(N)) {
-    case 4: launch_backward<4>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream); break;
-    case 8: launch_backward<8>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream); break;
-    case 16: launch_backward<16>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream); break;
-    default: launch_backward<32>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream); break;
+    case 4: SCAN_BACKWARD(4); break;
+    case 8: SCAN_BACKWARD(8); break;
+    case 16: SCAN_BACKWARD(16); break;
+    default: SCAN_BACKWARD(32); break;
     }
+#undef SCAN_BACKWARD
     if (dB || dC) {
         scan_sum_dBC_kernel<<<grid_stride_blocks(btn, 256, 4096), 256, 0, stream>>>(dB, dC, dB_part, dC_part,
                                                                          n_parts, btn);
