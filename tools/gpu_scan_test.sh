@@ -5,7 +5,7 @@
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
 #   2. configure and build test_cuda_scan into build-gpu
 #   3. ctest -R test_cuda_scan
-#   4. timing: test_cuda_scan --bench (B=8 T=2048 di=2048 N=16 chunk 64, median of 25,
+#   4. timing: test_cuda_scan --bench (B=8 T=2048 di=1536 N=16 chunk 64, median of 25,
 #      against the memory-traffic floor at 3.0 TB/s), then, where PyTorch with CUDA is
 #      installed, a plain PyTorch sequential scan of the same size over T/8 steps,
 #      extrapolated ×8
@@ -52,7 +52,7 @@ import statistics, sys, time
 import torch
 if not torch.cuda.is_available():
     print("torch: no CUDA"); sys.exit(0)
-Bsz, T, di, N = 8, 2048, 2048, 16
+Bsz, T, di, N = 8, 2048, 1536, 16
 steps = T // 8
 dev = "cuda"
 g = torch.Generator(device=dev).manual_seed(0)
@@ -108,6 +108,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     # patterns for the scan kernel of commit 64b147c (4 states a thread, sub-tile checkpoint)
     mutant scan.cu 's/y_tile\[s \* CB + cl\] = p_y + Dc \* uu;/y_tile[s * CB + cl] = p_y;/' "scan forward drops D·u"
     mutant scan.cu 's/if (du) du\[at\] += du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
+    mutant scan.cu 's/    d.x += a.x;/    d.x = a.x;/' "scan float4 du/ddelta overwritten, not accumulated"
+    mutant scan.cu 's/if (s < len \&\& col0 + j < cols) cp_async16/if (s < len \&\& col0 + j + 4 < cols) cp_async16/' "scan 16-byte staging drops a row's last piece"
     mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"
     mutant scan.cu 's/for (int i = 0; i < SCAN_NPT; i++) h\[i\] = ck\[i\];/;/' "scan sub-tile ignores its checkpointed state"
     mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
