@@ -19,7 +19,10 @@
  * memory with coalesced loads (u, δ, dy: the block's channels are contiguous; B, C: one row
  * of N), so the recurrence itself waits only on shared memory and the exp; the forward
  * double-buffers the tiles with cp.async (the next tile lands while this one computes);
- * outputs go through shared memory too and are written back coalesced.
+ * outputs go through shared memory too and are written back coalesced. Copies are 16-byte
+ * pieces where channels and N are multiples of 4 and the tensors aligned (VEC), else 4-byte.
+ * Why this layout and not 8 or 16 states a thread, or 1 or 2: all four measured slower at
+ * jamba-small's shape (docs/performance.md, "The selective scan: where its time goes").
  *
  * Backward: a chunk is processed in sub-tiles of SCAN_BWD_TILE = 16 steps, last first. The
  * sub-tile's states are recomputed into shared memory (a float4 column per thread, no
