@@ -52,12 +52,15 @@ extern "C" int matmul_set_precision_cuda(const char *name) {
 /* BRAID_MATMUL_PROFILE=1 (a developer's diagnostic, off by default): every GEMM and bf16
  * conversion is bracketed by cudaEvents on its stream (nothing waits), and at exit a table
  * of GPU time per (what, m, n, k) goes to stderr, largest first: which matmuls a step's
- * time goes to, and what the bf16 conversions cost beside the products they feed. */
+ * time goes to, and what the bf16 conversions cost beside the products they feed.
+ * BRAID_MATMUL_PROFILE=2 also lists every call in order with the host time since the
+ * previous one ended (where a host sync or host work sits between products). */
 typedef struct ProfiledCall {
     const char *what;
     long m, n, k;
     cudaEvent_t start, stop;
     double host_ms;   /* inside the cuBLAS call on the host (its algorithm choice, the launch) */
+    double host_at;   /* host seconds when the call began */
 } ProfiledCall;
 static int profile_on = -1;   /* -1: BRAID_MATMUL_PROFILE not read yet */
 static ProfiledCall *profiled;
@@ -66,7 +69,21 @@ static size_t n_profiled, profiled_capacity;
 static void profile_report(void) {
     if (!n_profiled) return;
     CUDA_CHECK(cudaDeviceSynchronize());
-    typedef struct { const char *what; long m, n, k, calls; double ms, host_ms; } Total;
+    if (profile_on == 2) {   /* BRAID_MATMUL_PROFILE=2: every call in order too */
+        fprintf(stderr, "%-18s %8s %8s %8s %10s %10s %12s\n", "what", "m", "n", "k", "GPU ms", "host ms",
+                "host gap ms");
+        for (size_t i = 0; i < n_profiled; i++) {
+            const ProfiledCall *c = &profiled[i];
+            float ms = 0.0f;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, c->start, c->stop));
+            const double gap = i ? 1e3 * (c->host_at - profiled[i - 1].host_at) - profiled[i - 1].host_ms : 0.0;
+            fprintf(stderr, "%-18s %8ld %8ld %8ld %10.3f %10.3f %12.3f\n", c->what, c->m, c->n, c->k, ms,
+                    c->host_ms, gap);
+        }
+    }
+    /* the first call of each product apart: it carries one-time costs (cuBLAS loading its
+     * kernels: 65 ms for the step's first GEMM on an H100), which are not the step's */
+    typedef struct { const char *what; long m, n, k, calls; double ms, host_ms, first_ms, first_host_ms; } Total;
     Total *totals = (Total *)calloc(n_profiled, sizeof(Total));
     size_t n_totals = 0;
     double all_ms[2] = {0.0, 0.0};   /* GEMMs, conversions */
@@ -77,11 +94,14 @@ static void profile_report(void) {
         size_t t = 0;
         while (t < n_totals && !(totals[t].what == c->what && totals[t].m == c->m && totals[t].n == c->n &&
                                  totals[t].k == c->k)) t++;
-        if (t == n_totals) totals[n_totals++] = (Total){c->what, c->m, c->n, c->k, 0, 0.0, 0.0};
+        all_ms[c->k == 0] += ms;
+        if (t == n_totals) {
+            totals[n_totals++] = (Total){c->what, c->m, c->n, c->k, 0, 0.0, 0.0, ms, c->host_ms};
+            continue;
+        }
         totals[t].calls++;
         totals[t].ms += ms;
         totals[t].host_ms += c->host_ms;
-        all_ms[c->k == 0] += ms;
     }
     qsort(totals, n_totals, sizeof(Total), [](const void *a, const void *b) {
         const double d = ((const Total *)b)->ms - ((const Total *)a)->ms;
@@ -91,15 +111,17 @@ static void profile_report(void) {
             n_profiled, all_ms[0], all_ms[1]);
     /* GPU ms runs from the event before the call to the one after: where the GPU was idle
      * when the first was reached, it includes the host's time until the launch (host ms) */
-    fprintf(stderr, "%-18s %8s %8s %8s %7s %10s %10s %10s %12s\n", "what", "m", "n", "k", "calls", "GPU ms",
-            "ms/call", "host ms", "rate");
+    fprintf(stderr, "(the columns after `calls` leave out each product's first call; `first`: its GPU and host ms)\n");
+    fprintf(stderr, "%-18s %8s %8s %8s %7s %10s %10s %10s %16s %12s\n", "what", "m", "n", "k", "calls", "GPU ms",
+            "ms/call", "host ms", "first GPU/host", "rate");
     for (size_t t = 0; t < n_totals; t++) {
         const Total *x = &totals[t];
-        const double per_call = x->ms / x->calls;
+        const double per_call = x->calls ? x->ms / x->calls : x->first_ms;
         const double rate = x->k ? 2.0 * x->m * x->n * x->k / (per_call * 1e-3) / 1e12   /* TFLOP/s */
                                  : 6.0 * x->m / (per_call * 1e-3) / 1e9;                 /* GB/s */
-        fprintf(stderr, "%-18s %8ld %8ld %8ld %7ld %10.3f %10.4f %10.3f %7.1f %s\n", x->what, x->m, x->n, x->k,
-                x->calls, x->ms, per_call, x->host_ms, rate, x->k ? "TFLOP/s" : "GB/s");
+        fprintf(stderr, "%-18s %8ld %8ld %8ld %7ld %10.3f %10.4f %10.3f %7.2f/%-8.2f %7.1f %s\n", x->what, x->m,
+                x->n, x->k, x->calls, x->ms, per_call, x->host_ms, x->first_ms, x->first_host_ms, rate,
+                x->k ? "TFLOP/s" : "GB/s");
     }
     free(totals);
 }
@@ -114,7 +136,7 @@ static double host_seconds(void) {
 static ProfiledCall *profile_begin(const char *what, long m, long n, long k, cudaStream_t stream) {
     if (profile_on < 0) {
         const char *env = getenv("BRAID_MATMUL_PROFILE");
-        profile_on = env && *env && strcmp(env, "0") != 0;
+        profile_on = env && *env && strcmp(env, "0") != 0 ? (strcmp(env, "2") == 0 ? 2 : 1) : 0;
         /* registered after the CUDA runtime's exit handler, so it runs before it */
         if (profile_on) atexit(profile_report);
     }
@@ -126,7 +148,7 @@ static ProfiledCall *profile_begin(const char *what, long m, long n, long k, cud
         if (!profiled) { fprintf(stderr, "matmul profile: out of memory\n"); abort(); }
     }
     ProfiledCall *c = &profiled[n_profiled++];
-    *c = (ProfiledCall){what, m, n, k, NULL, NULL, 0.0};
+    *c = (ProfiledCall){what, m, n, k, NULL, NULL, 0.0, 0.0};
     CUDA_CHECK(cudaEventCreate(&c->start));
     CUDA_CHECK(cudaEventCreate(&c->stop));
     CUDA_CHECK(cudaEventRecord(c->start, stream));
@@ -217,6 +239,7 @@ static void gemm(const char *what, int bf16, cublasHandle_t handle, cudaStream_t
                                                                            : CUBLAS_COMPUTE_32F_FAST_TF32;
     ProfiledCall *timed = profile_begin(what, m, n, k, stream);
     const double host_start = timed ? host_seconds() : 0.0;
+    if (timed) timed->host_at = host_start;
     CUBLAS_CHECK(cublasGemmEx(handle, op_a, op_b, m, n, k, alpha, A, operand, lda, B, operand, ldb,
                               beta, C, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
     if (timed) timed->host_ms = 1e3 * (host_seconds() - host_start);
