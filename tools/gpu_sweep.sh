@@ -22,16 +22,37 @@
 #
 # Points that finished are skipped when the same sweep runs again with its directory
 # carried (runs/sweeps/NAME); an unfinished point restarts, as its checkpoints stay there.
+#
+# Several sweeps at once, separated by --and, each with its own options, all running
+# concurrently on the GPU(s) (one GPU is far from busy with one small point): the grid
+# variables are per sweep (RATIOS for attention_ratio, PATTERNS for mixer_kinds, MIXERS
+# for moe_vs_dense), so one environment serves them all:
+#   RATIOS="0 0.5" PATTERNS=MWMWMWMW MIXERS=MMAMMMAM SEQ_LENS=256 KV_PAIRS=32 \
+#   bash tools/gpu_sweep.sh attention_ratio --scale small --steps 1600 --jobs 2 \
+#       --and mixer_kinds --scale small --steps 1600 --jobs 1 \
+#       --and moe_vs_dense --scale small --steps 1600 --jobs 1
+# Each sweep's directory comes back as its own tarball.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-[ $# -ge 1 ] || { echo "usage: bash tools/gpu_sweep.sh SWEEP [sweep options...]" >&2; exit 2; }
-sweep=$1; shift
-script=experiments/$sweep.sh
-[ -f "$script" ] || { echo "gpu_sweep.sh: no $script" >&2; exit 2; }
+usage="usage: bash tools/gpu_sweep.sh SWEEP [sweep options...] [--and SWEEP [options...]]..."
+[ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 out=${OUT:-$root/runs/gpu_sweep}
 mkdir -p "$out"
 limit=${SWEEP_TIMEOUT:-480}
+
+# split the arguments at --and: groups[i] holds sweep i's name and options (one string
+# per group, each argument %q-quoted so spaces and regexes survive)
+groups=() cur=""
+for a in "$@"; do
+    if [ "$a" = --and ]; then groups+=("$cur"); cur=""; else cur+=" $(printf '%q' "$a")"; fi
+done
+groups+=("$cur")
+for g in "${groups[@]}"; do
+    eval "set -- $g"
+    [ $# -ge 1 ] || { echo "gpu_sweep.sh: an empty sweep around --and; $usage" >&2; exit 2; }
+    [ -f "experiments/$1.sh" ] || { echo "gpu_sweep.sh: no experiments/$1.sh" >&2; exit 2; }
+done
 
 source tools/gpu_deps.sh unpack
 set +e
@@ -42,25 +63,40 @@ start=$SECONDS
     { echo "build failed:"; tail -n 40 "$out/build.log"; exit 1; }
 echo "built in $((SECONDS - start)) s"
 
-# the sweep's own --out, or its default
-dir=runs/sweeps/$sweep-tiny
-prev=""
-for a in "$@"; do
-    [ "$prev" = --scale ] && dir=runs/sweeps/$sweep-$a
-    [ "$prev" = --out ] && { dir=$a; break; }
-    prev=$a
-done
-
-gpus=()
-case " $* " in *" --gpus "*) ;; *)
-    n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
-    [ "${n:-0}" -gt 1 ] && { gpus=(--gpus "$n"); echo "spreading the points over $n GPUs"; } ;;
-esac
+n_gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+dirs=() pids=() logs=() names=()
 start=$SECONDS
-timeout --signal=INT "$limit" bash "$script" --device cuda "${gpus[@]}" "$@" >"$out/sweep.log" 2>&1
-rc=$?
-echo "sweep rc $rc after $((SECONDS - start)) s (limit $limit s; 124 = stopped by the limit)"
-grep -E "finished|FAILED|budget" "$out/sweep.log" | sed 's/^/  /'
-parent=$(dirname "$dir") base=$(basename "$dir")
-tar -czf "$out/$base.tar.gz" --exclude="*.h5" --exclude=latest -C "$parent" "$base" && ls -la "$out/$base.tar.gz"
+for i in "${!groups[@]}"; do
+    eval "set -- ${groups[$i]}"
+    sweep=$1; shift
+    # the sweep's own --out, or its default
+    dir=runs/sweeps/$sweep-tiny
+    prev=""
+    for a in "$@"; do
+        [ "$prev" = --scale ] && dir=runs/sweeps/$sweep-$a
+        [ "$prev" = --out ] && { dir=$a; break; }
+        prev=$a
+    done
+    gpus=()
+    case " $* " in *" --gpus "*) ;; *)
+        [ "${n_gpus:-0}" -gt 1 ] && { gpus=(--gpus "$n_gpus"); echo "$sweep: spreading its points over $n_gpus GPUs"; } ;;
+    esac
+    log=$out/sweep.log
+    [ ${#groups[@]} -gt 1 ] && log=$out/sweep-$i-$sweep.log
+    timeout --signal=INT "$limit" bash "experiments/$sweep.sh" --device cuda "${gpus[@]}" "$@" >"$log" 2>&1 &
+    pids+=($!) dirs+=("$dir") logs+=("$log") names+=("$sweep")
+done
+rc=0
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"
+    r=$?
+    [ $r -ne 0 ] && rc=$r
+    echo "${names[$i]}: rc $r after $((SECONDS - start)) s (limit $limit s; 124 = stopped by the limit)"
+    grep -E "finished|FAILED|budget" "${logs[$i]}" | sed 's/^/  /'
+done
+for dir in $(printf '%s\n' "${dirs[@]}" | sort -u); do
+    [ -d "$dir" ] || continue
+    parent=$(dirname "$dir") base=$(basename "$dir")
+    tar -czf "$out/$base.tar.gz" --exclude="*.h5" --exclude=latest -C "$parent" "$base" && ls -la "$out/$base.tar.gz"
+done
 exit $rc
