@@ -165,7 +165,7 @@ run_points() {
     [ ${#EXTRA_SETS[@]} -eq 0 ] || echo "[$SWEEP] every point also gets (--set): ${EXTRA_SETS[*]}"
     for i in "${!POINT_NAMES[@]}"; do
         local name=${POINT_NAMES[$i]}
-        if [ -n "$ONLY" ] && ! echo "$name" | grep -Eq "$ONLY"; then continue; fi
+        if [ -n "$ONLY" ] && ! echo "$name" | grep -Eq -e "$ONLY"; then continue; fi
         [ "$GPUS" -eq 1 ] || gpu=$((launched % GPUS))
         launched=$((launched + 1))
         if [ "$DRY_RUN" = 1 ]; then

@@ -119,7 +119,7 @@ END_TEST
 /* The sweep scripts' shared runner (experiments/lib.sh), through moe_vs_dense's dry run
  * (it probes nothing, so it is quick): --gpus spreads the points round-robin; bad values
  * and a MIXERS pattern of the wrong length are refused by name; another pattern names
- * its points for it. */
+ * its points for it; --only selects by regex, one starting with '-' too. */
 START_TEST(sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags) {
     char cmd[2048];
     const char *sweep = "TRAIN=%s/train bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu";
@@ -142,6 +142,12 @@ START_TEST(sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags) {
     rc = run(cmd);
     ck_assert_msg(rc == 0 && strstr(output, "MAMA-jamba-T128-kv16-s1:") && !strstr(output, "\njamba-T128"),
                   "MIXERS=MAMA points not named for the pattern: %s", output);
+    /* an --only regex that starts with '-' is a pattern, not a grep option */
+    snprintf(cmd, sizeof cmd, "%s --seeds 2 --only '-s2$' --dry-run", base);
+    rc = run(cmd);
+    ck_assert_msg(rc == 0 && strstr(output, "dense-T128-kv16-s2:") && !strstr(output, "dense-T128-kv16-s1:") &&
+                      !strstr(output, "grep"),
+                  "--only '-s2$' did not select the seed-2 points: %s", output);
 }
 END_TEST
 
