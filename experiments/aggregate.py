@@ -126,7 +126,9 @@ def fmt_acc(values):
     if len(values) == 1:
         return f"{mean:.1f}"
     lo, hi = 100 * min(values), 100 * max(values)
-    digits = 1 if hi < 10 else 0   # near chance a whole-percent range reads "0–0"
+    # one decimal where whole percents would hide the spread ("0–0" near chance,
+    # "100–100" for 99.5 and 99.6)
+    digits = 1 if hi < 10 or round(lo) == round(hi) else 0
     return f"{mean:.1f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
