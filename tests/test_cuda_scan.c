@@ -5,7 +5,9 @@
  * (softplus outputs of a trained Mamba live around there); A = −(n+1)·U[0.5, 1.5] (the
  * init's −exp(A_log) = −(n+1), jittered), so exp(δA) spans 0.0003 … 1. Shapes cover
  * B 1…4, T 1, 7, 64, 129, 300, di 16…256, N 4, 5 (not a power of two), 16, 32 and chunk 8,
- * 64 (and chunk ≥ T), channel counts that leave a block half full.
+ * 64 (and chunk ≥ T), channel counts that leave a block half full; both staging paths of
+ * the kernels (16-byte pieces where channels and N are multiples of 4, else 4-byte: the
+ * N = 5 and 38-channel shapes).
  * Outputs a kernel WRITES (y, chunk_states, conv out) are poisoned first (bytes 0xFF, a
  * NaN), so an unwritten element fails; gradients a kernel ACCUMULATES into start from the
  * same random values on both sides, so adding (not overwriting) is what gets checked.
