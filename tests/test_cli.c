@@ -151,6 +151,21 @@ START_TEST(sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags) {
 }
 END_TEST
 
+/* tools/gpu_sweep.sh checks every sweep of a --and list before it builds or runs anything
+ * (a bad one would otherwise surface minutes into a device call). */
+START_TEST(gpu_sweep_checks_each_sweep_before_running) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "bash %s/tools/gpu_sweep.sh attention_ratio --scale small --and nosuch --steps 1",
+             BRAID_SOURCE_DIR);
+    int rc = run(cmd);
+    ck_assert_msg(rc == 2 && strstr(output, "no experiments/nosuch.sh"), "unknown second sweep: exit %d: %s", rc,
+                  output);
+    snprintf(cmd, sizeof cmd, "bash %s/tools/gpu_sweep.sh attention_ratio --scale small --and", BRAID_SOURCE_DIR);
+    rc = run(cmd);
+    ck_assert_msg(rc == 2 && strstr(output, "an empty sweep around --and"), "empty sweep: exit %d: %s", rc, output);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("cli");
@@ -161,6 +176,7 @@ int main(void) {
     tcase_add_test(tc, train_runs_a_short_job_and_writes_its_run_directory);
     tcase_add_test(tc, device_cuda_runs_on_a_gpu_or_says_why_not);
     tcase_add_test(tc, sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags);
+    tcase_add_test(tc, gpu_sweep_checks_each_sweep_before_running);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
