@@ -13,7 +13,9 @@
  * with OpenBLAS to ~1e-7 of the largest output; TF32 rounds inputs to 10 mantissa bits and
  * lands ~1e-4 off, so this also checks that TF32 stays off);
  * 1e-3 for attention (different summation orders over up to 300 keys), tighter for the
- * double-precision sums (loss sum, gradient norm).
+ * double-precision sums (loss sum, gradient norm); the TF32 tensor-core attention
+ * (train.matmul_precision tf32/bf16) has its own, wider tolerance, and a floor that shows
+ * the rounding happened.
  *
  * No GPU (cudaGetDeviceCount fails or finds none): prints that it skipped and exits 77,
  * which CTest reports as skipped. Check runs the tests in-process (CK_NOFORK): a CUDA
@@ -39,6 +41,9 @@
 #define ELEMENTWISE_TOL 1e-4
 #define MATMUL_TOL 1e-5
 #define ATTENTION_TOL 1e-3
+/* TF32 tensor-core attention: operands rounded to 10 mantissa bits (unit roundoff 2^-11) */
+#define ATTENTION_TF32_TOL 5e-3
+#define ATTENTION_TF32_MIN_DIFF 1e-5
 
 static Rng rng;
 static cudaStream_t stream;
@@ -552,11 +557,26 @@ static const AttentionShape attention_shapes[] = {
 };
 #define N_ATTENTION_SHAPES (sizeof attention_shapes / sizeof attention_shapes[0])
 
+/* cuda_test_check_device_close, returning the observed error relative to the largest value. */
+static double check_attention_output(const char *op, const char *shape, const float *device,
+                                     const float *want, size_t n, double tol) {
+    float *got = cuda_test_host_from_device(device, n);
+    cuda_test_check_close(op, shape, got, want, n, tol);
+    const CudaComparison c = cuda_test_compare(got, want, n);
+    free(got);
+    return c.max_want > 0 ? c.worst_diff / c.max_want : c.worst_diff;
+}
+
 static void attention_shape_name(char *buf, size_t len, AttentionShape a) {
     snprintf(buf, len, "B=%d T=%d H=%d Hkv=%d hd=%d window=%d", a.B, a.T, a.H, a.Hkv, a.hd, a.window);
 }
 
-START_TEST(test_attention_forward_matches_cpu) {
+/* Forward at every shape with the given train.matmul_precision, against the float32 CPU op.
+ * Returns the largest error over the shapes relative to each output's largest value, so the
+ * tensor-core test can also check that TF32 rounding shows (that the path was taken). */
+static double check_attention_forward(const char *precision, double tol) {
+    ck_assert_int_eq(attention_set_precision_cuda(precision), 0);
+    double worst = 0.0;
     for (size_t s = 0; s < N_ATTENTION_SHAPES; s++) {
         const AttentionShape a = attention_shapes[s];
         char shape[128];
@@ -571,16 +591,23 @@ START_TEST(test_attention_forward_matches_cpu) {
         float *d_out = cuda_test_device_poisoned(n_q), *d_lse = cuda_test_device_poisoned(n_lse);
         attention_forward(out, lse, q, k, v, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
         attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
-        cuda_test_check_device_close("attention_forward out", shape, d_out, out, n_q, ATTENTION_TOL);
-        cuda_test_check_device_close("attention_forward lse", shape, d_lse, lse, n_lse, ATTENTION_TOL);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " %s", precision);
+        worst = fmax(worst, check_attention_output("attention_forward out", shape, d_out, out, n_q, tol));
+        worst = fmax(worst, check_attention_output("attention_forward lse", shape, d_lse, lse, n_lse, tol));
         free(q); free(k); free(v); free(out); free(lse);
         CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
         CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
     }
+    return worst;
 }
+
+START_TEST(test_attention_forward_matches_cpu) { check_attention_forward("fp32", ATTENTION_TOL); }
 END_TEST
 
-START_TEST(test_attention_backward_accumulates_like_cpu) {
+/* Backward at every shape, into gradients that already hold values; as the forward. */
+static double check_attention_backward(const char *precision, double tol) {
+    ck_assert_int_eq(attention_set_precision_cuda(precision), 0);
+    double worst = 0.0;
     for (size_t s = 0; s < N_ATTENTION_SHAPES; s++) {
         const AttentionShape a = attention_shapes[s];
         char shape[128];
@@ -604,14 +631,33 @@ START_TEST(test_attention_backward_accumulates_like_cpu) {
         attention_backward(dq, dk, dv, dout, q, k, v, out, lse, a.B, a.T, a.H, a.Hkv, a.hd, a.window);
         attention_backward_cuda(d_dq, d_dk, d_dv, d_dout, d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H,
                                 a.Hkv, a.hd, a.window, stream);
-        cuda_test_check_device_close("attention_backward dq", shape, d_dq, dq, n_q, ATTENTION_TOL);
-        cuda_test_check_device_close("attention_backward dk", shape, d_dk, dk, n_kv, ATTENTION_TOL);
-        cuda_test_check_device_close("attention_backward dv", shape, d_dv, dv, n_kv, ATTENTION_TOL);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " %s", precision);
+        worst = fmax(worst, check_attention_output("attention_backward dq", shape, d_dq, dq, n_q, tol));
+        worst = fmax(worst, check_attention_output("attention_backward dk", shape, d_dk, dk, n_kv, tol));
+        worst = fmax(worst, check_attention_output("attention_backward dv", shape, d_dv, dv, n_kv, tol));
         free(q); free(k); free(v); free(out); free(lse); free(dout); free(dq); free(dk); free(dv);
         CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
         CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse)); CUDA_CHECK(cudaFree(d_dout));
         CUDA_CHECK(cudaFree(d_dq)); CUDA_CHECK(cudaFree(d_dk)); CUDA_CHECK(cudaFree(d_dv));
     }
+    return worst;
+}
+
+START_TEST(test_attention_backward_accumulates_like_cpu) { check_attention_backward("fp32", ATTENTION_TOL); }
+END_TEST
+
+/* train.matmul_precision tf32 and bf16 run attention's tile products on the TF32 tensor
+ * cores (attention_tc.cu): the same shapes, ragged ones included, within TF32 rounding of
+ * the float32 CPU op; and far enough from it that the rounding shows, or the setting would
+ * be ignored (the float32 kernels land ~1e-6 off). */
+START_TEST(test_attention_tensor_cores_within_tf32_rounding) {
+    const double fwd = check_attention_forward("tf32", ATTENTION_TF32_TOL);
+    const double bwd = check_attention_backward("bf16", ATTENTION_TF32_TOL);   /* bf16 takes TF32 too */
+    ck_assert_msg(fwd >= ATTENTION_TF32_MIN_DIFF && bwd >= ATTENTION_TF32_MIN_DIFF,
+                  "tensor-core attention agrees with float32 to %.2e (forward) and %.2e (backward): "
+                  "no TF32 rounding seen, so the tensor-core path was not taken", fwd, bwd);
+    ck_assert_int_eq(attention_set_precision_cuda("fp16"), -1);
+    ck_assert_int_eq(attention_set_precision_cuda("fp32"), 0);
 }
 END_TEST
 
@@ -621,9 +667,13 @@ END_TEST
  * values, equals backward into the start values to the last bit (both add the same
  * increment once). */
 START_TEST(test_attention_backward_adds_to_existing_gradients) {
+    static const char *precisions[] = {"fp32", "tf32"};   /* CUDA cores, then tensor cores */
+    for (int p = 0; p < 2; p++) {
+    ck_assert_int_eq(attention_set_precision_cuda(precisions[p]), 0);
     const AttentionShape a = {1, 40, 4, 2, 32, 0};
     char shape[128];
     attention_shape_name(shape, sizeof shape, a);
+    snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " %s", precisions[p]);
     const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
     const size_t n_lse = (size_t)a.B * a.H * a.T;
     float *q = cuda_test_host_normal(&rng, n_q, 1.0f), *k = cuda_test_host_normal(&rng, n_kv, 1.0f);
@@ -650,6 +700,8 @@ START_TEST(test_attention_backward_adds_to_existing_gradients) {
     CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v));
     CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse));
     CUDA_CHECK(cudaFree(d_dq_zero)); CUDA_CHECK(cudaFree(d_dq_start));
+    }
+    attention_set_precision_cuda("fp32");
 }
 END_TEST
 
@@ -744,6 +796,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_attention_forward_matches_cpu);
     tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);
+    tcase_add_test(tc, test_attention_tensor_cores_within_tf32_rounding);
     tcase_add_test(tc, test_adamw_update_matches_cpu_with_no_decay_tensors);
     tcase_add_test(tc, test_global_grad_norm_matches_cpu);
     suite_add_tcase(s, tc);

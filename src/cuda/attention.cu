@@ -35,30 +35,20 @@
  *  - the causal/window mask is evaluated only on tiles that cross the diagonal, the window
  *    edge or T; tiles entirely above the diagonal or past the window are never visited.
  * Plain float32 FMAs on the CUDA cores (no TF32: the tests compare with float32 references
- * at 1e-3). expf, not __expf, so it agrees with the CPU op to rounding.
+ * at 1e-3); with train.matmul_precision tf32 or bf16 the entry points below hand the tile
+ * products to the TF32 tensor-core kernels of attention_tc.cu instead. expf, not __expf, so it agrees with the CPU op to rounding.
  * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal: forward 2.47 ms, backward 7.38 ms
  * (dq 3.1, dk/dv 4.4), ~20 TFLOP/s; the earlier unblocked kernels took 9.4 and 26.9 ms. */
+#include "attention_common.cuh"
 #include "cuda_check.h"
 #include "ops_cuda.h"
 #include "reduce.cuh"
 
+#include <string.h>
+
 #define THREADS 256           /* 8 warps; a 16×16 grid of threads over every tile */
 #define TILE 64               /* query rows (forward, dq) or keys (dk/dv) a block owns */
 #define MAX_HD 128
-
-__device__ __forceinline__ int first_visible_key(int t, int window) {
-    return window > 0 ? max(0, t - window + 1) : 0;
-}
-
-/* Key j is visible to query t (t < T is checked here; j <= t < T covers j). */
-__device__ __forceinline__ bool visible(int t, int j, int T, int window) {
-    return t < T && j <= t && (window <= 0 || j > t - window);
-}
-
-/* Row index of (b, t, head) in a [B, T, heads, hd] tensor. */
-__device__ __forceinline__ size_t token_row(int b, int t, int heads, int head, int T) {
-    return ((size_t)b * T + t) * heads + head;
-}
 
 /* Copies rows first..first+ROWS−1 of head `head` of x[B,T,heads,hd] into tile[ROWS][HD+4];
  * rows at or past T and dims at or past hd are zero, so the padded dot products below are
@@ -439,6 +429,17 @@ attention_backward_dkdv_kernel(float *dk, float *dv, const float *dout, const fl
     }
 }
 
+/* Whether the tile products go to the TF32 tensor cores (attention_tc.cu); process-wide,
+ * like cuBLAS's precision in matmul.cu. */
+static int use_tensor_cores = 0;
+
+extern "C" int attention_set_precision_cuda(const char *name) {
+    if (!strcmp(name, "fp32")) use_tensor_cores = 0;
+    else if (!strcmp(name, "tf32") || !strcmp(name, "bf16")) use_tensor_cores = 1;
+    else return -1;
+    return 0;
+}
+
 static void attention_check_shape(int H, int Hkv, int hd) {
     if (Hkv <= 0 || H % Hkv != 0 || hd <= 0 || hd > MAX_HD) {
         fprintf(stderr, "%s:%d: attention_cuda: H=%d, Hkv=%d, hd=%d unsupported (need H %% Hkv == 0, "
@@ -498,7 +499,8 @@ extern "C" void attention_forward_cuda(float *out, float *lse, const float *q, c
                                        int window, cudaStream_t stream) {
     attention_check_shape(H, Hkv, hd);
     if (B <= 0 || T <= 0) return;
-    if (hd <= 32) launch_forward<32, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    if (use_tensor_cores) attention_forward_tc(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else if (hd <= 32) launch_forward<32, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
     else if (hd <= 64) launch_forward<64, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
     else launch_forward<128, 32, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
 }
@@ -531,7 +533,9 @@ extern "C" void attention_backward_cuda(float *dq, float *dk, float *dv, const f
     const unsigned row_blocks = (unsigned)((rows + THREADS / 32 - 1) / (THREADS / 32));
     attention_row_dot_kernel<<<row_blocks, THREADS, 0, stream>>>(Dsum, dout, out, B, T, H, hd);
     CUDA_CHECK_LAUNCH();
-    if (hd <= 32)
+    if (use_tensor_cores)
+        attention_backward_tc(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    else if (hd <= 32)
         launch_backward<32, 64, 64, 2>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
     else if (hd <= 64)
         launch_backward<64, 64, 64, 2>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);

@@ -86,6 +86,11 @@ void rope_backward_cuda(float *dx, int B, int T, int H, int hd, float base, cuda
 void attention_forward_cuda(float *out, float *lse, const float *q, const float *k,
                             const float *v, int B, int T, int H, int Hkv, int hd, int window,
                             cudaStream_t stream);
+/* train.matmul_precision for the attention kernels: "fp32" (the default) multiplies the tiles
+ * in float32 on the CUDA cores; "tf32" and "bf16" on the TF32 tensor cores (operands rounded
+ * to 10 mantissa bits, float32 accumulation and softmax). Process-wide, like
+ * matmul_set_precision_cuda; -1 for an unknown name. */
+int attention_set_precision_cuda(const char *precision);
 /* dq, dk, dv ACCUMULATED; recomputes the probabilities from lse (FlashAttention-2). */
 void attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,

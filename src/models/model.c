@@ -121,7 +121,8 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     if (m->device == DEVICE_CUDA) {
 #ifdef BRAID_HAVE_CUDA
         ops_cuda_init();   /* the cuBLAS handle (once per process) */
-        if (matmul_set_precision_cuda(cfg->train.matmul_precision) != 0)
+        if (matmul_set_precision_cuda(cfg->train.matmul_precision) != 0 ||
+            attention_set_precision_cuda(cfg->train.matmul_precision) != 0)
             return error_set(err, "train.matmul_precision: '%s' (expected fp32, tf32 or bf16)",
                              cfg->train.matmul_precision);
 #endif
@@ -357,8 +358,10 @@ static const StepOps cuda_step_ops = {
 static const StepOps *step_ops(const Model *m) {
 #ifdef BRAID_HAVE_CUDA
     if (m->device == DEVICE_CUDA) {
-        /* cuBLAS's precision is process-wide; this model's holds for its own passes */
+        /* cuBLAS's and attention's precision are process-wide; this model's holds for its
+         * own passes */
         matmul_set_precision_cuda(m->cfg.train.matmul_precision);
+        attention_set_precision_cuda(m->cfg.train.matmul_precision);
         return &cuda_step_ops;
     }
 #else

@@ -1,0 +1,34 @@
+/* attention_common.cuh — what the float32 attention kernels (attention.cu) and the TF32
+ * tensor-core ones (attention_tc.cu) share: the visibility rule, the row addressing and the
+ * tensor-core entry points that attention.cu dispatches to (device code only). */
+#ifndef BRAID_ATTENTION_COMMON_CUH
+#define BRAID_ATTENTION_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+/* The first key query t sees: 0, or t−w+1 with a sliding window w > 0. */
+__device__ __forceinline__ int first_visible_key(int t, int window) {
+    return window > 0 ? max(0, t - window + 1) : 0;
+}
+
+/* Key j is visible to query t (t < T is checked here; j <= t < T covers j). */
+__device__ __forceinline__ bool visible(int t, int j, int T, int window) {
+    return t < T && j <= t && (window <= 0 || j > t - window);
+}
+
+/* Row index of (b, t, head) in a [B, T, heads, hd] tensor. */
+__device__ __forceinline__ size_t token_row(int b, int t, int heads, int head, int T) {
+    return ((size_t)b * T + t) * heads + head;
+}
+
+/* attention_tc.cu: the same contract as attention_forward_cuda / attention_backward_cuda
+ * (shapes already checked; Dsum = rowsum(dout ⊙ out) [B,H,T] computed by the caller). */
+void attention_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
+                          int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream);
+void attention_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                           const float *k, const float *v, const float *lse, const float *Dsum,
+                           int B, int T, int H, int Hkv, int hd, int window, float scale,
+                           cudaStream_t stream);
+
+#endif

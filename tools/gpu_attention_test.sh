@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# gpu_attention_test.sh — build the CUDA attention kernels (src/cuda/attention.cu, float32 on
+# the CUDA cores; attention_tc.cu, TF32 on the tensor cores), check both against the CPU op
+# and time them beside PyTorch's SDPA, on a GPU machine, in one device-tool call
+# (docs/gpu.md). Same structure as tools/gpu_scan_test.sh:
+#   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
+#   2. configure and build test_cuda_ops and bench into build-gpu
+#   3. ctest -R test_cuda_ops (every op; attention at 11 shapes in float32 and TF32)
+#   4. timing: bench --ops at jamba-small's shape (B 8, T 2048, H 12, Hkv 4, hd 64), the
+#      attention rows; then PyTorch's SDPA at the same shape in float32 and bf16 (CUDA
+#      events, median of 20), where PyTorch with CUDA is installed
+#   5. test_cuda_ops under compute-sanitizer memcheck
+#   6. with --mutants: plant known bugs in attention_tc.cu one at a time; the test must
+#      catch each
+#   7. racecheck (shared-memory races; slow, so last)
+# --quick skips 5 and 7 (the sanitizers): a first look at correctness and timing.
+# A short summary is printed last (the device tool returns the output's tail).
+# Logs go to $OUT (the device tool's folder that comes back), else to runs/gpu_attention_test.
+# Exit status: 0 if every step passed.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/runs/gpu_attention_test}
+mkdir -p "$out"
+build=$root/build-gpu
+jobs=${JOBS:-16}
+test_bin=$build/tests/test_cuda_ops
+mutants=0 quick=0
+for a in "$@"; do
+    case "$a" in --mutants) mutants=1 ;; --quick) quick=1 ;;
+        *) echo "gpu_attention_test.sh: unknown option $a (--mutants, --quick)" >&2; exit 2 ;; esac
+done
+
+source tools/gpu_deps.sh unpack
+set +e   # gpu_deps.sh sets -e; here a failed step is recorded and the summary still prints
+
+source tools/gpu_lib.sh
+device_info
+
+status=0
+run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
+if [ $status -eq 0 ]; then
+    run_step build "$out/build.log" \
+        cmake --build "$build" -j"$jobs" --target test_cuda_ops bench || status=1
+    record "build warnings" "$(grep -ci "warning" "$out/build.log")" 0
+fi
+if [ $status -eq 0 ]; then
+    run_step "ctest ops" "$out/ctest.log" \
+        ctest --test-dir "$build" -R test_cuda_ops --output-on-failure || status=1
+    cp "$build/Testing/Temporary/LastTest.log" "$out/test_cuda_ops.log" 2>/dev/null
+    record_ctest test_cuda_ops "$out/ctest.log"
+
+    run_step "bench --ops" "$out/bench_ops.log" timeout 300 "$build/bench" --ops \
+        --config configs/jamba-small.yaml || status=1
+
+    cat >"$out/torch_sdpa.py" <<'PY'
+import statistics, sys
+import torch
+import torch.nn.functional as F
+if not torch.cuda.is_available():
+    print("torch: no CUDA"); sys.exit(0)
+B, T, H, Hkv, hd = 8, 2048, 12, 4, 64
+flops_fwd = 4.0 * B * H * T * T * hd / 2          # causal: half the pairs (bench_ops.c)
+g = torch.Generator(device="cuda").manual_seed(0)
+def timed(fn, reps=20, warm=3):
+    for _ in range(warm): fn()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+for dtype in (torch.float32, torch.bfloat16):
+    q = torch.randn(B, H, T, hd, device="cuda", generator=g, dtype=dtype).requires_grad_()
+    k = torch.randn(B, Hkv, T, hd, device="cuda", generator=g, dtype=dtype).requires_grad_()
+    v = torch.randn(B, Hkv, T, hd, device="cuda", generator=g, dtype=dtype).requires_grad_()
+    do = torch.randn(B, H, T, hd, device="cuda", generator=g, dtype=dtype)
+    f = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    def fwd():
+        with torch.no_grad(): f()
+    def both():
+        q.grad = k.grad = v.grad = None
+        f().backward(do)
+    ms_f, ms_b = timed(fwd), timed(both)
+    name = str(dtype).replace("torch.", "")
+    print(f"torch SDPA {name:8s} fwd {ms_f:7.3f} ms {flops_fwd / ms_f / 1e9:6.1f} TFLOP/s   "
+          f"fwd+bwd {ms_b:7.3f} ms {3.5 * flops_fwd / ms_b / 1e9:6.1f} TFLOP/s")
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}, B={B} T={T} H={H} Hkv={Hkv} hd={hd}")
+PY
+    if python3 -c "import torch" 2>/dev/null; then
+        run_step "torch SDPA" "$out/torch.log" timeout 150 python3 "$out/torch_sdpa.py"
+    else
+        record "torch SDPA" "no PyTorch" 0
+    fi
+
+    sanitizer=$([ $quick -eq 1 ] || find_sanitizer)
+    if [ $quick -eq 1 ]; then
+        record "memcheck" "skipped (--quick)" 0
+    elif [ -n "$sanitizer" ]; then
+        run_step "memcheck" "$out/memcheck.log" \
+            timeout 200 "$sanitizer" --tool memcheck --error-exitcode 3 "$test_bin" || status=1
+    else
+        record "memcheck" "no compute-sanitizer" 0
+    fi
+fi
+
+MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
+if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
+    mutant attention_tc.cu 's/mma_tf32(acc\[n\], a, x\[8 \* n\], x\[LD + 8 \* n\]);/mma_tf32(acc[n], a, x[LD + 8 * n], x[8 * n]);/' \
+        "tc scores·rows: keys 2t, 2t+1 swapped"
+    mutant attention_tc.cu 's/for (int n = 0; n < ND; n++) { acc\[n\]\[2 \* half\] \*= corr; acc\[n\]\[2 \* half + 1\] \*= corr; }/for (int n = 0; n < ND; n++) acc[n][2 * half] *= corr;/' \
+        "tc forward rescales half the outputs"
+    mutant attention_tc.cu 's/row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));//' \
+        "tc forward row max misses two lanes"
+    mutant attention_tc.cu 's/dq_row\[d\] += scale \* acc/dq_row[d] = scale * acc/' \
+        "tc dq overwritten, not accumulated"
+    mutant attention_tc.cu 's/? exp2f(scale_log2 \* s\[n\]\[c\] - lse_s\[col\])/? exp2f(scale_log2 * s[n][c] - lse_s[col ^ 1])/' \
+        "tc dk/dv reads a neighbour's lse"
+    mutant attention_tc.cu 's/const bool full = t0 + TC_ROWS - 1 < T \&\& j0 + BC - 1 <= t0 \&\&/const bool full = t0 + TC_ROWS - 1 < T \&\& j0 + BC - 1 <= t0 + TC_ROWS - 1 \&\&/' \
+        "tc forward and dq skip the mask on diagonal tiles"
+    mutant attention_tc.cu 's/tile\[r \* LD + d\] = t < T \&\& d < hd ?/tile[r * LD + d] = t < T \&\& d + 1 < hd ?/' \
+        "tc scalar staging drops the last dim"
+    cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
+fi
+
+if [ $status -eq 0 ] && [ -n "${sanitizer:-}" ]; then
+    run_step "racecheck" "$out/racecheck.log" \
+        timeout 240 "$sanitizer" --tool racecheck --error-exitcode 3 "$test_bin" || status=1
+fi
+
+echo
+print_test_report test_cuda_ops "$out/test_cuda_ops.log" | grep -iE "attention|Checks|:[EF]:|----"
+grep -E "ERROR SUMMARY" "$out/memcheck.log" 2>/dev/null | sed 's/^/  memcheck: /'
+grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$out/racecheck.log" 2>/dev/null | sed 's/^/  racecheck: /'
+echo "---- timing"
+grep -E "attention" "$out/bench_ops.log" 2>/dev/null | sed 's/^/  /'
+grep -E "^torch" "$out/torch.log" 2>/dev/null | sed 's/^/  /'
+print_summary || status=1
+exit $status
