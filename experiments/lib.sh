@@ -22,6 +22,9 @@ options:
                       cores/J threads
   --gpus G            spread the points over G GPUs of this machine (CUDA_VISIBLE_DEVICES
                       0..G-1, round-robin in launch order; default 1: whatever CUDA picks)
+  --gpu-offset K      start that round-robin at GPU K mod G (default 0); tools/gpu_sweep.sh
+                      gives sweeps that run at once different offsets, so that their first
+                      points do not all land on GPU 0
   --steps N           override the scale's training steps
   --set KEY=VALUE     a config setting for every point (repeatable), applied after the
                       scale's presets and before the sweep's own settings, so the keys the
@@ -35,7 +38,8 @@ USAGE
 }
 
 parse_common() {
-    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; GPUS=1; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0; EXTRA_SETS=()
+    DEVICE=cpu; SCALE=tiny; SEEDS=1; JOBS=""; GPUS=1; GPU_OFFSET=0; STEPS=""; OUT=""; ONLY=""; DRY_RUN=0
+    EXTRA_SETS=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
@@ -43,6 +47,7 @@ parse_common() {
             --seeds) SEEDS=${2:?--seeds needs a value}; shift 2 ;;
             --jobs) JOBS=${2:?--jobs needs a value}; shift 2 ;;
             --gpus) GPUS=${2:?--gpus needs a value}; shift 2 ;;
+            --gpu-offset) GPU_OFFSET=${2:?--gpu-offset needs a value}; shift 2 ;;
             --steps) STEPS=${2:?--steps needs a value}; shift 2 ;;
             --out) OUT=${2:?--out needs a value}; shift 2 ;;
             --only) ONLY=${2:?--only needs a value}; shift 2 ;;
@@ -63,6 +68,10 @@ parse_common() {
     [ -n "$JOBS" ] || JOBS=$(( cores / 2 > 0 ? cores / 2 : 1 ))
     case "$JOBS" in ''|*[!0-9]*|0) echo "$SWEEP: --jobs must be a positive integer" >&2; exit 1 ;; esac
     case "$GPUS" in ''|*[!0-9]*|0) echo "$SWEEP: --gpus must be a positive integer" >&2; exit 1 ;; esac
+    case "$GPU_OFFSET" in
+        ''|*[!0-9]*) echo "$SWEEP: --gpu-offset must be a non-negative integer, not '$GPU_OFFSET'" >&2; exit 1 ;;
+    esac
+    GPU_OFFSET=$(( 10#$GPU_OFFSET % GPUS ))   # (10#: a leading 0 is not octal)
     THREADS=$(( cores / JOBS > 0 ? cores / JOBS : 1 ))
     [ -n "$OUT" ] || OUT=$BRAID_ROOT/runs/sweeps/$SWEEP-$SCALE
     [ -x "$TRAIN" ] || { echo "$SWEEP: $TRAIN not found; build first (cmake --build build)" >&2; exit 1; }
@@ -161,12 +170,12 @@ run_points() {
     mkdir -p "$OUT"
     local i failed=0 running=0 launched=0 gpu=""
     echo "[$SWEEP] ${#POINT_NAMES[@]} points, scale $SCALE, $JOBS at a time with $THREADS threads each, into $OUT"
-    [ "$GPUS" -eq 1 ] || echo "[$SWEEP] spread over $GPUS GPUs (CUDA_VISIBLE_DEVICES, round-robin)"
+    [ "$GPUS" -eq 1 ] || echo "[$SWEEP] spread over $GPUS GPUs (CUDA_VISIBLE_DEVICES, round-robin from GPU $GPU_OFFSET)"
     [ ${#EXTRA_SETS[@]} -eq 0 ] || echo "[$SWEEP] every point also gets (--set): ${EXTRA_SETS[*]}"
     for i in "${!POINT_NAMES[@]}"; do
         local name=${POINT_NAMES[$i]}
         if [ -n "$ONLY" ] && ! echo "$name" | grep -Eq -e "$ONLY"; then continue; fi
-        [ "$GPUS" -eq 1 ] || gpu=$((launched % GPUS))
+        [ "$GPUS" -eq 1 ] || gpu=$(((launched + GPU_OFFSET) % GPUS))
         launched=$((launched + 1))
         if [ "$DRY_RUN" = 1 ]; then
             echo "$name${gpu:+ (GPU $gpu)}: $TRAIN --set ${POINT_SETS[$i]// / --set }"; continue

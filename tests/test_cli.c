@@ -151,6 +151,33 @@ START_TEST(sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags) {
 }
 END_TEST
 
+/* --gpu-offset K starts the round-robin at GPU K mod G (tools/gpu_sweep.sh staggers the sweeps
+ * of a --and list with it); a value that is not a non-negative integer is refused by name. */
+START_TEST(sweep_gpu_offset_starts_the_round_robin_there) {
+    char cmd[2048], base[1024];
+    snprintf(base, sizeof base, "TRAIN=%s/train bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu",
+             BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+    snprintf(cmd, sizeof cmd, "%s --gpus 2 --gpu-offset 1 --jobs 4 --dry-run", base);
+    int rc = run(cmd);
+    ck_assert_msg(rc == 0, "dry run exited %d: %s", rc, output);
+    ck_assert_msg(strstr(output, "round-robin from GPU 1") && strstr(output, "dense-T128-kv16-s1 (GPU 1)") &&
+                      strstr(output, "moe-e4-top2-T128-kv16-s1 (GPU 0)") &&
+                      strstr(output, "moe-e4-top1-T128-kv16-s1 (GPU 1)"),
+                  "--gpu-offset 1 did not start the round-robin at GPU 1: %s", output);
+    snprintf(cmd, sizeof cmd, "%s --gpus 2 --gpu-offset 3 --dry-run", base);   /* 3 mod 2 */
+    rc = run(cmd);
+    ck_assert_msg(rc == 0 && strstr(output, "dense-T128-kv16-s1 (GPU 1)"), "--gpu-offset 3 of 2 GPUs: exit %d: %s",
+                  rc, output);
+    const char *bad[] = {"-1", "x", "1.5"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof cmd, "%s --gpus 2 --gpu-offset %s --dry-run", base, bad[i]);
+        rc = run(cmd);
+        ck_assert_msg(rc == 1 && strstr(output, "--gpu-offset must be a non-negative integer"),
+                      "--gpu-offset %s: exit %d: %s", bad[i], rc, output);
+    }
+}
+END_TEST
+
 /* tools/gpu_sweep.sh checks every sweep of a --and list before it builds or runs anything
  * (a bad one would otherwise surface minutes into a device call). */
 START_TEST(gpu_sweep_checks_each_sweep_before_running) {
@@ -176,6 +203,7 @@ int main(void) {
     tcase_add_test(tc, train_runs_a_short_job_and_writes_its_run_directory);
     tcase_add_test(tc, device_cuda_runs_on_a_gpu_or_says_why_not);
     tcase_add_test(tc, sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags);
+    tcase_add_test(tc, sweep_gpu_offset_starts_the_round_robin_there);
     tcase_add_test(tc, gpu_sweep_checks_each_sweep_before_running);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

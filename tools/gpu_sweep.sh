@@ -31,7 +31,8 @@
 #   bash tools/gpu_sweep.sh attention_ratio --scale small --steps 1600 --jobs 2 \
 #       --and mixer_kinds --scale small --steps 1600 --jobs 1 \
 #       --and moe_vs_dense --scale small --steps 1600 --jobs 1
-# Each sweep's directory comes back as its own tarball.
+# Each sweep's directory comes back as its own tarball. On several GPUs each sweep's
+# round-robin starts where the previous sweeps' first points end (--gpu-offset; see below).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -65,6 +66,12 @@ echo "built in $((SECONDS - start)) s"
 
 n_gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 dirs=() pids=() logs=() names=()
+# Where the next sweep's round-robin starts (its --gpu-offset, mod its GPU count): the sum
+# of the earlier sweeps' --jobs. The sweeps start together and each puts its first --jobs
+# points on consecutive GPUs from its offset, so the first points of all the sweeps spread
+# over the GPUs as one sweep of all of them would. Offsets 0, 1, 2, … would not: a sweep
+# with --jobs 2 would share its second GPU with the next sweep's first point.
+first_gpu=0
 start=$SECONDS
 for i in "${!groups[@]}"; do
     eval "set -- ${groups[$i]}"
@@ -81,9 +88,29 @@ for i in "${!groups[@]}"; do
     case " $* " in *" --gpus "*) ;; *)
         [ "${n_gpus:-0}" -gt 1 ] && { gpus=(--gpus "$n_gpus"); echo "$sweep: spreading its points over $n_gpus GPUs"; } ;;
     esac
+    # its --jobs (absent: lib.sh's default, cores/2), its GPU count, and whether it sets its
+    # own --gpu-offset (which then stands)
+    jobs=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )) sweep_gpus=$n_gpus own_offset=0 prev=""
+    for a in "$@"; do
+        case $prev in
+            --jobs) jobs=$a ;;
+            --gpus) sweep_gpus=$a ;;
+            --gpu-offset) own_offset=1 ;;
+        esac
+        prev=$a
+    done
+    offset=()
+    if [[ $jobs =~ ^[1-9][0-9]*$ && $sweep_gpus =~ ^[1-9][0-9]*$ ]]; then   # (else lib.sh refuses them)
+        k=$((first_gpu % sweep_gpus))
+        if [ "$own_offset" = 0 ] && [ "$k" -gt 0 ]; then
+            offset=(--gpu-offset "$k")
+            echo "$sweep: its round-robin starts at GPU $k, after the earlier sweeps' first points"
+        fi
+        first_gpu=$((first_gpu + jobs))
+    fi
     log=$out/sweep.log
     [ ${#groups[@]} -gt 1 ] && log=$out/sweep-$i-$sweep.log
-    timeout --signal=INT "$limit" bash "experiments/$sweep.sh" --device cuda "${gpus[@]}" "$@" >"$log" 2>&1 &
+    timeout --signal=INT "$limit" bash "experiments/$sweep.sh" --device cuda "${gpus[@]}" "${offset[@]}" "$@" >"$log" 2>&1 &
     pids+=($!) dirs+=("$dir") logs+=("$log") names+=("$sweep")
 done
 rc=0

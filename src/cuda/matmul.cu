@@ -58,7 +58,8 @@ extern "C" int matmul_set_precision_cuda(const char *name) {
 typedef struct ProfiledCall {
     const char *what;
     long m, n, k;
-    cudaEvent_t start, stop;
+    cudaEvent_t start, stop;   /* destroyed by profile_report once gpu_ms is read */
+    float gpu_ms;     /* from start to stop, read once the device is synchronized */
     double host_ms;   /* inside the cuBLAS call on the host (its algorithm choice, the launch) */
     double host_at;   /* host seconds when the call began */
 } ProfiledCall;
@@ -69,15 +70,20 @@ static size_t n_profiled, profiled_capacity;
 static void profile_report(void) {
     if (!n_profiled) return;
     CUDA_CHECK(cudaDeviceSynchronize());
+    /* each call's GPU time read once, for the list and the totals; its events are done then */
+    for (size_t i = 0; i < n_profiled; i++) {
+        ProfiledCall *c = &profiled[i];
+        CUDA_CHECK(cudaEventElapsedTime(&c->gpu_ms, c->start, c->stop));
+        CUDA_CHECK(cudaEventDestroy(c->start));
+        CUDA_CHECK(cudaEventDestroy(c->stop));
+    }
     if (profile_on == 2) {   /* BRAID_MATMUL_PROFILE=2: every call in order too */
         fprintf(stderr, "%-18s %8s %8s %8s %10s %10s %12s\n", "what", "m", "n", "k", "GPU ms", "host ms",
                 "host gap ms");
         for (size_t i = 0; i < n_profiled; i++) {
             const ProfiledCall *c = &profiled[i];
-            float ms = 0.0f;
-            CUDA_CHECK(cudaEventElapsedTime(&ms, c->start, c->stop));
             const double gap = i ? 1e3 * (c->host_at - profiled[i - 1].host_at) - profiled[i - 1].host_ms : 0.0;
-            fprintf(stderr, "%-18s %8ld %8ld %8ld %10.3f %10.3f %12.3f\n", c->what, c->m, c->n, c->k, ms,
+            fprintf(stderr, "%-18s %8ld %8ld %8ld %10.3f %10.3f %12.3f\n", c->what, c->m, c->n, c->k, c->gpu_ms,
                     c->host_ms, gap);
         }
     }
@@ -89,8 +95,7 @@ static void profile_report(void) {
     double all_ms[2] = {0.0, 0.0};   /* GEMMs, conversions */
     for (size_t i = 0; i < n_profiled; i++) {
         const ProfiledCall *c = &profiled[i];
-        float ms = 0.0f;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, c->start, c->stop));
+        const float ms = c->gpu_ms;
         size_t t = 0;
         while (t < n_totals && !(totals[t].what == c->what && totals[t].m == c->m && totals[t].n == c->n &&
                                  totals[t].k == c->k)) t++;
@@ -148,7 +153,7 @@ static ProfiledCall *profile_begin(const char *what, long m, long n, long k, cud
         if (!profiled) { fprintf(stderr, "matmul profile: out of memory\n"); abort(); }
     }
     ProfiledCall *c = &profiled[n_profiled++];
-    *c = (ProfiledCall){what, m, n, k, NULL, NULL, 0.0, 0.0};
+    *c = (ProfiledCall){what, m, n, k, NULL, NULL, 0.0f, 0.0, 0.0};
     CUDA_CHECK(cudaEventCreate(&c->start));
     CUDA_CHECK(cudaEventCreate(&c->stop));
     CUDA_CHECK(cudaEventRecord(c->start, stream));
