@@ -15,8 +15,8 @@
  *                   time those bytes take at the DRAM bandwidth. See scan_bytes.
  *  causal_conv1d    x (B,T,di), kernel d_conv; the same kind of floor. See conv_bytes.
  *  layer_<kind>     a whole layer (mamba, attention, sliding_window, dense, moe, gla) through
- *                   its LayerKind's forward_cuda/backward_cuda, built as the model builds it.
- *                   See layer_flops.
+ *                   its LayerKind's forward_cuda/backward_cuda, built as the model builds it,
+ *                   in train.matmul_precision and against its peak. See layer_flops.
  * Each op is timed forward, backward and forward+backward (layers: forward and
  * forward+backward, since a layer's backward needs the forward just before it). */
 #include "bench_ops.h"
@@ -772,6 +772,9 @@ int bench_ops_run(const Config *cfg, const BenchOpsOptions *opt, BraidError *err
     /* every layer kind with a CUDA path, whether or not the pattern uses it (its settings
      * come from the config all the same); 'W' only when the pattern has it */
     const char *kinds = has_window ? "MAWDEG" : "MADEG";
+    /* the layers' matmuls (and attention) run in train.matmul_precision: against that
+     * precision's dense tensor-core peak (float32's for fp32) */
+    b.peak_flops *= matmul_precision_peak_factor(cfg->train.matmul_precision);
     for (const char *k = kinds; *k; k++) bench_layer(&b, cfg, *k);
 
     CUDA_CHECK(cudaDeviceSynchronize());

@@ -411,7 +411,7 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
 void attention_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
                           int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream) {
     if (hd <= 32) launch_forward_tc<32, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
-    else if (hd <= 64) launch_forward_tc<64, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else if (hd <= 64) launch_forward_tc<64, 64, 4>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
     else launch_forward_tc<128, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
 }
 
