@@ -44,6 +44,9 @@
 /* TF32 tensor-core attention: operands rounded to 10 mantissa bits (unit roundoff 2^-11) */
 #define ATTENTION_TF32_TOL 5e-3
 #define ATTENTION_TF32_MIN_DIFF 1e-5
+/* bf16 tensor-core attention: 8 significant bits (unit roundoff 2^-9) */
+#define ATTENTION_BF16_TOL 4e-2
+#define ATTENTION_BF16_MIN_DIFF 3e-3
 
 static Rng rng;
 static cudaStream_t stream;
@@ -646,17 +649,30 @@ static double check_attention_backward(const char *precision, double tol) {
 START_TEST(test_attention_backward_accumulates_like_cpu) { check_attention_backward("fp32", ATTENTION_TOL); }
 END_TEST
 
-/* train.matmul_precision tf32 and bf16 run attention's tile products on the TF32 tensor
- * cores (attention_tc.cu): the same shapes, ragged ones included, within TF32 rounding of
- * the float32 CPU op; and far enough from it that the rounding shows, or the setting would
- * be ignored (the float32 kernels land ~1e-6 off). */
+/* train.matmul_precision tf32 runs attention's tile products on the TF32 tensor cores
+ * (attention_tc.cu): the same shapes, ragged ones included, within TF32 rounding of the
+ * float32 CPU op; and far enough from it that the rounding shows, or the setting would be
+ * ignored (the float32 kernels land ~1e-6 off). */
 START_TEST(test_attention_tensor_cores_within_tf32_rounding) {
     const double fwd = check_attention_forward("tf32", ATTENTION_TF32_TOL);
-    const double bwd = check_attention_backward("bf16", ATTENTION_TF32_TOL);   /* bf16 takes TF32 too */
+    const double bwd = check_attention_backward("tf32", ATTENTION_TF32_TOL);
     ck_assert_msg(fwd >= ATTENTION_TF32_MIN_DIFF && bwd >= ATTENTION_TF32_MIN_DIFF,
-                  "tensor-core attention agrees with float32 to %.2e (forward) and %.2e (backward): "
+                  "TF32 attention agrees with float32 to %.2e (forward) and %.2e (backward): "
                   "no TF32 rounding seen, so the tensor-core path was not taken", fwd, bwd);
     ck_assert_int_eq(attention_set_precision_cuda("fp16"), -1);
+    ck_assert_int_eq(attention_set_precision_cuda("fp32"), 0);
+}
+END_TEST
+
+/* train.matmul_precision bf16: the bf16 tensor cores (7 mantissa bits, 4× TF32's rounding
+ * error); the floor sits above what TF32 reaches on these shapes, so TF32 in bf16's place
+ * fails too. */
+START_TEST(test_attention_tensor_cores_within_bf16_rounding) {
+    const double fwd = check_attention_forward("bf16", ATTENTION_BF16_TOL);
+    const double bwd = check_attention_backward("bf16", ATTENTION_BF16_TOL);
+    ck_assert_msg(fwd >= ATTENTION_BF16_MIN_DIFF && bwd >= ATTENTION_BF16_MIN_DIFF,
+                  "bf16 attention agrees with float32 to %.2e (forward) and %.2e (backward): "
+                  "less than bf16 rounding, so the bf16 path was not taken", fwd, bwd);
     ck_assert_int_eq(attention_set_precision_cuda("fp32"), 0);
 }
 END_TEST
@@ -667,8 +683,8 @@ END_TEST
  * values, equals backward into the start values to the last bit (both add the same
  * increment once). */
 START_TEST(test_attention_backward_adds_to_existing_gradients) {
-    static const char *precisions[] = {"fp32", "tf32"};   /* CUDA cores, then tensor cores */
-    for (int p = 0; p < 2; p++) {
+    static const char *precisions[] = {"fp32", "tf32", "bf16"};   /* CUDA cores, then tensor cores */
+    for (int p = 0; p < 3; p++) {
     ck_assert_int_eq(attention_set_precision_cuda(precisions[p]), 0);
     const AttentionShape a = {1, 40, 4, 2, 32, 0};
     char shape[128];
@@ -797,6 +813,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);
     tcase_add_test(tc, test_attention_tensor_cores_within_tf32_rounding);
+    tcase_add_test(tc, test_attention_tensor_cores_within_bf16_rounding);
     tcase_add_test(tc, test_adamw_update_matches_cpu_with_no_decay_tensors);
     tcase_add_test(tc, test_global_grad_norm_matches_cpu);
     suite_add_tcase(s, tc);

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # gpu_attention_test.sh — build the CUDA attention kernels (src/cuda/attention.cu, float32 on
-# the CUDA cores; attention_tc.cu, TF32 on the tensor cores), check both against the CPU op
+# the CUDA cores; attention_tc.cu, TF32 or bf16 on the tensor cores), check them against the CPU op
 # and time them beside PyTorch's SDPA, on a GPU machine, in one device-tool call
 # (docs/gpu.md). Same structure as tools/gpu_scan_test.sh:
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
 #   2. configure and build test_cuda_ops and bench into build-gpu
-#   3. ctest -R test_cuda_ops (every op; attention at 11 shapes in float32 and TF32)
+#   3. ctest -R test_cuda_ops (every op; attention at 11 shapes in float32, TF32 and bf16)
 #   4. timing: bench --ops at jamba-small's shape (B 8, T 2048, H 12, Hkv 4, hd 64), the
 #      attention rows; then PyTorch's SDPA at the same shape in float32 and bf16 (CUDA
 #      events, median of 20), where PyTorch with CUDA is installed
 #   5. test_cuda_ops under compute-sanitizer memcheck
-#   6. with --mutants: plant known bugs in attention_tc.cu one at a time; the test must
-#      catch each
+#   6. with --mutants: plant known bugs in attention_tc.cu (TF32 and bf16 paths) one at a
+#      time; the test must catch each
 #   7. racecheck (shared-memory races; slow, so last)
 # --quick skips 5 and 7 (the sanitizers): a first look at correctness and timing.
 # A short summary is printed last (the device tool returns the output's tail).
@@ -119,6 +119,14 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc forward and dq skip the mask on diagonal tiles"
     mutant attention_tc.cu 's/tile\[r \* LD + d\] = t < T \&\& d < hd ?/tile[r * LD + d] = t < T \&\& d + 1 < hd ?/' \
         "tc scalar staging drops the last dim"
+    mutant attention_tc.cu 's/const uint32_t a\[4\] = {pack_bf16(w\[2 \* kk\]\[0\], w\[2 \* kk\]\[1\]), pack_bf16(w\[2 \* kk\]\[2\], w\[2 \* kk\]\[3\]),/const uint32_t a[4] = {pack_bf16(w[2 * kk][2], w[2 * kk][3]), pack_bf16(w[2 * kk][0], w[2 * kk][1]),/' \
+        "bf16 scores·rows: rows g and g+8 of P swapped"
+    mutant attention_tc.cu 's/ldmatrix_x4<true>(bb, x_at/ldmatrix_x4<false>(bb, x_at/' \
+        "bf16 scores·rows: V/K/Q/dO not transposed"
+    mutant attention_tc.cu 's/ldmatrix_x4<false>(a1, a_at + 16 \* ks + 16);/ldmatrix_x4<false>(a1, a_at + 16 * ks);/' \
+        "bf16 rows·rowsᵀ: second k-step reads the first"
+    mutant attention_tc.cu 's/tile\[r \* LD + d\] = __float2bfloat16_rn(t < T \&\& d < hd ?/tile[r * LD + d] = __float2bfloat16_rn(t < T \&\& d + 1 < hd ?/' \
+        "bf16 scalar staging drops the last dim"
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 

@@ -9,8 +9,8 @@
  *                   (8× / 16× float32's). The layers use train.matmul_precision.
  *  attention        the flash kernel, causal (sliding window too when the pattern has 'W'),
  *                   GQA with the config's kv heads, hd = d/H. See attention_fwd_flops.
- *                   Float32 (CUDA cores), then attention_tf32: the TF32 tensor-core kernels
- *                   (train.matmul_precision tf32 or bf16), against the dense TF32 peak.
+ *                   Float32 (CUDA cores), then attention_tf32 / _bf16: the tensor-core
+ *                   kernels of train.matmul_precision tf32 / bf16, against their dense peaks.
  *  selective_scan   u, δ (B,T,di), B, C (B,T,N) → y; GB/s over the minimal bytes, and the
  *                   time those bytes take at the DRAM bandwidth. See scan_bytes.
  *  causal_conv1d    x (B,T,di), kernel d_conv; the same kind of floor. See conv_bytes.
@@ -453,15 +453,16 @@ static void bench_attention(Bench *b, const Config *cfg, int window) {
     shape_add(&s, "Hkv", r.Hkv); shape_add(&s, "hd", r.hd);
     if (window > 0) shape_add(&s, "window", window);
     const double fwd = attention_fwd_flops(r.B, r.T, r.H, r.hd, window);
-    /* float32 on the CUDA cores against the float32 peak, then (name_tf32) the TF32
-     * tensor-core kernels that train.matmul_precision tf32 and bf16 select, against the dense
-     * TF32 peak */
+    /* float32 on the CUDA cores against the float32 peak, then (name_tf32, name_bf16) the
+     * tensor-core kernels that train.matmul_precision tf32 and bf16 select, against the
+     * dense TF32 and bf16 peaks */
     const double fp32_peak = b->peak_flops;
-    for (int tc = 0; tc < 2; tc++) {
+    static const char *precisions[] = {"fp32", "tf32", "bf16"};
+    for (int p = 0; p < 3; p++) {
         char label[48];
-        snprintf(label, sizeof label, "%s%s", name, tc ? "_tf32" : "");
-        attention_set_precision_cuda(tc ? "tf32" : "fp32");
-        b->peak_flops = tc ? matmul_precision_peak_factor("tf32") * fp32_peak : fp32_peak;
+        snprintf(label, sizeof label, "%s%s%s", name, p ? "_" : "", p ? precisions[p] : "");
+        attention_set_precision_cuda(precisions[p]);
+        b->peak_flops = matmul_precision_peak_factor(precisions[p]) * fp32_peak;
         bench_one(b, label, "_fwd", &s, METRIC_FLOPS, fwd, attention_fwd, &r, 0.0);
         bench_one(b, label, "_bwd", &s, METRIC_FLOPS, ATTENTION_BWD_OVER_FWD * fwd, attention_bwd, &r, 0.0);
         bench_one(b, label, "_fwd_bwd", &s, METRIC_FLOPS, (1.0 + ATTENTION_BWD_OVER_FWD) * fwd,

@@ -36,7 +36,7 @@
  *    edge or T; tiles entirely above the diagonal or past the window are never visited.
  * Plain float32 FMAs on the CUDA cores (no TF32: the tests compare with float32 references
  * at 1e-3); with train.matmul_precision tf32 or bf16 the entry points below hand the tile
- * products to the TF32 tensor-core kernels of attention_tc.cu instead. expf, not __expf, so it agrees with the CPU op to rounding.
+ * products to the TF32 or bf16 tensor-core kernels of attention_tc.cu instead. expf, not __expf, so it agrees with the CPU op to rounding.
  * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal: forward 2.47 ms, backward 7.38 ms
  * (dq 3.1, dk/dv 4.4), ~20 TFLOP/s; the earlier unblocked kernels took 9.4 and 26.9 ms. */
 #include "attention_common.cuh"
@@ -429,13 +429,15 @@ attention_backward_dkdv_kernel(float *dk, float *dv, const float *dout, const fl
     }
 }
 
-/* Whether the tile products go to the TF32 tensor cores (attention_tc.cu); process-wide,
- * like cuBLAS's precision in matmul.cu. */
-static int use_tensor_cores = 0;
+/* Where the tile products go: the CUDA cores here (fp32), or the TF32 or bf16 tensor cores
+ * (attention_tc.cu); process-wide, like cuBLAS's precision in matmul.cu. */
+typedef enum { ATTENTION_FP32, ATTENTION_TF32, ATTENTION_BF16 } AttentionPrecision;
+static AttentionPrecision attention_precision = ATTENTION_FP32;
 
 extern "C" int attention_set_precision_cuda(const char *name) {
-    if (!strcmp(name, "fp32")) use_tensor_cores = 0;
-    else if (!strcmp(name, "tf32") || !strcmp(name, "bf16")) use_tensor_cores = 1;
+    if (!strcmp(name, "fp32")) attention_precision = ATTENTION_FP32;
+    else if (!strcmp(name, "tf32")) attention_precision = ATTENTION_TF32;
+    else if (!strcmp(name, "bf16")) attention_precision = ATTENTION_BF16;
     else return -1;
     return 0;
 }
@@ -499,7 +501,9 @@ extern "C" void attention_forward_cuda(float *out, float *lse, const float *q, c
                                        int window, cudaStream_t stream) {
     attention_check_shape(H, Hkv, hd);
     if (B <= 0 || T <= 0) return;
-    if (use_tensor_cores) attention_forward_tc(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    if (attention_precision != ATTENTION_FP32)
+        attention_forward_tc(out, lse, q, k, v, B, T, H, Hkv, hd, window, attention_precision == ATTENTION_BF16,
+                             stream);
     else if (hd <= 32) launch_forward<32, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
     else if (hd <= 64) launch_forward<64, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
     else launch_forward<128, 32, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
@@ -533,8 +537,9 @@ extern "C" void attention_backward_cuda(float *dq, float *dk, float *dv, const f
     const unsigned row_blocks = (unsigned)((rows + THREADS / 32 - 1) / (THREADS / 32));
     attention_row_dot_kernel<<<row_blocks, THREADS, 0, stream>>>(Dsum, dout, out, B, T, H, hd);
     CUDA_CHECK_LAUNCH();
-    if (use_tensor_cores)
-        attention_backward_tc(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    if (attention_precision != ATTENTION_FP32)
+        attention_backward_tc(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale,
+                              attention_precision == ATTENTION_BF16, stream);
     else if (hd <= 32)
         launch_backward<32, 64, 64, 2>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
     else if (hd <= 64)

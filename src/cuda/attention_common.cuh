@@ -23,12 +23,13 @@ __device__ __forceinline__ size_t token_row(int b, int t, int heads, int head, i
 }
 
 /* attention_tc.cu: the same contract as attention_forward_cuda / attention_backward_cuda
- * (shapes already checked; Dsum = rowsum(dout ⊙ out) [B,H,T] computed by the caller). */
+ * (shapes already checked; Dsum = rowsum(dout ⊙ out) [B,H,T] computed by the caller);
+ * bf16 = 0: TF32 tensor cores, 1: bf16 ones. */
 void attention_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
-                          int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream);
+                          int B, int T, int H, int Hkv, int hd, int window, int bf16, cudaStream_t stream);
 void attention_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
                            const float *k, const float *v, const float *lse, const float *Dsum,
-                           int B, int T, int H, int Hkv, int hd, int window, float scale,
+                           int B, int T, int H, int Hkv, int hd, int window, float scale, int bf16,
                            cudaStream_t stream);
 
 #endif

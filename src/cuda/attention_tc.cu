@@ -1,42 +1,44 @@
 /* attention_tc.cu — the causal grouped-query attention of attention.cu (same math, same
  * layouts, same contract: out and lse written, dq dk dv accumulated, no T×T matrix, no
- * atomics), with every tile product on the tensor cores in TF32. Taken when
- * train.matmul_precision is tf32 or bf16 (attention_set_precision_cuda); fp32 keeps the
- * float32 CUDA-core kernels of attention.cu.
+ * atomics), with every tile product on the tensor cores: in TF32 when
+ * train.matmul_precision is tf32, in bf16 when it is bf16 (attention_set_precision_cuda);
+ * fp32 keeps the float32 CUDA-core kernels of attention.cu.
  *
- * The instruction is mma.sync m16n8k8 TF32 (float32 accumulate). Its fragments, per lane
- * (g = lane / 4, t = lane % 4; rows × columns):
+ * The instructions are mma.sync m16n8k8 TF32 and m16n8k16 bf16 (float32 accumulate). Their
+ * fragments, per lane (g = lane / 4, t = lane % 4; rows × columns), TF32:
  *   A 16×8:  a0 (g, t)   a1 (g+8, t)   a2 (g, t+4)   a3 (g+8, t+4)
  *   B 8×8:   b0 (t, g)   b1 (t+4, g)                     (k × n)
  *   C 16×8:  c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
+ * bf16 (each register two elements): A 16×16 a0 (g, 2t..2t+1) a1 (g+8, 2t..) a2 (g, 2t+8..)
+ * a3 (g+8, 2t+8..); B 16×8 b0 (2t..2t+1, g) b1 (2t+8.., g); C as TF32's.
  * Every kernel is 4 warps; each warp owns 16 rows of the block's 64 (query rows in forward
  * and dq, keys in dk/dv), so a row's softmax statistics stay in the 4 lanes of a quad.
- * Two products make every step:
+ * Two products make every step (a tile policy, Tf32Tiles or Bf16Tiles, says how each reads
+ * its shared tiles; the kernels are written once over it):
  *  - rows · rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ, and transposed in dk/dv): A and B fragments both
- *    read rows of shared tiles, row-major with rows padded to HD+4 floats, so the 32 lanes
- *    of a fragment load hit 32 distinct banks.
+ *    read rows of shared tiles, row-major and padded so that the loads are conflict-free.
  *  - scores · rows (O += P·V, dq += dS·K, dv += Pᵀ·dO, dk += dSᵀ·Q): the scores never leave
- *    registers. A C fragment holds columns 2t, 2t+1 where an A fragment wants t, t+4; since
- *    the product sums over those columns, key 2t is fed as k-index t and key 2t+1 as t+4,
- *    and the B fragment reads the matching rows (2t, 2t+1) of the shared tile: a
- *    relabelling of the sum, no shuffles. Those loads are conflict-free too (HD+4 padding).
- * Operands are rounded to TF32 (cvt.rna) once: Q, K, V, dO as they are staged into shared
- * memory, P and dS as they are fed. Accumulation, softmax, lse and D stay float32; the
- * results differ from the float32 kernels by TF32 rounding (~1e-3 relative; tested).
+ *    registers; the C fragment is fed back as the A operand (see each policy), and the B
+ *    operand reads the rows of the shared tile whose index the product sums over.
+ * Operands are rounded once: Q, K, V, dO as they are staged into shared memory (TF32 kept
+ * as float, bf16 stored as bf16), P and dS as they are fed. Accumulation, softmax, lse and
+ * D stay float32; the results differ from the float32 kernels by the operands' rounding
+ * (observed ~1e-3 of the largest value for TF32, ~1e-2 for bf16; tested).
  * The softmax works in base 2 (scores times log2 e, one ex2 per probability).
  * dk/dv: one block per (64 keys, kv head, batch) looping over the group's query heads and
  * the query tiles that see its keys, as in attention.cu; the scores are computed transposed
  * (keys as rows), so dk and dv accumulate in registers with no transpose.
- * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal (bench --ops, attention_tf32):
- * forward 0.71 ms, backward 2.36 ms, against 2.46 and 7.4 ms for the float32 kernels.
- * Tried and dropped (slower, docs/performance.md): fragments through ldmatrix (one load
- * per 4 registers), and the score·rows operand staged transposed so that it too could use
- * ldmatrix: forward 0.72 and 1.19 ms. */
+ * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal (bench --ops): forward / backward
+ * TF32 0.68 / 2.34 ms, bf16 0.50 / 1.79 ms, against 2.49 / 7.31 ms for the float32
+ * kernels. Tried and dropped (slower, docs/performance.md): for TF32, fragments through
+ * ldmatrix, and the score·rows operand staged transposed so that it could use ldmatrix. */
 #include "attention_common.cuh"
 #include "cuda_check.h"
 #include "ops_cuda.h"
 
 #include <stdint.h>
+
+#include <cuda_bf16.h>
 
 #define TC_THREADS 128   /* 4 warps */
 #define TC_ROWS 64       /* rows a block owns: 16 per warp */
@@ -56,91 +58,205 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const float (&a)[4], flo
                    "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b0)), "r"(__float_as_uint(b1)));
 }
 
-/* Rows first..first+ROWS−1 of head `head` of x[B,T,heads,hd] into tile[ROWS][HD+4], rounded
- * to TF32; rows at or past T and dims at or past hd are zero (so padded products are exact).
- * float4 loads when hd is a multiple of 4 (every row then starts 16-byte aligned); a warp
- * reads whole rows, and its 16-byte stores fall 8 rows apart in distinct banks. */
-template <int HD, int ROWS>
-__device__ __forceinline__ void load_tile_tf32(float *tile, const float *x, int b, int first, int heads,
-                                               int head, int T, int hd) {
-    constexpr int LD = HD + 4;
-    if (hd % 4 == 0) {
-        for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
-            const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
-            *reinterpret_cast<float4 *>(tile + r * LD + d) =
-                make_float4(to_tf32(v.x), to_tf32(v.y), to_tf32(v.z), to_tf32(v.w));
-        }
-    } else {
-        for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
-            const int r = idx / HD, d = idx % HD, t = first + r;
-            tile[r * LD + d] = t < T && d < hd ? to_tf32(x[token_row(b, t, heads, head, T) * hd + d]) : 0.0f;
-        }
-    }
+/* d += a·b, one m16n8k16 bf16 product (float32 accumulate); each register two bf16, the
+ * lower index in the low half. */
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* s[n] = A[row0+16 rows] · Bt[n·8 + 8 rows]ᵀ over HD dims: the warp's 16×(8·NT) block of
- * rows·rowsᵀ, both operands rows of [..][HD+4] shared tiles holding TF32 values; the 32
- * lanes of each fragment load hit 32 distinct banks (rows 4 banks apart, t within). */
-template <int HD, int NT>
-__device__ __forceinline__ void rows_dot_rows(float (&s)[NT][4], const float *A, int row0,
-                                              const float *Bt, int lane) {
-    constexpr int LD = HD + 4;
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    const float *a_lo = A + (row0 + g) * LD + t, *a_hi = a_lo + 8 * LD;
-#pragma unroll
-    for (int kk = 0; kk < HD / 8; kk++) {
-        const float a[4] = {a_lo[8 * kk], a_hi[8 * kk], a_lo[8 * kk + 4], a_hi[8 * kk + 4]};
-#pragma unroll
-        for (int n = 0; n < NT; n++) {
-            const float *bt = Bt + (8 * n + g) * LD + 8 * kk + t;
-            mma_tf32(s[n], a, bt[0], bt[4]);
-        }
-    }
+/* Four 8×8 bf16 blocks of shared memory in one instruction: lane L names row L % 8 of
+ * block L / 8 (16 bytes, 16-byte aligned); r[m] receives, in lane (g, t), elements 2t and
+ * 2t+1 of block m's row g (the A/B fragment layout), or with TRANS elements (2t, g) and
+ * (2t+1, g): block m transposed. */
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16 *p) {
+    const uint32_t at = (uint32_t)__cvta_generic_to_shared(p);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
 }
 
-/* acc[d] += W · X over the 8·KT columns of W: W is a C-layout score block in registers
- * (w[kk] covers columns 8kk..8kk+7; not yet rounded), X[8·KT][HD+4] a shared tile of TF32
- * rows. Column 2t of each 8 is fed as k-index t and 2t+1 as t+4 (see the header), so the B
- * fragment is rows 2t and 2t+1 of X: 4-byte loads, conflict-free with the HD+4 padding. */
-template <int HD, int KT>
-__device__ __forceinline__ void scores_times_rows(float (&acc)[HD / 8][4], const float (&w)[KT][4],
-                                                      const float *X, int lane) {
-    constexpr int LD = HD + 4;
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int kk = 0; kk < KT; kk++) {
-        const float a[4] = {to_tf32(w[kk][0]), to_tf32(w[kk][2]), to_tf32(w[kk][1]), to_tf32(w[kk][3])};
-        const float *x = X + (8 * kk + 2 * t) * LD + g;
-#pragma unroll
-        for (int n = 0; n < HD / 8; n++) mma_tf32(acc[n], a, x[8 * n], x[LD + 8 * n]);
-    }
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&v);
 }
+
+/* The kernels below are written once over a tile policy: how a shared tile holds its
+ * values and how the two products read it.
+ *   load_tile<HD, ROWS>(tile, x, ...)  rows first..first+ROWS−1 of head `head` of
+ *       x[B,T,heads,hd] into tile[ROWS][HD+PAD] in the policy's element type; rows at or
+ *       past T and dims at or past hd are zero, so padded products are exact.
+ *   P::template rows_dot_rows<HD, NT>(s, A, row0, Bt, lane)  s[n] = A[row0.. +16] · Bt[8n.. +8]ᵀ over
+ *       HD dims: the warp's 16×(8·NT) block of rows·rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ, ...).
+ *   scores_times_rows<HD, KT>(acc, w, X, lane)  acc += W · X over the 8·KT columns of W,
+ *       a C-layout score block in registers (w[kk] covers columns 8kk..8kk+7, float32,
+ *       not yet rounded), X[8·KT][HD+PAD] a shared tile (O += P·V, dq += dS·K, ...).
+ * Tf32Tiles: float tiles rounded to TF32, m16n8k8. Bf16Tiles: bfloat16 tiles, m16n8k16. */
+struct Tf32Tiles {
+    using Elem = float;
+    static constexpr int PAD = 4;   /* rows HD+4 floats apart: fragment loads hit 32 banks */
+
+    /* float4 loads when hd is a multiple of 4 (every row then starts 16-byte aligned); a
+     * warp reads whole rows, and its 16-byte stores fall 8 rows apart in distinct banks */
+    template <int HD, int ROWS>
+    static __device__ __forceinline__ void load_tile(float *tile, const float *x, int b, int first, int heads,
+                                                     int head, int T, int hd) {
+        constexpr int LD = HD + PAD;
+        if (hd % 4 == 0) {
+            for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
+                const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
+                *reinterpret_cast<float4 *>(tile + r * LD + d) =
+                    make_float4(to_tf32(v.x), to_tf32(v.y), to_tf32(v.z), to_tf32(v.w));
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
+                const int r = idx / HD, d = idx % HD, t = first + r;
+                tile[r * LD + d] = t < T && d < hd ? to_tf32(x[token_row(b, t, heads, head, T) * hd + d]) : 0.0f;
+            }
+        }
+    }
+
+    /* fragments as 4-byte loads: A (g, t), (g+8, t), (g, t+4), (g+8, t+4); B (n g; k t, t+4) */
+    template <int HD, int NT>
+    static __device__ __forceinline__ void rows_dot_rows(float (&s)[NT][4], const float *A, int row0,
+                                                         const float *Bt, int lane) {
+        constexpr int LD = HD + PAD;
+        const int g = lane / 4, t = lane % 4;
+#pragma unroll
+        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        const float *a_lo = A + (row0 + g) * LD + t, *a_hi = a_lo + 8 * LD;
+#pragma unroll
+        for (int kk = 0; kk < HD / 8; kk++) {
+            const float a[4] = {a_lo[8 * kk], a_hi[8 * kk], a_lo[8 * kk + 4], a_hi[8 * kk + 4]};
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const float *bt = Bt + (8 * n + g) * LD + 8 * kk + t;
+                mma_tf32(s[n], a, bt[0], bt[4]);
+            }
+        }
+    }
+
+    /* A C fragment holds columns 2t, 2t+1 where an A fragment wants t, t+4: column 2t of
+     * each 8 is fed as k-index t and 2t+1 as t+4 (a relabelling of the sum), so the B
+     * fragment is rows 2t and 2t+1 of X: 4-byte loads, conflict-free with the padding. */
+    template <int HD, int KT>
+    static __device__ __forceinline__ void scores_times_rows(float (&acc)[HD / 8][4], const float (&w)[KT][4],
+                                                             const float *X, int lane) {
+        constexpr int LD = HD + PAD;
+        const int g = lane / 4, t = lane % 4;
+#pragma unroll
+        for (int kk = 0; kk < KT; kk++) {
+            const float a[4] = {to_tf32(w[kk][0]), to_tf32(w[kk][2]), to_tf32(w[kk][1]), to_tf32(w[kk][3])};
+            const float *x = X + (8 * kk + 2 * t) * LD + g;
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++) mma_tf32(acc[n], a, x[8 * n], x[LD + 8 * n]);
+        }
+    }
+};
+
+struct Bf16Tiles {
+    using Elem = __nv_bfloat16;
+    static constexpr int PAD = 8;   /* rows 16 bytes past a multiple of 128: ldmatrix's 8 rows hit 8 bank groups */
+
+    template <int HD, int ROWS>
+    static __device__ __forceinline__ void load_tile(__nv_bfloat16 *tile, const float *x, int b, int first,
+                                                     int heads, int head, int T, int hd) {
+        constexpr int LD = HD + PAD;
+        if (hd % 4 == 0) {
+            for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
+                const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
+                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
+                *reinterpret_cast<uint2 *>(tile + r * LD + d) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
+                const int r = idx / HD, d = idx % HD, t = first + r;
+                tile[r * LD + d] = __float2bfloat16_rn(t < T && d < hd ? x[token_row(b, t, heads, head, T) * hd + d] : 0.0f);
+            }
+        }
+    }
+
+    /* every fragment an ldmatrix: A blocks rows 0-7 | 8-15 | 0-7 | 8-15 at dims +0 | +0 | +8
+     * | +8 (a0..a3); B blocks one n-tile's 8 rows at dims +0 | +8 | +16 | +24 (b0 b1 of two
+     * k-steps) */
+    template <int HD, int NT>
+    static __device__ __forceinline__ void rows_dot_rows(float (&s)[NT][4], const __nv_bfloat16 *A, int row0,
+                                                         const __nv_bfloat16 *Bt, int lane) {
+        constexpr int LD = HD + PAD;
+#pragma unroll
+        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        const __nv_bfloat16 *a_at = A + (row0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
+        const __nv_bfloat16 *b_at = Bt + (lane & 7) * LD + 8 * (lane >> 3);
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks += 2) {
+            uint32_t a0[4], a1[4];
+            ldmatrix_x4<false>(a0, a_at + 16 * ks);
+            ldmatrix_x4<false>(a1, a_at + 16 * ks + 16);
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                uint32_t bb[4];
+                ldmatrix_x4<false>(bb, b_at + 8 * n * LD + 16 * ks);
+                mma_bf16(s[n], a0, bb[0], bb[1]);
+                mma_bf16(s[n], a1, bb[2], bb[3]);
+            }
+        }
+    }
+
+    /* Two C-layout n-tiles (columns 16kk..16kk+15) are, packed in pairs, exactly the A
+     * fragment of one k16 step; X's B fragments come transposed (ldmatrix .trans): blocks
+     * keys 0-7 | 8-15 | 0-7 | 8-15 at dims +0 | +0 | +8 | +8 (b0 b1 of two dim n-tiles). */
+    template <int HD, int KT>
+    static __device__ __forceinline__ void scores_times_rows(float (&acc)[HD / 8][4], const float (&w)[KT][4],
+                                                             const __nv_bfloat16 *X, int lane) {
+        constexpr int LD = HD + PAD;
+        const __nv_bfloat16 *x_at = X + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
+#pragma unroll
+        for (int kk = 0; kk < KT / 2; kk++) {
+            const uint32_t a[4] = {pack_bf16(w[2 * kk][0], w[2 * kk][1]), pack_bf16(w[2 * kk][2], w[2 * kk][3]),
+                                   pack_bf16(w[2 * kk + 1][0], w[2 * kk + 1][1]),
+                                   pack_bf16(w[2 * kk + 1][2], w[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t bb[4];
+                ldmatrix_x4<true>(bb, x_at + 16 * kk * LD + 8 * n);
+                mma_bf16(acc[n], a, bb[0], bb[1]);
+                mma_bf16(acc[n + 1], a, bb[2], bb[3]);
+            }
+        }
+    }
+};
 
 /* Forward: one block per (64 query rows, head, batch); warp w owns rows 16w..16w+15 and
  * streams key/value tiles of BC. Online softmax per row in base 2 (scores pre-multiplied by
  * log2 e, so each probability is one ex2), the row's 4 lanes combining with two
  * xor-shuffles; the output accumulator shares the score layout's rows, so its rescale needs
  * no exchange. */
-template <int HD, int BC, int MINB>
+template <class P, int HD, int BC, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
 attention_forward_tc_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
                             int T, int H, int Hkv, int hd, int window, float scale) {
-    constexpr int LD = HD + 4, NT = BC / 8, ND = HD / 8;
+    using E = typename P::Elem;
+    constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8;
     extern __shared__ float4 shared4[];
-    float *q_rows = reinterpret_cast<float *>(shared4);   /* [TC_ROWS][LD] */
-    float *k_rows = q_rows + TC_ROWS * LD;                 /* [BC][LD] */
-    float *v_rows = k_rows + BC * LD;                      /* [BC][LD] */
+    E *q_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
+    E *k_rows = q_rows + TC_ROWS * LD;                 /* [BC][LD] */
+    E *v_rows = k_rows + BC * LD;                      /* [BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
     const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;   /* longest rows first */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
     const float scale_log2 = scale * 1.4426950408889634f;
 
-    load_tile_tf32<HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
+    P::template load_tile<HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -148,12 +264,12 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
     const int t_last = min(T - 1, t0 + TC_ROWS - 1);
     for (int j0 = first_visible_key(t0, window); j0 <= t_last; j0 += BC) {
         __syncthreads();   /* the previous tiles are consumed (and the q tile is staged) */
-        load_tile_tf32<HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
-        load_tile_tf32<HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
+        P::template load_tile<HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
+        P::template load_tile<HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
         __syncthreads();
 
         float s[NT][4];
-        rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
+        P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
         const bool full = t0 + TC_ROWS - 1 < T && j0 + BC - 1 <= t0 &&
                           (window <= 0 || j0 > t0 + TC_ROWS - 1 - window);
 #pragma unroll
@@ -190,7 +306,7 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
 #pragma unroll
             for (int n = 0; n < ND; n++) { acc[n][2 * half] *= corr; acc[n][2 * half + 1] *= corr; }
         }
-        scores_times_rows<HD, NT>(acc, s, v_rows, lane);
+        P::template scores_times_rows<HD, NT>(acc, s, v_rows, lane);
     }
 
 #pragma unroll
@@ -212,25 +328,26 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
 
 /* dq_t += scale Σ_j dS_tj k_j: shaped like the forward (warp w owns query rows 16w..),
  * with dP = dO·Vᵀ beside S, and dS meeting the K tile as P met V. */
-template <int HD, int BC, int MINB>
+template <class P, int HD, int BC, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
 attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, const float *k,
                                 const float *v, const float *lse, const float *Dsum, int T, int H,
                                 int Hkv, int hd, int window, float scale) {
-    constexpr int LD = HD + 4, NT = BC / 8, ND = HD / 8;
+    using E = typename P::Elem;
+    constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8;
     extern __shared__ float4 shared4[];
-    float *q_rows = reinterpret_cast<float *>(shared4);   /* [TC_ROWS][LD] */
-    float *dout_rows = q_rows + TC_ROWS * LD;              /* [TC_ROWS][LD] */
-    float *k_rows = dout_rows + TC_ROWS * LD;              /* [BC][LD] */
-    float *v_rows = k_rows + BC * LD;                      /* [BC][LD] */
+    E *q_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
+    E *dout_rows = q_rows + TC_ROWS * LD;              /* [TC_ROWS][LD] */
+    E *k_rows = dout_rows + TC_ROWS * LD;              /* [BC][LD] */
+    E *v_rows = k_rows + BC * LD;                      /* [BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
     const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
     const float scale_log2 = scale * 1.4426950408889634f;
 
-    load_tile_tf32<HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
-    load_tile_tf32<HD, TC_ROWS>(dout_rows, dout, b, t0, H, h, T, hd);
+    P::template load_tile<HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
+    P::template load_tile<HD, TC_ROWS>(dout_rows, dout, b, t0, H, h, T, hd);
     float lse_r[2], D_r[2];   /* lse in base 2 */
 #pragma unroll
     for (int half = 0; half < 2; half++) {
@@ -245,13 +362,13 @@ attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, co
     const int t_last = min(T - 1, t0 + TC_ROWS - 1);
     for (int j0 = first_visible_key(t0, window); j0 <= t_last; j0 += BC) {
         __syncthreads();
-        load_tile_tf32<HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
-        load_tile_tf32<HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
+        P::template load_tile<HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
+        P::template load_tile<HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
         __syncthreads();
 
         float s[NT][4], dp[NT][4];
-        rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
-        rows_dot_rows<HD, NT>(dp, dout_rows, row0, v_rows, lane);
+        P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
+        P::template rows_dot_rows<HD, NT>(dp, dout_rows, row0, v_rows, lane);
         const bool full = t0 + TC_ROWS - 1 < T && j0 + BC - 1 <= t0 &&
                           (window <= 0 || j0 > t0 + TC_ROWS - 1 - window);
 #pragma unroll
@@ -262,7 +379,7 @@ attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, co
                 const float p = full || visible(tq[half], j, T, window) ? exp2f(scale_log2 * s[n][c] - lse_r[half]) : 0.0f;
                 s[n][c] = p * (dp[n][c] - D_r[half]);   /* dS, in place of S */
             }
-        scores_times_rows<HD, NT>(acc, s, k_rows, lane);
+        P::template scores_times_rows<HD, NT>(acc, s, k_rows, lane);
     }
 
 #pragma unroll
@@ -283,26 +400,27 @@ attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, co
  * batch); warp w owns keys 16w..16w+15. Per query tile of BR rows the warp computes
  * Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (keys as rows, queries as columns), Pᵀ and dSᵀ in place, then
  * dv += Pᵀ·dO and dk += dSᵀ·Q. lse and D are per column here: from shared memory. */
-template <int HD, int BR, int MINB>
+template <class P, int HD, int BR, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
 attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const float *q,
                                   const float *k, const float *v, const float *lse, const float *Dsum,
                                   int T, int H, int Hkv, int hd, int window, float scale) {
-    constexpr int LD = HD + 4, NT = BR / 8, ND = HD / 8;
+    using E = typename P::Elem;
+    constexpr int LD = HD + P::PAD, NT = BR / 8, ND = HD / 8;
     extern __shared__ float4 shared4[];
-    float *k_rows = reinterpret_cast<float *>(shared4);   /* [TC_ROWS][LD] */
-    float *v_rows = k_rows + TC_ROWS * LD;                 /* [TC_ROWS][LD] */
-    float *q_rows = v_rows + TC_ROWS * LD;                 /* [BR][LD] */
-    float *dout_rows = q_rows + BR * LD;                   /* [BR][LD] */
-    float *lse_s = dout_rows + BR * LD;                    /* [BR], base 2 */
+    E *k_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
+    E *v_rows = k_rows + TC_ROWS * LD;                 /* [TC_ROWS][LD] */
+    E *q_rows = v_rows + TC_ROWS * LD;                 /* [BR][LD] */
+    E *dout_rows = q_rows + BR * LD;                   /* [BR][LD] */
+    float *lse_s = reinterpret_cast<float *>(dout_rows + BR * LD);   /* [BR], base 2 */
     float *D_s = lse_s + BR;                               /* [BR] */
     const int b = blockIdx.z, grp = blockIdx.y, j0 = blockIdx.x * TC_ROWS, group = H / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, jk[2] = {j0 + row0 + g, j0 + row0 + g + 8};
     const float scale_log2 = scale * 1.4426950408889634f;
 
-    load_tile_tf32<HD, TC_ROWS>(k_rows, k, b, j0, Hkv, grp, T, hd);
-    load_tile_tf32<HD, TC_ROWS>(v_rows, v, b, j0, Hkv, grp, T, hd);
+    P::template load_tile<HD, TC_ROWS>(k_rows, k, b, j0, Hkv, grp, T, hd);
+    P::template load_tile<HD, TC_ROWS>(v_rows, v, b, j0, Hkv, grp, T, hd);
     float dk_acc[ND][4], dv_acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++)
@@ -316,8 +434,8 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
     for (int h = grp * group; h < (grp + 1) * group; h++) {
         for (int t0 = j0; t0 <= t_end; t0 += BR) {
             __syncthreads();   /* the previous query tile is consumed (K, V are staged) */
-            load_tile_tf32<HD, BR>(q_rows, q, b, t0, H, h, T, hd);
-            load_tile_tf32<HD, BR>(dout_rows, dout, b, t0, H, h, T, hd);
+            P::template load_tile<HD, BR>(q_rows, q, b, t0, H, h, T, hd);
+            P::template load_tile<HD, BR>(dout_rows, dout, b, t0, H, h, T, hd);
             for (int r = threadIdx.x; r < BR; r += TC_THREADS) {
                 const int tr = t0 + r;
                 lse_s[r] = tr < T ? lse[((size_t)b * H + h) * T + tr] * 1.4426950408889634f : 0.0f;
@@ -326,8 +444,8 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
             __syncthreads();
 
             float s[NT][4], dp[NT][4];
-            rows_dot_rows<HD, NT>(s, k_rows, row0, q_rows, lane);      /* Sᵀ  [keys × queries] */
-            rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
+            P::template rows_dot_rows<HD, NT>(s, k_rows, row0, q_rows, lane);      /* Sᵀ  [keys × queries] */
+            P::template rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
             const bool full = t0 + BR - 1 < T && j0 + TC_ROWS - 1 <= t0 &&
                               (window <= 0 || j0 > t0 + BR - 1 - window);
 #pragma unroll
@@ -340,8 +458,8 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
                     s[n][c] = p;                          /* Pᵀ */
                     dp[n][c] = p * (dp[n][c] - D_s[col]); /* dSᵀ */
                 }
-            scores_times_rows<HD, NT>(dv_acc, s, dout_rows, lane);
-            scores_times_rows<HD, NT>(dk_acc, dp, q_rows, lane);
+            P::template scores_times_rows<HD, NT>(dv_acc, s, dout_rows, lane);
+            P::template scores_times_rows<HD, NT>(dk_acc, dp, q_rows, lane);
         }
     }
 
@@ -371,58 +489,73 @@ static void allow_tc_shared_memory(const void *kernel, size_t bytes) {
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-template <int HD, int BC, int MINB>
+template <class P, int HD, int BC, int MINB>
 static void launch_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
                               int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream) {
-    const size_t bytes = sizeof(float) * (TC_ROWS + 2 * BC) * (HD + 4);
-    const void *kernel = (const void *)attention_forward_tc_kernel<HD, BC, MINB>;
+    const size_t bytes = sizeof(typename P::Elem) * (TC_ROWS + 2 * BC) * (HD + P::PAD);
+    const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, MINB>;
     allow_tc_shared_memory(kernel, bytes);
     const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, H, B);
-    attention_forward_tc_kernel<HD, BC, MINB><<<grid, TC_THREADS, bytes, stream>>>(
+    attention_forward_tc_kernel<P, HD, BC, MINB><<<grid, TC_THREADS, bytes, stream>>>(
         out, lse, q, k, v, T, H, Hkv, hd, window, 1.0f / sqrtf((float)hd));
     CUDA_CHECK_LAUNCH();
 }
 
-template <int HD, int BC, int MINB_DQ, int BR, int MINB_DKDV>
+template <class P, int HD, int BC, int MINB_DQ, int BR, int MINB_DKDV>
 static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *lse, const float *Dsum,
                                int B, int T, int H, int Hkv, int hd, int window, float scale,
                                cudaStream_t stream) {
     if (dq) {
-        const size_t bytes = sizeof(float) * (2 * TC_ROWS + 2 * BC) * (HD + 4);
-        const void *kernel = (const void *)attention_backward_dq_tc_kernel<HD, BC, MINB_DQ>;
+        const size_t bytes = sizeof(typename P::Elem) * (2 * TC_ROWS + 2 * BC) * (HD + P::PAD);
+        const void *kernel = (const void *)attention_backward_dq_tc_kernel<P, HD, BC, MINB_DQ>;
         allow_tc_shared_memory(kernel, bytes);
         const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, H, B);
-        attention_backward_dq_tc_kernel<HD, BC, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
+        attention_backward_dq_tc_kernel<P, HD, BC, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
             dq, dout, q, k, v, lse, Dsum, T, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
     }
     if (dk || dv) {
-        const size_t bytes = sizeof(float) * ((2 * TC_ROWS + 2 * BR) * (HD + 4) + 2 * BR);
-        const void *kernel = (const void *)attention_backward_dkdv_tc_kernel<HD, BR, MINB_DKDV>;
+        const size_t bytes = sizeof(typename P::Elem) * (2 * TC_ROWS + 2 * BR) * (HD + P::PAD) + sizeof(float) * 2 * BR;
+        const void *kernel = (const void *)attention_backward_dkdv_tc_kernel<P, HD, BR, MINB_DKDV>;
         allow_tc_shared_memory(kernel, bytes);
         const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, Hkv, B);
-        attention_backward_dkdv_tc_kernel<HD, BR, MINB_DKDV><<<grid, TC_THREADS, bytes, stream>>>(
+        attention_backward_dkdv_tc_kernel<P, HD, BR, MINB_DKDV><<<grid, TC_THREADS, bytes, stream>>>(
             dk, dv, dout, q, k, v, lse, Dsum, T, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
     }
 }
 
+template <class P>
+static void forward_tc(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
+                       int H, int Hkv, int hd, int window, cudaStream_t stream) {
+    if (hd <= 32) launch_forward_tc<P, 32, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else if (hd <= 64) launch_forward_tc<P, 64, 64, 4>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else launch_forward_tc<P, 128, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+}
+
+template <class P>
+static void backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, const float *lse, const float *Dsum, int B, int T, int H, int Hkv,
+                        int hd, int window, float scale, cudaStream_t stream) {
+    if (hd <= 32)
+        launch_backward_tc<P, 32, 64, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    else if (hd <= 64)
+        launch_backward_tc<P, 64, 64, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    else
+        launch_backward_tc<P, 128, 32, 1, 16, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+}
+
 void attention_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
-                          int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream) {
-    if (hd <= 32) launch_forward_tc<32, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
-    else if (hd <= 64) launch_forward_tc<64, 64, 4>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
-    else launch_forward_tc<128, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+                          int B, int T, int H, int Hkv, int hd, int window, int bf16, cudaStream_t stream) {
+    if (bf16) forward_tc<Bf16Tiles>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else forward_tc<Tf32Tiles>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
 }
 
 void attention_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
                            const float *k, const float *v, const float *lse, const float *Dsum,
-                           int B, int T, int H, int Hkv, int hd, int window, float scale,
+                           int B, int T, int H, int Hkv, int hd, int window, float scale, int bf16,
                            cudaStream_t stream) {
-    if (hd <= 32)
-        launch_backward_tc<32, 64, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
-    else if (hd <= 64)
-        launch_backward_tc<64, 64, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
-    else
-        launch_backward_tc<128, 32, 1, 16, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    if (bf16) backward_tc<Bf16Tiles>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    else backward_tc<Tf32Tiles>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
 }
