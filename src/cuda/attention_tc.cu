@@ -484,8 +484,8 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
  * by forward and dq) and BR (queries streamed by dk/dv) are as large as the registers allow
  * beside the HD-wide accumulators (HD 128 spills no registers with BC 32 for dq and BR 16
  * for dk/dv); MINB (blocks per SM the compiler must fit) is 4 for the HD 64 forward, which
- * measured faster capped at 128 registers, a few bytes spilled (0.69 against 0.71 ms TF32, 0.49 against 0.55
- * ms bf16), 1 elsewhere. */
+ * measured faster capped at 128 registers, a few bytes spilled (0.69 against 0.71 ms TF32,
+ * 0.49 against 0.55 ms bf16), 1 elsewhere. */
 static void allow_tc_shared_memory(const void *kernel, size_t bytes) {
     if (bytes > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
