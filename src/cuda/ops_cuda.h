@@ -87,9 +87,10 @@ void attention_forward_cuda(float *out, float *lse, const float *q, const float 
                             const float *v, int B, int T, int H, int Hkv, int hd, int window,
                             cudaStream_t stream);
 /* train.matmul_precision for the attention kernels: "fp32" (the default) multiplies the tiles
- * in float32 on the CUDA cores; "tf32" and "bf16" on the TF32 tensor cores (operands rounded
- * to 10 mantissa bits, float32 accumulation and softmax). Process-wide, like
- * matmul_set_precision_cuda; -1 for an unknown name. */
+ * in float32 on the CUDA cores; "tf32" on the TF32 tensor cores (operands rounded to 10
+ * mantissa bits), "bf16" on the bf16 ones (operands converted to bfloat16); accumulation
+ * and softmax stay float32. Process-wide, like matmul_set_precision_cuda; -1 for an
+ * unknown name. */
 int attention_set_precision_cuda(const char *precision);
 /* dq, dk, dv ACCUMULATED; recomputes the probabilities from lse (FlashAttention-2). */
 void attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout, const float *q,

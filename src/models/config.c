@@ -141,7 +141,7 @@ static const SchemaKey schema[] = {
 
     {ENUM_KEY("train.device", train.device, "cpu|cuda|auto", "where to train: auto = a GPU when present")},
     {ENUM_KEY("train.matmul_precision", train.matmul_precision, "fp32|tf32|bf16",
-              "CUDA matmuls: fp32 exact; tf32 rounds their inputs to 10 mantissa bits, bf16 converts them to bfloat16 (7 bits) where every dimension is a multiple of 8 and at least 64, TF32 elsewhere; with tf32 or bf16 attention's tile products run on the TF32 tensor cores too; float32 storage, accumulation and master weights either way")},
+              "CUDA matmuls: fp32 exact; tf32 rounds their inputs to 10 mantissa bits, bf16 converts them to bfloat16 (7 bits) where every dimension is a multiple of 8 and at least 64, TF32 elsewhere; attention's tile products follow (TF32 or bf16 tensor cores); float32 storage, accumulation and master weights either way")},
     {LONG_KEY("train.seed", train.seed, 0, LONG_MAX, "parameter init and data seed")},
     {INT_KEY("train.steps", train.steps, 0, BIG, "optimizer steps")},
     {INT_KEY("train.batch_size", train.batch_size, 1, 1048576, "sequences per micro-batch")},
