@@ -65,7 +65,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant swiglu.cu 's/i < n;/i + 1 < n;/g' "swiglu last element never written"
     mutant cross_entropy.cu 's/drow\[v\] = 0.0f;/;/' "cross_entropy ignored rows left unwritten"
     mutant rope.cu 's/direction \* (float)sin_angle/(float)sin_angle/' "rope backward rotates forward"
-    mutant attention.cu 's/j > t - window)/j >= t - window)/' "attention window one key too wide"
+    mutant attention_common.cuh 's/j > t - window)/j >= t - window)/' "attention window one key too wide"
     mutant attention.cu 's/acc\[i\]\[e\] \*= corr;/;/' "attention forward skips online rescale"
     mutant attention.cu 's/h < (g + 1) \* group;/h < g * group + 1;/' "attention dk/dv sees one head of a group"
     mutant attention.cu 's/dq_row\[d\] += scale/dq_row[d] = scale/' "attention dq overwritten, not accumulated"
