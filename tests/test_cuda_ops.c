@@ -649,18 +649,24 @@ static double check_attention_backward(const char *precision, double tol) {
 START_TEST(test_attention_backward_accumulates_like_cpu) { check_attention_backward("fp32", ATTENTION_TOL); }
 END_TEST
 
-/* train.matmul_precision tf32 runs attention's tile products on the TF32 tensor cores
- * (attention_tc.cu): the same shapes, ragged ones included, within TF32 rounding of the
- * float32 CPU op; and far enough from it that the rounding shows, or the setting would be
- * ignored (the float32 kernels land ~1e-6 off). */
-START_TEST(test_attention_tensor_cores_within_tf32_rounding) {
-    const double fwd = check_attention_forward("tf32", ATTENTION_TF32_TOL);
-    const double bwd = check_attention_backward("tf32", ATTENTION_TF32_TOL);
-    ck_assert_msg(fwd >= ATTENTION_TF32_MIN_DIFF && bwd >= ATTENTION_TF32_MIN_DIFF,
-                  "TF32 attention agrees with float32 to %.2e (forward) and %.2e (backward): "
-                  "no TF32 rounding seen, so the tensor-core path was not taken", fwd, bwd);
-    ck_assert_int_eq(attention_set_precision_cuda("fp16"), -1);
+/* Forward and backward at every shape through one precision's tensor-core kernels: within
+ * `tol` of the float32 CPU op, and at least `min_diff` off it, or the setting would have
+ * been ignored (the float32 kernels land ~1e-6 off). */
+static void check_attention_tensor_cores(const char *precision, double tol, double min_diff) {
+    const double fwd = check_attention_forward(precision, tol);
+    const double bwd = check_attention_backward(precision, tol);
+    ck_assert_msg(fwd >= min_diff && bwd >= min_diff,
+                  "%s attention agrees with float32 to %.2e (forward) and %.2e (backward), under "
+                  "%.0e: its rounding not seen, so its tensor-core path was not taken", precision, fwd,
+                  bwd, min_diff);
     ck_assert_int_eq(attention_set_precision_cuda("fp32"), 0);
+}
+
+/* train.matmul_precision tf32 runs attention's tile products on the TF32 tensor cores
+ * (attention_tc.cu): the same shapes, ragged ones included, within TF32 rounding. */
+START_TEST(test_attention_tensor_cores_within_tf32_rounding) {
+    check_attention_tensor_cores("tf32", ATTENTION_TF32_TOL, ATTENTION_TF32_MIN_DIFF);
+    ck_assert_int_eq(attention_set_precision_cuda("fp16"), -1);
 }
 END_TEST
 
@@ -668,12 +674,7 @@ END_TEST
  * error); the floor sits above what TF32 reaches on these shapes, so TF32 in bf16's place
  * fails too. */
 START_TEST(test_attention_tensor_cores_within_bf16_rounding) {
-    const double fwd = check_attention_forward("bf16", ATTENTION_BF16_TOL);
-    const double bwd = check_attention_backward("bf16", ATTENTION_BF16_TOL);
-    ck_assert_msg(fwd >= ATTENTION_BF16_MIN_DIFF && bwd >= ATTENTION_BF16_MIN_DIFF,
-                  "bf16 attention agrees with float32 to %.2e (forward) and %.2e (backward): "
-                  "less than bf16 rounding, so the bf16 path was not taken", fwd, bwd);
-    ck_assert_int_eq(attention_set_precision_cuda("fp32"), 0);
+    check_attention_tensor_cores("bf16", ATTENTION_BF16_TOL, ATTENTION_BF16_MIN_DIFF);
 }
 END_TEST
 

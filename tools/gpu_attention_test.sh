@@ -10,8 +10,8 @@
 #      attention rows; then PyTorch's SDPA at the same shape in float32 and bf16 (CUDA
 #      events, median of 20), where PyTorch with CUDA is installed
 #   5. test_cuda_ops under compute-sanitizer memcheck
-#   6. with --mutants: plant known bugs in attention_tc.cu (TF32 and bf16 paths) one at a
-#      time; the test must catch each
+#   6. with --mutants: plant known bugs in attention_tc.cu (TF32 and bf16 paths) and
+#      attention_common.cuh one at a time; the test must catch each
 #   7. racecheck (shared-memory races; slow, so last)
 # --quick skips 5 and 7 (the sanitizers): a first look at correctness and timing.
 # A short summary is printed last (the device tool returns the output's tail).
@@ -115,18 +115,16 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc dq overwritten, not accumulated"
     mutant attention_tc.cu 's/? exp2f(scale_log2 \* s\[n\]\[c\] - lse_s\[col\])/? exp2f(scale_log2 * s[n][c] - lse_s[col ^ 1])/' \
         "tc dk/dv reads a neighbour's lse"
-    mutant attention_tc.cu 's/const bool full = t0 + TC_ROWS - 1 < T \&\& j0 + BC - 1 <= t0 \&\&/const bool full = t0 + TC_ROWS - 1 < T \&\& j0 + BC - 1 <= t0 + TC_ROWS - 1 \&\&/' \
-        "tc forward and dq skip the mask on diagonal tiles"
-    mutant attention_tc.cu 's/tile\[r \* LD + d\] = t < T \&\& d < hd ?/tile[r * LD + d] = t < T \&\& d + 1 < hd ?/' \
-        "tc scalar staging drops the last dim"
+    mutant attention_common.cuh 's/k0 + nk - 1 <= q0 \&\&/k0 + nk - 1 <= q0 + nq - 1 \&\&/' \
+        "tiles crossing the diagonal skip the mask (every kernel)"
+    mutant attention_tc.cu 's/P::store1(tile + r \* LD + d, t < T \&\& d < hd ?/P::store1(tile + r * LD + d, t < T \&\& d + 1 < hd ?/' \
+        "tc scalar staging drops the last dim (TF32 and bf16)"
     mutant attention_tc.cu 's/const uint32_t a\[4\] = {pack_bf16(w\[2 \* kk\]\[0\], w\[2 \* kk\]\[1\]), pack_bf16(w\[2 \* kk\]\[2\], w\[2 \* kk\]\[3\]),/const uint32_t a[4] = {pack_bf16(w[2 * kk][2], w[2 * kk][3]), pack_bf16(w[2 * kk][0], w[2 * kk][1]),/' \
         "bf16 scores·rows: rows g and g+8 of P swapped"
     mutant attention_tc.cu 's/ldmatrix_x4<true>(bb, x_at/ldmatrix_x4<false>(bb, x_at/' \
         "bf16 scores·rows: V/K/Q/dO not transposed"
     mutant attention_tc.cu 's/ldmatrix_x4<false>(a1, a_at + 16 \* ks + 16);/ldmatrix_x4<false>(a1, a_at + 16 * ks);/' \
         "bf16 rows·rowsᵀ: second k-step reads the first"
-    mutant attention_tc.cu 's/tile\[r \* LD + d\] = __float2bfloat16_rn(t < T \&\& d < hd ?/tile[r * LD + d] = __float2bfloat16_rn(t < T \&\& d + 1 < hd ?/' \
-        "bf16 scalar staging drops the last dim"
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 

@@ -189,7 +189,7 @@ attention_forward_kernel(float *out, float *lse, const float *q, const float *k,
 
         float s[RI][CI];
         tile_dot<HD, RI, CI>(s, q_tile, k_tile, ty, tx);
-        const bool full = t0 + TILE - 1 < T && j0 + BC - 1 <= t0 && (window <= 0 || j0 > t0 + TILE - 1 - window);
+        const bool full = tile_all_visible(t0, TILE, j0, BC, T, window);
 #pragma unroll
         for (int i = 0; i < RI; i++) {
             const int r = ty + 16 * i, t = t0 + r;
@@ -295,7 +295,7 @@ attention_backward_dq_kernel(float *dq, const float *dout, const float *q, const
         float s[RI][CI], dp[RI][CI];
         tile_dot<HD, RI, CI>(s, q_tile, k_tile, ty, tx);
         tile_dot<HD, RI, CI>(dp, dout_tile, v_tile, ty, tx);
-        const bool full = t0 + TILE - 1 < T && j0 + BC - 1 <= t0 && (window <= 0 || j0 > t0 + TILE - 1 - window);
+        const bool full = tile_all_visible(t0, TILE, j0, BC, T, window);
 #pragma unroll
         for (int i = 0; i < RI; i++) {
             const int r = ty + 16 * i, t = t0 + r;
@@ -375,7 +375,7 @@ attention_backward_dkdv_kernel(float *dk, float *dv, const float *dout, const fl
             float s[RI][CI], dp[RI][CI];
             tile_dot<HD, RI, CI>(s, q_tile, k_tile, ty, tx);
             tile_dot<HD, RI, CI>(dp, dout_tile, v_tile, ty, tx);
-            const bool full = t0 + BR - 1 < T && j0 + TILE - 1 <= t0 && (window <= 0 || j0 > t0 + BR - 1 - window);
+            const bool full = tile_all_visible(t0, BR, j0, TILE, T, window);
 #pragma unroll
             for (int i = 0; i < RI; i++) {
                 const int r = ty + 16 * i, t = t0 + r;

@@ -17,6 +17,14 @@ __device__ __forceinline__ bool visible(int t, int j, int T, int window) {
     return t < T && j <= t && (window <= 0 || j > t - window);
 }
 
+/* Every (query, key) pair of a tile is visible: queries q0..q0+nq−1 all before T, keys
+ * k0..k0+nk−1 all at or before the first query and, with a window, inside the last query's
+ * window. Such tiles skip the per-element mask; only tiles that cross the diagonal, the
+ * window edge or T evaluate visible(). */
+__device__ __forceinline__ bool tile_all_visible(int q0, int nq, int k0, int nk, int T, int window) {
+    return q0 + nq - 1 < T && k0 + nk - 1 <= q0 && (window <= 0 || k0 > q0 + nq - 1 - window);
+}
+
 /* Row index of (b, t, head) in a [B, T, heads, hd] tensor. */
 __device__ __forceinline__ size_t token_row(int b, int t, int heads, int head, int T) {
     return ((size_t)b * T + t) * heads + head;

@@ -41,6 +41,8 @@
 #include <cuda_bf16.h>
 
 #define TC_THREADS 128   /* 4 warps */
+#define LOG2E 1.4426950408889634f   /* scores and lse go to base 2 with it; ln 2 brings lse back */
+#define LN2 0.6931471805599453f
 #define TC_ROWS 64       /* rows a block owns: 16 per warp */
 
 __device__ __forceinline__ float to_tf32(float x) {
@@ -89,10 +91,9 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 /* The kernels below are written once over a tile policy: how a shared tile holds its
  * values and how the two products read it.
- *   load_tile<HD, ROWS>(tile, x, ...)  rows first..first+ROWS−1 of head `head` of
- *       x[B,T,heads,hd] into tile[ROWS][HD+PAD] in the policy's element type; rows at or
- *       past T and dims at or past hd are zero, so padded products are exact.
- *   P::template rows_dot_rows<HD, NT>(s, A, row0, Bt, lane)  s[n] = A[row0.. +16] · Bt[8n.. +8]ᵀ over
+ *   Elem, PAD  the element type of the shared tiles, whose rows are HD+PAD elements apart.
+ *   store4(at, v), store1(at, v)  four consecutive floats, or one, converted to Elem.
+ *   rows_dot_rows<HD, NT>(s, A, row0, Bt, lane)  s[n] = A[row0.. +16] · Bt[8n.. +8]ᵀ over
  *       HD dims: the warp's 16×(8·NT) block of rows·rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ, ...).
  *   scores_times_rows<HD, KT>(acc, w, X, lane)  acc += W · X over the 8·KT columns of W,
  *       a C-layout score block in registers (w[kk] covers columns 8kk..8kk+7, float32,
@@ -102,27 +103,11 @@ struct Tf32Tiles {
     using Elem = float;
     static constexpr int PAD = 4;   /* rows HD+4 floats apart: fragment loads hit 32 banks */
 
-    /* float4 loads when hd is a multiple of 4 (every row then starts 16-byte aligned); a
-     * warp reads whole rows, and its 16-byte stores fall 8 rows apart in distinct banks */
-    template <int HD, int ROWS>
-    static __device__ __forceinline__ void load_tile(float *tile, const float *x, int b, int first, int heads,
-                                                     int head, int T, int hd) {
-        constexpr int LD = HD + PAD;
-        if (hd % 4 == 0) {
-            for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
-                const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
-                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
-                *reinterpret_cast<float4 *>(tile + r * LD + d) =
-                    make_float4(to_tf32(v.x), to_tf32(v.y), to_tf32(v.z), to_tf32(v.w));
-            }
-        } else {
-            for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
-                const int r = idx / HD, d = idx % HD, t = first + r;
-                tile[r * LD + d] = t < T && d < hd ? to_tf32(x[token_row(b, t, heads, head, T) * hd + d]) : 0.0f;
-            }
-        }
+    /* the staged values: four consecutive dims, or one, rounded to TF32 */
+    static __device__ __forceinline__ void store4(float *at, float4 v) {
+        *reinterpret_cast<float4 *>(at) = make_float4(to_tf32(v.x), to_tf32(v.y), to_tf32(v.z), to_tf32(v.w));
     }
+    static __device__ __forceinline__ void store1(float *at, float v) { *at = to_tf32(v); }
 
     /* fragments as 4-byte loads: A (g, t), (g+8, t), (g, t+4), (g+8, t+4); B (n g; k t, t+4) */
     template <int HD, int NT>
@@ -166,24 +151,10 @@ struct Bf16Tiles {
     using Elem = __nv_bfloat16;
     static constexpr int PAD = 8;   /* rows 16 bytes past a multiple of 128: ldmatrix's 8 rows hit 8 bank groups */
 
-    template <int HD, int ROWS>
-    static __device__ __forceinline__ void load_tile(__nv_bfloat16 *tile, const float *x, int b, int first,
-                                                     int heads, int head, int T, int hd) {
-        constexpr int LD = HD + PAD;
-        if (hd % 4 == 0) {
-            for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
-                const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
-                float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
-                *reinterpret_cast<uint2 *>(tile + r * LD + d) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
-            }
-        } else {
-            for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
-                const int r = idx / HD, d = idx % HD, t = first + r;
-                tile[r * LD + d] = __float2bfloat16_rn(t < T && d < hd ? x[token_row(b, t, heads, head, T) * hd + d] : 0.0f);
-            }
-        }
+    static __device__ __forceinline__ void store4(__nv_bfloat16 *at, float4 v) {
+        *reinterpret_cast<uint2 *>(at) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
     }
+    static __device__ __forceinline__ void store1(__nv_bfloat16 *at, float v) { *at = __float2bfloat16_rn(v); }
 
     /* every fragment an ldmatrix: A blocks rows 0-7 | 8-15 | 0-7 | 8-15 at dims +0 | +0 | +8
      * | +8 (a0..a3); B blocks one n-tile's 8 rows at dims +0 | +8 | +16 | +24 (b0 b1 of two
@@ -235,6 +206,29 @@ struct Bf16Tiles {
     }
 };
 
+/* Rows first..first+ROWS−1 of head `head` of x[B,T,heads,hd] into tile[ROWS][HD+PAD] in the
+ * policy's element type; rows at or past T and dims at or past hd are zero, so padded
+ * products are exact. float4 loads when hd is a multiple of 4 (every row then starts
+ * 16-byte aligned); a warp reads whole rows, and its stores fall in distinct banks. */
+template <class P, int HD, int ROWS>
+__device__ __forceinline__ void load_tile(typename P::Elem *tile, const float *x, int b, int first, int heads,
+                                          int head, int T, int hd) {
+    constexpr int LD = HD + P::PAD;
+    if (hd % 4 == 0) {
+        for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
+            const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
+            P::store4(tile + r * LD + d, v);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
+            const int r = idx / HD, d = idx % HD, t = first + r;
+            P::store1(tile + r * LD + d, t < T && d < hd ? x[token_row(b, t, heads, head, T) * hd + d] : 0.0f);
+        }
+    }
+}
+
 /* Forward: one block per (64 query rows, head, batch); warp w owns rows 16w..16w+15 and
  * streams key/value tiles of BC. Online softmax per row in base 2 (scores pre-multiplied by
  * log2 e, so each probability is one ex2), the row's 4 lanes combining with two
@@ -254,9 +248,9 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
     const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;   /* longest rows first */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
-    const float scale_log2 = scale * 1.4426950408889634f;
+    const float scale_log2 = scale * LOG2E;
 
-    P::template load_tile<HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
+    load_tile<P, HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
@@ -264,14 +258,13 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
     const int t_last = min(T - 1, t0 + TC_ROWS - 1);
     for (int j0 = first_visible_key(t0, window); j0 <= t_last; j0 += BC) {
         __syncthreads();   /* the previous tiles are consumed (and the q tile is staged) */
-        P::template load_tile<HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
-        P::template load_tile<HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
+        load_tile<P, HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
+        load_tile<P, HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
         __syncthreads();
 
         float s[NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
-        const bool full = t0 + TC_ROWS - 1 < T && j0 + BC - 1 <= t0 &&
-                          (window <= 0 || j0 > t0 + TC_ROWS - 1 - window);
+        const bool full = tile_all_visible(t0, TC_ROWS, j0, BC, T, window);
 #pragma unroll
         for (int half = 0; half < 2; half++) {   /* rows g (c0, c1) and g+8 (c2, c3) */
             float row_max = -INFINITY;
@@ -313,7 +306,7 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
     for (int half = 0; half < 2; half++) {
         const int tr = tq[half];
         if (tr >= T) continue;
-        if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * 0.6931471805599453f;
+        if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * LN2;
         float *out_row = out + token_row(b, tr, H, h, T) * hd;
         const float inv_l = 1.0f / l[half];
 #pragma unroll
@@ -344,15 +337,15 @@ attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, co
     const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
-    const float scale_log2 = scale * 1.4426950408889634f;
+    const float scale_log2 = scale * LOG2E;
 
-    P::template load_tile<HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
-    P::template load_tile<HD, TC_ROWS>(dout_rows, dout, b, t0, H, h, T, hd);
+    load_tile<P, HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
+    load_tile<P, HD, TC_ROWS>(dout_rows, dout, b, t0, H, h, T, hd);
     float lse_r[2], D_r[2];   /* lse in base 2 */
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         const bool in = tq[half] < T;
-        lse_r[half] = in ? lse[((size_t)b * H + h) * T + tq[half]] * 1.4426950408889634f : 0.0f;
+        lse_r[half] = in ? lse[((size_t)b * H + h) * T + tq[half]] * LOG2E : 0.0f;
         D_r[half] = in ? Dsum[((size_t)b * H + h) * T + tq[half]] : 0.0f;
     }
     float acc[ND][4];
@@ -362,15 +355,14 @@ attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, co
     const int t_last = min(T - 1, t0 + TC_ROWS - 1);
     for (int j0 = first_visible_key(t0, window); j0 <= t_last; j0 += BC) {
         __syncthreads();
-        P::template load_tile<HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
-        P::template load_tile<HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
+        load_tile<P, HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
+        load_tile<P, HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
         __syncthreads();
 
         float s[NT][4], dp[NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
         P::template rows_dot_rows<HD, NT>(dp, dout_rows, row0, v_rows, lane);
-        const bool full = t0 + TC_ROWS - 1 < T && j0 + BC - 1 <= t0 &&
-                          (window <= 0 || j0 > t0 + TC_ROWS - 1 - window);
+        const bool full = tile_all_visible(t0, TC_ROWS, j0, BC, T, window);
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
@@ -417,10 +409,10 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
     const int b = blockIdx.z, grp = blockIdx.y, j0 = blockIdx.x * TC_ROWS, group = H / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, jk[2] = {j0 + row0 + g, j0 + row0 + g + 8};
-    const float scale_log2 = scale * 1.4426950408889634f;
+    const float scale_log2 = scale * LOG2E;
 
-    P::template load_tile<HD, TC_ROWS>(k_rows, k, b, j0, Hkv, grp, T, hd);
-    P::template load_tile<HD, TC_ROWS>(v_rows, v, b, j0, Hkv, grp, T, hd);
+    load_tile<P, HD, TC_ROWS>(k_rows, k, b, j0, Hkv, grp, T, hd);
+    load_tile<P, HD, TC_ROWS>(v_rows, v, b, j0, Hkv, grp, T, hd);
     float dk_acc[ND][4], dv_acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++)
@@ -434,11 +426,11 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
     for (int h = grp * group; h < (grp + 1) * group; h++) {
         for (int t0 = j0; t0 <= t_end; t0 += BR) {
             __syncthreads();   /* the previous query tile is consumed (K, V are staged) */
-            P::template load_tile<HD, BR>(q_rows, q, b, t0, H, h, T, hd);
-            P::template load_tile<HD, BR>(dout_rows, dout, b, t0, H, h, T, hd);
+            load_tile<P, HD, BR>(q_rows, q, b, t0, H, h, T, hd);
+            load_tile<P, HD, BR>(dout_rows, dout, b, t0, H, h, T, hd);
             for (int r = threadIdx.x; r < BR; r += TC_THREADS) {
                 const int tr = t0 + r;
-                lse_s[r] = tr < T ? lse[((size_t)b * H + h) * T + tr] * 1.4426950408889634f : 0.0f;
+                lse_s[r] = tr < T ? lse[((size_t)b * H + h) * T + tr] * LOG2E : 0.0f;
                 D_s[r] = tr < T ? Dsum[((size_t)b * H + h) * T + tr] : 0.0f;
             }
             __syncthreads();
@@ -446,8 +438,7 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const
             float s[NT][4], dp[NT][4];
             P::template rows_dot_rows<HD, NT>(s, k_rows, row0, q_rows, lane);      /* Sᵀ  [keys × queries] */
             P::template rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
-            const bool full = t0 + BR - 1 < T && j0 + TC_ROWS - 1 <= t0 &&
-                              (window <= 0 || j0 > t0 + BR - 1 - window);
+            const bool full = tile_all_visible(t0, BR, j0, TC_ROWS, T, window);
 #pragma unroll
             for (int n = 0; n < NT; n++)
 #pragma unroll
