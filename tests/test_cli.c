@@ -116,15 +116,19 @@ START_TEST(train_runs_a_short_job_and_writes_its_run_directory) {
 }
 END_TEST
 
+/* The tiny CPU moe_vs_dense sweep with this build's train, which the sweep tests extend. */
+static void tiny_sweep_command(char *buf, size_t len) {
+    snprintf(buf, len, "TRAIN=%s/train bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu",
+             BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+}
+
 /* The sweep scripts' shared runner (experiments/lib.sh), through moe_vs_dense's dry run
  * (it probes nothing, so it is quick): --gpus spreads the points round-robin; bad values
  * and a MIXERS pattern of the wrong length are refused by name; another pattern names
  * its points for it; --only selects by regex, one starting with '-' too. */
 START_TEST(sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags) {
-    char cmd[2048];
-    const char *sweep = "TRAIN=%s/train bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu";
-    char base[1024];
-    snprintf(base, sizeof base, sweep, BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+    char cmd[2048], base[1024];
+    tiny_sweep_command(base, sizeof base);
     snprintf(cmd, sizeof cmd, "%s --gpus 2 --jobs 4 --dry-run", base);
     int rc = run(cmd);
     ck_assert_msg(rc == 0, "dry run exited %d: %s", rc, output);
@@ -155,8 +159,7 @@ END_TEST
  * of a --and list with it); a value that is not a non-negative integer is refused by name. */
 START_TEST(sweep_gpu_offset_starts_the_round_robin_there) {
     char cmd[2048], base[1024];
-    snprintf(base, sizeof base, "TRAIN=%s/train bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu",
-             BRAID_BINARY_DIR, BRAID_SOURCE_DIR);
+    tiny_sweep_command(base, sizeof base);
     snprintf(cmd, sizeof cmd, "%s --gpus 2 --gpu-offset 1 --jobs 4 --dry-run", base);
     int rc = run(cmd);
     ck_assert_msg(rc == 0, "dry run exited %d: %s", rc, output);
