@@ -117,8 +117,12 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc dk/dv reads a neighbour's lse"
     mutant attention_common.cuh 's/k0 + nk - 1 <= q0 \&\&/k0 + nk - 1 <= q0 + nq - 1 \&\&/' \
         "tiles crossing the diagonal skip the mask (every kernel)"
-    mutant attention_tc.cu 's/P::store1(tile + r \* LD + d, t < T \&\& d < hd ?/P::store1(tile + r * LD + d, t < T \&\& d + 1 < hd ?/' \
-        "tc scalar staging drops the last dim (TF32 and bf16)"
+    mutant attention_tc.cu 's/v.z = d + 2 < hd ? src\[2\] : 0.0f;/v.z = d + 3 < hd ? src[2] : 0.0f;/' \
+        "tc operand copies drop dim 4k+2 of a ragged head (TF32 and bf16)"
+    mutant attention_tc.cu 's/if (j0 + BC <= t_last) stage(st ^ 1, j0 + BC);/if (j0 + BC <= t_last) stage(st, j0 + BC);/' \
+        "tc forward/dq: next K/V tile copied over the one in use"
+    mutant attention_tc.cu 's/const int h_next = t0 + BR <= t_end ? h : h + 1,/const int h_next = t0 + BR <= t_end ? h : h + 2,/' \
+        "tc dk/dv skips every other query head of its group"
     mutant attention_tc.cu 's/const uint32_t a\[4\] = {pack_bf16(w\[2 \* kk\]\[0\], w\[2 \* kk\]\[1\]), pack_bf16(w\[2 \* kk\]\[2\], w\[2 \* kk\]\[3\]),/const uint32_t a[4] = {pack_bf16(w[2 * kk][2], w[2 * kk][3]), pack_bf16(w[2 * kk][0], w[2 * kk][1]),/' \
         "bf16 scores·rows: rows g and g+8 of P swapped"
     mutant attention_tc.cu 's/ldmatrix_x4<true>(bb, x_at/ldmatrix_x4<false>(bb, x_at/' \

@@ -20,8 +20,10 @@
  *  - scores · rows (O += P·V, dq += dS·K, dv += Pᵀ·dO, dk += dSᵀ·Q): the scores never leave
  *    registers; the C fragment is fed back as the A operand (see each policy), and the B
  *    operand reads the rows of the shared tile whose index the product sums over.
- * Operands are rounded once: Q, K, V, dO as they are staged into shared memory (TF32 kept
- * as float, bf16 stored as bf16), P and dS as they are fed. Accumulation, softmax, lse and
+ * Operands are rounded once: Q, K, V, dO into per-call copies (TF32 kept as float, bf16
+ * stored as bf16; [B][heads][T padded to 64][HD], zero-padded) that the kernels stage tile
+ * by tile with cp.async, the next tile's copies in flight while this one is computed on;
+ * P and dS are rounded as they are fed. Accumulation, softmax, lse and
  * D stay float32; the results differ from the float32 kernels by the operands' rounding
  * (observed ~1e-3 of the largest value for TF32, ~1e-2 for bf16; tested).
  * The softmax works in base 2 (scores times log2 e, one ex2 per probability).
@@ -29,11 +31,13 @@
  * the query tiles that see its keys, as in attention.cu; the scores are computed transposed
  * (keys as rows), so dk and dv accumulate in registers with no transpose.
  * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal (bench --ops): forward / backward
- * TF32 0.68 / 2.34 ms, bf16 0.50 / 1.79 ms, against 2.49 / 7.31 ms for the float32
- * kernels. Tried and dropped (slower, docs/performance.md): for TF32, fragments through
+ * TF32 0.58 / 1.88 ms, bf16 0.33 / 1.08 ms (the copies included), against 2.45 / 7.35 ms
+ * for the float32 kernels; before the copies and cp.async, TF32 0.68 / 2.34, bf16 0.50 / 1.79. Tried and dropped (slower, docs/performance.md): for TF32, fragments through
  * ldmatrix, and the score·rows operand staged transposed so that it could use ldmatrix. */
 #include "attention_common.cuh"
+#include "cp_async.cuh"
 #include "cuda_check.h"
+#include "grid.cuh"
 #include "ops_cuda.h"
 
 #include <stdint.h>
@@ -44,6 +48,7 @@
 #define LOG2E 1.4426950408889634f   /* scores and lse go to base 2 with it; ln 2 brings lse back */
 #define LN2 0.6931471805599453f
 #define TC_ROWS 64       /* rows a block owns: 16 per warp */
+#define TC_SM_SHARED_BYTES (228 * 1024)   /* shared memory of an sm_90 SM; each block also reserves 1 KB */
 
 __device__ __forceinline__ float to_tf32(float x) {
     uint32_t r;
@@ -91,8 +96,9 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 /* The kernels below are written once over a tile policy: how a shared tile holds its
  * values and how the two products read it.
- *   Elem, PAD  the element type of the shared tiles, whose rows are HD+PAD elements apart.
- *   store4(at, v), store1(at, v)  four consecutive floats, or one, converted to Elem.
+ *   Elem, PAD  the element type of the operand copies and shared tiles; tile rows are HD+PAD
+ *       elements apart.
+ *   store4(at, v)  four consecutive floats, rounded and converted to Elem.
  *   rows_dot_rows<HD, NT>(s, A, row0, Bt, lane)  s[n] = A[row0.. +16] · Bt[8n.. +8]ᵀ over
  *       HD dims: the warp's 16×(8·NT) block of rows·rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ, ...).
  *   scores_times_rows<HD, KT>(acc, w, X, lane)  acc += W · X over the 8·KT columns of W,
@@ -103,11 +109,10 @@ struct Tf32Tiles {
     using Elem = float;
     static constexpr int PAD = 4;   /* rows HD+4 floats apart: fragment loads hit 32 banks */
 
-    /* the staged values: four consecutive dims, or one, rounded to TF32 */
+    /* four consecutive dims of an operand copy, rounded to TF32 */
     static __device__ __forceinline__ void store4(float *at, float4 v) {
         *reinterpret_cast<float4 *>(at) = make_float4(to_tf32(v.x), to_tf32(v.y), to_tf32(v.z), to_tf32(v.w));
     }
-    static __device__ __forceinline__ void store1(float *at, float v) { *at = to_tf32(v); }
 
     /* fragments as 4-byte loads: A (g, t), (g+8, t), (g, t+4), (g+8, t+4); B (n g; k t, t+4) */
     template <int HD, int NT>
@@ -154,7 +159,6 @@ struct Bf16Tiles {
     static __device__ __forceinline__ void store4(__nv_bfloat16 *at, float4 v) {
         *reinterpret_cast<uint2 *>(at) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
     }
-    static __device__ __forceinline__ void store1(__nv_bfloat16 *at, float v) { *at = __float2bfloat16_rn(v); }
 
     /* every fragment an ldmatrix: A blocks rows 0-7 | 8-15 | 0-7 | 8-15 at dims +0 | +0 | +8
      * | +8 (a0..a3); B blocks one n-tile's 8 rows at dims +0 | +8 | +16 | +24 (b0 b1 of two
@@ -206,27 +210,78 @@ struct Bf16Tiles {
     }
 };
 
-/* Rows first..first+ROWS−1 of head `head` of x[B,T,heads,hd] into tile[ROWS][HD+PAD] in the
- * policy's element type; rows at or past T and dims at or past hd are zero, so padded
- * products are exact. float4 loads when hd is a multiple of 4 (every row then starts
- * 16-byte aligned); a warp reads whole rows, and its stores fall in distinct banks. */
-template <class P, int HD, int ROWS>
-__device__ __forceinline__ void load_tile(typename P::Elem *tile, const float *x, int b, int first, int heads,
-                                          int head, int T, int hd) {
-    constexpr int LD = HD + P::PAD;
-    if (hd % 4 == 0) {
-        for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += TC_THREADS) {
-            const int r = idx / (HD / 4), d = 4 * (idx % (HD / 4)), t = first + r;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < T && d < hd) v = *reinterpret_cast<const float4 *>(x + token_row(b, t, heads, head, T) * hd + d);
-            P::store4(tile + r * LD + d, v);
+/* The operand copies the kernels read: x [B, T, heads, hd] (float) → [B][heads][Tp][HD] in
+ * the policy's element type and rounding, Tp = T rounded up to TC_ROWS, rows ≥ T and dims
+ * ≥ hd zero. Each (batch, head) is then Tp·HD contiguous elements and every tile the
+ * kernels stage is whole: they copy it with cp.async, 16 bytes a copy, with no conversion
+ * and no bounds in their loops, and a padded product is exact. Converting once per call
+ * (each K/V tile is staged by every query tile that sees it) halves the bytes staged in
+ * bf16, and the copies of the next tile land while the warps compute on this one. */
+template <class P, int HD>
+__global__ void stage_operand_kernel(typename P::Elem *dst, const float *x, int B, int T, int Tp, int heads,
+                                     int hd) {
+    const size_t n = (size_t)B * heads * Tp * (HD / 4);
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int d = 4 * (int)(idx % (HD / 4));
+        const size_t row = idx / (HD / 4);   /* (b, head, t) of the copy */
+        const int t = (int)(row % Tp);
+        const size_t bh = row / Tp;
+        const int head = (int)(bh % heads), b = (int)(bh / heads);
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (t < T) {
+            const float *src = x + token_row(b, t, heads, head, T) * hd + d;
+            if (hd % 4 == 0) {   /* rows start 16-byte aligned */
+                if (d < hd) v = *reinterpret_cast<const float4 *>(src);
+            } else {
+                v.x = d < hd ? src[0] : 0.0f;
+                v.y = d + 1 < hd ? src[1] : 0.0f;
+                v.z = d + 2 < hd ? src[2] : 0.0f;
+                v.w = d + 3 < hd ? src[3] : 0.0f;
+            }
         }
-    } else {
-        for (int idx = threadIdx.x; idx < ROWS * HD; idx += TC_THREADS) {
-            const int r = idx / HD, d = idx % HD, t = first + r;
-            P::store1(tile + r * LD + d, t < T && d < hd ? x[token_row(b, t, heads, head, T) * hd + d] : 0.0f);
-        }
+        P::store4(dst + row * HD + d, v);
     }
+}
+
+/* lse (natural log) and D, [B·H][T] → lse in base 2 and D, [B·H][Tp], zero past T: the
+ * backward kernels stage them per query tile like the operands. */
+__global__ void stage_row_stats_kernel(float *lse2, float *D, const float *lse, const float *Dsum, int BH, int T,
+                                       int Tp) {
+    const size_t n = (size_t)BH * Tp;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int t = (int)(idx % Tp);
+        const size_t src = idx / Tp * T + t;
+        lse2[idx] = t < T ? lse[src] * LOG2E : 0.0f;
+        D[idx] = t < T ? Dsum[src] : 0.0f;
+    }
+}
+
+/* ROWS whole rows of an operand copy (contiguous from src) into tile[ROWS][HD+PAD], as
+ * cp.async copies of 16 bytes; the caller commits and waits. */
+template <class P, int HD, int ROWS>
+__device__ __forceinline__ void copy_rows_async(typename P::Elem *tile, const typename P::Elem *src) {
+    constexpr int PER = 16 / sizeof(typename P::Elem), LD = HD + P::PAD, CHUNKS = ROWS * HD / PER;
+#pragma unroll
+    for (int c = 0; c < (CHUNKS + TC_THREADS - 1) / TC_THREADS; c++) {
+        const int i = c * TC_THREADS + threadIdx.x;
+        if (CHUNKS % TC_THREADS == 0 || i < CHUNKS)
+            cp_async16(tile + (i / (HD / PER)) * LD + (i % (HD / PER)) * PER, src + (size_t)i * PER);
+    }
+}
+
+/* N floats (a multiple of 4, 16-byte aligned) into shared memory, as cp.async copies. */
+template <int N>
+__device__ __forceinline__ void copy_floats_async(float *dst, const float *src) {
+    for (int i = threadIdx.x; i < N / 4; i += TC_THREADS) cp_async16(dst + 4 * i, src + 4 * i);
+}
+
+/* Streamed tiles go through STAGES buffers: with 2, the copies of the next tile are issued
+ * before this one is computed on (two __syncthreads a tile either way). A kernel takes 2
+ * where its shared memory then still lets as many blocks share an SM as its launch bound
+ * asks (at least two), else 1. */
+template <int FIXED_BYTES, int STAGE_BYTES, int MINB>
+constexpr int tile_stages() {
+    return FIXED_BYTES + 2 * STAGE_BYTES <= TC_SM_SHARED_BYTES / (MINB > 2 ? MINB : 2) - 1024 ? 2 : 1;
 }
 
 /* Forward: one block per (64 query rows, head, batch); warp w owns rows 16w..16w+15 and
@@ -234,33 +289,52 @@ __device__ __forceinline__ void load_tile(typename P::Elem *tile, const float *x
  * log2 e, so each probability is one ex2), the row's 4 lanes combining with two
  * xor-shuffles; the output accumulator shares the score layout's rows, so its rescale needs
  * no exchange. */
-template <class P, int HD, int BC, int MINB>
+template <class P, int HD, int BC, int STAGES, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
-attention_forward_tc_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
-                            int T, int H, int Hkv, int hd, int window, float scale) {
+attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, const typename P::Elem *k,
+                            const typename P::Elem *v, int T, int Tp, int H, int Hkv, int hd, int window,
+                            float scale) {
     using E = typename P::Elem;
     constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8;
     extern __shared__ float4 shared4[];
     E *q_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
-    E *k_rows = q_rows + TC_ROWS * LD;                 /* [BC][LD] */
-    E *v_rows = k_rows + BC * LD;                      /* [BC][LD] */
+    E *kv_rows = q_rows + TC_ROWS * LD;                /* [STAGES][K, V][BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
     const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;   /* longest rows first */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
     const float scale_log2 = scale * LOG2E;
+    const E *k_head = k + ((size_t)b * Hkv + grp) * Tp * HD, *v_head = v + ((size_t)b * Hkv + grp) * Tp * HD;
+    auto stage = [&](int st, int j) {
+        copy_rows_async<P, HD, BC>(kv_rows + st * 2 * BC * LD, k_head + (size_t)j * HD);
+        copy_rows_async<P, HD, BC>(kv_rows + (st * 2 + 1) * BC * LD, v_head + (size_t)j * HD);
+    };
 
-    load_tile<P, HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
+    /* key tiles start at multiples of BC (≤ TC_ROWS), so none reaches past Tp; keys before
+     * the window are masked like any other invisible key */
+    const int t_last = min(T - 1, t0 + TC_ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
+    copy_rows_async<P, HD, TC_ROWS>(q_rows, q + (((size_t)b * H + h) * Tp + t0) * HD);
+    if (STAGES == 2) stage(0, j_first);
+    cp_async_commit();
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    const int t_last = min(T - 1, t0 + TC_ROWS - 1);
-    for (int j0 = first_visible_key(t0, window); j0 <= t_last; j0 += BC) {
-        __syncthreads();   /* the previous tiles are consumed (and the q tile is staged) */
-        load_tile<P, HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
-        load_tile<P, HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
-        __syncthreads();
+    int st = 0;
+    for (int j0 = j_first; j0 <= t_last; j0 += BC) {
+        __syncthreads();   /* every warp is done with the buffer about to be refilled */
+        if (STAGES == 1) {
+            stage(0, j0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else {
+            if (j0 + BC <= t_last) stage(st ^ 1, j0 + BC);
+            cp_async_commit();   /* (empty on the last tile: the count stays uniform) */
+            cp_async_wait<1>();  /* this thread's copies of tile j0 (and of Q) have landed */
+        }
+        __syncthreads();         /* ... and every thread's */
+        const E *k_rows = kv_rows + st * 2 * BC * LD, *v_rows = k_rows + BC * LD;
+        if (STAGES == 2) st ^= 1;
 
         float s[NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
@@ -321,43 +395,56 @@ attention_forward_tc_kernel(float *out, float *lse, const float *q, const float 
 
 /* dq_t += scale Σ_j dS_tj k_j: shaped like the forward (warp w owns query rows 16w..),
  * with dP = dO·Vᵀ beside S, and dS meeting the K tile as P met V. */
-template <class P, int HD, int BC, int MINB>
+template <class P, int HD, int BC, int STAGES, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
-attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, const float *k,
-                                const float *v, const float *lse, const float *Dsum, int T, int H,
-                                int Hkv, int hd, int window, float scale) {
+attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const typename P::Elem *q,
+                                const typename P::Elem *k, const typename P::Elem *v, const float *lse2,
+                                const float *D, int T, int Tp, int H, int Hkv, int hd, int window,
+                                float scale) {
     using E = typename P::Elem;
     constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8;
     extern __shared__ float4 shared4[];
     E *q_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
     E *dout_rows = q_rows + TC_ROWS * LD;              /* [TC_ROWS][LD] */
-    E *k_rows = dout_rows + TC_ROWS * LD;              /* [BC][LD] */
-    E *v_rows = k_rows + BC * LD;                      /* [BC][LD] */
+    E *kv_rows = dout_rows + TC_ROWS * LD;             /* [STAGES][K, V][BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
     const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
     const float scale_log2 = scale * LOG2E;
+    const size_t bh = (size_t)b * H + h;
+    const E *k_head = k + ((size_t)b * Hkv + grp) * Tp * HD, *v_head = v + ((size_t)b * Hkv + grp) * Tp * HD;
+    auto stage = [&](int st, int j) {
+        copy_rows_async<P, HD, BC>(kv_rows + st * 2 * BC * LD, k_head + (size_t)j * HD);
+        copy_rows_async<P, HD, BC>(kv_rows + (st * 2 + 1) * BC * LD, v_head + (size_t)j * HD);
+    };
 
-    load_tile<P, HD, TC_ROWS>(q_rows, q, b, t0, H, h, T, hd);
-    load_tile<P, HD, TC_ROWS>(dout_rows, dout, b, t0, H, h, T, hd);
-    float lse_r[2], D_r[2];   /* lse in base 2 */
-#pragma unroll
-    for (int half = 0; half < 2; half++) {
-        const bool in = tq[half] < T;
-        lse_r[half] = in ? lse[((size_t)b * H + h) * T + tq[half]] * LOG2E : 0.0f;
-        D_r[half] = in ? Dsum[((size_t)b * H + h) * T + tq[half]] : 0.0f;
-    }
+    const int t_last = min(T - 1, t0 + TC_ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
+    copy_rows_async<P, HD, TC_ROWS>(q_rows, q + (bh * Tp + t0) * HD);
+    copy_rows_async<P, HD, TC_ROWS>(dout_rows, dout + (bh * Tp + t0) * HD);
+    if (STAGES == 2) stage(0, j_first);
+    cp_async_commit();
+    const float lse_r[2] = {lse2[bh * Tp + tq[0]], lse2[bh * Tp + tq[1]]};   /* base 2; rows < Tp */
+    const float D_r[2] = {D[bh * Tp + tq[0]], D[bh * Tp + tq[1]]};
     float acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    const int t_last = min(T - 1, t0 + TC_ROWS - 1);
-    for (int j0 = first_visible_key(t0, window); j0 <= t_last; j0 += BC) {
+    int st = 0;
+    for (int j0 = j_first; j0 <= t_last; j0 += BC) {
         __syncthreads();
-        load_tile<P, HD, BC>(k_rows, k, b, j0, Hkv, grp, T, hd);
-        load_tile<P, HD, BC>(v_rows, v, b, j0, Hkv, grp, T, hd);
+        if (STAGES == 1) {
+            stage(0, j0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else {
+            if (j0 + BC <= t_last) stage(st ^ 1, j0 + BC);
+            cp_async_commit();
+            cp_async_wait<1>();
+        }
         __syncthreads();
+        const E *k_rows = kv_rows + st * 2 * BC * LD, *v_rows = k_rows + BC * LD;
+        if (STAGES == 2) st ^= 1;
 
         float s[NT][4], dp[NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
@@ -392,66 +479,85 @@ attention_backward_dq_tc_kernel(float *dq, const float *dout, const float *q, co
  * batch); warp w owns keys 16w..16w+15. Per query tile of BR rows the warp computes
  * Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (keys as rows, queries as columns), Pᵀ and dSᵀ in place, then
  * dv += Pᵀ·dO and dk += dSᵀ·Q. lse and D are per column here: from shared memory. */
-template <class P, int HD, int BR, int MINB>
+template <class P, int HD, int BR, int STAGES, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
-attention_backward_dkdv_tc_kernel(float *dk, float *dv, const float *dout, const float *q,
-                                  const float *k, const float *v, const float *lse, const float *Dsum,
-                                  int T, int H, int Hkv, int hd, int window, float scale) {
+attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *dout, const typename P::Elem *q,
+                                  const typename P::Elem *k, const typename P::Elem *v, const float *lse2,
+                                  const float *D, int T, int Tp, int H, int Hkv, int hd, int window,
+                                  float scale) {
     using E = typename P::Elem;
     constexpr int LD = HD + P::PAD, NT = BR / 8, ND = HD / 8;
     extern __shared__ float4 shared4[];
     E *k_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
     E *v_rows = k_rows + TC_ROWS * LD;                 /* [TC_ROWS][LD] */
-    E *q_rows = v_rows + TC_ROWS * LD;                 /* [BR][LD] */
-    E *dout_rows = q_rows + BR * LD;                   /* [BR][LD] */
-    float *lse_s = reinterpret_cast<float *>(dout_rows + BR * LD);   /* [BR], base 2 */
-    float *D_s = lse_s + BR;                               /* [BR] */
+    E *qd_rows = v_rows + TC_ROWS * LD;                /* [STAGES][Q, dO][BR][LD] */
+    float *stats = reinterpret_cast<float *>(qd_rows + STAGES * 2 * BR * LD);   /* [STAGES][lse2, D][BR] */
     const int b = blockIdx.z, grp = blockIdx.y, j0 = blockIdx.x * TC_ROWS, group = H / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, jk[2] = {j0 + row0 + g, j0 + row0 + g + 8};
     const float scale_log2 = scale * LOG2E;
+    /* one query tile: rows t0.. of head h's Q and dO, and their base-2 lse and D */
+    auto stage = [&](int st, int h, int t0) {
+        const size_t at = ((size_t)b * H + h) * Tp + t0;
+        copy_rows_async<P, HD, BR>(qd_rows + st * 2 * BR * LD, q + at * HD);
+        copy_rows_async<P, HD, BR>(qd_rows + (st * 2 + 1) * BR * LD, dout + at * HD);
+        copy_floats_async<BR>(stats + st * 2 * BR, lse2 + at);
+        copy_floats_async<BR>(stats + st * 2 * BR + BR, D + at);
+    };
 
-    load_tile<P, HD, TC_ROWS>(k_rows, k, b, j0, Hkv, grp, T, hd);
-    load_tile<P, HD, TC_ROWS>(v_rows, v, b, j0, Hkv, grp, T, hd);
+    /* the last query row that sees any of the keys j0..j0+63; query tiles start at j0 (a
+     * multiple of 64, so of BR): rows before it see none of the keys. The block walks
+     * (head, query tile) pairs: the group's heads, each over tiles j0.. t_end. */
+    const int j_last = min(T - 1, j0 + TC_ROWS - 1);
+    const int t_end = window > 0 ? min(T - 1, j_last + window - 1) : T - 1;
+    const int h_end = (grp + 1) * group;
+    const size_t kv_at = (((size_t)b * Hkv + grp) * Tp + j0) * HD;
+    copy_rows_async<P, HD, TC_ROWS>(k_rows, k + kv_at);
+    copy_rows_async<P, HD, TC_ROWS>(v_rows, v + kv_at);
+    if (STAGES == 2) stage(0, grp * group, j0);
+    cp_async_commit();
     float dk_acc[ND][4], dv_acc[ND][4];
 #pragma unroll
     for (int n = 0; n < ND; n++)
 #pragma unroll
         for (int c = 0; c < 4; c++) dk_acc[n][c] = dv_acc[n][c] = 0.0f;
 
-    /* the last query row that sees any of the keys j0..j0+63; query tiles start at j0 (a
-     * multiple of 64, so of BR): rows before it see none of the keys. */
-    const int j_last = min(T - 1, j0 + TC_ROWS - 1);
-    const int t_end = window > 0 ? min(T - 1, j_last + window - 1) : T - 1;
-    for (int h = grp * group; h < (grp + 1) * group; h++) {
-        for (int t0 = j0; t0 <= t_end; t0 += BR) {
-            __syncthreads();   /* the previous query tile is consumed (K, V are staged) */
-            load_tile<P, HD, BR>(q_rows, q, b, t0, H, h, T, hd);
-            load_tile<P, HD, BR>(dout_rows, dout, b, t0, H, h, T, hd);
-            for (int r = threadIdx.x; r < BR; r += TC_THREADS) {
-                const int tr = t0 + r;
-                lse_s[r] = tr < T ? lse[((size_t)b * H + h) * T + tr] * LOG2E : 0.0f;
-                D_s[r] = tr < T ? Dsum[((size_t)b * H + h) * T + tr] : 0.0f;
-            }
-            __syncthreads();
-
-            float s[NT][4], dp[NT][4];
-            P::template rows_dot_rows<HD, NT>(s, k_rows, row0, q_rows, lane);      /* Sᵀ  [keys × queries] */
-            P::template rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
-            const bool full = tile_all_visible(t0, BR, j0, TC_ROWS, T, window);
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int c = 0; c < 4; c++) {
-                    const int col = 8 * n + 2 * t + c % 2, key = jk[c / 2];
-                    const float p = full || visible(t0 + col, key, T, window)
-                                        ? exp2f(scale_log2 * s[n][c] - lse_s[col]) : 0.0f;
-                    s[n][c] = p;                          /* Pᵀ */
-                    dp[n][c] = p * (dp[n][c] - D_s[col]); /* dSᵀ */
-                }
-            P::template scores_times_rows<HD, NT>(dv_acc, s, dout_rows, lane);
-            P::template scores_times_rows<HD, NT>(dk_acc, dp, q_rows, lane);
+    int st = 0;
+    for (int h = grp * group, t0 = j0; h < h_end;) {
+        const int h_next = t0 + BR <= t_end ? h : h + 1, t0_next = t0 + BR <= t_end ? t0 + BR : j0;
+        __syncthreads();   /* every warp is done with the buffer about to be refilled */
+        if (STAGES == 1) {
+            stage(0, h, t0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else {
+            if (h_next < h_end) stage(st ^ 1, h_next, t0_next);
+            cp_async_commit();
+            cp_async_wait<1>();
         }
+        __syncthreads();
+        const E *q_rows = qd_rows + st * 2 * BR * LD, *dout_rows = q_rows + BR * LD;
+        const float *lse_s = stats + st * 2 * BR, *D_s = lse_s + BR;
+        if (STAGES == 2) st ^= 1;
+
+        float s[NT][4], dp[NT][4];
+        P::template rows_dot_rows<HD, NT>(s, k_rows, row0, q_rows, lane);      /* Sᵀ  [keys × queries] */
+        P::template rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
+        const bool full = tile_all_visible(t0, BR, j0, TC_ROWS, T, window);
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const int col = 8 * n + 2 * t + c % 2, key = jk[c / 2];
+                const float p = full || visible(t0 + col, key, T, window)
+                                    ? exp2f(scale_log2 * s[n][c] - lse_s[col]) : 0.0f;
+                s[n][c] = p;                          /* Pᵀ */
+                dp[n][c] = p * (dp[n][c] - D_s[col]); /* dSᵀ */
+            }
+        P::template scores_times_rows<HD, NT>(dv_acc, s, dout_rows, lane);
+        P::template scores_times_rows<HD, NT>(dk_acc, dp, q_rows, lane);
+        h = h_next;
+        t0 = t0_next;
     }
 
 #pragma unroll
@@ -482,15 +588,51 @@ static void allow_tc_shared_memory(const void *kernel, size_t bytes) {
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
+/* The operand copies and row statistics live in file-static device buffers that only grow,
+ * one per role, like attention.cu's D buffer: calls on one stream use them in turn, and
+ * cudaFree before a regrow synchronises the device. Not thread-safe. */
+enum { COPY_Q, COPY_K, COPY_V, COPY_DOUT, COPY_LSE2, COPY_D, COPY_ROLES };
+static void *copy_buffer[COPY_ROLES];
+static size_t copy_capacity[COPY_ROLES];
+
+static void *copy_scratch(int role, size_t bytes) {
+    if (bytes > copy_capacity[role]) {
+        if (copy_buffer[role]) CUDA_CHECK(cudaFree(copy_buffer[role]));
+        CUDA_CHECK(cudaMalloc(&copy_buffer[role], bytes));
+        copy_capacity[role] = bytes;
+    }
+    return copy_buffer[role];
+}
+
+static int padded_length(int T) { return (T + TC_ROWS - 1) / TC_ROWS * TC_ROWS; }
+
+template <class P, int HD>
+static const typename P::Elem *stage_operand(int role, const float *x, int B, int T, int heads, int hd,
+                                             cudaStream_t stream) {
+    using E = typename P::Elem;
+    const int Tp = padded_length(T);
+    const size_t n = (size_t)B * heads * Tp * HD;
+    E *copy = (E *)copy_scratch(role, n * sizeof(E));
+    stage_operand_kernel<P, HD><<<grid_stride_blocks(n / 4), 256, 0, stream>>>(copy, x, B, T, Tp, heads, hd);
+    CUDA_CHECK_LAUNCH();
+    return copy;
+}
+
 template <class P, int HD, int BC, int MINB>
 static void launch_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
                               int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream) {
-    const size_t bytes = sizeof(typename P::Elem) * (TC_ROWS + 2 * BC) * (HD + P::PAD);
-    const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, MINB>;
+    using E = typename P::Elem;
+    constexpr int ROW = sizeof(E) * (HD + P::PAD);
+    constexpr int STAGES = tile_stages<TC_ROWS * ROW, 2 * BC * ROW, MINB>();
+    const E *qc = stage_operand<P, HD>(COPY_Q, q, B, T, H, hd, stream);
+    const E *kc = stage_operand<P, HD>(COPY_K, k, B, T, Hkv, hd, stream);
+    const E *vc = stage_operand<P, HD>(COPY_V, v, B, T, Hkv, hd, stream);
+    const size_t bytes = (size_t)ROW * (TC_ROWS + STAGES * 2 * BC);
+    const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, STAGES, MINB>;
     allow_tc_shared_memory(kernel, bytes);
     const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, H, B);
-    attention_forward_tc_kernel<P, HD, BC, MINB><<<grid, TC_THREADS, bytes, stream>>>(
-        out, lse, q, k, v, T, H, Hkv, hd, window, 1.0f / sqrtf((float)hd));
+    attention_forward_tc_kernel<P, HD, BC, STAGES, MINB><<<grid, TC_THREADS, bytes, stream>>>(
+        out, lse, qc, kc, vc, T, padded_length(T), H, Hkv, hd, window, 1.0f / sqrtf((float)hd));
     CUDA_CHECK_LAUNCH();
 }
 
@@ -499,26 +641,40 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
                                const float *k, const float *v, const float *lse, const float *Dsum,
                                int B, int T, int H, int Hkv, int hd, int window, float scale,
                                cudaStream_t stream) {
+    using E = typename P::Elem;
+    constexpr int ROW = sizeof(E) * (HD + P::PAD);
+    const int Tp = padded_length(T);
+    const E *qc = stage_operand<P, HD>(COPY_Q, q, B, T, H, hd, stream);
+    const E *kc = stage_operand<P, HD>(COPY_K, k, B, T, Hkv, hd, stream);
+    const E *vc = stage_operand<P, HD>(COPY_V, v, B, T, Hkv, hd, stream);
+    const E *dc = stage_operand<P, HD>(COPY_DOUT, dout, B, T, H, hd, stream);
+    const size_t stats = (size_t)B * H * Tp;
+    float *lse2 = (float *)copy_scratch(COPY_LSE2, stats * sizeof(float));
+    float *D = (float *)copy_scratch(COPY_D, stats * sizeof(float));
+    stage_row_stats_kernel<<<grid_stride_blocks(stats), 256, 0, stream>>>(lse2, D, lse, Dsum, B * H, T, Tp);
+    CUDA_CHECK_LAUNCH();
     if (dq) {
-        const size_t bytes = sizeof(typename P::Elem) * (2 * TC_ROWS + 2 * BC) * (HD + P::PAD);
-        const void *kernel = (const void *)attention_backward_dq_tc_kernel<P, HD, BC, MINB_DQ>;
+        constexpr int STAGES = tile_stages<2 * TC_ROWS * ROW, 2 * BC * ROW, MINB_DQ>();
+        const size_t bytes = (size_t)ROW * (2 * TC_ROWS + STAGES * 2 * BC);
+        const void *kernel = (const void *)attention_backward_dq_tc_kernel<P, HD, BC, STAGES, MINB_DQ>;
         allow_tc_shared_memory(kernel, bytes);
         const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, H, B);
-        attention_backward_dq_tc_kernel<P, HD, BC, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
-            dq, dout, q, k, v, lse, Dsum, T, H, Hkv, hd, window, scale);
+        attention_backward_dq_tc_kernel<P, HD, BC, STAGES, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
+            dq, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
     }
     if (dk || dv) {
-        const size_t bytes = sizeof(typename P::Elem) * (2 * TC_ROWS + 2 * BR) * (HD + P::PAD) + sizeof(float) * 2 * BR;
-        const void *kernel = (const void *)attention_backward_dkdv_tc_kernel<P, HD, BR, MINB_DKDV>;
+        constexpr int STAGE_BYTES = 2 * BR * ROW + 2 * BR * (int)sizeof(float);
+        constexpr int STAGES = tile_stages<2 * TC_ROWS * ROW, STAGE_BYTES, MINB_DKDV>();
+        const size_t bytes = (size_t)2 * TC_ROWS * ROW + (size_t)STAGES * STAGE_BYTES;
+        const void *kernel = (const void *)attention_backward_dkdv_tc_kernel<P, HD, BR, STAGES, MINB_DKDV>;
         allow_tc_shared_memory(kernel, bytes);
         const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, Hkv, B);
-        attention_backward_dkdv_tc_kernel<P, HD, BR, MINB_DKDV><<<grid, TC_THREADS, bytes, stream>>>(
-            dk, dv, dout, q, k, v, lse, Dsum, T, H, Hkv, hd, window, scale);
+        attention_backward_dkdv_tc_kernel<P, HD, BR, STAGES, MINB_DKDV><<<grid, TC_THREADS, bytes, stream>>>(
+            dk, dv, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
     }
 }
-
 template <class P>
 static void forward_tc(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                        int H, int Hkv, int hd, int window, cudaStream_t stream) {

@@ -51,6 +51,7 @@
 
 #include "cuda_check.h"
 #include "mamba_cuda.h"
+#include "cp_async.cuh"
 #include "grid.cuh"
 
 #define SCAN_THREADS 128
@@ -81,22 +82,6 @@ __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
-}
-
-/* cp.async: a 4-byte global → shared copy that does not hold up the thread. */
-__device__ __forceinline__ void cp_async4(float *dst, const float *src) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-/* wait until at most n of this thread's committed groups are still in flight */
-template <int n>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory"); }
-
-/* cp.async of 16 bytes (both addresses 16-byte aligned), through L2 only. */
-__device__ __forceinline__ void cp_async16(float *dst, const float *src) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
 }
 
 /* Stage rows [t0, t0+len) of a (Bsz,T,cols) tensor's columns [col0, col0+W) into
