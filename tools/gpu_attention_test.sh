@@ -113,8 +113,10 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc forward row max misses two lanes"
     mutant attention_tc.cu 's/dq_row\[d\] += scale \* acc/dq_row[d] = scale * acc/' \
         "tc dq overwritten, not accumulated"
-    mutant attention_tc.cu 's/? exp2f(scale_log2 \* s\[n\]\[c\] - lse_s\[col\])/? exp2f(scale_log2 * s[n][c] - lse_s[col ^ 1])/' \
+    mutant attention_tc.cu 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
         "tc dk/dv reads a neighbour's lse"
+    mutant attention_tc.cu 's/if (!visible_at(g + 8 \* (c \/ 2), 8 \* n + 2 \* t + c % 2))/if (!visible_at(g + 8 * (c % 2), 8 * n + 2 * t + c % 2))/' \
+        "tc mask: rows g and g+8 confused on diagonal tiles"
     mutant attention_common.cuh 's/k0 + nk - 1 <= q0 \&\&/k0 + nk - 1 <= q0 + nq - 1 \&\&/' \
         "tiles crossing the diagonal skip the mask (every kernel)"
     mutant attention_tc.cu 's/v.z = d + 2 < hd ? src\[2\] : 0.0f;/v.z = d + 3 < hd ? src[2] : 0.0f;/' \

@@ -31,11 +31,11 @@
  * the query tiles that see its keys, as in attention.cu; the scores are computed transposed
  * (keys as rows), so dk and dv accumulate in registers with no transpose.
  * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal (bench --ops): forward / backward
- * TF32 0.58 / 1.88 ms, bf16 0.33 / 1.08 ms (the copies included), against 2.45 / 7.35 ms
+ * TF32 0.55 / 1.82 ms, bf16 0.30 / 1.04 ms (the copies included), against 2.45 / 7.35 ms
  * for the float32 kernels; before the copies and cp.async, TF32 0.68 / 2.34, bf16 0.50 / 1.79. Tried and dropped (slower, docs/performance.md): for TF32, fragments through
  * ldmatrix, and the score·rows operand staged transposed so that it could use ldmatrix. */
 #include "attention_common.cuh"
-#include "cp_async.cuh"
+#include "ptx.cuh"
 #include "cuda_check.h"
 #include "grid.cuh"
 #include "ops_cuda.h"
@@ -284,6 +284,20 @@ constexpr int tile_stages() {
     return FIXED_BYTES + 2 * STAGE_BYTES <= TC_SM_SHARED_BYTES / (MINB > 2 ? MINB : 2) - 1024 ? 2 : 1;
 }
 
+/* Scores of pairs that are not visible become −∞ (so 2^(x·scale − m) is 0 and dS is 0):
+ * s is a warp's C-layout block, visible_at(r, c) says whether its row r (0..15) sees its
+ * column c (0..8·NT−1). Only tiles that cross the diagonal, the window edge or T need it:
+ * the kernels call it where tile_all_visible() is false, so most tiles pay nothing. */
+template <int NT, class VisibleAt>
+__device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, VisibleAt visible_at) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+            if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
+}
+
 /* Forward: one block per (64 query rows, head, batch); warp w owns rows 16w..16w+15 and
  * streams key/value tiles of BC. Online softmax per row in base 2 (scores pre-multiplied by
  * log2 e, so each probability is one ex2), the row's 4 lanes combining with two
@@ -338,32 +352,29 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
 
         float s[NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
-        const bool full = tile_all_visible(t0, TC_ROWS, j0, BC, T, window);
+        if (!tile_all_visible(t0, TC_ROWS, j0, BC, T, window))
+            mask_scores<NT>(s, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
+        /* m is kept in base-2 units (scores · scale · log2 e); the raw scores' max scales to
+         * it (scale > 0), so each probability is one FFMA and one ex2 */
 #pragma unroll
         for (int half = 0; half < 2; half++) {   /* rows g (c0, c1) and g+8 (c2, c3) */
             float row_max = -INFINITY;
 #pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float &x = s[n][2 * half + e];
-                    x = full || visible(tq[half], j0 + 8 * n + 2 * t + e, T, window) ? scale_log2 * x : -INFINITY;
-                    row_max = fmaxf(row_max, x);
-                }
+            for (int n = 0; n < NT; n++) row_max = fmaxf(row_max, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
             row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
             row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-            const float m_new = fmaxf(m[half], row_max);
-            /* m_new = −∞: no key of this row visible yet; then every x is −∞ and 2^(x − 0) = 0
-             * keeps the (zero) sums, where x − m_new would be NaN. */
+            const float m_new = fmaxf(m[half], row_max * scale_log2);
+            /* m_new = −∞: no key of this row visible yet; then every score is −∞ and
+             * 2^(−∞ − 0) = 0 keeps the (zero) sums, where −∞ − m_new would be NaN. */
             const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-            const float corr = exp2f(m[half] - m_use);
+            const float corr = ex2(m[half] - m_use);
             float row_sum = 0.0f;
 #pragma unroll
             for (int n = 0; n < NT; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     float &x = s[n][2 * half + e];
-                    x = exp2f(x - m_use);
+                    x = ex2(fmaf(x, scale_log2, -m_use));
                     row_sum += x;
                 }
             row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
@@ -449,14 +460,14 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
         float s[NT][4], dp[NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
         P::template rows_dot_rows<HD, NT>(dp, dout_rows, row0, v_rows, lane);
-        const bool full = tile_all_visible(t0, TC_ROWS, j0, BC, T, window);
+        if (!tile_all_visible(t0, TC_ROWS, j0, BC, T, window))
+            mask_scores<NT>(s, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
 #pragma unroll
         for (int n = 0; n < NT; n++)
 #pragma unroll
             for (int c = 0; c < 4; c++) {
-                const int half = c / 2, j = j0 + 8 * n + 2 * t + c % 2;
-                const float p = full || visible(tq[half], j, T, window) ? exp2f(scale_log2 * s[n][c] - lse_r[half]) : 0.0f;
-                s[n][c] = p * (dp[n][c] - D_r[half]);   /* dS, in place of S */
+                const float p = ex2(fmaf(s[n][c], scale_log2, -lse_r[c / 2]));
+                s[n][c] = p * (dp[n][c] - D_r[c / 2]);   /* dS, in place of S */
             }
         P::template scores_times_rows<HD, NT>(acc, s, k_rows, lane);
     }
@@ -543,17 +554,20 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
         float s[NT][4], dp[NT][4];
         P::template rows_dot_rows<HD, NT>(s, k_rows, row0, q_rows, lane);      /* Sᵀ  [keys × queries] */
         P::template rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
-        const bool full = tile_all_visible(t0, BR, j0, TC_ROWS, T, window);
+        if (!tile_all_visible(t0, BR, j0, TC_ROWS, T, window))
+            mask_scores<NT>(s, lane, [&](int r, int c) { return visible(t0 + c, j0 + row0 + r, T, window); });
 #pragma unroll
-        for (int n = 0; n < NT; n++)
+        for (int n = 0; n < NT; n++) {
+            /* this lane's two columns of the n-tile, 8n+2t and 8n+2t+1 */
+            const float2 lse_c = *reinterpret_cast<const float2 *>(lse_s + 8 * n + 2 * t);
+            const float2 D_c = *reinterpret_cast<const float2 *>(D_s + 8 * n + 2 * t);
 #pragma unroll
             for (int c = 0; c < 4; c++) {
-                const int col = 8 * n + 2 * t + c % 2, key = jk[c / 2];
-                const float p = full || visible(t0 + col, key, T, window)
-                                    ? exp2f(scale_log2 * s[n][c] - lse_s[col]) : 0.0f;
-                s[n][c] = p;                          /* Pᵀ */
-                dp[n][c] = p * (dp[n][c] - D_s[col]); /* dSᵀ */
+                const float p = ex2(fmaf(s[n][c], scale_log2, -(c % 2 ? lse_c.y : lse_c.x)));
+                s[n][c] = p;                                      /* Pᵀ */
+                dp[n][c] = p * (dp[n][c] - (c % 2 ? D_c.y : D_c.x)); /* dSᵀ */
             }
+        }
         P::template scores_times_rows<HD, NT>(dv_acc, s, dout_rows, lane);
         P::template scores_times_rows<HD, NT>(dk_acc, dp, q_rows, lane);
         h = h_next;

@@ -51,7 +51,7 @@
 
 #include "cuda_check.h"
 #include "mamba_cuda.h"
-#include "cp_async.cuh"
+#include "ptx.cuh"
 #include "grid.cuh"
 
 #define SCAN_THREADS 128
@@ -73,15 +73,6 @@ static int padded_state(int N) {
 static int channel_blocks(int channels, int N) {
     const int per_block = SCAN_THREADS * SCAN_NPT / padded_state(N);
     return (channels + per_block - 1) / per_block;
-}
-
-/* 2^x on the SFU (MUFU.EX2), denormal results flushed to 0: x = δ·A·log2 e < −126 only
- * where e^{δA} < 1e-38, which changes h by less than 1e-38·|h|. exp2f would add a range
- * check and two multiplies per call to keep those denormals. */
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
 }
 
 /* Stage rows [t0, t0+len) of a (Bsz,T,cols) tensor's columns [col0, col0+W) into
