@@ -42,9 +42,9 @@
 #include "attention_common.cuh"
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "precision.cuh"
 #include "reduce.cuh"
 
-#include <string.h>
 
 #define THREADS 256           /* 8 warps; a 16×16 grid of threads over every tile */
 #define TILE 64               /* query rows (forward, dq) or keys (dk/dv) a block owns */
@@ -431,16 +431,9 @@ attention_backward_dkdv_kernel(float *dk, float *dv, const float *dout, const fl
 
 /* Where the tile products go: the CUDA cores here (fp32), or the TF32 or bf16 tensor cores
  * (attention_tc.cu); process-wide, like cuBLAS's precision in matmul.cu. */
-typedef enum { ATTENTION_FP32, ATTENTION_TF32, ATTENTION_BF16 } AttentionPrecision;
-static AttentionPrecision attention_precision = ATTENTION_FP32;
+static Precision attention_precision = PRECISION_FP32;
 
-extern "C" int attention_set_precision_cuda(const char *name) {
-    if (!strcmp(name, "fp32")) attention_precision = ATTENTION_FP32;
-    else if (!strcmp(name, "tf32")) attention_precision = ATTENTION_TF32;
-    else if (!strcmp(name, "bf16")) attention_precision = ATTENTION_BF16;
-    else return -1;
-    return 0;
-}
+extern "C" int attention_set_precision_cuda(const char *name) { return precision_parse(name, &attention_precision); }
 
 static void attention_check_shape(int H, int Hkv, int hd) {
     if (Hkv <= 0 || H % Hkv != 0 || hd <= 0 || hd > MAX_HD) {
@@ -501,8 +494,8 @@ extern "C" void attention_forward_cuda(float *out, float *lse, const float *q, c
                                        int window, cudaStream_t stream) {
     attention_check_shape(H, Hkv, hd);
     if (B <= 0 || T <= 0) return;
-    if (attention_precision != ATTENTION_FP32)
-        attention_forward_tc(out, lse, q, k, v, B, T, H, Hkv, hd, window, attention_precision == ATTENTION_BF16,
+    if (attention_precision != PRECISION_FP32)
+        attention_forward_tc(out, lse, q, k, v, B, T, H, Hkv, hd, window, attention_precision == PRECISION_BF16,
                              stream);
     else if (hd <= 32) launch_forward<32, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
     else if (hd <= 64) launch_forward<64, 64, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
@@ -537,9 +530,9 @@ extern "C" void attention_backward_cuda(float *dq, float *dk, float *dv, const f
     const unsigned row_blocks = (unsigned)((rows + THREADS / 32 - 1) / (THREADS / 32));
     attention_row_dot_kernel<<<row_blocks, THREADS, 0, stream>>>(Dsum, dout, out, B, T, H, hd);
     CUDA_CHECK_LAUNCH();
-    if (attention_precision != ATTENTION_FP32)
+    if (attention_precision != PRECISION_FP32)
         attention_backward_tc(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale,
-                              attention_precision == ATTENTION_BF16, stream);
+                              attention_precision == PRECISION_BF16, stream);
     else if (hd <= 32)
         launch_backward<32, 64, 64, 2>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
     else if (hd <= 64)

@@ -28,6 +28,7 @@
  * it is deterministic). */
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "precision.cuh"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,18 +37,10 @@
 
 #include <cuda_bf16.h>
 
-typedef enum { PRECISION_FP32, PRECISION_TF32, PRECISION_BF16 } MatmulPrecision;
-
 static cublasHandle_t cublas_handle = NULL;
-static MatmulPrecision precision = PRECISION_FP32;
+static Precision precision = PRECISION_FP32;
 
-extern "C" int matmul_set_precision_cuda(const char *name) {
-    if (!strcmp(name, "fp32")) precision = PRECISION_FP32;
-    else if (!strcmp(name, "tf32")) precision = PRECISION_TF32;
-    else if (!strcmp(name, "bf16")) precision = PRECISION_BF16;
-    else return -1;
-    return 0;
-}
+extern "C" int matmul_set_precision_cuda(const char *name) { return precision_parse(name, &precision); }
 
 /* BRAID_MATMUL_PROFILE=1 (a developer's diagnostic, off by default): every GEMM and bf16
  * conversion is bracketed by cudaEvents on its stream (nothing waits), and at exit a table
