@@ -45,7 +45,6 @@
 #include "precision.cuh"
 #include "reduce.cuh"
 
-
 #define THREADS 256           /* 8 warps; a 16×16 grid of threads over every tile */
 #define TILE 64               /* query rows (forward, dq) or keys (dk/dv) a block owns */
 #define MAX_HD 128
