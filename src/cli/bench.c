@@ -1,7 +1,7 @@
 /* bench — times whole training steps (forward, backward, AdamW) of a config on the CPU,
  * or with --ops single GPU ops and layers at the config's shapes.
  *
- *   bench --config configs/attention-tiny.yaml [--set k=v ...] [--steps 20] [--warmup 3]
+ *   bench --config configs/attention-tiny.yaml [--set k=v ...] [--steps 20] [--warmup N]
  *   bench --ops [--config configs/jamba-small.yaml] [--set k=v ...] [--json]
  *
  * Prints tokens/s and ms/step as a table line and as JSON (--json), so tools/bench_cpu.sh
@@ -17,6 +17,17 @@
 #include "train/trainer.h"
 
 #define OPS_DEFAULT_CONFIG "configs/jamba-small.yaml"
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* Untimed steps before a step timing: a step's time settles after 3 on the CPU. On CUDA,
+ * the first call of each matmul shape runs cuBLAS's heuristics and loads its kernel
+ * (lazily, up to ~20 ms), and an MoE expert's row count changes nearly every call: at
+ * jamba-small's shape 13 steps met ~2,500 shapes, 56–71 of whose first calls took over
+ * 1 ms, and the bf16 step's median after 3 warmup steps varied 89–104 ms between
+ * processes; after 15 it stays within 87–90 ms (H100, docs/performance.md). */
+#define CPU_STEP_WARMUP 3
+#define CUDA_STEP_WARMUP 15
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -24,8 +35,10 @@ static void usage(FILE *f) {
             "       bench --ops [--config FILE] [--set KEY=VALUE ...] [--steps N] [--warmup N] [--json]\n"
             "\n"
             "Times full training steps (forward + backward + AdamW) of the model in FILE on the\n"
-            "task's batch shape, after --warmup untimed steps (default 3), over --steps (default 20).\n"
-            "Reports the median step time and tokens/s.\n"
+            "task's batch shape, after --warmup untimed steps, over --steps (default 20).\n"
+            "Reports the median step time and tokens/s. The default warmup is 3 steps on the\n"
+            "CPU and " STR(CUDA_STEP_WARMUP) " on CUDA, where each matmul shape's first call loads its\n"
+            "kernels and MoE experts see new row counts for many steps.\n"
             "\n"
             "--ops  times single GPU ops instead, at the shapes FILE implies (default\n"
             "       " OPS_DEFAULT_CONFIG "; train.batch_size, task.seq_len, d_model, attention\n"
@@ -69,7 +82,7 @@ static int compare_doubles(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *config_path = NULL, *overrides[128];
-    int n_overrides = 0, steps = 20, warmup = 3, json = 0, ops = 0;
+    int n_overrides = 0, steps = 20, warmup = -1, json = 0, ops = 0;   /* warmup −1: the default */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -85,8 +98,8 @@ int main(int argc, char **argv) {
     }
     if (ops)
         return run_ops(config_path ? config_path : OPS_DEFAULT_CONFIG, overrides, n_overrides, steps,
-                       warmup, json);
-    if (!config_path || steps < 1 || warmup < 0) { usage(stderr); return 1; }
+                       warmup == -1 ? 3 : warmup, json);
+    if (!config_path || steps < 1 || warmup < -1) { usage(stderr); return 1; }
     overrides[n_overrides++] = "train.run_dir=";
     Config cfg;
     BraidError err;
@@ -94,6 +107,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench: %s\n", err.message);
         return 1;
     }
+    if (warmup == -1) warmup = !strcmp(cfg.train.device, "cuda") ? CUDA_STEP_WARMUP : CPU_STEP_WARMUP;
     Trainer t;
     if (trainer_init(&t, &cfg, &err)) { fprintf(stderr, "bench: %s\n", err.message); return 1; }
     t.quiet = 1;
@@ -114,8 +128,9 @@ int main(int argc, char **argv) {
         printf("{\"config\": ");
         json_write_string(stdout, config_path);
         printf(", \"pattern\": \"%s\", \"params\": %zu, \"batch\": %d, \"seq_len\": %d, "
-               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f}\n", cfg.model.pattern,
-               t.model.params.total, cfg.train.batch_size, cfg.task.seq_len, 1e3 * median, tokens / median);
+               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"warmup\": %d}\n", cfg.model.pattern,
+               t.model.params.total, cfg.train.batch_size, cfg.task.seq_len, 1e3 * median, tokens / median,
+               warmup);
     }
     free(times);
     trainer_free(&t);
