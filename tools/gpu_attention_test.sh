@@ -105,9 +105,9 @@ fi
 
 MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
 if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
-    mutant attention_tc.cu 's/mma_tf32(acc\[n\], a, x\[8 \* n\], x\[LD + 8 \* n\]);/mma_tf32(acc[n], a, x[LD + 8 * n], x[8 * n]);/' \
+    mutant attention_tc.cu 's/const float x0 = x\[8 \* n\], x1 = x\[LD + 8 \* n\];/const float x0 = x[LD + 8 * n], x1 = x[8 * n];/' \
         "tc scores·rows: keys 2t, 2t+1 swapped"
-    mutant attention_tc.cu 's/for (int n = 0; n < ND; n++) { acc\[n\]\[2 \* half\] \*= corr; acc\[n\]\[2 \* half + 1\] \*= corr; }/for (int n = 0; n < ND; n++) acc[n][2 * half] *= corr;/' \
+    mutant attention_tc.cu 's/{ acc\[mt\]\[n\]\[2 \* half\] \*= corr; acc\[mt\]\[n\]\[2 \* half + 1\] \*= corr; }/acc[mt][n][2 * half] *= corr;/' \
         "tc forward rescales half the outputs"
     mutant attention_tc.cu 's/row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));//' \
         "tc forward row max misses two lanes"
@@ -125,12 +125,16 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc forward/dq: next K/V tile copied over the one in use"
     mutant attention_tc.cu 's/const int h_next = t0 + BR <= t_end ? h : h + 1,/const int h_next = t0 + BR <= t_end ? h : h + 2,/' \
         "tc dk/dv skips every other query head of its group"
-    mutant attention_tc.cu 's/const uint32_t a\[4\] = {pack_bf16(w\[2 \* kk\]\[0\], w\[2 \* kk\]\[1\]), pack_bf16(w\[2 \* kk\]\[2\], w\[2 \* kk\]\[3\]),/const uint32_t a[4] = {pack_bf16(w[2 * kk][2], w[2 * kk][3]), pack_bf16(w[2 * kk][0], w[2 * kk][1]),/' \
+    mutant attention_tc.cu 's/a\[mt\]\[0\] = pack_bf16(w\[mt\]\[2 \* kk\]\[0\], w\[mt\]\[2 \* kk\]\[1\]);/a[mt][0] = pack_bf16(w[mt][2 * kk][2], w[mt][2 * kk][3]);/' \
         "bf16 scores·rows: rows g and g+8 of P swapped"
     mutant attention_tc.cu 's/ldmatrix_x4<true>(bb, x_at/ldmatrix_x4<false>(bb, x_at/' \
         "bf16 scores·rows: V/K/Q/dO not transposed"
-    mutant attention_tc.cu 's/ldmatrix_x4<false>(a1, a_at + 16 \* ks + 16);/ldmatrix_x4<false>(a1, a_at + 16 * ks);/' \
+    mutant attention_tc.cu 's/ldmatrix_x4<false>(a1\[mt\], a_at + 16 \* mt \* LD + 16 \* ks + 16);/ldmatrix_x4<false>(a1[mt], a_at + 16 * mt * LD + 16 * ks);/' \
         "bf16 rows·rowsᵀ: second k-step reads the first"
+    mutant attention_tc.cu 's/const float \*lo = a_lo + 16 \* mt \* LD + 8 \* kk, \*hi = lo + 8 \* LD;/const float *lo = a_lo + 8 * kk, *hi = lo + 8 * LD;/' \
+        "tc TF32 rows·rowsᵀ: second m-tile reads the first's rows"
+    mutant attention_tc.cu 's/ldmatrix_x4<false>(a0\[mt\], a_at + 16 \* mt \* LD + 16 \* ks);/ldmatrix_x4<false>(a0[mt], a_at + 16 * ks);/' \
+        "bf16 rows·rowsᵀ: second m-tile reads the first's rows"
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 

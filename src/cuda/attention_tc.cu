@@ -11,8 +11,9 @@
  *   C 16×8:  c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
  * bf16 (each register two elements): A 16×16 a0 (g, 2t..2t+1) a1 (g+8, 2t..) a2 (g, 2t+8..)
  * a3 (g+8, 2t+8..); B 16×8 b0 (2t..2t+1, g) b1 (2t+8.., g); C as TF32's.
- * Every kernel is 4 warps; each warp owns 16 rows of the block's 64 (query rows in forward
- * and dq, keys in dk/dv), so a row's softmax statistics stay in the 4 lanes of a quad.
+ * Every kernel is 4 warps; each warp owns 16·MT rows of the block's 64·MT (query rows in
+ * forward and dq, keys in dk/dv; MT m-tiles of 16, 1 or 2), so a row's softmax statistics
+ * stay in the 4 lanes of a quad.
  * Two products make every step (a tile policy, Tf32Tiles or Bf16Tiles, says how each reads
  * its shared tiles; the kernels are written once over it):
  *  - rows · rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ, and transposed in dk/dv): A and B fragments both
@@ -31,7 +32,7 @@
  * the query tiles that see its keys, as in attention.cu; the scores are computed transposed
  * (keys as rows), so dk and dv accumulate in registers with no transpose.
  * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal (bench --ops): forward / backward
- * TF32 0.55 / 1.82 ms, bf16 0.30 / 1.04 ms (the copies included), against 2.45 / 7.35 ms
+ * TF32 0.48 / 1.74 ms, bf16 0.30 / 1.02 ms (the copies included), against 2.47 / 7.48 ms
  * for the float32 kernels; before the copies and cp.async, TF32 0.68 / 2.34, bf16 0.50 / 1.79. Tried and dropped (slower, docs/performance.md): for TF32, fragments through
  * ldmatrix, and the score·rows operand staged transposed so that it could use ldmatrix. */
 #include "attention_common.cuh"
@@ -47,7 +48,8 @@
 #define TC_THREADS 128   /* 4 warps */
 #define LOG2E 1.4426950408889634f   /* scores and lse go to base 2 with it; ln 2 brings lse back */
 #define LN2 0.6931471805599453f
-#define TC_ROWS 64       /* rows a block owns: 16 per warp */
+#define TC_ROWS 64       /* rows a block owns with one m-tile a warp (16 rows); MT m-tiles: 64·MT */
+#define TC_MAX_MT 2      /* the tallest blocks: 128 rows; the operand copies' T is padded to it */
 #define TC_SM_SHARED_BYTES (228 * 1024)   /* shared memory of an sm_90 SM; each block also reserves 1 KB */
 
 __device__ __forceinline__ float to_tf32(float x) {
@@ -95,19 +97,40 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 /* The kernels below are written once over a tile policy: how a shared tile holds its
- * values and how the two products read it.
+ * values and how the two products read it. A warp's rows come in MT m-tiles of 16 (rows
+ * row0 + 16·mt ..): each B fragment read from shared memory then feeds MT products, and the
+ * m-tiles' chains are independent work for the warp while one waits.
  *   Elem, PAD  the element type of the operand copies and shared tiles; tile rows are HD+PAD
  *       elements apart.
  *   store4(at, v)  four consecutive floats, rounded and converted to Elem.
- *   rows_dot_rows<HD, NT>(s, A, row0, Bt, lane)  s[n] = A[row0.. +16] · Bt[8n.. +8]ᵀ over
- *       HD dims: the warp's 16×(8·NT) block of rows·rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ, ...).
- *   scores_times_rows<HD, KT>(acc, w, X, lane)  acc += W · X over the 8·KT columns of W,
- *       a C-layout score block in registers (w[kk] covers columns 8kk..8kk+7, float32,
- *       not yet rounded), X[8·KT][HD+PAD] a shared tile (O += P·V, dq += dS·K, ...).
+ *   rows_dot_rows<HD, NT>(s, A, row0, Bt, lane)  s[mt][n] = A[row0+16mt.. +16] · Bt[8n.. +8]ᵀ
+ *       over HD dims: the warp's (16·MT)×(8·NT) block of rows·rowsᵀ (S = Q·Kᵀ, dP = dO·Vᵀ,
+ *       ...); s may also be [NT][4], one m-tile.
+ *   scores_times_rows<HD, KT>(acc, w, X, lane)  acc[mt] += W[mt] · X over the 8·KT columns
+ *       of W, a C-layout score block in registers (w[mt][kk] covers columns 8kk..8kk+7,
+ *       float32, not yet rounded), X[8·KT][HD+PAD] a shared tile (O += P·V, dq += dS·K, ...);
+ *       acc and w may also be one m-tile's [HD/8][4] and [KT][4].
  * Tf32Tiles: float tiles rounded to TF32, m16n8k8. Bf16Tiles: bfloat16 tiles, m16n8k16. */
-struct Tf32Tiles {
+template <class Self, class E>
+struct OneMTile {   /* the one-m-tile forms, as the MT forms with MT = 1 */
+    template <int HD, int NT>
+    static __device__ __forceinline__ void rows_dot_rows(float (&s)[NT][4], const E *A, int row0, const E *Bt,
+                                                         int lane) {
+        Self::template rows_dot_rows<HD, NT>(reinterpret_cast<float (&)[1][NT][4]>(s), A, row0, Bt, lane);
+    }
+    template <int HD, int KT>
+    static __device__ __forceinline__ void scores_times_rows(float (&acc)[HD / 8][4], const float (&w)[KT][4],
+                                                             const E *X, int lane) {
+        Self::template scores_times_rows<HD, KT>(reinterpret_cast<float (&)[1][HD / 8][4]>(acc),
+                                                 reinterpret_cast<const float (&)[1][KT][4]>(w), X, lane);
+    }
+};
+
+struct Tf32Tiles : OneMTile<Tf32Tiles, float> {
     using Elem = float;
     static constexpr int PAD = 4;   /* rows HD+4 floats apart: fragment loads hit 32 banks */
+    using OneMTile<Tf32Tiles, float>::rows_dot_rows;
+    using OneMTile<Tf32Tiles, float>::scores_times_rows;
 
     /* four consecutive dims of an operand copy, rounded to TF32 */
     static __device__ __forceinline__ void store4(float *at, float4 v) {
@@ -115,21 +138,30 @@ struct Tf32Tiles {
     }
 
     /* fragments as 4-byte loads: A (g, t), (g+8, t), (g, t+4), (g+8, t+4); B (n g; k t, t+4) */
-    template <int HD, int NT>
-    static __device__ __forceinline__ void rows_dot_rows(float (&s)[NT][4], const float *A, int row0,
+    template <int HD, int NT, int MT>
+    static __device__ __forceinline__ void rows_dot_rows(float (&s)[MT][NT][4], const float *A, int row0,
                                                          const float *Bt, int lane) {
         constexpr int LD = HD + PAD;
         const int g = lane / 4, t = lane % 4;
 #pragma unroll
-        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        const float *a_lo = A + (row0 + g) * LD + t, *a_hi = a_lo + 8 * LD;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < NT; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+        const float *a_lo = A + (row0 + g) * LD + t;
 #pragma unroll
         for (int kk = 0; kk < HD / 8; kk++) {
-            const float a[4] = {a_lo[8 * kk], a_hi[8 * kk], a_lo[8 * kk + 4], a_hi[8 * kk + 4]};
+            float a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const float *lo = a_lo + 16 * mt * LD + 8 * kk, *hi = lo + 8 * LD;
+                a[mt][0] = lo[0], a[mt][1] = hi[0], a[mt][2] = lo[4], a[mt][3] = hi[4];
+            }
 #pragma unroll
             for (int n = 0; n < NT; n++) {
                 const float *bt = Bt + (8 * n + g) * LD + 8 * kk + t;
-                mma_tf32(s[n], a, bt[0], bt[4]);
+                const float b0 = bt[0], b1 = bt[4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) mma_tf32(s[mt][n], a[mt], b0, b1);
             }
         }
     }
@@ -137,24 +169,36 @@ struct Tf32Tiles {
     /* A C fragment holds columns 2t, 2t+1 where an A fragment wants t, t+4: column 2t of
      * each 8 is fed as k-index t and 2t+1 as t+4 (a relabelling of the sum), so the B
      * fragment is rows 2t and 2t+1 of X: 4-byte loads, conflict-free with the padding. */
-    template <int HD, int KT>
-    static __device__ __forceinline__ void scores_times_rows(float (&acc)[HD / 8][4], const float (&w)[KT][4],
-                                                             const float *X, int lane) {
+    template <int HD, int KT, int MT>
+    static __device__ __forceinline__ void scores_times_rows(float (&acc)[MT][HD / 8][4],
+                                                             const float (&w)[MT][KT][4], const float *X,
+                                                             int lane) {
         constexpr int LD = HD + PAD;
         const int g = lane / 4, t = lane % 4;
 #pragma unroll
         for (int kk = 0; kk < KT; kk++) {
-            const float a[4] = {to_tf32(w[kk][0]), to_tf32(w[kk][2]), to_tf32(w[kk][1]), to_tf32(w[kk][3])};
+            float a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = to_tf32(w[mt][kk][0]), a[mt][1] = to_tf32(w[mt][kk][2]);
+                a[mt][2] = to_tf32(w[mt][kk][1]), a[mt][3] = to_tf32(w[mt][kk][3]);
+            }
             const float *x = X + (8 * kk + 2 * t) * LD + g;
 #pragma unroll
-            for (int n = 0; n < HD / 8; n++) mma_tf32(acc[n], a, x[8 * n], x[LD + 8 * n]);
+            for (int n = 0; n < HD / 8; n++) {
+                const float x0 = x[8 * n], x1 = x[LD + 8 * n];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) mma_tf32(acc[mt][n], a[mt], x0, x1);
+            }
         }
     }
 };
 
-struct Bf16Tiles {
+struct Bf16Tiles : OneMTile<Bf16Tiles, __nv_bfloat16> {
     using Elem = __nv_bfloat16;
     static constexpr int PAD = 8;   /* rows 16 bytes past a multiple of 128: ldmatrix's 8 rows hit 8 bank groups */
+    using OneMTile<Bf16Tiles, __nv_bfloat16>::rows_dot_rows;
+    using OneMTile<Bf16Tiles, __nv_bfloat16>::scores_times_rows;
 
     static __device__ __forceinline__ void store4(__nv_bfloat16 *at, float4 v) {
         *reinterpret_cast<uint2 *>(at) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
@@ -163,25 +207,33 @@ struct Bf16Tiles {
     /* every fragment an ldmatrix: A blocks rows 0-7 | 8-15 | 0-7 | 8-15 at dims +0 | +0 | +8
      * | +8 (a0..a3); B blocks one n-tile's 8 rows at dims +0 | +8 | +16 | +24 (b0 b1 of two
      * k-steps) */
-    template <int HD, int NT>
-    static __device__ __forceinline__ void rows_dot_rows(float (&s)[NT][4], const __nv_bfloat16 *A, int row0,
-                                                         const __nv_bfloat16 *Bt, int lane) {
+    template <int HD, int NT, int MT>
+    static __device__ __forceinline__ void rows_dot_rows(float (&s)[MT][NT][4], const __nv_bfloat16 *A,
+                                                         int row0, const __nv_bfloat16 *Bt, int lane) {
         constexpr int LD = HD + PAD;
 #pragma unroll
-        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < NT; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
         const __nv_bfloat16 *a_at = A + (row0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
         const __nv_bfloat16 *b_at = Bt + (lane & 7) * LD + 8 * (lane >> 3);
 #pragma unroll
         for (int ks = 0; ks < HD / 16; ks += 2) {
-            uint32_t a0[4], a1[4];
-            ldmatrix_x4<false>(a0, a_at + 16 * ks);
-            ldmatrix_x4<false>(a1, a_at + 16 * ks + 16);
+            uint32_t a0[MT][4], a1[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                ldmatrix_x4<false>(a0[mt], a_at + 16 * mt * LD + 16 * ks);
+                ldmatrix_x4<false>(a1[mt], a_at + 16 * mt * LD + 16 * ks + 16);
+            }
 #pragma unroll
             for (int n = 0; n < NT; n++) {
                 uint32_t bb[4];
                 ldmatrix_x4<false>(bb, b_at + 8 * n * LD + 16 * ks);
-                mma_bf16(s[n], a0, bb[0], bb[1]);
-                mma_bf16(s[n], a1, bb[2], bb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(s[mt][n], a0[mt], bb[0], bb[1]);
+                    mma_bf16(s[mt][n], a1[mt], bb[2], bb[3]);
+                }
             }
         }
     }
@@ -189,29 +241,38 @@ struct Bf16Tiles {
     /* Two C-layout n-tiles (columns 16kk..16kk+15) are, packed in pairs, exactly the A
      * fragment of one k16 step; X's B fragments come transposed (ldmatrix .trans): blocks
      * keys 0-7 | 8-15 | 0-7 | 8-15 at dims +0 | +0 | +8 | +8 (b0 b1 of two dim n-tiles). */
-    template <int HD, int KT>
-    static __device__ __forceinline__ void scores_times_rows(float (&acc)[HD / 8][4], const float (&w)[KT][4],
+    template <int HD, int KT, int MT>
+    static __device__ __forceinline__ void scores_times_rows(float (&acc)[MT][HD / 8][4],
+                                                             const float (&w)[MT][KT][4],
                                                              const __nv_bfloat16 *X, int lane) {
         constexpr int LD = HD + PAD;
         const __nv_bfloat16 *x_at = X + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LD + 8 * (lane >> 4);
 #pragma unroll
         for (int kk = 0; kk < KT / 2; kk++) {
-            const uint32_t a[4] = {pack_bf16(w[2 * kk][0], w[2 * kk][1]), pack_bf16(w[2 * kk][2], w[2 * kk][3]),
-                                   pack_bf16(w[2 * kk + 1][0], w[2 * kk + 1][1]),
-                                   pack_bf16(w[2 * kk + 1][2], w[2 * kk + 1][3])};
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = pack_bf16(w[mt][2 * kk][0], w[mt][2 * kk][1]);
+                a[mt][1] = pack_bf16(w[mt][2 * kk][2], w[mt][2 * kk][3]);
+                a[mt][2] = pack_bf16(w[mt][2 * kk + 1][0], w[mt][2 * kk + 1][1]);
+                a[mt][3] = pack_bf16(w[mt][2 * kk + 1][2], w[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int n = 0; n < HD / 8; n += 2) {
                 uint32_t bb[4];
                 ldmatrix_x4<true>(bb, x_at + 16 * kk * LD + 8 * n);
-                mma_bf16(acc[n], a, bb[0], bb[1]);
-                mma_bf16(acc[n + 1], a, bb[2], bb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(acc[mt][n], a[mt], bb[0], bb[1]);
+                    mma_bf16(acc[mt][n + 1], a[mt], bb[2], bb[3]);
+                }
             }
         }
     }
 };
 
 /* The operand copies the kernels read: x [B, T, heads, hd] (float) → [B][heads][Tp][HD] in
- * the policy's element type and rounding, Tp = T rounded up to TC_ROWS, rows ≥ T and dims
+ * the policy's element type and rounding, Tp = T rounded up to TC_ROWS·TC_MAX_MT, rows ≥ T and dims
  * ≥ hd zero. Each (batch, head) is then Tp·HD contiguous elements and every tile the
  * kernels stage is whole: they copy it with cp.async, 16 bytes a copy, with no conversion
  * and no bounds in their loops, and a padded product is exact. Converting once per call
@@ -298,25 +359,25 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, Visible
             if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
 }
 
-/* Forward: one block per (64 query rows, head, batch); warp w owns rows 16w..16w+15 and
- * streams key/value tiles of BC. Online softmax per row in base 2 (scores pre-multiplied by
- * log2 e, so each probability is one ex2), the row's 4 lanes combining with two
- * xor-shuffles; the output accumulator shares the score layout's rows, so its rescale needs
- * no exchange. */
-template <class P, int HD, int BC, int STAGES, int MINB>
+/* Forward: one block per (64·MT query rows, head, batch); warp w owns rows 16·MT·w .. (MT
+ * m-tiles of 16) and streams key/value tiles of BC. Online softmax per row in base 2
+ * (scores times scale·log2 e, so each probability is one ex2), the row's 4 lanes combining
+ * with two xor-shuffles; the output accumulator shares the score layout's rows, so its
+ * rescale needs no exchange. */
+template <class P, int HD, int BC, int MT, int STAGES, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
 attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, const typename P::Elem *k,
                             const typename P::Elem *v, int T, int Tp, int H, int Hkv, int hd, int window,
                             float scale) {
     using E = typename P::Elem;
-    constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8;
+    constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8, ROWS = TC_ROWS * MT;
     extern __shared__ float4 shared4[];
-    E *q_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
-    E *kv_rows = q_rows + TC_ROWS * LD;                /* [STAGES][K, V][BC][LD] */
+    E *q_rows = reinterpret_cast<E *>(shared4);   /* [ROWS][LD] */
+    E *kv_rows = q_rows + ROWS * LD;                   /* [STAGES][K, V][BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;   /* longest rows first */
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * ROWS;   /* longest rows first */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
+    const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
     const E *k_head = k + ((size_t)b * Hkv + grp) * Tp * HD, *v_head = v + ((size_t)b * Hkv + grp) * Tp * HD;
     auto stage = [&](int st, int j) {
@@ -326,13 +387,18 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
 
     /* key tiles start at multiples of BC (≤ TC_ROWS), so none reaches past Tp; keys before
      * the window are masked like any other invisible key */
-    const int t_last = min(T - 1, t0 + TC_ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
-    copy_rows_async<P, HD, TC_ROWS>(q_rows, q + (((size_t)b * H + h) * Tp + t0) * HD);
+    const int t_last = min(T - 1, t0 + ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
+    copy_rows_async<P, HD, ROWS>(q_rows, q + (((size_t)b * H + h) * Tp + t0) * HD);
     if (STAGES == 2) stage(0, j_first);
     cp_async_commit();
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, acc[ND][4];
+    float m[MT][2], l[MT][2], acc[MT][ND][4];
 #pragma unroll
-    for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < ND; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
+    }
 
     int st = 0;
     for (int j0 = j_first; j0 <= t_last; j0 += BC) {
@@ -350,78 +416,86 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
         const E *k_rows = kv_rows + st * 2 * BC * LD, *v_rows = k_rows + BC * LD;
         if (STAGES == 2) st ^= 1;
 
-        float s[NT][4];
+        float s[MT][NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
-        if (!tile_all_visible(t0, TC_ROWS, j0, BC, T, window))
-            mask_scores<NT>(s, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
+        if (!tile_all_visible(t0, ROWS, j0, BC, T, window)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                mask_scores<NT>(s[mt], lane,
+                                [&](int r, int c) { return visible(t0 + row0 + 16 * mt + r, j0 + c, T, window); });
+        }
         /* m is kept in base-2 units (scores · scale · log2 e); the raw scores' max scales to
          * it (scale > 0), so each probability is one FFMA and one ex2 */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int half = 0; half < 2; half++) {   /* rows g (c0, c1) and g+8 (c2, c3) */
             float row_max = -INFINITY;
 #pragma unroll
-            for (int n = 0; n < NT; n++) row_max = fmaxf(row_max, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
+            for (int n = 0; n < NT; n++) row_max = fmaxf(row_max, fmaxf(s[mt][n][2 * half], s[mt][n][2 * half + 1]));
             row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
             row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-            const float m_new = fmaxf(m[half], row_max * scale_log2);
+            const float m_new = fmaxf(m[mt][half], row_max * scale_log2);
             /* m_new = −∞: no key of this row visible yet; then every score is −∞ and
              * 2^(−∞ − 0) = 0 keeps the (zero) sums, where −∞ − m_new would be NaN. */
             const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-            const float corr = ex2(m[half] - m_use);
+            const float corr = ex2(m[mt][half] - m_use);
             float row_sum = 0.0f;
 #pragma unroll
             for (int n = 0; n < NT; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float &x = s[n][2 * half + e];
+                    float &x = s[mt][n][2 * half + e];
                     x = ex2(fmaf(x, scale_log2, -m_use));
                     row_sum += x;
                 }
             row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
             row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
-            l[half] = l[half] * corr + row_sum;
-            m[half] = m_new;
+            l[mt][half] = l[mt][half] * corr + row_sum;
+            m[mt][half] = m_new;
 #pragma unroll
-            for (int n = 0; n < ND; n++) { acc[n][2 * half] *= corr; acc[n][2 * half + 1] *= corr; }
+            for (int n = 0; n < ND; n++) { acc[mt][n][2 * half] *= corr; acc[mt][n][2 * half + 1] *= corr; }
         }
         P::template scores_times_rows<HD, NT>(acc, s, v_rows, lane);
     }
 
 #pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
     for (int half = 0; half < 2; half++) {
-        const int tr = tq[half];
+        const int tr = t0 + row0 + 16 * mt + g + 8 * half;
         if (tr >= T) continue;
-        if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * LN2;
+        if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[mt][half] + log2f(l[mt][half])) * LN2;
         float *out_row = out + token_row(b, tr, H, h, T) * hd;
-        const float inv_l = 1.0f / l[half];
+        const float inv_l = 1.0f / l[mt][half];
 #pragma unroll
         for (int n = 0; n < ND; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int d = 8 * n + 2 * t + e;
-                if (d < hd) out_row[d] = acc[n][2 * half + e] * inv_l;
+                if (d < hd) out_row[d] = acc[mt][n][2 * half + e] * inv_l;
             }
     }
 }
 
-/* dq_t += scale Σ_j dS_tj k_j: shaped like the forward (warp w owns query rows 16w..),
+/* dq_t += scale Σ_j dS_tj k_j: shaped like the forward (warp w owns query rows 16·MT·w..),
  * with dP = dO·Vᵀ beside S, and dS meeting the K tile as P met V. */
-template <class P, int HD, int BC, int STAGES, int MINB>
+template <class P, int HD, int BC, int MT, int STAGES, int MINB>
 __global__ void __launch_bounds__(TC_THREADS, MINB)
 attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const typename P::Elem *q,
                                 const typename P::Elem *k, const typename P::Elem *v, const float *lse2,
                                 const float *D, int T, int Tp, int H, int Hkv, int hd, int window,
                                 float scale) {
     using E = typename P::Elem;
-    constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8;
+    constexpr int LD = HD + P::PAD, NT = BC / 8, ND = HD / 8, ROWS = TC_ROWS * MT;
     extern __shared__ float4 shared4[];
-    E *q_rows = reinterpret_cast<E *>(shared4);   /* [TC_ROWS][LD] */
-    E *dout_rows = q_rows + TC_ROWS * LD;              /* [TC_ROWS][LD] */
-    E *kv_rows = dout_rows + TC_ROWS * LD;             /* [STAGES][K, V][BC][LD] */
+    E *q_rows = reinterpret_cast<E *>(shared4);   /* [ROWS][LD] */
+    E *dout_rows = q_rows + ROWS * LD;                 /* [ROWS][LD] */
+    E *kv_rows = dout_rows + ROWS * LD;                /* [STAGES][K, V][BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int row0 = 16 * warp, tq[2] = {t0 + row0 + g, t0 + row0 + g + 8};
+    const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
     const size_t bh = (size_t)b * H + h;
     const E *k_head = k + ((size_t)b * Hkv + grp) * Tp * HD, *v_head = v + ((size_t)b * Hkv + grp) * Tp * HD;
@@ -430,16 +504,23 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
         copy_rows_async<P, HD, BC>(kv_rows + (st * 2 + 1) * BC * LD, v_head + (size_t)j * HD);
     };
 
-    const int t_last = min(T - 1, t0 + TC_ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
-    copy_rows_async<P, HD, TC_ROWS>(q_rows, q + (bh * Tp + t0) * HD);
-    copy_rows_async<P, HD, TC_ROWS>(dout_rows, dout + (bh * Tp + t0) * HD);
+    const int t_last = min(T - 1, t0 + ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
+    copy_rows_async<P, HD, ROWS>(q_rows, q + (bh * Tp + t0) * HD);
+    copy_rows_async<P, HD, ROWS>(dout_rows, dout + (bh * Tp + t0) * HD);
     if (STAGES == 2) stage(0, j_first);
     cp_async_commit();
-    const float lse_r[2] = {lse2[bh * Tp + tq[0]], lse2[bh * Tp + tq[1]]};   /* base 2; rows < Tp */
-    const float D_r[2] = {D[bh * Tp + tq[0]], D[bh * Tp + tq[1]]};
-    float acc[ND][4];
+    float lse_r[MT][2], D_r[MT][2], acc[MT][ND][4];   /* lse in base 2; rows < Tp */
 #pragma unroll
-    for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const size_t row = bh * Tp + t0 + row0 + 16 * mt + g + 8 * half;
+            lse_r[mt][half] = lse2[row];
+            D_r[mt][half] = D[row];
+        }
+#pragma unroll
+        for (int n = 0; n < ND; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
+    }
 
     int st = 0;
     for (int j0 = j_first; j0 <= t_last; j0 += BC) {
@@ -457,31 +538,40 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
         const E *k_rows = kv_rows + st * 2 * BC * LD, *v_rows = k_rows + BC * LD;
         if (STAGES == 2) st ^= 1;
 
-        float s[NT][4], dp[NT][4];
+        float s[MT][NT][4], dp[MT][NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
         P::template rows_dot_rows<HD, NT>(dp, dout_rows, row0, v_rows, lane);
-        if (!tile_all_visible(t0, TC_ROWS, j0, BC, T, window))
-            mask_scores<NT>(s, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
+        if (!tile_all_visible(t0, ROWS, j0, BC, T, window)) {
 #pragma unroll
-        for (int n = 0; n < NT; n++)
+            for (int mt = 0; mt < MT; mt++)
+                mask_scores<NT>(s[mt], lane,
+                                [&](int r, int c) { return visible(t0 + row0 + 16 * mt + r, j0 + c, T, window); });
+        }
 #pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const float p = ex2(fmaf(s[n][c], scale_log2, -lse_r[c / 2]));
-                s[n][c] = p * (dp[n][c] - D_r[c / 2]);   /* dS, in place of S */
-            }
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const float p = ex2(fmaf(s[mt][n][c], scale_log2, -lse_r[mt][c / 2]));
+                    s[mt][n][c] = p * (dp[mt][n][c] - D_r[mt][c / 2]);   /* dS, in place of S */
+                }
         P::template scores_times_rows<HD, NT>(acc, s, k_rows, lane);
     }
 
 #pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
     for (int half = 0; half < 2; half++) {
-        if (tq[half] >= T) continue;
-        float *dq_row = dq + token_row(b, tq[half], H, h, T) * hd;
+        const int tr = t0 + row0 + 16 * mt + g + 8 * half;
+        if (tr >= T) continue;
+        float *dq_row = dq + token_row(b, tr, H, h, T) * hd;
 #pragma unroll
         for (int n = 0; n < ND; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int d = 8 * n + 2 * t + e;
-                if (d < hd) dq_row[d] += scale * acc[n][2 * half + e];
+                if (d < hd) dq_row[d] += scale * acc[mt][n][2 * half + e];
             }
     }
 }
@@ -594,9 +684,12 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
 /* Shape buckets as in attention.cu: hd ≤ 32 → HD 32, ≤ 64 → 64, else 128. BC (keys streamed
  * by forward and dq) and BR (queries streamed by dk/dv) are as large as the registers allow
  * beside the HD-wide accumulators (HD 128 spills no registers with BC 32 for dq and BR 16
- * for dk/dv); MINB (blocks per SM the compiler must fit) is 4 for the HD 64 forward, which
- * measured faster capped at 128 registers, a few bytes spilled (0.69 against 0.71 ms TF32,
- * 0.49 against 0.55 ms bf16), 1 elsewhere. */
+ * for dk/dv). HD 64, jamba-small's, was tuned on an H100 (docs/performance.md): the
+ * forward and dq take two m-tiles a warp (128-row blocks; forward with 64-key tiles and 2
+ * blocks per SM, dq with 32-key tiles), which measured faster than one m-tile with more
+ * blocks per SM (forward TF32 0.47 against 0.55 ms, bf16 equal at 0.30; dq 3–4% faster),
+ * and dk/dv keeps one m-tile (its two accumulators fill the registers). MINB is the
+ * launch bound (blocks per SM the compiler must fit). */
 static void allow_tc_shared_memory(const void *kernel, size_t bytes) {
     if (bytes > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
@@ -618,7 +711,7 @@ static void *copy_scratch(int role, size_t bytes) {
     return copy_buffer[role];
 }
 
-static int padded_length(int T) { return (T + TC_ROWS - 1) / TC_ROWS * TC_ROWS; }
+static int padded_length(int T) { return (T + TC_ROWS * TC_MAX_MT - 1) / (TC_ROWS * TC_MAX_MT) * (TC_ROWS * TC_MAX_MT); }
 
 template <class P, int HD>
 static const typename P::Elem *stage_operand(int role, const float *x, int B, int T, int heads, int hd,
@@ -632,25 +725,26 @@ static const typename P::Elem *stage_operand(int role, const float *x, int B, in
     return copy;
 }
 
-template <class P, int HD, int BC, int MINB>
+template <class P, int HD, int BC, int MT, int MINB>
 static void launch_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
                               int B, int T, int H, int Hkv, int hd, int window, cudaStream_t stream) {
     using E = typename P::Elem;
     constexpr int ROW = sizeof(E) * (HD + P::PAD);
-    constexpr int STAGES = tile_stages<TC_ROWS * ROW, 2 * BC * ROW, MINB>();
+    static_assert(MT <= TC_MAX_MT, "blocks taller than the copies' padding");
+    constexpr int STAGES = tile_stages<MT * TC_ROWS * ROW, 2 * BC * ROW, MINB>();
     const E *qc = stage_operand<P, HD>(COPY_Q, q, B, T, H, hd, stream);
     const E *kc = stage_operand<P, HD>(COPY_K, k, B, T, Hkv, hd, stream);
     const E *vc = stage_operand<P, HD>(COPY_V, v, B, T, Hkv, hd, stream);
-    const size_t bytes = (size_t)ROW * (TC_ROWS + STAGES * 2 * BC);
-    const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, STAGES, MINB>;
+    const size_t bytes = (size_t)ROW * (MT * TC_ROWS + STAGES * 2 * BC);
+    const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, MT, STAGES, MINB>;
     allow_tc_shared_memory(kernel, bytes);
-    const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, H, B);
-    attention_forward_tc_kernel<P, HD, BC, STAGES, MINB><<<grid, TC_THREADS, bytes, stream>>>(
+    const dim3 grid((T + MT * TC_ROWS - 1) / (MT * TC_ROWS), H, B);
+    attention_forward_tc_kernel<P, HD, BC, MT, STAGES, MINB><<<grid, TC_THREADS, bytes, stream>>>(
         out, lse, qc, kc, vc, T, padded_length(T), H, Hkv, hd, window, 1.0f / sqrtf((float)hd));
     CUDA_CHECK_LAUNCH();
 }
 
-template <class P, int HD, int BC, int MINB_DQ, int BR, int MINB_DKDV>
+template <class P, int HD, int BC, int MT_DQ, int MINB_DQ, int BR, int MINB_DKDV>
 static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *lse, const float *Dsum,
                                int B, int T, int H, int Hkv, int hd, int window, float scale,
@@ -668,12 +762,13 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
     stage_row_stats_kernel<<<grid_stride_blocks(stats), 256, 0, stream>>>(lse2, D, lse, Dsum, B * H, T, Tp);
     CUDA_CHECK_LAUNCH();
     if (dq) {
-        constexpr int STAGES = tile_stages<2 * TC_ROWS * ROW, 2 * BC * ROW, MINB_DQ>();
-        const size_t bytes = (size_t)ROW * (2 * TC_ROWS + STAGES * 2 * BC);
-        const void *kernel = (const void *)attention_backward_dq_tc_kernel<P, HD, BC, STAGES, MINB_DQ>;
+        static_assert(MT_DQ <= TC_MAX_MT, "blocks taller than the copies' padding");
+        constexpr int STAGES = tile_stages<2 * MT_DQ * TC_ROWS * ROW, 2 * BC * ROW, MINB_DQ>();
+        const size_t bytes = (size_t)ROW * (2 * MT_DQ * TC_ROWS + STAGES * 2 * BC);
+        const void *kernel = (const void *)attention_backward_dq_tc_kernel<P, HD, BC, MT_DQ, STAGES, MINB_DQ>;
         allow_tc_shared_memory(kernel, bytes);
-        const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, H, B);
-        attention_backward_dq_tc_kernel<P, HD, BC, STAGES, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
+        const dim3 grid((T + MT_DQ * TC_ROWS - 1) / (MT_DQ * TC_ROWS), H, B);
+        attention_backward_dq_tc_kernel<P, HD, BC, MT_DQ, STAGES, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
             dq, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
     }
@@ -692,9 +787,9 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
 template <class P>
 static void forward_tc(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,
                        int H, int Hkv, int hd, int window, cudaStream_t stream) {
-    if (hd <= 32) launch_forward_tc<P, 32, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
-    else if (hd <= 64) launch_forward_tc<P, 64, 64, 4>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
-    else launch_forward_tc<P, 128, 64, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    if (hd <= 32) launch_forward_tc<P, 32, 64, 1, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else if (hd <= 64) launch_forward_tc<P, 64, 64, 2, 2>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
+    else launch_forward_tc<P, 128, 64, 1, 1>(out, lse, q, k, v, B, T, H, Hkv, hd, window, stream);
 }
 
 template <class P>
@@ -702,11 +797,11 @@ static void backward_tc(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *v, const float *lse, const float *Dsum, int B, int T, int H, int Hkv,
                         int hd, int window, float scale, cudaStream_t stream) {
     if (hd <= 32)
-        launch_backward_tc<P, 32, 64, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+        launch_backward_tc<P, 32, 64, 1, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
     else if (hd <= 64)
-        launch_backward_tc<P, 64, 64, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+        launch_backward_tc<P, 64, 32, 2, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
     else
-        launch_backward_tc<P, 128, 32, 1, 16, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+        launch_backward_tc<P, 128, 32, 1, 1, 16, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
 }
 
 void attention_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
