@@ -359,6 +359,55 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, Visible
             if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
 }
 
+/* mask_scores over MT m-tiles of query rows q0 + 16·mt .. against keys k0 .. (forward, dq) */
+template <int MT, int NT>
+__device__ __forceinline__ void mask_query_rows(float (&s)[MT][NT][4], int lane, int q0, int k0, int T, int window) {
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        mask_scores<NT>(s[mt], lane, [&](int r, int c) { return visible(q0 + 16 * mt + r, k0 + c, T, window); });
+}
+
+/* The key/value tiles a forward or dq block streams: BC rows of one kv head's K and V
+ * copies at a time, through STAGES shared buffers rows[STAGES][K, V][BC][HD+PAD]. */
+template <class P, int HD, int BC, int STAGES>
+struct KvTileStream {
+    using E = typename P::Elem;
+    static constexpr int LD = HD + P::PAD;
+    E *rows;
+    const E *k_head, *v_head;
+    int st;   /* the buffer the next tile is computed from */
+
+    __device__ __forceinline__ void stage(int buffer, int j) const {
+        copy_rows_async<P, HD, BC>(rows + buffer * 2 * BC * LD, k_head + (size_t)j * HD);
+        copy_rows_async<P, HD, BC>(rows + (buffer * 2 + 1) * BC * LD, v_head + (size_t)j * HD);
+    }
+    /* After the block's own copies are issued: with two buffers, the first tile's copies
+     * join them; one commit closes the group. */
+    __device__ __forceinline__ void start(int j_first) {
+        st = 0;
+        if (STAGES == 2) stage(0, j_first);
+        cp_async_commit();
+    }
+    /* Tile j0 (of tiles up to t_last) into k_rows, v_rows, landed and visible to every
+     * thread; with two buffers the next tile's copies are in flight meanwhile. */
+    __device__ __forceinline__ void next(int j0, int t_last, const E *&k_rows, const E *&v_rows) {
+        __syncthreads();   /* every warp is done with the buffer about to be refilled */
+        if (STAGES == 1) {
+            stage(0, j0);
+            cp_async_commit();
+            cp_async_wait<0>();
+        } else {
+            if (j0 + BC <= t_last) stage(st ^ 1, j0 + BC);
+            cp_async_commit();   /* (empty on the last tile: the count stays uniform) */
+            cp_async_wait<1>();  /* this thread's copies of tile j0 (and the block's first ones) have landed */
+        }
+        __syncthreads();         /* ... and every thread's */
+        k_rows = rows + st * 2 * BC * LD;
+        v_rows = k_rows + BC * LD;
+        if (STAGES == 2) st ^= 1;
+    }
+};
+
 /* Forward: one block per (64·MT query rows, head, batch); warp w owns rows 16·MT·w .. (MT
  * m-tiles of 16) and streams key/value tiles of BC. Online softmax per row in base 2
  * (scores times scale·log2 e, so each probability is one ex2), the row's 4 lanes combining
@@ -379,18 +428,14 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
-    const E *k_head = k + ((size_t)b * Hkv + grp) * Tp * HD, *v_head = v + ((size_t)b * Hkv + grp) * Tp * HD;
-    auto stage = [&](int st, int j) {
-        copy_rows_async<P, HD, BC>(kv_rows + st * 2 * BC * LD, k_head + (size_t)j * HD);
-        copy_rows_async<P, HD, BC>(kv_rows + (st * 2 + 1) * BC * LD, v_head + (size_t)j * HD);
-    };
+    const size_t kv_head = ((size_t)b * Hkv + grp) * Tp * HD;
+    KvTileStream<P, HD, BC, STAGES> kv{kv_rows, k + kv_head, v + kv_head, 0};
 
     /* key tiles start at multiples of BC (≤ TC_ROWS), so none reaches past Tp; keys before
      * the window are masked like any other invisible key */
     const int t_last = min(T - 1, t0 + ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
     copy_rows_async<P, HD, ROWS>(q_rows, q + (((size_t)b * H + h) * Tp + t0) * HD);
-    if (STAGES == 2) stage(0, j_first);
-    cp_async_commit();
+    kv.start(j_first);
     float m[MT][2], l[MT][2], acc[MT][ND][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -400,30 +445,13 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
         for (int n = 0; n < ND; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
     }
 
-    int st = 0;
     for (int j0 = j_first; j0 <= t_last; j0 += BC) {
-        __syncthreads();   /* every warp is done with the buffer about to be refilled */
-        if (STAGES == 1) {
-            stage(0, j0);
-            cp_async_commit();
-            cp_async_wait<0>();
-        } else {
-            if (j0 + BC <= t_last) stage(st ^ 1, j0 + BC);
-            cp_async_commit();   /* (empty on the last tile: the count stays uniform) */
-            cp_async_wait<1>();  /* this thread's copies of tile j0 (and of Q) have landed */
-        }
-        __syncthreads();         /* ... and every thread's */
-        const E *k_rows = kv_rows + st * 2 * BC * LD, *v_rows = k_rows + BC * LD;
-        if (STAGES == 2) st ^= 1;
+        const E *k_rows, *v_rows;
+        kv.next(j0, t_last, k_rows, v_rows);
 
         float s[MT][NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
-        if (!tile_all_visible(t0, ROWS, j0, BC, T, window)) {
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-                mask_scores<NT>(s[mt], lane,
-                                [&](int r, int c) { return visible(t0 + row0 + 16 * mt + r, j0 + c, T, window); });
-        }
+        if (!tile_all_visible(t0, ROWS, j0, BC, T, window)) mask_query_rows<MT, NT>(s, lane, t0 + row0, j0, T, window);
         /* m is kept in base-2 units (scores · scale · log2 e); the raw scores' max scales to
          * it (scale > 0), so each probability is one FFMA and one ex2 */
 #pragma unroll
@@ -498,17 +526,13 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
     const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
     const size_t bh = (size_t)b * H + h;
-    const E *k_head = k + ((size_t)b * Hkv + grp) * Tp * HD, *v_head = v + ((size_t)b * Hkv + grp) * Tp * HD;
-    auto stage = [&](int st, int j) {
-        copy_rows_async<P, HD, BC>(kv_rows + st * 2 * BC * LD, k_head + (size_t)j * HD);
-        copy_rows_async<P, HD, BC>(kv_rows + (st * 2 + 1) * BC * LD, v_head + (size_t)j * HD);
-    };
+    const size_t kv_head = ((size_t)b * Hkv + grp) * Tp * HD;
+    KvTileStream<P, HD, BC, STAGES> kv{kv_rows, k + kv_head, v + kv_head, 0};
 
     const int t_last = min(T - 1, t0 + ROWS - 1), j_first = first_visible_key(t0, window) / BC * BC;
     copy_rows_async<P, HD, ROWS>(q_rows, q + (bh * Tp + t0) * HD);
     copy_rows_async<P, HD, ROWS>(dout_rows, dout + (bh * Tp + t0) * HD);
-    if (STAGES == 2) stage(0, j_first);
-    cp_async_commit();
+    kv.start(j_first);
     float lse_r[MT][2], D_r[MT][2], acc[MT][ND][4];   /* lse in base 2; rows < Tp */
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -522,31 +546,14 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
         for (int n = 0; n < ND; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
     }
 
-    int st = 0;
     for (int j0 = j_first; j0 <= t_last; j0 += BC) {
-        __syncthreads();
-        if (STAGES == 1) {
-            stage(0, j0);
-            cp_async_commit();
-            cp_async_wait<0>();
-        } else {
-            if (j0 + BC <= t_last) stage(st ^ 1, j0 + BC);
-            cp_async_commit();
-            cp_async_wait<1>();
-        }
-        __syncthreads();
-        const E *k_rows = kv_rows + st * 2 * BC * LD, *v_rows = k_rows + BC * LD;
-        if (STAGES == 2) st ^= 1;
+        const E *k_rows, *v_rows;
+        kv.next(j0, t_last, k_rows, v_rows);
 
         float s[MT][NT][4], dp[MT][NT][4];
         P::template rows_dot_rows<HD, NT>(s, q_rows, row0, k_rows, lane);
         P::template rows_dot_rows<HD, NT>(dp, dout_rows, row0, v_rows, lane);
-        if (!tile_all_visible(t0, ROWS, j0, BC, T, window)) {
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-                mask_scores<NT>(s[mt], lane,
-                                [&](int r, int c) { return visible(t0 + row0 + 16 * mt + r, j0 + c, T, window); });
-        }
+        if (!tile_all_visible(t0, ROWS, j0, BC, T, window)) mask_query_rows<MT, NT>(s, lane, t0 + row0, j0, T, window);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
