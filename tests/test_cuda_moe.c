@@ -272,24 +272,29 @@ static void dispatch_free(Dispatch *D) {
     device_free(DEVICE_CUDA, D->d_slot_of); device_free(DEVICE_CUDA, D->d_slot_token);
 }
 
+/* ... and a slot whose token is −1 (the CUDA layer's padding rows after an expert's
+ * slots, moe.c) gets a zero row: here every fifth slot. */
 START_TEST(test_gather_copies_token_rows) {
     Rng rng;
     rng_seed(&rng, 500 + (uint64_t)_i);
     Dispatch D = dispatch_make(&DISPATCH_CASES[_i], &rng);
     size_t nx = (size_t)D.N * D.d, ng = (size_t)D.S * D.d;
     float *x = malloc(nx * sizeof(float)), *xg = malloc(ng * sizeof(float));
+    int *token = malloc((size_t)D.S * sizeof(int));
+    for (int s = 0; s < D.S; s++) token[s] = s % 5 == 4 ? -1 : D.slot_token[s];
+    int *d_token = to_device(token, (size_t)D.S * sizeof(int));
     rng_fill_normal(&rng, x, nx, 1.0f);
     float *d_x = to_device(x, nx * sizeof(float)), *d_xg = poisoned_device(ng * sizeof(float));
-    moe_gather_rows_cuda(d_xg, d_x, D.d_slot_token, D.S, D.d, 0);
+    moe_gather_rows_cuda(d_xg, d_x, d_token, D.S, D.d, 0);
     from_device(xg, d_xg, ng * sizeof(float));
     for (int s = 0; s < D.S; s++)
-        for (int c = 0; c < D.d; c++)
-            ck_assert_msg(xg[(size_t)s * D.d + c] == x[(size_t)D.slot_token[s] * D.d + c],
-                          "N%d k%d d%d: xg[%d,%d] = %g, x[%d,%d] = %g", D.N, D.k, D.d, s, c,
-                          xg[(size_t)s * D.d + c], D.slot_token[s], c,
-                          x[(size_t)D.slot_token[s] * D.d + c]);
-    device_free(DEVICE_CUDA, d_x); device_free(DEVICE_CUDA, d_xg);
-    free(x); free(xg);
+        for (int c = 0; c < D.d; c++) {
+            const float want = token[s] < 0 ? 0.0f : x[(size_t)token[s] * D.d + c];
+            ck_assert_msg(xg[(size_t)s * D.d + c] == want, "N%d k%d d%d: xg[%d,%d] = %g, want %g (token %d)",
+                          D.N, D.k, D.d, s, c, xg[(size_t)s * D.d + c], want, token[s]);
+        }
+    device_free(DEVICE_CUDA, d_x); device_free(DEVICE_CUDA, d_xg); device_free(DEVICE_CUDA, d_token);
+    free(x); free(xg); free(token);
     dispatch_free(&D);
 }
 END_TEST

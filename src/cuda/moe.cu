@@ -108,7 +108,8 @@ __global__ void moe_gather_rows_kernel(float *xg, const float *x, const int *slo
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const size_t s = i / d, c = i % d;
-        xg[i] = x[(size_t)slot_token[s] * d + c];
+        const int n = slot_token[s];
+        xg[i] = n >= 0 ? x[(size_t)n * d + c] : 0.0f;
     }
 }
 

@@ -30,7 +30,8 @@ void moe_route_forward_cuda(float *probs, float *lse, int *expert, float *weight
 void moe_route_sums_cuda(double *sums, const float *probs, const float *lse, int N, int E,
                          cudaStream_t stream);
 
-/* xg[s,:] = x[slot_token[s],:]   xg (S,d), x (N,d). */
+/* xg[s,:] = x[slot_token[s],:]   xg (S,d), x (N,d); a row whose slot_token is −1 (the padding
+ * after an expert's slots, moe.c) is zero. */
 void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_token, int S, int d,
                           cudaStream_t stream);
 

@@ -51,14 +51,27 @@ typedef struct MoeDims {
     int N, d, E, k, H;   /* tokens, d_model, experts, top_k, expert hidden */
     int renormalize;
     float aux_coef, z_coef;
+    int align;           /* each expert's block of slot rows starts at a multiple of it */
 } MoeDims;
+
+/* On CUDA each expert's block of slot rows is padded with zero rows to a multiple of 64
+ * (moe_pad_slots): the per-expert products then take row counts that are multiples of 64,
+ * which bf16's cuBLAS path requires (without it 7 of 8 expert products fell back to TF32),
+ * and about 100 distinct counts instead of one per call: each new shape's first call is
+ * slow (cuBLAS heuristics, kernels loaded lazily; bench.c). The padding rows cost ≤ 63 per
+ * expert of work and are never read back. The CPU keeps its blocks unpadded (align 1). */
+#define MOE_CUDA_ROW_ALIGN 64
 
 static MoeDims moe_dims(const Layer *layer, int B, int T) {
     const MoeConfig *mc = &layer->cfg->model.moe;
     return (MoeDims){.N = B * T, .d = layer->d_model, .E = mc->experts, .k = mc->top_k,
                      .H = config_moe_hidden(layer->cfg), .renormalize = mc->renormalize,
-                     .aux_coef = mc->aux_loss_coef, .z_coef = mc->z_loss_coef};
+                     .aux_coef = mc->aux_loss_coef, .z_coef = mc->z_loss_coef,
+                     .align = layer->device == DEVICE_CUDA ? MOE_CUDA_ROW_ALIGN : 1};
 }
+
+/* Rows of the slot-indexed buffers: S = N·k slots, plus up to align − 1 padding rows an expert. */
+static size_t moe_slot_rows(MoeDims m) { return (size_t)m.N * m.k + (size_t)m.E * (m.align - 1); }
 
 /* What forward keeps for backward, carved from layer->saved. Integer arrays share the
  * float arena (4-byte elements, only ever accessed as int). S = N·k slots. slot_of,
@@ -70,24 +83,26 @@ typedef struct MoeSaved {
     int   *expert;      /* (N, k) chosen experts, descending p */
     float *weight;      /* (N, k) their combine weights w */
     int   *slot_of;     /* (N, k) slot index of (token n, rank j) */
-    int   *slot_token;  /* (S)    token of each slot, slots grouped by expert */
-    int   *offset;      /* (E+1)  slots of expert e are offset[e] .. offset[e+1]-1 */
-    float *gate_pre;    /* (S, H) x W_gateᵀ per slot */
-    float *up_pre;      /* (S, H) x W_upᵀ per slot */
+    int   *slot_token;  /* (R)    token of each slot, slots grouped by expert (−1: a padding row) */
+    int   *offset;      /* (E+1)  expert e has offset[e+1] − offset[e] slots; on the CPU they are
+                         *        slots offset[e] .. offset[e+1]−1 (on CUDA: moe_pad_slots) */
+    float *gate_pre;    /* (R, H) x W_gateᵀ per slot */
+    float *up_pre;      /* (R, H) x W_upᵀ per slot */
 } MoeSaved;
 
+/* S = N·k slots; R = moe_slot_rows (S on the CPU) rows in the slot-indexed buffers */
 static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
-    size_t N = (size_t)m.N, S = (size_t)m.N * m.k, o = 0;
+    size_t N = (size_t)m.N, S = (size_t)m.N * m.k, R = moe_slot_rows(m), o = 0;
     size_t at[9];
     at[0] = o; o += N * m.E;
     at[1] = o; o += N;
     at[2] = o; o += S;
     at[3] = o; o += S;
     at[4] = o; o += S;
-    at[5] = o; o += S;
+    at[5] = o; o += R;
     at[6] = o; o += (size_t)m.E + 1;
-    at[7] = o; o += S * m.H;
-    at[8] = o; o += S * m.H;
+    at[7] = o; o += R * m.H;
+    at[8] = o; o += R * m.H;
     if (s) {
         s->probs = base + at[0];
         s->lse = base + at[1];
@@ -105,12 +120,12 @@ static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
 /* Temporaries in ctx->scratch. Forward uses xg, act, eo, cursor, sums; backward all but
  * cursor and sums. On CUDA the cursor is a host array (MoeCudaHost) and its slot here
  * goes unused (E floats): one layout for both devices keeps the sizes in one place. */
-typedef struct MoeScratch {
-    float *xg;          /* (S, d) gathered input rows */
-    float *act;         /* (S, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
-    float *eo;          /* (S, d) expert outputs; in backward then ∂L/∂eo, then ∂L/∂xg */
-    float *dact;        /* (S, H) ∂L/∂act */
-    float *dup;         /* (S, H) ∂L/∂up_pre */
+typedef struct MoeScratch {   /* R rows as in MoeSaved */
+    float *xg;          /* (R, d) gathered input rows */
+    float *act;         /* (R, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
+    float *eo;          /* (R, d) expert outputs; in backward then ∂L/∂eo, then ∂L/∂xg */
+    float *dact;        /* (R, H) ∂L/∂act */
+    float *dup;         /* (R, H) ∂L/∂up_pre */
     float *dlogits;     /* (N, E) */
     float *dweight;     /* (N, k) ∂L/∂w */
     int   *cursor;      /* (E)    fill position per expert while grouping */
@@ -118,13 +133,13 @@ typedef struct MoeScratch {
 } MoeScratch;
 
 static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
-    size_t N = (size_t)m.N, S = (size_t)m.N * m.k, o = 0;
+    size_t N = (size_t)m.N, S = (size_t)m.N * m.k, R = moe_slot_rows(m), o = 0;
     size_t at[9];
-    at[0] = o; o += S * m.d;
-    at[1] = o; o += S * m.H;
-    at[2] = o; o += S * m.d;
-    at[3] = o; o += S * m.H;
-    at[4] = o; o += S * m.H;
+    at[0] = o; o += R * m.d;
+    at[1] = o; o += R * m.H;
+    at[2] = o; o += R * m.d;
+    at[3] = o; o += R * m.H;
+    at[4] = o; o += R * m.H;
     at[5] = o; o += N * m.E;
     at[6] = o; o += S;
     at[7] = o; o += (size_t)m.E;
@@ -320,18 +335,37 @@ static int moe_validate(const struct Config *cfg, char *err, size_t err_len) {
 #ifdef BRAID_HAVE_CUDA
 /* Host side of the CUDA path (layer->priv). `pinned` is page-locked so that the copies
  * of one forward are plain DMA and a single stream synchronisation covers them:
- *   [expert: capacity ints][slot_of: S][slot_token: S][offset: E+1]
- * with S = N·k of the last forward (≤ capacity); the last three mirror the adjacent
- * saved arrays of the same names and go up in one copy. `offset` and `N` describe the
- * last forward: backward sizes its matmuls from them. */
+ *   [expert: capacity ints][slot_of: S][slot_token: R][offset: E+1]
+ * with S = N·k of the last forward (≤ capacity) and R its slot rows (moe_slot_rows); the
+ * last three mirror the adjacent saved arrays of the same names and go up in one copy.
+ * `offset`, `start` and `N` describe the last forward: backward sizes its matmuls from
+ * them. */
 typedef struct MoeCudaHost {
     int *pinned;
     size_t capacity;     /* slots the pinned block has room for */
     double *sums;        /* pinned (E+1): the aux-loss sums coming back */
     int *cursor;         /* (E) counting-sort fill positions */
+    int *start;          /* (E+1) first row of expert e's padded block; start[E]: rows in use */
+    int *unpadded;       /* (capacity) slot_token before padding */
     const int *offset;   /* inside pinned: the last forward's expert offsets, NULL before one */
     int N;               /* tokens of the last forward */
 } MoeCudaHost;
+
+/* From the CPU's grouping (offset, slot_of, unpadded[s] = token of slot s) to the CUDA
+ * layout: expert e's slots move to rows start[e] .., start[e+1] − start[e] = its count
+ * rounded up to `align`, the rows after its slots are padding (slot_token −1: the gather
+ * writes them zero, so the products leave them zero and no gradient flows through them);
+ * slot_of[n·k + j] is remapped in place. */
+static void moe_pad_slots(int *start, int *slot_of, int *slot_token, const int *unpadded,
+                          const int *offset, const int *expert, int S, int E, int align) {
+    start[0] = 0;
+    for (int e = 0; e < E; e++) {
+        const int count = offset[e + 1] - offset[e], rows = (count + align - 1) / align * align;
+        start[e + 1] = start[e] + rows;
+        for (int i = 0; i < rows; i++) slot_token[start[e] + i] = i < count ? unpadded[offset[e] + i] : -1;
+    }
+    for (int i = 0; i < S; i++) slot_of[i] += start[expert[i]] - offset[expert[i]];
+}
 
 /* layer->priv, created if missing, with room for S slots. Growing frees the old block,
  * so it first waits for the stream: the previous forward's upload may still read it. */
@@ -342,16 +376,19 @@ static MoeCudaHost *moe_cuda_host(Layer *layer, size_t S) {
         hs = braid_calloc(1, sizeof *hs, "moe CUDA host state");
         CUDA_CHECK(cudaMallocHost((void **)&hs->sums, ((size_t)E + 1) * sizeof(double)));
         hs->cursor = braid_calloc((size_t)E, sizeof(int), "moe CUDA cursor");
+        hs->start = braid_calloc((size_t)E + 1, sizeof(int), "moe CUDA expert starts");
         layer->priv = hs;
     }
     if (S > hs->capacity || !hs->pinned) {
         CUDA_CHECK(cudaStreamSynchronize(0));
         if (hs->pinned) CUDA_CHECK(cudaFreeHost(hs->pinned));
+        braid_free(hs->unpadded);
         hs->pinned = NULL;
         hs->offset = NULL;
         hs->N = 0;
-        const size_t ints = 3 * S + (size_t)E + 1;
+        const size_t ints = 3 * S + (size_t)E * (MOE_CUDA_ROW_ALIGN - 1) + (size_t)E + 1;
         CUDA_CHECK(cudaMallocHost((void **)&hs->pinned, ints * sizeof(int)));
+        hs->unpadded = braid_calloc(S ? S : 1, sizeof(int), "moe CUDA slot tokens");
         hs->capacity = S;
     }
     return hs;
@@ -364,6 +401,8 @@ static void moe_cuda_host_free(Layer *layer) {
     if (hs->pinned) CUDA_CHECK(cudaFreeHost(hs->pinned));
     CUDA_CHECK(cudaFreeHost(hs->sums));
     braid_free(hs->cursor);
+    braid_free(hs->start);
+    braid_free(hs->unpadded);
     braid_free(hs);
     layer->priv = NULL;
 }
@@ -558,12 +597,14 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
     moe_saved_layout(&sv, layer->saved, m);
     BRAID_CHECK(moe_scratch_layout(&sc, ctx->scratch, m) <= ctx->scratch_floats,
                 "moe forward (cuda): scratch too small for B=%d T=%d", B, T);
-    BRAID_CHECK(sv.slot_token == sv.slot_of + S && sv.offset == sv.slot_token + S,
+    const size_t R = moe_slot_rows(m);
+    BRAID_CHECK(sv.slot_token == sv.slot_of + S && sv.offset == sv.slot_token + R,
                 "moe forward (cuda): slot maps not adjacent in the saved layout");
     MoeCudaHost *hs = moe_cuda_host(layer, (size_t)S);
     int *h_expert = hs->pinned;
     int *h_slot_of = hs->pinned + hs->capacity, *h_slot_token = h_slot_of + S;
-    int *h_offset = h_slot_token + S;
+    int *h_offset = h_slot_token + R;
+    const int *start = hs->start;
     hs->offset = NULL;   /* until this forward has rebuilt them */
 
     /* route: logits straight into probs, softmax and top-k in place */
@@ -583,18 +624,20 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
         BRAID_CHECK(h_expert[i] >= 0 && h_expert[i] < E,
                     "moe forward (cuda): token %d rank %d routed to expert %d of %d", i / k, i % k,
                     h_expert[i], E);
-    moe_group_slots(h_offset, h_slot_of, h_slot_token, hs->cursor, h_expert, N, E, k);
+    moe_group_slots(h_offset, h_slot_of, hs->unpadded, hs->cursor, h_expert, N, E, k);
+    moe_pad_slots(hs->start, h_slot_of, h_slot_token, hs->unpadded, h_offset, h_expert, S, E, m.align);
     /* slot_of, slot_token, offset in one copy. The pinned source is next rewritten by this
      * layer's next forward, after its cudaStreamSynchronize: the copy is done by then. */
-    CUDA_CHECK(cudaMemcpyAsync(sv.slot_of, h_slot_of, (2 * (size_t)S + (size_t)E + 1) * sizeof(int),
+    CUDA_CHECK(cudaMemcpyAsync(sv.slot_of, h_slot_of, ((size_t)S + R + (size_t)E + 1) * sizeof(int),
                                cudaMemcpyHostToDevice, 0));
     hs->offset = h_offset;
     hs->N = N;
 
-    /* each expert on its contiguous block of slots; an expert with no slots is skipped */
-    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, S, d, 0);
+    /* each expert on its padded block of rows start[e] ..; an expert with no slots is skipped */
+    const int rows = start[E];
+    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
     for (int e = 0; e < E; e++) {
-        int o = h_offset[e], count = h_offset[e + 1] - o;
+        const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         const float *xg = sc.xg + (size_t)o * d;
         matmul_forward_cuda(sv.gate_pre + (size_t)o * H, xg, layer->params[moe_param_gate(e)], NULL,
@@ -602,10 +645,10 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
         matmul_forward_cuda(sv.up_pre + (size_t)o * H, xg, layer->params[moe_param_up(e)], NULL,
                             count, d, H, 0, 0);
     }
-    /* the experts' blocks tile all S slots, so one elementwise pass covers them */
-    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)S * H, 0);
+    /* the experts' blocks tile all rows in use, so one elementwise pass covers them */
+    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
     for (int e = 0; e < E; e++) {
-        int o = h_offset[e], count = h_offset[e + 1] - o;
+        const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         matmul_forward_cuda(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
                             layer->params[moe_param_down(e)], NULL, count, H, d, 0, 0);
@@ -622,7 +665,7 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
 static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const float *x, int B, int T,
                               Ctx *ctx) {
     MoeDims m = moe_dims(layer, B, T);
-    const int N = m.N, d = m.d, E = m.E, k = m.k, H = m.H, S = N * k;
+    const int N = m.N, d = m.d, E = m.E, k = m.k, H = m.H;
     MoeSaved sv;
     MoeScratch sc;
     moe_saved_layout(&sv, layer->saved, m);
@@ -631,12 +674,12 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     const MoeCudaHost *hs = layer->priv;
     BRAID_CHECK(hs && hs->offset && hs->N == N,
                 "moe backward (cuda): no forward of %d tokens to differentiate", N);
-    const int *h_offset = hs->offset;
+    const int *start = hs->start, rows = start[E];   /* the forward's padded expert blocks */
 
-    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, S, d, 0);
-    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)S * H, 0);
+    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
+    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
     for (int e = 0; e < E; e++) {
-        int o = h_offset[e], count = h_offset[e + 1] - o;
+        const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         matmul_forward_cuda(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
                             layer->params[moe_param_down(e)], NULL, count, H, d, 0, 0);
@@ -646,22 +689,22 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     moe_combine_backward_cuda(sc.dweight, sc.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
 
     /* down projection, then the SwiGLU gate (act's buffer becomes dgate) */
-    CUDA_ZERO(sc.dact, (size_t)S * H);   /* matmul_backward_cuda accumulates */
+    CUDA_ZERO(sc.dact, (size_t)rows * H);   /* matmul_backward_cuda accumulates */
     for (int e = 0; e < E; e++) {
-        int o = h_offset[e], count = h_offset[e + 1] - o;
+        const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         matmul_backward_cuda(sc.dact + (size_t)o * H, layer->grads[moe_param_down(e)], NULL,
                              sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
                              layer->params[moe_param_down(e)], count, H, d, 0);
     }
     float *dgate = sc.act;
-    swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)S * H, 0);
+    swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
 
     /* gate and up projections; eo's buffer becomes dxg */
     float *dxg = sc.eo;
-    CUDA_ZERO(dxg, (size_t)S * d);
+    CUDA_ZERO(dxg, (size_t)rows * d);
     for (int e = 0; e < E; e++) {
-        int o = h_offset[e], count = h_offset[e + 1] - o;
+        const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         const float *xg = sc.xg + (size_t)o * d;
         matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
