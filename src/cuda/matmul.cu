@@ -220,8 +220,9 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
  * every dimension is a multiple of 8 and at least 64. In the jamba-small step on an H100
  * (bench with BRAID_MATMUL_PROFILE) the narrow bf16 products were slower than TF32's even
  * before their conversions (x_proj's 48 outputs 0.17 against 0.05 ms, its 16 outputs 0.10
- * against 0.08 ms), and the MoE experts' products — row counts that change every step,
- * mostly not multiples of 8 — took 1–3 ms a call in bf16 against TF32's 0.1 ms. */
+ * against 0.08 ms). The MoE experts' products, whose row counts changed every call, took
+ * 1–3 ms a call in bf16 against TF32's 0.1 ms: mostly first calls of new shapes (bench.c);
+ * their rows are now padded to multiples of 64 (layers/moe.c) and all take bf16. */
 static int bf16_pays(int N, int C, int OC) {
     return precision == PRECISION_BF16 && N % 8 == 0 && C % 8 == 0 && OC % 8 == 0 && N >= 64 && C >= 64 &&
            OC >= 64;
