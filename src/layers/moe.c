@@ -24,11 +24,13 @@
  * saves N·k·(H + 2d) floats of arena.
  *
  * CUDA (layer->device == DEVICE_CUDA): the same saved and scratch layouts, in device
- * memory, and the same steps; routing, gather, combine and their backward are the kernels
- * of cuda/moe_cuda.h, the expert FFNs matmul_*_cuda / swiglu_*_cuda on each expert's block.
- * The expert counts must be on the host to size those matmuls, so forward copies the
- * chosen expert ids back (its one synchronisation), sorts the slots on the host exactly
- * as the CPU path does, and uploads the slot maps and offsets. The host copies live in
+ * memory, except that each expert's block is padded with zero rows to a multiple of 64
+ * (MOE_CUDA_ROW_ALIGN, moe_pad_slots), and the same steps; routing, gather, combine and
+ * their backward are the kernels of cuda/moe_cuda.h, the expert FFNs matmul_*_cuda /
+ * swiglu_*_cuda on each expert's block. The expert counts must be on the host to size
+ * those matmuls, so forward copies the chosen expert ids back (its one synchronisation),
+ * sorts the slots on the host exactly as the CPU path does, pads them, and uploads the
+ * slot maps and offsets. The host copies live in
  * layer->priv (MoeCudaHost, pinned memory); backward reuses that forward's offsets, so it
  * does not wait on the device at all. */
 #include <math.h>
