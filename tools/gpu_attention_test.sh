@@ -38,12 +38,7 @@ source tools/gpu_lib.sh
 device_info
 
 status=0
-run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
-if [ $status -eq 0 ]; then
-    run_step build "$out/build.log" \
-        cmake --build "$build" -j"$jobs" --target test_cuda_ops bench || status=1
-    record "build warnings" "$(grep -ci "warning" "$out/build.log")" 0
-fi
+configure_and_build test_cuda_ops bench || status=1
 if [ $status -eq 0 ]; then
     run_step "ctest ops" "$out/ctest.log" \
         ctest --test-dir "$build" -R test_cuda_ops --output-on-failure || status=1

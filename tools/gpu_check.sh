@@ -35,9 +35,7 @@ source tools/gpu_lib.sh
 STEP_TAIL=60
 device_info
 status=0
-run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
-[ $status -eq 0 ] && { run_step build "$out/build.log" cmake --build "$build" -j"$jobs" || status=1; }
-[ $status -eq 0 ] && record "build warnings" "$(grep -ci warning "$out/build.log")" 0
+configure_and_build || status=1
 if [ $status -eq 0 ]; then
     run_step "ctest -L cuda" "$out/ctest.log" ctest --test-dir "$build" -L cuda --output-on-failure -j2 || status=1
     cp "$build/Testing/Temporary/LastTest.log" "$out/ctest_full.log" 2>/dev/null

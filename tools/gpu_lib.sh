@@ -1,10 +1,12 @@
-# gpu_lib.sh — what the GPU-machine scripts (gpu_check.sh, gpu_test.sh, gpu_scan_test.sh)
-# share; sourced, not run. Each script sets $out (the log folder the device tool brings
+# gpu_lib.sh — what the GPU-machine scripts (gpu_check.sh, gpu_test.sh, gpu_scan_test.sh,
+# gpu_attention_test.sh) share; sourced, not run. Each script sets $out (the log folder the device tool brings
 # back), $build and $jobs first. It provides:
 #   record NAME RESULT SECONDS     a row of the summary table
 #   run_step NAME LOG CMD...       runs CMD into LOG, records ok / FAILED (rc N) and the
 #                                  time, shows LOG's last $STEP_TAIL (40) lines on failure;
 #                                  returns CMD's status
+#   configure_and_build [TARGET...] the configure, build (those targets, else all) and
+#                                  build-warnings steps into $build; returns 1 if one failed
 #   device_info                    $out/device.txt (GPU, driver, memory, nvcc) and its first line
 #   record_ctest NAME LOG          "SKIPPED (no GPU)" or "N% tests passed" from a ctest log
 #   find_sanitizer                 the compute-sanitizer path, or nothing
@@ -28,6 +30,15 @@ run_step() {  # name, log file, command...
     record "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)")" $((SECONDS - start))
     [ $rc -ne 0 ] && { echo "---- $name failed; last lines of $log:"; tail -n "${STEP_TAIL:-40}" "$log"; }
     return $rc
+}
+
+configure_and_build() {  # targets to build (none: everything)
+    local targets=() t
+    for t in "$@"; do targets+=(--target "$t"); done
+    run_step configure "$out/configure.log" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || return 1
+    run_step build "$out/build.log" cmake --build "$build" -j"$jobs" "${targets[@]}" || return 1
+    # warnings are defects too: count them (the build passes -Wall -Wextra to gcc and nvcc)
+    record "build warnings" "$(grep -ci warning "$out/build.log")" 0
 }
 
 device_info() {

@@ -25,15 +25,7 @@ source tools/gpu_lib.sh
 device_info
 
 status=0
-run_step configure "$out/configure.log" \
-    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release || status=1
-if [ $status -eq 0 ]; then
-    run_step build "$out/build.log" \
-        cmake --build "$build" -j"$jobs" --target test_cuda_ops || status=1
-    # warnings are defects too: count them (the build passes -Wall -Wextra to gcc and nvcc)
-    warnings=$(grep -ci "warning" "$out/build.log")
-    record "build warnings" "$warnings" 0
-fi
+configure_and_build test_cuda_ops || status=1
 if [ $status -eq 0 ]; then
     # only the test built above: the other CUDA tests have no binary in a fresh build-gpu
     run_step "ctest test_cuda_ops" "$out/ctest.log" \
