@@ -81,20 +81,12 @@ for dtype in (torch.float32, torch.bfloat16):
           f"fwd+bwd {ms_b:7.3f} ms {3.5 * flops_fwd / ms_b / 1e9:6.1f} TFLOP/s")
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}, B={B} T={T} H={H} Hkv={Hkv} hd={hd}")
 PY
-    if python3 -c "import torch" 2>/dev/null; then
-        run_step "torch SDPA" "$out/torch.log" timeout 150 python3 "$out/torch_sdpa.py"
-    else
-        record "torch SDPA" "no PyTorch" 0
-    fi
+    run_torch "torch SDPA" "$out/torch_sdpa.py"
 
-    sanitizer=$([ $quick -eq 1 ] || find_sanitizer)
     if [ $quick -eq 1 ]; then
         record "memcheck" "skipped (--quick)" 0
-    elif [ -n "$sanitizer" ]; then
-        run_step "memcheck" "$out/memcheck.log" \
-            timeout 200 "$sanitizer" --tool memcheck --error-exitcode 3 "$test_bin" || status=1
     else
-        record "memcheck" "no compute-sanitizer" 0
+        run_sanitizer memcheck memcheck 200 "$test_bin" || status=1
     fi
 fi
 
@@ -133,9 +125,8 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 
-if [ $status -eq 0 ] && [ -n "${sanitizer:-}" ]; then
-    run_step "racecheck" "$out/racecheck.log" \
-        timeout 240 "$sanitizer" --tool racecheck --error-exitcode 3 "$test_bin" || status=1
+if [ $status -eq 0 ] && [ $quick -eq 0 ]; then
+    run_sanitizer racecheck racecheck 240 "$test_bin" || status=1
 fi
 
 echo

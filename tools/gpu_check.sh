@@ -42,11 +42,9 @@ if [ $status -eq 0 ]; then
     grep -E "Test +#" "$out/ctest.log" | sed 's/^ *[0-9]*\/[0-9]* //' | while read -r l; do echo "  $l"; done
 fi
 if [ $status -eq 0 ] && [ $sanitize -eq 1 ]; then
-    san=$(find_sanitizer)
     for t in test_cuda_layers test_cuda_mamba test_cuda_gla test_cuda_moe test_cuda_model; do
         [ -x "$build/tests/$t" ] || continue
-        run_step "memcheck $t" "$out/memcheck_$t.log" timeout 300 "$san" --tool memcheck --error-exitcode 3 \
-            "$build/tests/$t" || status=1
+        run_sanitizer memcheck "memcheck $t" 300 "$build/tests/$t" || status=1
     done
 fi
 if [ $status -eq 0 ] && [ $train -eq 1 ]; then

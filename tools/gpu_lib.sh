@@ -10,6 +10,11 @@
 #   device_info                    $out/device.txt (GPU, driver, memory, nvcc) and its first line
 #   record_ctest NAME LOG          "SKIPPED (no GPU)" or "N% tests passed" from a ctest log
 #   find_sanitizer                 the compute-sanitizer path, or nothing
+#   run_sanitizer TOOL NAME SECS BINARY  BINARY under compute-sanitizer --tool TOOL (memcheck,
+#                                  racecheck) as step NAME, log $out/NAME.log (spaces as _),
+#                                  at most SECS; without compute-sanitizer it records that
+#   run_torch NAME SCRIPT          python3 SCRIPT (a PyTorch reference, at most 150 s) as step
+#                                  NAME into $out/torch.log, or records "no PyTorch"
 #   mutant FILE SED WHAT           plants one bug in src/cuda/FILE, rebuilds $MUTANT_TARGET,
 #                                  expects it to fail (within $MUTANT_TIMEOUT s), restores
 #   print_test_report NAME LOG     per-test lines and the worst |cuda − cpu| per op
@@ -55,6 +60,21 @@ record_ctest() {  # name, ctest log
 
 find_sanitizer() {
     command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1
+}
+
+run_sanitizer() {  # tool, step name, time limit, binary
+    local tool=$1 name=$2 limit=$3 binary=$4 sanitizer
+    sanitizer=$(find_sanitizer)
+    if [ -z "$sanitizer" ]; then record "$name" "no compute-sanitizer" 0; return 0; fi
+    run_step "$name" "$out/${name// /_}.log" timeout "$limit" "$sanitizer" --tool "$tool" --error-exitcode 3 "$binary"
+}
+
+run_torch() {  # step name, script
+    if python3 -c "import torch" 2>/dev/null; then
+        run_step "$1" "$out/torch.log" timeout 150 python3 "$2"
+    else
+        record "$1" "no PyTorch" 0
+    fi
 }
 
 # --mutants: checks that the tests can fail. Each mutant plants one bug of a kind the

@@ -83,19 +83,8 @@ print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: eager seque
 print(f"torch sequential scan forward           {fwd:9.2f} ms for {steps} steps -> EXTRAPOLATED {8*fwd:9.1f} ms for T={T}")
 print(f"torch sequential scan backward (autograd) {both-fwd:7.2f} ms for {steps} steps -> EXTRAPOLATED {8*(both-fwd):9.1f} ms for T={T}")
 EOF
-    if python3 -c "import torch" 2>/dev/null; then
-        run_step "torch reference" "$out/torch.log" timeout 150 python3 "$out/torch_scan.py"
-    else
-        record "torch reference" "no PyTorch" 0
-    fi
-
-    sanitizer=$(find_sanitizer)
-    if [ -n "$sanitizer" ]; then
-        run_step "memcheck" "$out/memcheck.log" \
-            timeout 150 "$sanitizer" --tool memcheck --error-exitcode 3 "$test_bin" || status=1
-    else
-        record "memcheck" "no compute-sanitizer" 0
-    fi
+    run_torch "torch reference" "$out/torch_scan.py"
+    run_sanitizer memcheck memcheck 150 "$test_bin" || status=1
 fi
 
 MUTANT_TARGET=test_cuda_scan MUTANT_TIMEOUT=60
@@ -113,9 +102,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     cmake --build "$build" -j"$jobs" --target test_cuda_scan >>"$out/mutants.log" 2>&1   # the real one again
 fi
 
-if [ $status -eq 0 ] && [ -n "${sanitizer:-}" ]; then
-    run_step "racecheck" "$out/racecheck.log" \
-        timeout 120 "$sanitizer" --tool racecheck --error-exitcode 3 "$test_bin" || status=1
+if [ $status -eq 0 ]; then
+    run_sanitizer racecheck racecheck 120 "$test_bin" || status=1
 fi
 
 echo

@@ -32,18 +32,9 @@ if [ $status -eq 0 ]; then
         ctest --test-dir "$build" -R '^test_cuda_ops$' --output-on-failure || status=1
     cp "$build/Testing/Temporary/LastTest.log" "$out/test_cuda_ops.log" 2>/dev/null
     record_ctest test_cuda_ops "$out/ctest.log"
-    sanitizer=$(find_sanitizer)
-    if [ -n "$sanitizer" ]; then
-        run_step "memcheck" "$out/memcheck.log" \
-            timeout 240 "$sanitizer" --tool memcheck --error-exitcode 3 "$build/tests/test_cuda_ops" \
-            || status=1
-        # shared-memory races between threads of a block (the attention tiles)
-        run_step "racecheck" "$out/racecheck.log" \
-            timeout 150 "$sanitizer" --tool racecheck --error-exitcode 3 "$build/tests/test_cuda_ops" \
-            || status=1
-    else
-        record "memcheck" "no compute-sanitizer" 0
-    fi
+    run_sanitizer memcheck memcheck 240 "$build/tests/test_cuda_ops" || status=1
+    # shared-memory races between threads of a block (the attention tiles)
+    run_sanitizer racecheck racecheck 150 "$build/tests/test_cuda_ops" || status=1
 fi
 
 MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
