@@ -94,6 +94,7 @@ END_TEST
 typedef struct MatmulShape { int N, C, OC, use_bias, accumulate; } MatmulShape;
 static const MatmulShape matmul_shapes[] = {
     {1, 7, 5, 1, 0}, {7, 16, 33, 0, 0}, {64, 129, 300, 1, 0}, {129, 64, 7, 1, 1}, {300, 128, 256, 0, 1},
+    {1999, 32, 100, 1, 0},   /* dbias over 16 row slices of column_sum.cuh, the last one shorter */
 };
 #define N_MATMUL_SHAPES (sizeof matmul_shapes / sizeof matmul_shapes[0])
 
@@ -345,7 +346,8 @@ END_TEST
 /* ---------------------------------------------------------------- rmsnorm */
 
 typedef struct RowsShape { int N, C; } RowsShape;
-static const RowsShape rmsnorm_shapes[] = {{1, 7}, {7, 64}, {129, 300}, {300, 33}, {64, 1}};
+/* 1999 rows: dweight over 16 row slices (column_sum.cuh), the last one shorter */
+static const RowsShape rmsnorm_shapes[] = {{1, 7}, {7, 64}, {129, 300}, {300, 33}, {64, 1}, {1999, 100}};
 #define N_RMSNORM_SHAPES (sizeof rmsnorm_shapes / sizeof rmsnorm_shapes[0])
 
 START_TEST(test_rmsnorm_forward_matches_cpu) {

@@ -45,6 +45,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant matmul.cu 's/N % 8 == 0 \&\& C % 8 == 0/C % 8 == 0/' "bf16 on a row count cuBLAS runs slowly"
     mutant matmul.cu 's/__floats2bfloat162_rn(a.x, a.y)/__floats2bfloat162_rn(a.y, a.x)/' "bf16 8-wide conversion swaps a pair"
     mutant rmsnorm.cu 's/dx\[c\] += r \*/dx[c] = r */' "rmsnorm dinp overwritten, not accumulated"
+    mutant column_sum.cuh 's/for (int s = 0; s < slices; s++) sum +=/for (int s = 0; s < 1; s++) sum +=/' "column sums keep only the first row slice"
+    mutant column_sum.cuh 's/n1 = min(N, n0 + rows_per_slice)/n1 = min(N - 1, n0 + rows_per_slice)/' "column sums drop the last row"
     mutant swiglu.cu 's/i < n;/i + 1 < n;/g' "swiglu last element never written"
     mutant cross_entropy.cu 's/drow\[v\] = 0.0f;/;/' "cross_entropy ignored rows left unwritten"
     mutant rope.cu 's/direction \* (float)sin_angle/(float)sin_angle/' "rope backward rotates forward"

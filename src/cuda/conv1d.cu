@@ -6,20 +6,18 @@
  * x, out, dout, dx are (Bsz,T,C); w (C,K).
  * Forward and dx: one thread per (b,t,c), consecutive threads on consecutive channels, so
  * every load and store is coalesced; the K taps are re-read from L1/L2.
- * dw, dbias: a sum over the Bsz·T rows per channel. A block holds 32 channels (a warp's
- * lanes, coalesced) × 16 row groups; each thread sums its rows in registers (K ≤ 8 taps),
- * then the 16 partials are added in a fixed order through shared memory: no atomics, the
- * same bits on every run. */
+ * dw, dbias: a sum over the Bsz·T rows per channel (column_sum.cuh: each thread sums its
+ * rows' K ≤ 8 taps and the bias in registers, the partials of row slices are added in a
+ * fixed order: no atomics, the same bits on every run). */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "cuda_check.h"
 #include "mamba_cuda.h"
 #include "grid.cuh"
+#include "column_sum.cuh"
 
 #define CONV_MAX_K 8
-#define CONV_WGRAD_CHANNELS 32
-#define CONV_WGRAD_ROWS 16
 
 __global__ void causal_conv1d_forward_kernel(float *out, const float *x, const float *weight,
                                              const float *bias, int T, int C, int K, size_t n) {
@@ -51,43 +49,33 @@ __global__ void causal_conv1d_dx_kernel(float *dx, const float *dout, const floa
     }
 }
 
-/* grid: ceil(C / 32) blocks of 32 × 16 threads; threadIdx.x = channel in the block,
- * threadIdx.y = the row group (rows y, y+16, y+32, ... of the Bsz·T rows). */
-__global__ void causal_conv1d_wgrad_kernel(float *dweight, float *dbias, const float *dout,
-                                           const float *x, int Bsz, int T, int C, int K) {
-    __shared__ float partial[CONV_MAX_K + 1][CONV_WGRAD_ROWS][CONV_WGRAD_CHANNELS];
-    const int c = blockIdx.x * CONV_WGRAD_CHANNELS + threadIdx.x;
-    float dw[CONV_MAX_K], db = 0.0f;
+/* Row n = (b, t) of the tap and bias gradients, through column_sum.cuh: acc[j] (j < K) for
+ * tap j, acc[CONV_MAX_K] for the bias (taps K … CONV_MAX_K−1 stay zero and are dropped). */
+struct ConvWeightGradTerm {
+    const float *dout, *x;
+    int T, C, K;
+    __device__ void operator()(int n, int c, float (&acc)[CONV_MAX_K + 1]) const {
+        const int t = n % T;
+        const size_t i = (size_t)n * C + c;
+        const float g = dout[i];
+        acc[CONV_MAX_K] += g;
 #pragma unroll
-    for (int j = 0; j < CONV_MAX_K; j++) dw[j] = 0.0f;
-    if (c < C) {
-        for (int row = threadIdx.y; row < Bsz * T; row += CONV_WGRAD_ROWS) {
-            const int t = row % T;
-            const size_t i = (size_t)row * C + c;
-            const float g = dout[i];
-            db += g;
-#pragma unroll
-            for (int j = 0; j < CONV_MAX_K; j++)
-                if (j < K && t - K + 1 + j >= 0) dw[j] += g * x[i - (size_t)(K - 1 - j) * C];
-        }
+        for (int j = 0; j < CONV_MAX_K; j++)
+            if (j < K && t - K + 1 + j >= 0) acc[j] += g * x[i - (size_t)(K - 1 - j) * C];
     }
-#pragma unroll
-    for (int j = 0; j < CONV_MAX_K; j++) partial[j][threadIdx.y][threadIdx.x] = dw[j];
-    partial[CONV_MAX_K][threadIdx.y][threadIdx.x] = db;
-    __syncthreads();
-    /* thread (x, y) adds up tap y (y < K) or the bias (y == CONV_MAX_K is out of range of
-     * threadIdx.y, so the bias is taken by y == K) of channel x, rows in order */
-    if (c < C && threadIdx.y <= K) {
-        const int tap = threadIdx.y < K ? threadIdx.y : CONV_MAX_K;
-        float sum = 0.0f;
-        for (int r = 0; r < CONV_WGRAD_ROWS; r++) sum += partial[tap][r][threadIdx.x];
-        if (tap < K) {
-            if (dweight) dweight[(size_t)c * K + tap] += sum;
-        } else if (dbias) {
+};
+
+struct ConvWeightGradFinish {
+    float *dweight, *dbias;
+    int K;
+    __device__ void operator()(int c, int v, float sum) const {
+        if (v < K) {
+            if (dweight) dweight[(size_t)c * K + v] += sum;
+        } else if (v == CONV_MAX_K && dbias) {
             dbias[c] += sum;
         }
     }
-}
+};
 
 static void check_kernel_size(int K, const char *who) {
     if (K < 1 || K > CONV_MAX_K) {
@@ -117,9 +105,7 @@ extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *db
         CUDA_CHECK_LAUNCH();
     }
     if (dweight || dbias) {
-        const dim3 threads(CONV_WGRAD_CHANNELS, CONV_WGRAD_ROWS);
-        const unsigned blocks = (unsigned)((C + CONV_WGRAD_CHANNELS - 1) / CONV_WGRAD_CHANNELS);
-        causal_conv1d_wgrad_kernel<<<blocks, threads, 0, stream>>>(dweight, dbias, dout, x, Bsz, T, C, K);
-        CUDA_CHECK_LAUNCH();
+        column_sums<CONV_MAX_K + 1>(ConvWeightGradTerm{dout, x, T, C, K}, ConvWeightGradFinish{dweight, dbias, K},
+                                    Bsz * T, C, stream);
     }
 }

@@ -24,11 +24,11 @@
  * CUBLAS_COMPUTE_32F_FAST_16BF on float32 operands is NOT a bf16 mode: on an H100 with CUDA 13
  * it gave bit-for-bit the TF32 results and times (measured, then dropped); bf16 needs bf16
  * operands, hence the conversion. The bias is a separate tiny kernel; dbias is a column
- * sum, one thread per output column with the rows split over blockDim.y (fixed order, so
- * it is deterministic). */
+ * sum (column_sum.cuh: row slices' partials added in a fixed order, so it is deterministic). */
 #include "cuda_check.h"
 #include "ops_cuda.h"
 #include "precision.cuh"
+#include "column_sum.cuh"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -282,21 +282,17 @@ __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
     if (i < (size_t)N * OC) out[i] += bias[i % OC];
 }
 
-/* dbias[o] += Σ_n dout[n,o]. Block (32, 8): threadIdx.x picks the column (coalesced rows
- * of 32 floats), threadIdx.y strides over rows; the 8 partial sums meet in shared memory. */
-__global__ void column_sum_accumulate_kernel(float *dbias, const float *dout, int N, int OC) {
-    __shared__ float partial[8][33];
-    const int o = blockIdx.x * 32 + threadIdx.x;
-    float sum = 0.0f;
-    if (o < OC)
-        for (int n = threadIdx.y; n < N; n += 8) sum += dout[(size_t)n * OC + o];
-    partial[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && o < OC) {
-        for (int r = 1; r < 8; r++) sum += partial[r][threadIdx.x];
-        dbias[o] += sum;
-    }
-}
+/* dbias[o] += Σ_n dout[n,o], through column_sum.cuh */
+struct BiasGradTerm {
+    const float *dout;
+    int OC;
+    __device__ void operator()(int n, int o, float (&acc)[1]) const { acc[0] += dout[(size_t)n * OC + o]; }
+};
+
+struct BiasGradFinish {
+    float *dbias;
+    __device__ void operator()(int o, int, float sum) const { dbias[o] += sum; }
+};
 
 extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *weight,
                                     const float *bias, int N, int C, int OC, int accumulate,
@@ -329,7 +325,6 @@ extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, 
         gemm("backward dweight", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one,
              operand(bf16, BF16_INP, inp, (size_t)N * C, stream), C, dY, OC, &one, dweight, C);
     if (dbias) {
-        column_sum_accumulate_kernel<<<(OC + 31) / 32, dim3(32, 8), 0, stream>>>(dbias, dout, N, OC);
-        CUDA_CHECK_LAUNCH();
+        column_sums<1>(BiasGradTerm{dout, OC}, BiasGradFinish{dbias}, N, OC, stream);
     }
 }

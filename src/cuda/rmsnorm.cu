@@ -5,11 +5,12 @@
  *           dx += r · (g − x · r² · mean(g ⊙ x))
  *           dw += Σ_rows dy ⊙ x · r
  * One warp per row (rows are d_model long: a few hundred to a few thousand floats, which
- * one warp streams at full width), eight rows per block. dw is a column sum: one thread
- * per column, the rows split over blockDim.y and added in a fixed order, so no atomics. */
+ * one warp streams at full width), eight rows per block. dw is a column sum
+ * (column_sum.cuh: partial sums over row slices added in a fixed order, no atomics). */
 #include "cuda_check.h"
 #include "ops_cuda.h"
 #include "reduce.cuh"
+#include "column_sum.cuh"
 
 #define ROWS_PER_BLOCK 8
 
@@ -41,24 +42,20 @@ __global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, co
     for (int c = lane; c < C; c += 32) dx[c] += r * (dy[c] * weight[c] - x[c] * k);
 }
 
-/* dweight[c] += Σ_n dout[n,c] · inp[n,c] · rstd[n]; block (32, 8) covers 32 columns. */
-__global__ void rmsnorm_backward_weight_kernel(float *dweight, const float *dout, const float *inp,
-                                               const float *rstd, int N, int C) {
-    __shared__ float partial[8][33];
-    const int c = blockIdx.x * 32 + threadIdx.x;
-    float sum = 0.0f;
-    if (c < C)
-        for (int n = threadIdx.y; n < N; n += 8) {
-            const size_t i = (size_t)n * C + c;
-            sum += dout[i] * inp[i] * rstd[n];
-        }
-    partial[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        for (int r = 1; r < 8; r++) sum += partial[r][threadIdx.x];
-        dweight[c] += sum;
+/* dweight[c] += Σ_n dout[n,c] · inp[n,c] · rstd[n], through column_sum.cuh */
+struct RmsnormWeightTerm {
+    const float *dout, *inp, *rstd;
+    int C;
+    __device__ void operator()(int n, int c, float (&acc)[1]) const {
+        const size_t i = (size_t)n * C + c;
+        acc[0] += dout[i] * inp[i] * rstd[n];
     }
-}
+};
+
+struct AccumulateInto {
+    float *out;
+    __device__ void operator()(int c, int, float sum) const { out[c] += sum; }
+};
 
 extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
                                      int N, int C, float eps, cudaStream_t stream) {
@@ -79,8 +76,6 @@ extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *
         CUDA_CHECK_LAUNCH();
     }
     if (dweight) {
-        rmsnorm_backward_weight_kernel<<<(C + 31) / 32, dim3(32, 8), 0, stream>>>(
-            dweight, dout, inp, rstd, N, C);
-        CUDA_CHECK_LAUNCH();
+        column_sums<1>(RmsnormWeightTerm{dout, inp, rstd, C}, AccumulateInto{dweight}, N, C, stream);
     }
 }
