@@ -97,8 +97,10 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"
     mutant scan.cu 's/for (int i = 0; i < SCAN_NPT; i++) h\[i\] = ck\[i\];/;/' "scan sub-tile ignores its checkpointed state"
     mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
-    mutant conv1d.cu 's/dx\[i\] += acc;/dx[i] = acc;/' "conv1d dx overwritten, not accumulated"
-    mutant conv1d.cu 's/for (int r = 0; r < CONV_WGRAD_ROWS; r++)/for (int r = 1; r < CONV_WGRAD_ROWS; r++)/' "conv1d dweight misses a row group"
+    mutant conv1d.cu 's/Lanes<P> d = load_lanes<P>(dx + base + (size_t)t \* C);/Lanes<P> d = zero_lanes<P>();/' "conv1d dx overwritten, not accumulated"
+    mutant conv1d.cu 's/for (int g = 0; g < CONV_WALKS; g++) sum +=/for (int g = 1; g < CONV_WALKS; g++) sum +=/' "conv1d dweight misses a walk"
+    mutant conv1d.cu 's/win\[j\] = t >= 0 ? load_lanes<P>(xs + (size_t)t \* C) : zero_lanes<P>();/win[j] = zero_lanes<P>();/' "conv1d forward walk ignores the rows before it"
+    mutant conv1d.cu 's/const int t = w.t0 + i - 1;/const int t = w.t0 + i;/' "conv1d backward window starts a row late"
     cmake --build "$build" -j"$jobs" --target test_cuda_scan >>"$out/mutants.log" 2>&1   # the real one again
 fi
 
