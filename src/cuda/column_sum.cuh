@@ -29,10 +29,16 @@
 #define COLUMN_SUM_GROUPS 8  /* row groups per block: blockDim.y */
 
 /* The partials' device buffer (grow-only; not thread-safe, like attention's: calls on one
- * stream run in order, and cudaFree before a regrow synchronises the device) and the SM
- * count, from column_sum.cu. */
+ * stream run in order, and cudaFree before a regrow synchronises the device) and the
+ * number of row slices for N rows of C columns on this GPU, from column_sum.cu. */
 float *column_sum_partials(size_t floats);
 int column_sum_slices(int N, int C);
+
+/* The finish of a one-value sum that accumulates into a gradient: out[c] += sum */
+struct ColumnAccumulate {
+    float *out;
+    __device__ void operator()(int c, int, float sum) const { out[c] += sum; }
+};
 
 template <int V, class Term>
 __global__ void __launch_bounds__(COLUMN_SUM_COLS * COLUMN_SUM_GROUPS)

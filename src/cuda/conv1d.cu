@@ -69,6 +69,14 @@ __device__ __forceinline__ Lanes<P> zero_lanes() {
     return r;
 }
 
+/* One step of a walk: the window's rows move down one and `next` enters at the top. */
+template <int K, int P>
+__device__ __forceinline__ void slide_window(Lanes<P> (&win)[K], const Lanes<P> &next) {
+#pragma unroll
+    for (int j = 0; j + 1 < K; j++) win[j] = win[j + 1];
+    win[K - 1] = next;
+}
+
 /* Which channels and time steps thread (x, y) of a block owns. */
 struct ConvWalk {
     int c, b, t0;   /* first channel; sequence; first time step */
@@ -107,9 +115,7 @@ causal_conv1d_forward_kernel(float *out, const float *x, const float *weight, co
     for (int s = 0; s < CONV_STEPS; s++) {
         const int t = w.t0 + s;
         if (t >= T) break;
-#pragma unroll
-        for (int j = 0; j + 1 < K; j++) win[j] = win[j + 1];
-        win[K - 1] = load_lanes<P>(xs + (size_t)t * C);
+        slide_window<K, P>(win, load_lanes<P>(xs + (size_t)t * C));
         Lanes<P> y;
 #pragma unroll
         for (int p = 0; p < P; p++) {
@@ -154,9 +160,8 @@ causal_conv1d_backward_kernel(float *dx, float *partial, const float *dout, cons
         for (int s = 0; s < CONV_STEPS; s++) {
             const int t = w.t0 + s;
             if (t >= T) break;
-#pragma unroll
-            for (int i = 0; i + 1 < K; i++) win[i] = win[i + 1];
-            win[K - 1] = t + K - 1 < T ? load_lanes<P>(dout + base + (size_t)(t + K - 1) * C) : zero_lanes<P>();
+            slide_window<K, P>(win, t + K - 1 < T ? load_lanes<P>(dout + base + (size_t)(t + K - 1) * C)
+                                                  : zero_lanes<P>());
             /* tap j joins x[t] and dout[t+K−1−j] = win[K−1−j] */
             if (dx) {
                 Lanes<P> d = load_lanes<P>(dx + base + (size_t)t * C);

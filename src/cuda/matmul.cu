@@ -289,11 +289,6 @@ struct BiasGradTerm {
     __device__ void operator()(int n, int o, float (&acc)[1]) const { acc[0] += dout[(size_t)n * OC + o]; }
 };
 
-struct BiasGradFinish {
-    float *dbias;
-    __device__ void operator()(int o, int, float sum) const { dbias[o] += sum; }
-};
-
 extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *weight,
                                     const float *bias, int N, int C, int OC, int accumulate,
                                     cudaStream_t stream) {
@@ -325,6 +320,6 @@ extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, 
         gemm("backward dweight", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one,
              operand(bf16, BF16_INP, inp, (size_t)N * C, stream), C, dY, OC, &one, dweight, C);
     if (dbias) {
-        column_sums<1>(BiasGradTerm{dout, OC}, BiasGradFinish{dbias}, N, OC, stream);
+        column_sums<1>(BiasGradTerm{dout, OC}, ColumnAccumulate{dbias}, N, OC, stream);
     }
 }

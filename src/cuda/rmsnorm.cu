@@ -52,11 +52,6 @@ struct RmsnormWeightTerm {
     }
 };
 
-struct AccumulateInto {
-    float *out;
-    __device__ void operator()(int c, int, float sum) const { out[c] += sum; }
-};
-
 extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
                                      int N, int C, float eps, cudaStream_t stream) {
     if (N <= 0) return;
@@ -76,6 +71,6 @@ extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *
         CUDA_CHECK_LAUNCH();
     }
     if (dweight) {
-        column_sums<1>(RmsnormWeightTerm{dout, inp, rstd, C}, AccumulateInto{dweight}, N, C, stream);
+        column_sums<1>(RmsnormWeightTerm{dout, inp, rstd, C}, ColumnAccumulate{dweight}, N, C, stream);
     }
 }
