@@ -98,8 +98,10 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc forward rescales half the outputs"
     mutant attention_tc.cu 's/row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));//' \
         "tc forward row max misses two lanes"
-    mutant attention_tc.cu 's/dq_row\[d\] += scale \* acc/dq_row[d] = scale * acc/' \
+    mutant attention_tc.cu 's/dq_row\[d\] += scale \* x/dq_row[d] = scale * x/' \
         "tc dq overwritten, not accumulated"
+    mutant attention_tc.cu 's/if (d < hd) put(d, acc\[n\]\[2 \* half + e\]);/if (d < hd) put(d, acc[n][2 * half]);/' \
+        "tc write-back (out, dq, dk, dv): odd columns get the even ones' values"
     mutant attention_tc.cu 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
         "tc dk/dv reads a neighbour's lse"
     mutant attention_tc.cu 's/if (!visible_at(g + 8 \* (c \/ 2), 8 \* n + 2 \* t + c % 2))/if (!visible_at(g + 8 * (c % 2), 8 * n + 2 * t + c % 2))/' \

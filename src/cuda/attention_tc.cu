@@ -359,6 +359,21 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, Visible
             if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
 }
 
+/* The columns of one accumulator row that this lane holds, for the kernels' write-back:
+ * acc is a warp's C-layout [ND][4] block (n-tile n: columns 8n..8n+7) and half picks row g
+ * (0) or g+8 (1); each of its columns d = 8n+2t+e below hd is passed as put(d, value). */
+template <int ND, class Put>
+__device__ __forceinline__ void for_row_columns(const float (&acc)[ND][4], int half, int lane, int hd, Put put) {
+    const int t = lane % 4;
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int d = 8 * n + 2 * t + e;
+            if (d < hd) put(d, acc[n][2 * half + e]);
+        }
+}
+
 /* mask_scores over MT m-tiles of query rows q0 + 16·mt .. against keys k0 .. (forward, dq) */
 template <int MT, int NT>
 __device__ __forceinline__ void mask_query_rows(float (&s)[MT][NT][4], int lane, int q0, int k0, int T, int window) {
@@ -496,13 +511,7 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
         if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[mt][half] + log2f(l[mt][half])) * LN2;
         float *out_row = out + token_row(b, tr, H, h, T) * hd;
         const float inv_l = 1.0f / l[mt][half];
-#pragma unroll
-        for (int n = 0; n < ND; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 8 * n + 2 * t + e;
-                if (d < hd) out_row[d] = acc[mt][n][2 * half + e] * inv_l;
-            }
+        for_row_columns(acc[mt], half, lane, hd, [&](int d, float x) { out_row[d] = x * inv_l; });
     }
 }
 
@@ -522,7 +531,7 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
     E *kv_rows = dout_rows + ROWS * LD;                /* [STAGES][K, V][BC][LD] */
     const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
     const int t0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
     const size_t bh = (size_t)b * H + h;
@@ -573,13 +582,7 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
         const int tr = t0 + row0 + 16 * mt + g + 8 * half;
         if (tr >= T) continue;
         float *dq_row = dq + token_row(b, tr, H, h, T) * hd;
-#pragma unroll
-        for (int n = 0; n < ND; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 8 * n + 2 * t + e;
-                if (d < hd) dq_row[d] += scale * acc[mt][n][2 * half + e];
-            }
+        for_row_columns(acc[mt], half, lane, hd, [&](int d, float x) { dq_row[d] += scale * x; });
     }
 }
 
@@ -675,16 +678,8 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
     for (int half = 0; half < 2; half++) {
         if (jk[half] >= T) continue;
         const size_t row = token_row(b, jk[half], Hkv, grp, T) * hd;
-#pragma unroll
-        for (int n = 0; n < ND; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 8 * n + 2 * t + e;
-                if (d < hd) {
-                    if (dk) dk[row + d] += scale * dk_acc[n][2 * half + e];
-                    if (dv) dv[row + d] += dv_acc[n][2 * half + e];
-                }
-            }
+        if (dk) for_row_columns(dk_acc, half, lane, hd, [&](int d, float x) { dk[row + d] += scale * x; });
+        if (dv) for_row_columns(dv_acc, half, lane, hd, [&](int d, float x) { dv[row + d] += x; });
     }
 }
 
