@@ -287,6 +287,67 @@ START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
 }
 END_TEST
 
+/* The bf16 conversions matmul.cu skips (ops_cuda.h): a weight read from the parameters'
+ * bf16 mirror, an input held across products. Each must give what a fresh conversion
+ * gives, and must stop once forgotten or released, when the values change under the same
+ * pointers. The "parameter buffer" holds W1 and W2 at offsets that are multiples of 8 (read
+ * from the mirror) and W3 three floats further (not 16-byte aligned there: converted on its
+ * own); Y has X's size, so only the pointer tells the held input from another. */
+static void check_bf16_products(const char *what, const float *d_x, const float *x, const float *d_params,
+                                const float *params, size_t offset, int N, int C, int OC) {
+    const size_t n_out = (size_t)N * OC;
+    float *x_r = bf16_rounded_copy(x, (size_t)N * C), *w_r = bf16_rounded_copy(params + offset, (size_t)OC * C);
+    float *want = braid_calloc(n_out, sizeof(float), "want");
+    matmul_forward(want, x_r, w_r, NULL, N, C, OC, 0);
+    float *d_out = cuda_test_device_poisoned(n_out);
+    matmul_forward_cuda(d_out, d_x, d_params + offset, NULL, N, C, OC, 0, stream);
+    cuda_test_check_device_close("matmul_forward", what, d_out, want, n_out, 1e-5);
+    /* the backward's dweight reads the input's copy too */
+    float *dout = cuda_test_host_normal(&rng, n_out, 1.0f), *dout_r = bf16_rounded_copy(dout, n_out);
+    float *dw = braid_calloc((size_t)OC * C, sizeof(float), "dweight");
+    matmul_backward(NULL, dw, NULL, dout_r, x_r, w_r, N, C, OC);
+    float *d_dout = cuda_test_device_copy(dout, n_out), *d_dw = cuda_test_device_copy(dw, (size_t)OC * C);
+    CUDA_CHECK(cudaMemset(d_dw, 0, (size_t)OC * C * sizeof(float)));
+    matmul_backward_cuda(NULL, d_dw, NULL, d_dout, d_x, d_params + offset, N, C, OC, stream);
+    cuda_test_check_device_close("matmul_backward dweight", what, d_dw, dw, (size_t)OC * C, 1e-5);
+    free(x_r); free(w_r); free(want); free(dout); free(dout_r); free(dw);
+    CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_dw));
+}
+
+START_TEST(test_matmul_bf16_mirror_and_held_input_stay_fresh) {
+    const int N = 128, C = 64, OC = 64;
+    const size_t nw = (size_t)OC * C, offsets[3] = {0, nw, 2 * nw + 3}, n_params = 3 * nw + 3;
+    const size_t nx = (size_t)N * C;
+    ck_assert_int_eq(matmul_set_precision_cuda("bf16"), 0);
+    float *params = cuda_test_host_normal(&rng, n_params, 0.5f);
+    float *x = cuda_test_host_normal(&rng, nx, 1.0f), *y = cuda_test_host_normal(&rng, nx, 1.0f);
+    float *d_params = cuda_test_device_copy(params, n_params);
+    float *d_x = cuda_test_device_copy(x, nx), *d_y = cuda_test_device_copy(y, nx);
+
+    matmul_mirror_weights_cuda(d_params, n_params, stream);
+    matmul_hold_input_cuda(d_x, nx);
+    check_bf16_products("mirrored W1, held X", d_x, x, d_params, params, offsets[0], N, C, OC);
+    check_bf16_products("mirrored W2, another input Y", d_y, y, d_params, params, offsets[1], N, C, OC);
+    check_bf16_products("W3 off the mirror's alignment, held X again", d_x, x, d_params, params, offsets[2], N, C,
+                        OC);
+    matmul_release_input_cuda();
+    matmul_forget_weights_cuda();
+
+    /* new values under the same pointers, as after an optimizer step and a new batch */
+    for (size_t i = 0; i < n_params; i++) params[i] += 0.25f;
+    for (size_t i = 0; i < nx; i++) x[i] -= 0.5f;
+    CUDA_CHECK(cudaMemcpy(d_params, params, n_params * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_x, x, nx * sizeof(float), cudaMemcpyHostToDevice));
+    check_bf16_products("W1 and X changed after forget and release", d_x, x, d_params, params, offsets[0], N, C,
+                        OC);
+    check_bf16_products("W2 changed after forget", d_x, x, d_params, params, offsets[1], N, C, OC);
+
+    free(params); free(x); free(y);
+    CUDA_CHECK(cudaFree(d_params)); CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_y));
+    ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- embedding */
 
 typedef struct EmbeddingShape { int N, V, C; } EmbeddingShape;
@@ -812,6 +873,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_rope_backward_matches_cpu);
     tcase_add_test(tc, test_matmul_reduced_precision_within_rounding);
     tcase_add_test(tc, test_matmul_bf16_is_float32_on_rounded_operands);
+    tcase_add_test(tc, test_matmul_bf16_mirror_and_held_input_stay_fresh);
     tcase_add_test(tc, test_attention_forward_matches_cpu);
     tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);

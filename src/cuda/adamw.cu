@@ -37,6 +37,7 @@ __global__ void adamw_range_kernel(float *params, const float *grads, float *m, 
 extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, float *v,
                                   const ParamList *list, const AdamWSettings *s, long step,
                                   cudaStream_t stream) {
+    matmul_forget_weights_cuda();   /* its bf16 copy of the weights is stale from here */
     const float bias_correction1 = 1.0f - powf(s->beta1, (float)step);
     const float bias_correction2 = 1.0f - powf(s->beta2, (float)step);
     int t = 0;

@@ -14,10 +14,13 @@
  *   tf32 (CUBLAS_COMPUTE_32F_FAST_TF32): cuBLAS rounds the float32 inputs to 10 mantissa
  *        bits for the tensor cores (PyTorch's allow_tf32).
  *   bf16: both operands are converted to bfloat16 (round to nearest even, 7 mantissa bits)
- *        into scratch buffers here — the activations and a bf16 copy of the float32 master
- *        weight, made at each call since AdamW changes the weights every step — and
- *        multiplied by the bf16 tensor cores (twice TF32's rate) into the float32 output —
- *        on the shapes where that pays (bf16_pays); the others take the tf32 path.
+ *        into scratch buffers here and multiplied by the bf16 tensor cores (twice TF32's
+ *        rate) into the float32 output — on the shapes where that pays (bf16_pays); the
+ *        others take the tf32 path. The weights come from one bf16 mirror of the whole
+ *        parameter buffer that model_forward makes (one kernel instead of a conversion per
+ *        product, forward and backward: 224 launches a jamba-small step), forgotten once
+ *        the parameters may change; an input the caller holds (matmul_hold_input_cuda) is
+ *        converted once for all the products that read it; the rest at each call.
  *        The float32 values stay the layers' activations and the master weights; gradients,
  *        AdamW and every non-matmul op stay float32, so this saves no memory, and on the
  *        jamba-small step the conversions cost about what the bf16 rate saves.
@@ -182,37 +185,96 @@ static unsigned conversion_blocks(size_t threads) {
     return (unsigned)(blocks < 8192 ? blocks : 8192);   /* grid-stride beyond ~2M threads */
 }
 
-/* The bf16 operands: one grow-only buffer per role (input, weight, output gradient), so a
- * backward converts each of its three matrices once for both products. Everything runs on
- * one stream, so a buffer is free again once the next call is queued behind this one;
- * cudaFree waits for the device before a buffer grows. */
-enum { BF16_INP, BF16_WEIGHT, BF16_DOUT, BF16_ROLES };
-static __nv_bfloat16 *bf16_buffer[BF16_ROLES];
-static size_t bf16_capacity[BF16_ROLES];
-
-static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {
-    if (n == 0) return bf16_buffer[role];   /* an expert with no tokens: cuBLAS reads nothing */
-    if (n > bf16_capacity[role]) {
-        if (bf16_buffer[role]) CUDA_CHECK(cudaFree(bf16_buffer[role]));
-        CUDA_CHECK(cudaMalloc((void **)&bf16_buffer[role], n * sizeof(__nv_bfloat16)));
-        bf16_capacity[role] = n;
-    }
-    static const char *names[BF16_ROLES] = {"to_bf16 input", "to_bf16 weight", "to_bf16 dout"};
-    ProfiledCall *timed = profile_begin(names[role], (long)n, 0, 0, stream);
+/* dst[0..n) = bf16(src[0..n)): the 8-wide kernel where src is 16-byte aligned, the scalar
+ * one for the rest. `what` names it in the profile. */
+static void convert_to_bf16(const char *what, __nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t stream) {
+    ProfiledCall *timed = profile_begin(what, (long)n, 0, 0, stream);
     size_t done = 0;
     if ((uintptr_t)src % 16 == 0 && n >= 8) {
         const size_t n8 = n / 8;
-        float_to_bf16_x8_kernel<<<conversion_blocks(n8), 256, 0, stream>>>(bf16_buffer[role], src, n8);
+        float_to_bf16_x8_kernel<<<conversion_blocks(n8), 256, 0, stream>>>(dst, src, n8);
         CUDA_CHECK_LAUNCH();
         done = n8 * 8;
     }
     if (done < n) {
-        float_to_bf16_kernel<<<conversion_blocks(n - done), 256, 0, stream>>>(bf16_buffer[role] + done,
-                                                                              src + done, n - done);
+        float_to_bf16_kernel<<<conversion_blocks(n - done), 256, 0, stream>>>(dst + done, src + done, n - done);
         CUDA_CHECK_LAUNCH();
     }
     profile_end(timed, stream);
+}
+
+/* Grow-only device buffer of at least n bf16 values (cudaFree waits for the device). */
+static void reserve_bf16(__nv_bfloat16 **buffer, size_t *capacity, size_t n) {
+    if (n <= *capacity) return;
+    if (*buffer) CUDA_CHECK(cudaFree(*buffer));
+    CUDA_CHECK(cudaMalloc((void **)buffer, n * sizeof(__nv_bfloat16)));
+    *capacity = n;
+}
+
+/* The bf16 operands: one grow-only buffer per role (input, weight, output gradient, the
+ * held input), so a backward converts each of its three matrices once for both products.
+ * Everything runs on one stream, so a buffer is free again once the next call is queued
+ * behind this one. */
+enum { BF16_INP, BF16_WEIGHT, BF16_DOUT, BF16_HELD, BF16_ROLES };
+static __nv_bfloat16 *bf16_buffer[BF16_ROLES];
+static size_t bf16_capacity[BF16_ROLES];
+
+/* The held input (matmul_hold_input_cuda) and whether its copy in BF16_HELD is made yet. */
+static const float *held_src;
+static size_t held_n;
+static int held_converted;
+
+/* The parameters' bf16 mirror (matmul_mirror_weights_cuda): mirror[i] = bf16(params[i]) for
+ * i < mirror_n while mirror_src is set; a weight at params + o is read at mirror + o. */
+static const float *mirror_src;
+static size_t mirror_n, mirror_capacity;
+static __nv_bfloat16 *mirror;
+
+static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {
+    static const char *names[BF16_ROLES] = {"to_bf16 input", "to_bf16 weight", "to_bf16 dout", "to_bf16 held"};
+    if (role == BF16_WEIGHT && mirror_src && (uintptr_t)src >= (uintptr_t)mirror_src &&
+        (uintptr_t)(src + n) <= (uintptr_t)(mirror_src + mirror_n)) {
+        const __nv_bfloat16 *at = mirror + (src - mirror_src);
+        /* cuBLAS's fast bf16 kernels want 16-byte aligned operands: a weight whose offset
+         * is not a multiple of 8 is converted on its own, as without the mirror */
+        if ((uintptr_t)at % 16 == 0) return at;
+    }
+    if (role == BF16_INP && held_src && src == held_src && n == held_n) {
+        role = BF16_HELD;
+        if (held_converted) return bf16_buffer[role];
+        held_converted = 1;
+    }
+    if (n == 0) return bf16_buffer[role];   /* an expert with no tokens: cuBLAS reads nothing */
+    reserve_bf16(&bf16_buffer[role], &bf16_capacity[role], n);
+    convert_to_bf16(names[role], bf16_buffer[role], src, n, stream);
     return bf16_buffer[role];
+}
+
+extern "C" void matmul_mirror_weights_cuda(const float *params, size_t n, cudaStream_t stream) {
+    mirror_src = NULL;
+    if (precision != PRECISION_BF16 || n == 0) return;
+    reserve_bf16(&mirror, &mirror_capacity, n);
+    convert_to_bf16("to_bf16 mirror", mirror, params, n, stream);
+    mirror_src = params;
+    mirror_n = n;
+}
+
+extern "C" void matmul_forget_weights_cuda(void) { mirror_src = NULL; }
+
+extern "C" void matmul_hold_input_cuda(const float *inp, size_t n) {
+    if (held_src) {
+        fprintf(stderr, "matmul_hold_input_cuda: an input is already held (release it first)\n");
+        abort();
+    }
+    held_src = inp;
+    held_n = n;
+    held_converted = 0;
+}
+
+extern "C" void matmul_release_input_cuda(void) {
+    held_src = NULL;
+    held_n = 0;
+    held_converted = 0;
 }
 
 /* Whether precision bf16 multiplies this matmul (out[N,OC] = inp[N,C]·Wᵀ and its two
@@ -262,6 +324,11 @@ extern "C" void ops_cuda_shutdown(void) {
         bf16_buffer[r] = NULL;
         bf16_capacity[r] = 0;
     }
+    if (mirror) CUDA_CHECK(cudaFree(mirror));
+    mirror = NULL;
+    mirror_capacity = 0;
+    matmul_forget_weights_cuda();
+    matmul_release_input_cuda();
     if (!cublas_handle) return;
     CUBLAS_CHECK(cublasDestroy(cublas_handle));
     cublas_handle = NULL;

@@ -45,6 +45,20 @@ void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, const float
                           const float *inp, const float *weight, int N, int C, int OC,
                           cudaStream_t stream);
 
+/* Fewer bf16 conversions (precision bf16; no-ops otherwise; matmul.cu "bf16 operands").
+ * matmul_mirror_weights_cuda: one bf16 copy of the whole parameter buffer params[0..n), made
+ * now; until matmul_forget_weights_cuda, a weight inside it is read from that copy instead
+ * of being converted at each call. model_forward makes it; model_backward's end, AdamW,
+ * every upload of parameters and model_free forget it, so it never outlives the values.
+ * matmul_hold_input_cuda: inp[0..n) will not change until matmul_release_input_cuda, so
+ * the products between them that read it as their input (forward or backward) share one
+ * bf16 copy of it (q, k, v from x; gate and up; Mamba's two in_proj halves). One hold at a
+ * time; holding again before the release aborts. */
+void matmul_mirror_weights_cuda(const float *params, size_t n, cudaStream_t stream);
+void matmul_forget_weights_cuda(void);
+void matmul_hold_input_cuda(const float *inp, size_t n);
+void matmul_release_input_cuda(void);
+
 /* out[n,:] = table[tokens[n],:];  dtable[tokens[n],:] += dout[n,:] (atomic: rows repeat). */
 void embedding_forward_cuda(float *out, const int *tokens, const float *table, int N, int C,
                             cudaStream_t stream);

@@ -162,9 +162,11 @@ static void attention_layer_forward_cuda(Layer *layer, float *y, const float *x,
     AttentionShape s = attention_shape(layer);
     AttentionSaved sv = attention_saved(layer, s, B, T);
     int N = B * T, d = layer->d_model, qd = s.H * s.hd, kvd = s.Hkv * s.hd;
+    matmul_hold_input_cuda(x, (size_t)N * d);   /* in bf16: x converted once for q, k, v */
     matmul_forward_cuda(sv.q, x, layer->params[PARAM_Q], NULL, N, d, qd, 0, 0);
     matmul_forward_cuda(sv.k, x, layer->params[PARAM_K], NULL, N, d, kvd, 0, 0);
     matmul_forward_cuda(sv.v, x, layer->params[PARAM_V], NULL, N, d, kvd, 0, 0);
+    matmul_release_input_cuda();
     if (s.rope) {
         rope_forward_cuda(sv.q, B, T, s.H, s.hd, s.rope_base, 0);
         rope_forward_cuda(sv.k, B, T, s.Hkv, s.hd, s.rope_base, 0);
@@ -193,9 +195,11 @@ static void attention_layer_backward_cuda(Layer *layer, float *dx, const float *
         rope_backward_cuda(dq, B, T, s.H, s.hd, s.rope_base, 0);
         rope_backward_cuda(dk, B, T, s.Hkv, s.hd, s.rope_base, 0);
     }
+    matmul_hold_input_cuda(x, (size_t)N * d);
     matmul_backward_cuda(dx, layer->grads[PARAM_Q], NULL, dq, x, layer->params[PARAM_Q], N, d, qd, 0);
     matmul_backward_cuda(dx, layer->grads[PARAM_K], NULL, dk, x, layer->params[PARAM_K], N, d, kvd, 0);
     matmul_backward_cuda(dx, layer->grads[PARAM_V], NULL, dv, x, layer->params[PARAM_V], N, d, kvd, 0);
+    matmul_release_input_cuda();
 }
 #define ATTENTION_CUDA .forward_cuda = attention_layer_forward_cuda, .backward_cuda = attention_layer_backward_cuda,
 #else

@@ -74,8 +74,10 @@ static void ffn_dense_forward_cuda(Layer *layer, float *y, const float *x, int B
     size_t nh = (size_t)N * hidden;
     BRAID_CHECK(ctx->scratch_floats >= nh, "ffn_dense: scratch %zu < %zu floats", ctx->scratch_floats, nh);
     float *gate = layer->saved, *up = gate + nh, *h = ctx->scratch;
+    matmul_hold_input_cuda(x, (size_t)N * d);   /* in bf16: x converted once for both */
     matmul_forward_cuda(gate, x, layer->params[PARAM_GATE], NULL, N, d, hidden, 0, 0);
     matmul_forward_cuda(up, x, layer->params[PARAM_UP], NULL, N, d, hidden, 0, 0);
+    matmul_release_input_cuda();
     swiglu_forward_cuda(h, gate, up, nh, 0);
     matmul_forward_cuda(y, h, layer->params[PARAM_DOWN], NULL, N, hidden, d, 0, 0);
 }
@@ -93,9 +95,11 @@ static void ffn_dense_backward_cuda(Layer *layer, float *dx, const float *dy, co
     matmul_backward_cuda(dh, layer->grads[PARAM_DOWN], NULL, dy, h_then_dgate, layer->params[PARAM_DOWN],
                          N, hidden, d, 0);
     swiglu_backward_cuda(h_then_dgate, dup, dh, gate, up, nh, 0);
+    matmul_hold_input_cuda(x, (size_t)N * d);
     matmul_backward_cuda(dx, layer->grads[PARAM_GATE], NULL, h_then_dgate, x, layer->params[PARAM_GATE],
                          N, d, hidden, 0);
     matmul_backward_cuda(dx, layer->grads[PARAM_UP], NULL, dup, x, layer->params[PARAM_UP], N, d, hidden, 0);
+    matmul_release_input_cuda();
 }
 #define FFN_DENSE_CUDA .forward_cuda = ffn_dense_forward_cuda, .backward_cuda = ffn_dense_backward_cuda,
 #else

@@ -351,11 +351,13 @@ static void gla_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
     BRAID_CHECK(ctx->scratch_floats >= 2 * nv, "gla: scratch %zu < %zu floats", ctx->scratch_floats, 2 * nv);
     float *normed = ctx->scratch, *z = normed + nv;   /* (N, Dv) each */
 
+    matmul_hold_input_cuda(x, N * d);   /* in bf16: x converted once for q, k, v, g, the gate */
     matmul_forward_cuda(s.q, x, layer->params[p->p_q], NULL, (int)N, d, p->Dk, 0, 0);
     matmul_forward_cuda(s.k, x, layer->params[p->p_k], NULL, (int)N, d, p->Dk, 0, 0);
     matmul_forward_cuda(s.v, x, layer->params[p->p_v], NULL, (int)N, d, p->Dv, 0, 0);
     matmul_forward_cuda(s.g, x, layer->params[p->p_g], NULL, (int)N, d, p->Dv, 0, 0);
     gla_log_decay_forward_cuda(p, &s, layer, x, N);
+    matmul_release_input_cuda();
 
     gla_chunk_forward_cuda(s.o, s.states, NULL, s.q, s.k, s.v, s.log_alpha, B, T, p->H, p->dk, p->dv,
                            p->chunk, p->scale, NULL, 0);
@@ -407,6 +409,7 @@ static void gla_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
                             s.log_alpha, s.states, B, T, p->H, p->dk, p->dv, p->chunk, p->scale,
                             kernel_scratch, 0);
 
+    matmul_hold_input_cuda(x, N * d);   /* in bf16: x converted once for its five products */
     if (p->mode == GLA_MODE_GATED) {
         /* log α = logsigmoid(pre)/g_n:  dpre = dlog α · σ(−pre) / g_n  (in place) */
         gla_log_decay_gated_backward_cuda(dlog_alpha, s.gate_pre, nk, 1.0f / p->gate_normalizer, 0);
@@ -420,6 +423,7 @@ static void gla_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     matmul_backward_cuda(dx, layer->grads[p->p_k], NULL, dk, x, layer->params[p->p_k], (int)N, d, p->Dk, 0);
     matmul_backward_cuda(dx, layer->grads[p->p_v], NULL, dv, x, layer->params[p->p_v], (int)N, d, p->Dv, 0);
     matmul_backward_cuda(dx, layer->grads[p->p_g], NULL, dg, x, layer->params[p->p_g], (int)N, d, p->Dv, 0);
+    matmul_release_input_cuda();
 }
 #define GLA_CUDA .forward_cuda = gla_forward_cuda, .backward_cuda = gla_backward_cuda,
 #else

@@ -350,7 +350,8 @@ static void mamba_backward(Layer *layer, float *dx, const float *dout, const flo
 }
 
 #ifdef BRAID_HAVE_CUDA
-/* The same steps on the GPU, line for line: every pointer a device pointer, the work on
+/* The same steps on the GPU, line for line (but for dz's in_proj product, moved to the end
+ * beside dx1's so that x is converted to bf16 once): every pointer a device pointer, the work on
  * the default stream, the saved and scratch layouts those of the CPU path (so backward
  * finds what forward left, and the two paths can be read side by side). The CPU's
  * elementwise loops are the launchers of cuda/mamba_glue.cu; its memsets are CUDA_ZERO. */
@@ -365,8 +366,10 @@ static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, 
     int BT = B * T, d = s.d, di = s.di, N = s.N, R = s.R;
     size_t n_inner = (size_t)BT * di;
 
+    matmul_hold_input_cuda(x, (size_t)BT * d);   /* in bf16: x converted once for both halves */
     matmul_forward_cuda(v.x1, x, W_in, NULL, BT, d, di, 0, 0);
     matmul_forward_cuda(v.z, x, W_in + (size_t)di * d, NULL, BT, d, di, 0, 0);
+    matmul_release_input_cuda();
     causal_conv1d_forward_cuda(v.conv, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
     mamba_silu_cuda(v.u, v.conv, n_inner, 0);
 
@@ -407,8 +410,7 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     matmul_backward_cuda(w.dgated, G[P_OUT_PROJ], NULL, dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
     /* dz = dgated ⊙ y ⊙ silu'(z) (written); then dgated becomes dy of the scan */
     mamba_gate_backward_cuda(w.dz, w.dgated, v.y, v.z, n_inner, 0);
-    matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT,
-                         d, di, 0);
+    /* (dz's in_proj product waits for dx1's at the end, so that x is converted once) */
 
     /* the scan accumulates into all six: its outputs start at zero here, except dD, which
      * goes straight into the gradient; dA comes back summed over the batch and goes
@@ -449,7 +451,12 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     CUDA_ZERO(w.dx1, n_inner);
     causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B, T, di,
                                 s.k, 0);
+    /* x is the input of both in_proj halves; dx gets dz's part first, as on the CPU */
+    matmul_hold_input_cuda(x, (size_t)BT * d);
+    matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT,
+                         d, di, 0);
     matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
+    matmul_release_input_cuda();
 }
 #define MAMBA_CUDA .forward_cuda = mamba_forward_cuda, .backward_cuda = mamba_backward_cuda,
 #else

@@ -642,10 +642,12 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         const float *xg = sc.xg + (size_t)o * d;
+        matmul_hold_input_cuda(xg, (size_t)count * d);   /* in bf16: converted once for both */
         matmul_forward_cuda(sv.gate_pre + (size_t)o * H, xg, layer->params[moe_param_gate(e)], NULL,
                             count, d, H, 0, 0);
         matmul_forward_cuda(sv.up_pre + (size_t)o * H, xg, layer->params[moe_param_up(e)], NULL,
                             count, d, H, 0, 0);
+        matmul_release_input_cuda();
     }
     /* the experts' blocks tile all rows in use, so one elementwise pass covers them */
     swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
@@ -709,12 +711,14 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         const float *xg = sc.xg + (size_t)o * d;
+        matmul_hold_input_cuda(xg, (size_t)count * d);
         matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
                              dgate + (size_t)o * H, xg, layer->params[moe_param_gate(e)], count, d,
                              H, 0);
         matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
                              sc.dup + (size_t)o * H, xg, layer->params[moe_param_up(e)], count, d,
                              H, 0);
+        matmul_release_input_cuda();
     }
 
     /* back to tokens, ranks in order (deterministic, no atomics) */

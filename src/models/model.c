@@ -221,6 +221,17 @@ static const Layer *param_owner(const Model *m, const ParamDecl *pd) {
     return NULL;
 }
 
+/* The bf16 copy of the parameters that the CUDA matmuls read (matmul_mirror_weights_cuda,
+ * made by model_forward) must never outlive the values it copies: every path that
+ * changes or frees them forgets it (AdamW does in adamw.cu). */
+static void forget_weight_mirror(const Model *m) {
+#ifdef BRAID_HAVE_CUDA
+    if (m->device == DEVICE_CUDA) matmul_forget_weights_cuda();
+#else
+    (void)m;
+#endif
+}
+
 /* Each tensor gets its own stream derived from (seed, tensor index), so adding a tensor
  * never changes the init of the others. */
 void model_init_params(Model *m, unsigned long seed) {
@@ -230,6 +241,7 @@ void model_init_params(Model *m, unsigned long seed) {
         rng_seed(&rng, seed * 1000003ull + (uint64_t)i);
         param_init_tensor(m->param_data + pd->offset, pd, param_owner(m, pd), &rng);
     }
+    forget_weight_mirror(m);
     if (m->device == DEVICE_CUDA) device_upload(DEVICE_CUDA, m->dev_params, m->param_data, m->params.total * sizeof(float));
 }
 
@@ -243,6 +255,7 @@ void model_sync_to_host(Model *m) {
 
 void model_sync_to_device(Model *m) {
     if (m->device != DEVICE_CUDA) return;
+    forget_weight_mirror(m);
     size_t bytes = m->params.total * sizeof(float);
     device_upload(DEVICE_CUDA, m->dev_params, m->param_data, bytes);
     device_upload(DEVICE_CUDA, m->dev_m, m->adam_m, bytes);
@@ -256,6 +269,7 @@ void model_grads_to_host(Model *m) {
 
 void model_free(Model *m) {
     if (!m->blocks) return;
+    forget_weight_mirror(m);
     for (int i = 0; i < m->n_blocks; i++) {
         Layer *ls[2] = {&m->blocks[i].mixer, &m->blocks[i].ffn};
         for (int j = 0; j < 2; j++) {
@@ -397,6 +411,10 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
     const int *tok = staged(m, ops, m->dev_tokens, tokens, N);
     const int *tgt = staged(m, ops, m->dev_targets, targets, N);
     float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
+#ifdef BRAID_HAVE_CUDA
+    /* in bf16, the weights' bf16 copy for this forward and its backward (one kernel) */
+    if (ops->cuda) matmul_mirror_weights_cuda(m->dev_params, m->params.total, 0);
+#endif
     ops->embedding_forward(x, tok, P(m, m->embed), N, d);
     m->last_aux_loss = 0.0;
     for (int i = 0; i < m->n_blocks; i++) {
@@ -462,6 +480,7 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
         ops->rmsnorm_backward(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
     }
     ops->embedding_backward(G(m, m->embed), m->dx, tok, N, d);
+    forget_weight_mirror(m);   /* the optimizer changes the weights next */
 }
 
 void model_zero_grad(Model *m) { device_zero(m->device, m->dev_grads, m->params.total * sizeof(float)); }
