@@ -33,6 +33,9 @@ options:
   --only REGEX        run only the points whose name matches (grep -E)
   --dry-run           list the points and their commands, train nothing
   -h, --help          this help
+Environment: TRAIN (the train binary), PYTHON; OOM_RETRIES, OOM_WAIT (a point that runs out
+of GPU memory at start-up starts again OOM_WAIT s later, default 30, up to OOM_RETRIES
+times, default 20).
 Afterwards: \${PYTHON:-python3} experiments/aggregate.py OUT  (CSV, markdown, PNG plots)
 USAGE
 }
@@ -67,6 +70,10 @@ parse_common() {
     local cores; cores=$(nproc 2>/dev/null || echo 1)
     [ -n "$JOBS" ] || JOBS=$(( cores / 2 > 0 ? cores / 2 : 1 ))
     case "$JOBS" in ''|*[!0-9]*|0) echo "$SWEEP: --jobs must be a positive integer" >&2; exit 1 ;; esac
+    local v
+    for v in OOM_RETRIES OOM_WAIT; do
+        case "${!v:-0}" in ''|*[!0-9]*) echo "$SWEEP: $v must be a non-negative integer (got '${!v}')" >&2; exit 1 ;; esac
+    done
     case "$GPUS" in ''|*[!0-9]*|0) echo "$SWEEP: --gpus must be a positive integer" >&2; exit 1 ;; esac
     case "$GPU_OFFSET" in
         ''|*[!0-9]*) echo "$SWEEP: --gpu-offset must be a non-negative integer, not '$GPU_OFFSET'" >&2; exit 1 ;;
@@ -157,12 +164,24 @@ run_one() {
         echo "[$SWEEP] $name: training$on"
     fi
     local start; start=$(date +%s)
-    if "$TRAIN" "${args[@]}" >>"$dir/train.log" 2>&1; then
-        echo "[$SWEEP] $name: finished in $(( $(date +%s) - start )) s: $(tail -n 1 "$dir/train.log")"
-    else
+    local tries=0
+    until "$TRAIN" "${args[@]}" >>"$dir/train.log" 2>&1; do
+        # Out of GPU memory before its first checkpoint: the points beside it hold the
+        # memory (a T 512 small point's arena is 24-30 GB, so three do not fit on 80 GB).
+        # Start again once one of them may have finished, OOM_RETRIES times, OOM_WAIT s apart.
+        if grep -q "out of GPU memory" "$dir/train.log" && [ ! -e "$dir/latest" ] &&
+           [ "$tries" -lt "${OOM_RETRIES:-20}" ]; then
+            tries=$((tries + 1))
+            echo "[$SWEEP] $name: out of GPU memory at start-up (the points beside it hold it);" \
+                 "starting again in ${OOM_WAIT:-30} s (try $tries of ${OOM_RETRIES:-20})"
+            sleep "${OOM_WAIT:-30}"
+            mv "$dir/train.log" "$dir/train.log.oom$tries"
+            continue
+        fi
         echo "[$SWEEP] $name: FAILED (see $dir/train.log):" >&2; tail -n 3 "$dir/train.log" >&2
         return 1
-    fi
+    done
+    echo "[$SWEEP] $name: finished in $(( $(date +%s) - start )) s: $(tail -n 1 "$dir/train.log")"
 }
 
 # run_points — trains the queued points, $JOBS at a time.

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "core/device.h"
@@ -181,6 +182,47 @@ START_TEST(sweep_gpu_offset_starts_the_round_robin_there) {
 }
 END_TEST
 
+/* A point that dies at start-up out of GPU memory (the points beside it hold the memory)
+ * starts again after OOM_WAIT seconds, up to OOM_RETRIES times, then fails by name. The
+ * TRAIN here is a stand-in: the sweep's parameter probes (--quiet) go to the real train;
+ * a point's training prints train's arena error while the marker file says so. */
+START_TEST(sweep_restarts_a_point_that_ran_out_of_gpu_memory) {
+    char cmd[8192], base[6000], fake[1024], marker[1024];
+    snprintf(fake, sizeof fake, "%s/fake-train-oom.sh", BRAID_BINARY_DIR);
+    snprintf(marker, sizeof marker, "%s/fake-train-oom.count", BRAID_BINARY_DIR);
+    FILE *f = fopen(fake, "w");
+    ck_assert_msg(f != NULL, "cannot write %s", fake);
+    fprintf(f,
+            "#!/bin/sh\n"
+            "for a in \"$@\"; do [ \"$a\" = --quiet ] && exec %s/train \"$@\"; done\n"
+            "n=$(cat %s 2>/dev/null || echo 0); echo $((n + 1)) > %s\n"
+            "if [ \"$n\" -lt \"${FAKE_OOMS:-1}\" ]; then\n"
+            "  echo 'braid: fatal error at src/core/device.c:72: out of GPU memory allocating activation "
+            "arena (29660.5 MiB): out of memory' >&2; exit 1\n"
+            "fi\n"
+            "echo 'fake training done'\n",
+            BRAID_BINARY_DIR, marker, marker);
+    fclose(f);
+    ck_assert_msg(chmod(fake, 0755) == 0, "chmod %s", fake);
+    snprintf(base, sizeof base,
+             "OOM_WAIT=0 TRAIN=%s bash %s/experiments/moe_vs_dense.sh --scale tiny --device cpu --jobs 1 "
+             "--only '^dense-T128-kv16-s1$' --out %s/oom-sweep",
+             fake, BRAID_SOURCE_DIR, BRAID_BINARY_DIR);
+    snprintf(cmd, sizeof cmd, "rm -f %s; rm -rf %s/oom-sweep; FAKE_OOMS=1 %s", marker, BRAID_BINARY_DIR, base);
+    int rc = run(cmd);
+    ck_assert_msg(rc == 0 && strstr(output, "dense-T128-kv16-s1: out of GPU memory at start-up") &&
+                      strstr(output, "try 1 of 20") && strstr(output, "dense-T128-kv16-s1: finished") &&
+                      strstr(output, "fake training done"),
+                  "one start-up OOM, then success: exit %d: %s", rc, output);
+    snprintf(cmd, sizeof cmd, "rm -f %s; rm -rf %s/oom-sweep; FAKE_OOMS=5 OOM_RETRIES=2 %s", marker,
+             BRAID_BINARY_DIR, base);
+    rc = run(cmd);
+    ck_assert_msg(rc != 0 && strstr(output, "try 2 of 2") && !strstr(output, "try 3 of") &&
+                      strstr(output, "dense-T128-kv16-s1: FAILED"),
+                  "out of memory past the retries: exit %d: %s", rc, output);
+}
+END_TEST
+
 /* tools/gpu_sweep.sh checks every sweep of a --and list before it builds or runs anything
  * (a bad one would otherwise surface minutes into a device call). */
 START_TEST(gpu_sweep_checks_each_sweep_before_running) {
@@ -208,6 +250,7 @@ int main(void) {
     tcase_add_test(tc, sweep_dry_run_spreads_points_over_gpus_and_checks_its_flags);
     tcase_add_test(tc, sweep_gpu_offset_starts_the_round_robin_there);
     tcase_add_test(tc, gpu_sweep_checks_each_sweep_before_running);
+    tcase_add_test(tc, sweep_restarts_a_point_that_ran_out_of_gpu_memory);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
