@@ -580,24 +580,29 @@ END_TEST
 
 /* ---------------------------------------------------------------- rope */
 
-typedef struct HeadsShape { int B, T, H, hd; } HeadsShape;
-static const HeadsShape rope_shapes[] = {{1, 1, 2, 16}, {2, 7, 3, 64}, {1, 129, 4, 128}, {2, 300, 2, 16}};
+/* In this order, so that the CUDA op's cached (cos, sin) table (rope.cu, keyed on T, hd
+ * and base) must be remade for a new hd at the same T and for a new base at the same T and
+ * hd, and reused where all three repeat. */
+typedef struct RopeShape { int B, T, H, hd; float base; } RopeShape;
+static const RopeShape rope_shapes[] = {{1, 1, 2, 16, 1e4f},    {2, 7, 3, 64, 1e4f},  {2, 7, 3, 16, 1e4f},
+                                        {2, 7, 3, 16, 500.0f},  {1, 7, 5, 16, 500.0f}, {1, 129, 4, 128, 1e4f},
+                                        {2, 300, 2, 16, 1e4f}};
 #define N_ROPE_SHAPES (sizeof rope_shapes / sizeof rope_shapes[0])
 
 static void check_rope(int backward) {
     for (size_t s = 0; s < N_ROPE_SHAPES; s++) {
-        const HeadsShape r = rope_shapes[s];
+        const RopeShape r = rope_shapes[s];
         char shape[128];
-        snprintf(shape, sizeof shape, "B=%d T=%d H=%d hd=%d", r.B, r.T, r.H, r.hd);
+        snprintf(shape, sizeof shape, "B=%d T=%d H=%d hd=%d base=%g", r.B, r.T, r.H, r.hd, r.base);
         const size_t n = (size_t)r.B * r.T * r.H * r.hd;
         float *x = cuda_test_host_normal(&rng, n, 1.0f);
         float *d_x = cuda_test_device_copy(x, n);
         if (backward) {
-            rope_backward(x, r.B, r.T, r.H, r.hd, 10000.0f);
-            rope_backward_cuda(d_x, r.B, r.T, r.H, r.hd, 10000.0f, stream);
+            rope_backward(x, r.B, r.T, r.H, r.hd, r.base);
+            rope_backward_cuda(d_x, r.B, r.T, r.H, r.hd, r.base, stream);
         } else {
-            rope_forward(x, r.B, r.T, r.H, r.hd, 10000.0f);
-            rope_forward_cuda(d_x, r.B, r.T, r.H, r.hd, 10000.0f, stream);
+            rope_forward(x, r.B, r.T, r.H, r.hd, r.base);
+            rope_forward_cuda(d_x, r.B, r.T, r.H, r.hd, r.base, stream);
         }
         cuda_test_check_device_close(backward ? "rope_backward" : "rope_forward", shape, d_x, x, n,
                                      ELEMENTWISE_TOL);

@@ -22,8 +22,9 @@
  *        the parameters may change; an input the caller holds (matmul_hold_input_cuda) is
  *        converted once for all the products that read it; the rest at each call.
  *        The float32 values stay the layers' activations and the master weights; gradients,
- *        AdamW and every non-matmul op stay float32, so this saves no memory, and on the
- *        jamba-small step the conversions cost about what the bf16 rate saves.
+ *        AdamW and every non-matmul op stay float32, so this saves no memory (the mirror
+ *        adds 2 bytes a parameter); the conversions left cost 6 ms of the 69 ms jamba-small
+ *        bf16 step, which is 18% faster than tf32's (docs/performance.md).
  * CUBLAS_COMPUTE_32F_FAST_16BF on float32 operands is NOT a bf16 mode: on an H100 with CUDA 13
  * it gave bit-for-bit the TF32 results and times (measured, then dropped); bf16 needs bf16
  * operands, hence the conversion. The bias is a separate tiny kernel; dbias is a column
