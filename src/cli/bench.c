@@ -36,7 +36,7 @@ static void usage(FILE *f) {
             "\n"
             "Times full training steps (forward + backward + AdamW) of the model in FILE on the\n"
             "task's batch shape, after --warmup untimed steps, over --steps (default 20).\n"
-            "Reports the median step time and tokens/s. The default warmup is 3 steps on the\n"
+            "Reports the median step time and tokens/s. The default warmup is " STR(CPU_STEP_WARMUP) " steps on the\n"
             "CPU and " STR(CUDA_STEP_WARMUP) " on CUDA, where each matmul shape's first call loads its\n"
             "kernels and MoE experts see new row counts for many steps.\n"
             "\n"

@@ -505,16 +505,11 @@ extern "C" void attention_forward_cuda(float *out, float *lse, const float *q, c
  * Not thread-safe: two host threads running attention backward at once would share it (the
  * stream order makes back-to-back calls on one stream safe, and cudaFree before a regrow
  * synchronises the device, so no queued kernel still reads the old buffer). */
-static float *d_rowdot = NULL;
-static size_t d_rowdot_capacity = 0;
+static void *d_rowdot = NULL;
+static size_t d_rowdot_bytes = 0;
 
 static float *rowdot_buffer(size_t n) {
-    if (n > d_rowdot_capacity) {
-        if (d_rowdot) CUDA_CHECK(cudaFree(d_rowdot));
-        CUDA_CHECK(cudaMalloc((void **)&d_rowdot, n * sizeof(float)));
-        d_rowdot_capacity = n;
-    }
-    return d_rowdot;
+    return (float *)grow_device_buffer(&d_rowdot, &d_rowdot_bytes, n * sizeof(float));
 }
 
 extern "C" void attention_backward_cuda(float *dq, float *dk, float *dv, const float *dout,

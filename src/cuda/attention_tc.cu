@@ -705,12 +705,7 @@ static void *copy_buffer[COPY_ROLES];
 static size_t copy_capacity[COPY_ROLES];
 
 static void *copy_scratch(int role, size_t bytes) {
-    if (bytes > copy_capacity[role]) {
-        if (copy_buffer[role]) CUDA_CHECK(cudaFree(copy_buffer[role]));
-        CUDA_CHECK(cudaMalloc(&copy_buffer[role], bytes));
-        copy_capacity[role] = bytes;
-    }
-    return copy_buffer[role];
+    return grow_device_buffer(&copy_buffer[role], &copy_capacity[role], bytes);
 }
 
 static int padded_length(int T) { return (T + TC_ROWS * TC_MAX_MT - 1) / (TC_ROWS * TC_MAX_MT) * (TC_ROWS * TC_MAX_MT); }

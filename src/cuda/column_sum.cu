@@ -2,16 +2,11 @@
  * device buffer and the number of row slices. */
 #include "column_sum.cuh"
 
-static float *partials = NULL;
-static size_t partials_capacity = 0;
+static void *partials = NULL;
+static size_t partials_bytes = 0;
 
 float *column_sum_partials(size_t floats) {
-    if (floats > partials_capacity) {
-        if (partials) CUDA_CHECK(cudaFree(partials));
-        CUDA_CHECK(cudaMalloc((void **)&partials, floats * sizeof(float)));
-        partials_capacity = floats;
-    }
-    return partials;
+    return (float *)grow_device_buffer(&partials, &partials_bytes, floats * sizeof(float));
 }
 
 /* About four blocks per SM in all, but at least 16 rows per thread (8 row groups × 16):

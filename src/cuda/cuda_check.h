@@ -32,4 +32,16 @@
 
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 
+/* A file-static device scratch buffer that only grows: *buffer holds at least `bytes` on
+ * return. Calls on one stream use it in turn; before a regrow cudaFree waits for the
+ * device, so no queued kernel still reads the old one. Not thread-safe. */
+static inline void *grow_device_buffer(void **buffer, size_t *capacity, size_t bytes) {
+    if (bytes > *capacity) {
+        if (*buffer) CUDA_CHECK(cudaFree(*buffer));
+        CUDA_CHECK(cudaMalloc(buffer, bytes));
+        *capacity = bytes;
+    }
+    return *buffer;
+}
+
 #endif

@@ -204,12 +204,9 @@ static void convert_to_bf16(const char *what, __nv_bfloat16 *dst, const float *s
     profile_end(timed, stream);
 }
 
-/* Grow-only device buffer of at least n bf16 values (cudaFree waits for the device). */
-static void reserve_bf16(__nv_bfloat16 **buffer, size_t *capacity, size_t n) {
-    if (n <= *capacity) return;
-    if (*buffer) CUDA_CHECK(cudaFree(*buffer));
-    CUDA_CHECK(cudaMalloc((void **)buffer, n * sizeof(__nv_bfloat16)));
-    *capacity = n;
+/* *buffer: at least n bf16 values (grow_device_buffer; *bytes its size) */
+static void reserve_bf16(__nv_bfloat16 **buffer, size_t *bytes, size_t n) {
+    grow_device_buffer((void **)buffer, bytes, n * sizeof(__nv_bfloat16));
 }
 
 /* The bf16 operands: one grow-only buffer per role (input, weight, output gradient, the
@@ -218,7 +215,7 @@ static void reserve_bf16(__nv_bfloat16 **buffer, size_t *capacity, size_t n) {
  * behind this one. */
 enum { BF16_INP, BF16_WEIGHT, BF16_DOUT, BF16_HELD, BF16_ROLES };
 static __nv_bfloat16 *bf16_buffer[BF16_ROLES];
-static size_t bf16_capacity[BF16_ROLES];
+static size_t bf16_bytes[BF16_ROLES];
 
 /* The held input (matmul_hold_input_cuda) and whether its copy in BF16_HELD is made yet. */
 static const float *held_src;
@@ -228,7 +225,7 @@ static int held_converted;
 /* The parameters' bf16 mirror (matmul_mirror_weights_cuda): mirror[i] = bf16(params[i]) for
  * i < mirror_n while mirror_src is set; a weight at params + o is read at mirror + o. */
 static const float *mirror_src;
-static size_t mirror_n, mirror_capacity;
+static size_t mirror_n, mirror_bytes;
 static __nv_bfloat16 *mirror;
 
 static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {
@@ -246,7 +243,7 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
         held_converted = 1;
     }
     if (n == 0) return bf16_buffer[role];   /* an expert with no tokens: cuBLAS reads nothing */
-    reserve_bf16(&bf16_buffer[role], &bf16_capacity[role], n);
+    reserve_bf16(&bf16_buffer[role], &bf16_bytes[role], n);
     convert_to_bf16(names[role], bf16_buffer[role], src, n, stream);
     return bf16_buffer[role];
 }
@@ -254,7 +251,7 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
 extern "C" void matmul_mirror_weights_cuda(const float *params, size_t n, cudaStream_t stream) {
     mirror_src = NULL;
     if (precision != PRECISION_BF16 || n == 0) return;
-    reserve_bf16(&mirror, &mirror_capacity, n);
+    reserve_bf16(&mirror, &mirror_bytes, n);
     convert_to_bf16("to_bf16 mirror", mirror, params, n, stream);
     mirror_src = params;
     mirror_n = n;
@@ -323,11 +320,11 @@ extern "C" void ops_cuda_shutdown(void) {
     for (int r = 0; r < BF16_ROLES; r++) {
         if (bf16_buffer[r]) CUDA_CHECK(cudaFree(bf16_buffer[r]));
         bf16_buffer[r] = NULL;
-        bf16_capacity[r] = 0;
+        bf16_bytes[r] = 0;
     }
     if (mirror) CUDA_CHECK(cudaFree(mirror));
     mirror = NULL;
-    mirror_capacity = 0;
+    mirror_bytes = 0;
     matmul_forget_weights_cuda();
     matmul_release_input_cuda();
     if (!cublas_handle) return;

@@ -50,25 +50,21 @@ __global__ void rope_rotate_kernel(float *x, const float2 *table, int T, int H, 
 /* The table of the last (T, hd, base) asked for: a grow-only device buffer, remade when
  * the key changes. Calls run on one stream, so a remake is ordered after the rotations
  * that read the old one. */
-static float2 *rope_table;
-static size_t rope_table_capacity;
+static void *rope_table;
+static size_t rope_table_bytes;
 static int table_T = -1, table_hd = -1;
 static float table_base;
 
 static const float2 *rope_table_for(int T, int hd, float base, cudaStream_t stream) {
-    if (T == table_T && hd == table_hd && base == table_base) return rope_table;
+    if (T == table_T && hd == table_hd && base == table_base) return (const float2 *)rope_table;
     const size_t n = (size_t)T * (hd / 2);
-    if (n > rope_table_capacity) {
-        if (rope_table) CUDA_CHECK(cudaFree(rope_table));   /* waits for the device */
-        CUDA_CHECK(cudaMalloc((void **)&rope_table, n * sizeof(float2)));
-        rope_table_capacity = n;
-    }
-    rope_table_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(rope_table, T, hd, base);
+    float2 *table = (float2 *)grow_device_buffer(&rope_table, &rope_table_bytes, n * sizeof(float2));
+    rope_table_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(table, T, hd, base);
     CUDA_CHECK_LAUNCH();
     table_T = T;
     table_hd = hd;
     table_base = base;
-    return rope_table;
+    return table;
 }
 
 static void rope_rotate_cuda(float *x, int B, int T, int H, int hd, float base, float direction,

@@ -72,8 +72,9 @@ static MoeDims moe_dims(const Layer *layer, int B, int T) {
                      .align = layer->device == DEVICE_CUDA ? MOE_CUDA_ROW_ALIGN : 1};
 }
 
-/* Rows of the slot-indexed buffers: S = N·k slots, plus up to align − 1 padding rows an expert. */
-static size_t moe_slot_rows(MoeDims m) { return (size_t)m.N * m.k + (size_t)m.E * (m.align - 1); }
+/* Rows of the slot-indexed buffers: S slots, plus up to align − 1 padding rows an expert. */
+static size_t padded_slot_rows(size_t S, int E, int align) { return S + (size_t)E * (align - 1); }
+static size_t moe_slot_rows(MoeDims m) { return padded_slot_rows((size_t)m.N * m.k, m.E, m.align); }
 
 /* What forward keeps for backward, carved from layer->saved. Integer arrays share the
  * float arena (4-byte elements, only ever accessed as int). S = N·k slots. slot_of,
@@ -388,7 +389,8 @@ static MoeCudaHost *moe_cuda_host(Layer *layer, size_t S) {
         hs->pinned = NULL;
         hs->offset = NULL;
         hs->N = 0;
-        const size_t ints = 3 * S + (size_t)E * (MOE_CUDA_ROW_ALIGN - 1) + (size_t)E + 1;
+        /* [expert: S][slot_of: S][slot_token: slot rows][offset: E+1] */
+        const size_t ints = 2 * S + padded_slot_rows(S, E, MOE_CUDA_ROW_ALIGN) + (size_t)E + 1;
         CUDA_CHECK(cudaMallocHost((void **)&hs->pinned, ints * sizeof(int)));
         hs->unpadded = braid_calloc(S ? S : 1, sizeof(int), "moe CUDA slot tokens");
         hs->capacity = S;
