@@ -167,7 +167,8 @@ run_one() {
     local tries=0
     until "$TRAIN" "${args[@]}" >>"$dir/train.log" 2>&1; do
         # Out of GPU memory before its first checkpoint: the points beside it hold the
-        # memory (a T 512 small point's arena is 24-30 GB, so three do not fit on 80 GB).
+        # memory (a T 512 small point's arena was 24-30 GB before evaluation ran long
+        # lengths at smaller batches, so three did not fit on 80 GB; now ~6-8 GB).
         # Start again once one of them may have finished, OOM_RETRIES times, OOM_WAIT s apart.
         if grep -q "out of GPU memory" "$dir/train.log" && [ ! -e "$dir/latest" ] &&
            [ "$tries" -lt "${OOM_RETRIES:-20}" ]; then

@@ -181,6 +181,70 @@ START_TEST(nan_policy_skip_skips_updates_then_gives_up) {
 }
 END_TEST
 
+/* Evaluating at 4x the training length runs a quarter of the batch (trainer_eval_batch), so
+ * the arena the trainer builds is about the training step's, not 4x it as when it was sized
+ * for (batch, longest length); and the scores are those of full batches: the same
+ * examples, each scored the same way. Every CPU layer kind is in the model. */
+START_TEST(long_evaluation_fits_the_training_arena_and_scores_the_same) {
+    const char *o[] = {"model.d_model=16", "model.n_layers=4", "model.pattern=MAGW", "model.ffn=DEDE",
+                       "model.attention.window=8", "task.name=mqar", "task.seq_len=32",
+                       "task.num_kv_pairs=4", "train.batch_size=8", "train.eval_examples=12",
+                       "eval.seq_lens=[64,128]", "train.run_dir=", "train.threads=2"};
+    Config cfg;
+    BraidError err;
+    ck_assert_int_eq(load(&cfg, o, 13), 0);
+    ck_assert_int_eq(trainer_eval_batch(&cfg, 16), 8);
+    ck_assert_int_eq(trainer_eval_batch(&cfg, 32), 8);
+    ck_assert_int_eq(trainer_eval_batch(&cfg, 128), 2);
+    ck_assert_int_eq(trainer_eval_batch(&cfg, 1000), 1);
+    Trainer t;
+    ck_assert_msg(trainer_init(&t, &cfg, &err) == 0, "%s", err.message);
+    Model train_only, longest;   /* sized for the training batch alone; for (batch, 128) */
+    ck_assert_msg(model_build(&train_only, &cfg, 8, 32, &err) == 0, "%s", err.message);
+    ck_assert_msg(model_build(&longest, &cfg, 8, 128, &err) == 0, "%s", err.message);
+    ck_assert_msg(t.model.arena_floats <= train_only.arena_floats * 11 / 10,
+                  "arena %zu floats, the training batch alone takes %zu", t.model.arena_floats,
+                  train_only.arena_floats);
+    ck_assert_msg(t.model.arena_floats * 3 < longest.arena_floats, "arena %zu floats, (batch, 128) takes %zu",
+                  t.model.arena_floats, longest.arena_floats);
+    ck_assert(model_fits_batch(&t.model, 8, 32) && model_fits_batch(&t.model, 2, 128) &&
+              model_fits_batch(&t.model, 4, 64) && !model_fits_batch(&t.model, 3, 128) &&
+              !model_fits_batch(&t.model, 8, 33));
+
+    for (int T = 64; T <= 128; T *= 2) {
+        EvalResult r;
+        ck_assert_msg(trainer_evaluate(&t, T, &r, &err) == 0, "%s", err.message);
+        /* the same examples in full batches of 8 on the model sized for them */
+        Rng rng;
+        rng_seed(&rng, (uint64_t)cfg.train.eval_seed);
+        Task task = t.task;
+        task.cfg.seq_len = T;
+        int *in = malloc(sizeof(int) * 8 * T), *tg = malloc(sizeof(int) * 8 * T);
+        double loss_sum = 0.0;
+        long scored = 0, correct = 0;
+        longest.ctx.training = 0;
+        for (int remaining = 12; remaining > 0; remaining -= 8) {
+            int B = remaining < 8 ? remaining : 8;
+            ck_assert_int_eq(task.kind->make_batch(&task, &rng, B, T, in, tg, &err), 0);
+            model_forward(&longest, in, tg, B, T);
+            loss_sum += longest.last_loss * longest.last_valid;
+            scored += longest.last_valid;
+            correct += longest.last_correct;
+        }
+        free(in);
+        free(tg);
+        ck_assert_msg(scored > 0 && r.scored == scored && lround(r.accuracy * scored) == correct,
+                      "T %d: %ld scored, %.0f correct; full batches: %ld, %ld", T, r.scored, r.accuracy * r.scored,
+                      scored, correct);
+        ck_assert_msg(fabs(r.loss - loss_sum / scored) <= 1e-5 * fabs(r.loss), "T %d: loss %.9g, full batches %.9g",
+                      T, r.loss, loss_sum / scored);
+    }
+    model_free(&train_only);
+    model_free(&longest);
+    trainer_free(&t);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("model");
@@ -191,6 +255,7 @@ int main(void) {
     tcase_add_test(tc, same_seed_gives_identical_training);
     tcase_add_test(tc, nan_loss_stops_with_a_clear_message);
     tcase_add_test(tc, nan_policy_skip_skips_updates_then_gives_up);
+    tcase_add_test(tc, long_evaluation_fits_the_training_arena_and_scores_the_same);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

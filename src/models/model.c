@@ -59,14 +59,46 @@ static int norm_param(Model *m, const char *prefix, const char *name) {
     return param_list_add(&m->params, prefix, name, 1, shape, INIT_ONES, 0.0f, !m->cfg.train.decay_norms);
 }
 
+/* The most floats size(L, B, T) asks for over the model's batch shapes (0 without size):
+ * each arena region is sized for the largest shape that region sees. */
+static size_t floats_over_shapes(const Model *m, const Layer *L, size_t (*size)(const Layer *, int, int)) {
+    size_t most = 0;
+    for (int i = 0; size && i < m->n_shapes; i++) {
+        size_t n = size(L, m->shapes[i].B, m->shapes[i].T);
+        if (n > most) most = n;
+    }
+    return most;
+}
+
+int model_fits_batch(const Model *m, int B, int T) {
+    for (int i = 0; i < m->n_shapes; i++)
+        if (B <= m->shapes[i].B && T <= m->shapes[i].T) return 1;
+    return 0;
+}
+
 int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *err) {
+    const ModelShape shape = {max_B, max_T};
+    return model_build_shapes(m, cfg, &shape, 1, err);
+}
+
+int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, int n_shapes, BraidError *err) {
     memset(m, 0, sizeof *m);
+    if (n_shapes < 1 || n_shapes > MODEL_MAX_SHAPES)
+        return error_set(err, "model: %d batch shapes to size the activations for (expected 1 to %d)", n_shapes,
+                         MODEL_MAX_SHAPES);
+    for (int i = 0; i < n_shapes; i++) {
+        if (shapes[i].B < 1 || shapes[i].T < 1)
+            return error_set(err, "model: batch shape %d x %d (expected batch and length >= 1)", shapes[i].B,
+                             shapes[i].T);
+        m->shapes[i] = shapes[i];
+        size_t tokens = (size_t)shapes[i].B * shapes[i].T;
+        if (tokens > m->max_tokens) m->max_tokens = tokens;
+    }
+    m->n_shapes = n_shapes;
     m->cfg = *cfg;
     m->vocab = cfg->model.vocab_size > 0 ? cfg->model.vocab_size : cfg->task.vocab_size;
     m->d = cfg->model.d_model;
     m->n_blocks = cfg->model.n_layers;
-    m->max_B = max_B;
-    m->max_T = max_T;
     m->device = strcmp(cfg->train.device, "cuda") == 0 ? DEVICE_CUDA : DEVICE_CPU;
     const char *why = m->device == DEVICE_CUDA ? device_cuda_unavailable() : NULL;
     if (why) return error_set(err, "train.device: cuda, but %s", why);
@@ -130,11 +162,11 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
         m->dev_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "gradients (GPU)");
         m->dev_m = device_alloc(DEVICE_CUDA, P * sizeof(float), "AdamW first moment (GPU)");
         m->dev_v = device_alloc(DEVICE_CUDA, P * sizeof(float), "AdamW second moment (GPU)");
-        size_t BTi = (size_t)max_B * max_T * sizeof(int);
+        size_t BTi = m->max_tokens * sizeof(int);
         m->dev_tokens = device_alloc(DEVICE_CUDA, BTi, "token batch (GPU)");
         m->dev_targets = device_alloc(DEVICE_CUDA, BTi, "target batch (GPU)");
 #ifdef BRAID_HAVE_CUDA
-        m->dev_ce_scratch = device_alloc(DEVICE_CUDA, cross_entropy_cuda_scratch_bytes(max_B * max_T),
+        m->dev_ce_scratch = device_alloc(DEVICE_CUDA, cross_entropy_cuda_scratch_bytes((int)m->max_tokens),
                                          "cross-entropy scratch (GPU)");
         m->dev_norm = device_alloc(DEVICE_CUDA, (1 + GLOBAL_GRAD_NORM_CUDA_PARTIALS) * sizeof(double),
                                    "gradient-norm scratch (GPU)");
@@ -147,8 +179,10 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     }
 
     /* Activation arena: per block x_in, norm1_out, rstd1, h, norm2_out, rstd2, the
-     * layers' saved floats; then the head and the gradient buffers. */
-    size_t BT = (size_t)max_B * max_T, BTd = BT * (size_t)m->d;
+     * layers' saved floats; then the head and the gradient buffers. Token-wise buffers
+     * take the most tokens of any shape, the layers' regions what their largest shape
+     * asks (saved_floats need not be a function of B·T alone). */
+    size_t BT = m->max_tokens, BTd = BT * (size_t)m->d;
     ArenaPlan plan = {0};
     size_t *off = braid_calloc((size_t)m->n_blocks * 8, sizeof(size_t), "arena plan");
     size_t scratch = 0;
@@ -161,17 +195,13 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
         o[3] = arena_take(&plan, BTd);
         o[4] = arena_take(&plan, BTd);
         o[5] = arena_take(&plan, BT);
-        o[6] = arena_take(&plan, b->mixer.kind->saved_floats ? b->mixer.kind->saved_floats(&b->mixer, max_B, max_T) : 0);
-        if (b->mixer.kind->scratch_floats) {
-            size_t s = b->mixer.kind->scratch_floats(&b->mixer, max_B, max_T);
-            if (s > scratch) scratch = s;
-        }
+        o[6] = arena_take(&plan, floats_over_shapes(m, &b->mixer, b->mixer.kind->saved_floats));
+        size_t s = floats_over_shapes(m, &b->mixer, b->mixer.kind->scratch_floats);
+        if (s > scratch) scratch = s;
         if (b->ffn.kind) {
-            o[7] = arena_take(&plan, b->ffn.kind->saved_floats ? b->ffn.kind->saved_floats(&b->ffn, max_B, max_T) : 0);
-            if (b->ffn.kind->scratch_floats) {
-                size_t s = b->ffn.kind->scratch_floats(&b->ffn, max_B, max_T);
-                if (s > scratch) scratch = s;
-            }
+            o[7] = arena_take(&plan, floats_over_shapes(m, &b->ffn, b->ffn.kind->saved_floats));
+            s = floats_over_shapes(m, &b->ffn, b->ffn.kind->scratch_floats);
+            if (s > scratch) scratch = s;
         }
     }
     size_t o_xf = arena_take(&plan, BTd), o_nf = arena_take(&plan, BTd), o_rf = arena_take(&plan, BT);
@@ -402,8 +432,8 @@ static const int *staged(const Model *m, const StepOps *ops, int *device_copy_of
 }
 
 double model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
-    BRAID_CHECK(B <= m->max_B && T <= m->max_T, "batch %dx%d exceeds the %dx%d the model was built for",
-                B, T, m->max_B, m->max_T);
+    BRAID_CHECK(model_fits_batch(m, B, T), "batch %dx%d exceeds every batch shape the model was built for "
+                "(the first: %dx%d)", B, T, m->shapes[0].B, m->shapes[0].T);
     const StepOps *ops = step_ops(m);
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
@@ -534,4 +564,10 @@ void model_print_summary(const Model *m, FILE *f) {
         fprintf(f, "  block %2d: %-14s + %-6s %10zu params\n", i, b->mixer.kind->name,
                 b->ffn.kind ? b->ffn.kind->name : "none", n);
     }
+    /* what the activations cost, and for which batches: the figure to check against a
+     * GPU's memory before starting several runs on it */
+    fprintf(f, "  activations: %.1f MiB arena + %.1f MiB scratch (%s), for batches", m->arena_floats * 4.0 / 1048576.0,
+            (m->scratch_floats + 16) * 4.0 / 1048576.0, m->device == DEVICE_CUDA ? "GPU" : "CPU");
+    for (int i = 0; i < m->n_shapes; i++) fprintf(f, "%s %d x %d", i ? "," : "", m->shapes[i].B, m->shapes[i].T);
+    fprintf(f, "\n");
 }

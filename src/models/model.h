@@ -8,7 +8,11 @@
  * Parameters, gradients and AdamW's two moments are four buffers of params.total
  * floats, laid out in ParamList order; checkpoints, the optimizer, clipping and (later)
  * the all-reduce are each one loop over them. Activations for backward live in one
- * arena sized at build time for (max_B, max_T); nothing is allocated in a step.
+ * arena sized at build time for a list of batch shapes (B, T) — the training batch and
+ * one per evaluation length — each region as large as the largest shape needs; a batch
+ * runs if some listed shape is at least as large in both B and T. Nothing is allocated in
+ * a step. (Evaluating at 4× the training length with a quarter of the batch so needs no
+ * more memory than training, where sizing for (batch, longest length) took 4×.)
  *
  * Device (train.device): on CUDA the working copies of parameters, gradients and
  * moments (dev_*), the arena, the scratch and the token buffers live on the GPU and every
@@ -20,6 +24,13 @@
 #define BRAID_MODEL_H
 #include "../layers/layer.h"
 #include "config.h"
+
+#define MODEL_MAX_SHAPES (CONFIG_MAX_LIST + 1)   /* the training batch + one per eval length */
+
+/* A batch shape the model is built to run: B sequences of T tokens. */
+typedef struct ModelShape {
+    int B, T;
+} ModelShape;
 
 typedef struct Block {
     Layer mixer;
@@ -36,7 +47,9 @@ typedef struct Model {
     Config cfg;
     DeviceKind device;
     int vocab, d, n_blocks;
-    int max_B, max_T;
+    ModelShape shapes[MODEL_MAX_SHAPES];   /* what the arena is sized for */
+    int n_shapes;
+    size_t max_tokens;                     /* the largest B·T among them */
     ParamList params;
     float *param_data, *grad_data;   /* params.total floats each */
     float *adam_m, *adam_v;          /* params.total floats each, zero until the first step */
@@ -67,6 +80,11 @@ typedef struct Model {
  * from cfg->train.seed.
  * Returns 0, or -1 with err set (e.g. a layer kind not implemented yet). */
 int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *err);
+/* The same for several batch shapes (1 ≤ n_shapes ≤ MODEL_MAX_SHAPES, each B, T ≥ 1): a
+ * forward (and backward) of B×T runs if B ≤ shapes[i].B and T ≤ shapes[i].T for some i. */
+int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, int n_shapes, BraidError *err);
+/* Whether the model's arena holds a B×T batch (see model_build_shapes). */
+int model_fits_batch(const Model *m, int B, int T);
 void model_free(Model *m);
 /* Initialises all parameters (as model_build does) from seed. */
 void model_init_params(Model *m, unsigned long seed);

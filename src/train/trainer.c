@@ -50,10 +50,15 @@ int trainer_init(Trainer *t, const Config *cfg, BraidError *err) {
     t->cfg = *cfg;
     set_thread_count(cfg->train.threads);
     if (task_open(&t->task, &cfg->task, err)) return -1;
-    t->max_T = cfg->task.seq_len;
-    for (int i = 0; i < cfg->eval.n_seq_lens; i++) t->max_T = imax(t->max_T, cfg->eval.seq_lens[i]);
-    if (model_build(&t->model, cfg, cfg->train.batch_size, t->max_T, err)) return -1;
-    size_t n = (size_t)cfg->train.batch_size * t->max_T;
+    /* the training batch, then each evaluation length at its own batch */
+    ModelShape shapes[MODEL_MAX_SHAPES] = {{cfg->train.batch_size, cfg->task.seq_len}};
+    int n_shapes = 1;
+    for (int i = 0; i < cfg->eval.n_seq_lens && n_shapes < MODEL_MAX_SHAPES; i++) {
+        const int T = cfg->eval.seq_lens[i];
+        if (T > cfg->task.seq_len) shapes[n_shapes++] = (ModelShape){trainer_eval_batch(cfg, T), T};
+    }
+    if (model_build_shapes(&t->model, cfg, shapes, n_shapes, err)) return -1;
+    size_t n = t->model.max_tokens;
     t->inputs = braid_malloc(n * sizeof(int), "batch inputs");
     t->targets = braid_malloc(n * sizeof(int), "batch targets");
     rng_seed(&t->state.data_rng, (uint64_t)cfg->train.seed * 7919u + 17u);
@@ -82,6 +87,13 @@ void trainer_free(Trainer *t) {
     memset(t, 0, sizeof *t);
 }
 
+int trainer_eval_batch(const Config *cfg, int T) {
+    const int B = cfg->train.batch_size;
+    if (T <= cfg->task.seq_len) return B;
+    const long fit = (long)B * cfg->task.seq_len / T;
+    return fit < 1 ? 1 : (int)fit;
+}
+
 int trainer_evaluate(Trainer *t, int T, EvalResult *out, BraidError *err) {
     Rng rng;
     rng_seed(&rng, (uint64_t)t->cfg.train.eval_seed);
@@ -92,7 +104,7 @@ int trainer_evaluate(Trainer *t, int T, EvalResult *out, BraidError *err) {
     long scored = 0, correct = 0;
     t->model.ctx.training = 0;
     while (remaining > 0) {
-        int B = imin(remaining, t->cfg.train.batch_size);
+        int B = imin(remaining, trainer_eval_batch(&t->cfg, T));
         if (task.kind->make_batch(&task, &rng, B, T, t->inputs, t->targets, err)) {
             t->model.ctx.training = 1;
             return error_prefix(err, "evaluation at seq_len %d", T);

@@ -26,14 +26,19 @@ typedef struct Trainer {
     Model model;
     Task task;
     TrainState state;
-    int max_T;
-    int *inputs, *targets;  /* batch_size × max_T */
+    int *inputs, *targets;  /* the most tokens of any batch shape the model runs */
     FILE *metrics;          /* run_dir/metrics.jsonl (NULL if no run dir) */
     int quiet;              /* no progress output */
     int progress_tty;       /* progress as one rewritten line */
     double last_eval_accuracy;
     long consecutive_skips;
 } Trainer;
+
+/* Sequences per evaluation batch at length T: batch_size at or below the training
+ * length; longer, as many as hold the training batch's tokens (batch_size · seq_len / T,
+ * at least 1), so that evaluating at 4× the length needs no more activation memory than
+ * a training step. The examples, drawn one after another, are the same either way. */
+int trainer_eval_batch(const Config *cfg, int T);
 
 typedef struct StepStats {
     double loss;            /* mean over micro-batches of CE + aux */
