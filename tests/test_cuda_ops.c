@@ -503,6 +503,31 @@ START_TEST(test_add_inplace_and_scale_match_cpu) {
 }
 END_TEST
 
+/* The elementwise kernels take float4 pieces only where n is a multiple of 4 AND every
+ * array is 16-byte aligned (grid.cuh, aligned16): arrays one float past an aligned start,
+ * with n = 1000, must take the scalar path and still match (a float4 access there would be
+ * a misaligned-address error). */
+START_TEST(test_elementwise_on_unaligned_arrays_matches_cpu) {
+    const size_t n = 1000;
+    float *gate = cuda_test_host_normal(&rng, n, 3.0f), *up = cuda_test_host_normal(&rng, n, 1.0f);
+    float *out = cuda_test_host_normal(&rng, n, 1.0f);
+    float *d_gate = cuda_test_device_poisoned(n + 1), *d_up = cuda_test_device_poisoned(n + 1);
+    float *d_out = cuda_test_device_poisoned(n + 1);
+    CUDA_CHECK(cudaMemcpy(d_gate + 1, gate, n * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_up + 1, up, n * sizeof(float), cudaMemcpyHostToDevice));
+    swiglu_forward(out, gate, up, n);
+    swiglu_forward_cuda(d_out + 1, d_gate + 1, d_up + 1, n, stream);
+    cuda_test_check_device_close("swiglu_forward", "n=1000, arrays 4 bytes past alignment", d_out + 1, out, n,
+                                 ELEMENTWISE_TOL);
+    for (size_t i = 0; i < n; i++) out[i] = gate[i] + up[i];
+    add_inplace_cuda(d_gate + 1, d_up + 1, n, stream);
+    cuda_test_check_device_close("add_inplace", "n=1000, arrays 4 bytes past alignment", d_gate + 1, out, n,
+                                 ELEMENTWISE_TOL);
+    free(gate); free(up); free(out);
+    CUDA_CHECK(cudaFree(d_gate)); CUDA_CHECK(cudaFree(d_up)); CUDA_CHECK(cudaFree(d_out));
+}
+END_TEST
+
 START_TEST(test_swiglu_backward_matches_cpu) {
     for (size_t s = 0; s < N_SWIGLU_SIZES; s++) {
         const size_t n = swiglu_sizes[s];
@@ -872,6 +897,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_rmsnorm_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_swiglu_forward_matches_cpu);
     tcase_add_test(tc, test_swiglu_backward_matches_cpu);
+    tcase_add_test(tc, test_elementwise_on_unaligned_arrays_matches_cpu);
     tcase_add_test(tc, test_add_inplace_and_scale_match_cpu);
     tcase_add_test(tc, test_cross_entropy_matches_cpu);
     tcase_add_test(tc, test_rope_forward_matches_cpu);

@@ -31,43 +31,11 @@
 #include "cuda_check.h"
 #include "mamba_cuda.h"
 #include "column_sum.cuh"
+#include "grid.cuh"
 
 #define CONV_MAX_K 8
 #define CONV_STEPS 16   /* time steps a thread walks */
 #define CONV_WALKS 8    /* walks along time per block (blockDim.y) */
-
-/* P adjacent floats: a float4 (P = 4) or one float */
-template <int P> struct Lanes { float v[P]; };
-
-template <int P>
-__device__ __forceinline__ Lanes<P> load_lanes(const float *p) {
-    Lanes<P> r;
-    if constexpr (P == 4) {
-        const float4 q = *(const float4 *)p;
-        r.v[0] = q.x; r.v[1] = q.y; r.v[2] = q.z; r.v[3] = q.w;
-    } else {
-#pragma unroll
-        for (int i = 0; i < P; i++) r.v[i] = p[i];
-    }
-    return r;
-}
-
-template <int P>
-__device__ __forceinline__ void store_lanes(float *p, const Lanes<P> &r) {
-    if constexpr (P == 4) *(float4 *)p = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
-    else {
-#pragma unroll
-        for (int i = 0; i < P; i++) p[i] = r.v[i];
-    }
-}
-
-template <int P>
-__device__ __forceinline__ Lanes<P> zero_lanes() {
-    Lanes<P> r;
-#pragma unroll
-    for (int i = 0; i < P; i++) r.v[i] = 0.0f;
-    return r;
-}
 
 /* One step of a walk: the window's rows move down one and `next` enters at the top. */
 template <int K, int P>

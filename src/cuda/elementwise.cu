@@ -1,31 +1,39 @@
 /* elementwise.cu — the residual-stream and optimizer glue of the CUDA backend:
  *   add_inplace_cuda:  y += x          (the blocks' residual adds)
  *   scale_cuda:        x *= s          (gradient clipping)
- * Grid-stride loops; memory-bound, one read and one write per element. */
+ * Grid-stride loops (float4 pieces where aligned: grid.cuh); memory-bound, one read and
+ * one write per element. */
 #include "cuda_check.h"
 #include "ops_cuda.h"
 #include "grid.cuh"
 
+template <int W>
 __global__ void add_inplace_kernel(float *y, const float *x, size_t n) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        y[i] += x[i];
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> a = load_lanes<W>(y + W * i);
+        const Lanes<W> b = load_lanes<W>(x + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) a[e] += b[e];
+        store_lanes<W>(y + W * i, a);
+    }
 }
 
+template <int W>
 __global__ void scale_kernel(float *x, float s, size_t n) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        x[i] *= s;
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> a = load_lanes<W>(x + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) a[e] *= s;
+        store_lanes<W>(x + W * i, a);
+    }
 }
 
 extern "C" void add_inplace_cuda(float *y, const float *x, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    add_inplace_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(y, x, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(add_inplace_kernel, n, stream, aligned16(n, y, x), y, x, n);
 }
 
 extern "C" void scale_cuda(float *x, float s, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    scale_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(x, s, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(scale_kernel, n, stream, aligned16(n, x), x, s, n);
 }

@@ -10,4 +10,72 @@ static inline unsigned grid_stride_blocks(size_t n, unsigned threads = 256, size
     return (unsigned)(blocks < max_blocks ? blocks : max_blocks);
 }
 
+/* P adjacent floats of an array: a float4 (P = 4: one 16-byte load or store, the address
+ * 16-byte aligned) or one float (P = 1). The memory-bound kernels are written once over P:
+ * the elementwise ones (swiglu.cu, mamba_glue.cu, elementwise.cu, moe.cu's rows, the bias
+ * add) as GRID_STRIDE(i, n / W) over pieces of W = 4 where aligned16 holds, else W = 1
+ * (LAUNCH_ELEMENTWISE); the causal conv1d (conv1d.cu) walks time with P channels a thread.
+ * On an H100 the 4-byte elementwise kernels ran at 2.1–2.2 TB/s (docs/performance.md). */
+#ifdef __CUDACC__
+#include <stdint.h>
+
+template <int P>
+struct Lanes {
+    float v[P];
+    __device__ __forceinline__ float &operator[](int e) { return v[e]; }
+    __device__ __forceinline__ float operator[](int e) const { return v[e]; }
+};
+
+template <int P>
+__device__ __forceinline__ Lanes<P> load_lanes(const float *p) {
+    Lanes<P> r;
+    if constexpr (P == 4) {
+        const float4 q = *(const float4 *)p;
+        r.v[0] = q.x; r.v[1] = q.y; r.v[2] = q.z; r.v[3] = q.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < P; i++) r.v[i] = p[i];
+    }
+    return r;
+}
+
+template <int P>
+__device__ __forceinline__ void store_lanes(float *p, const Lanes<P> &r) {
+    if constexpr (P == 4) *(float4 *)p = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+    else {
+#pragma unroll
+        for (int i = 0; i < P; i++) p[i] = r.v[i];
+    }
+}
+
+template <int P>
+__device__ __forceinline__ Lanes<P> zero_lanes() {
+    Lanes<P> r;
+#pragma unroll
+    for (int i = 0; i < P; i++) r.v[i] = 0.0f;
+    return r;
+}
+
+#define GRID_STRIDE(i, n)                                                                  \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* whether n is a multiple of 4 and every pointer given 16-byte aligned */
+template <class... P>
+static inline bool aligned16(size_t n, P... ptrs) {
+    return n % 4 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % 16 == 0) && ...);
+}
+
+/* kernel<4> over n / 4 pieces when vec (aligned16 of the kernel's arrays), else kernel<1>
+ * over n: the launch of every elementwise kernel written over W (256 threads a block). */
+#define LAUNCH_ELEMENTWISE(kernel, n, stream, vec, ...)                                    \
+    do {                                                                                   \
+        if (vec)                                                                           \
+            kernel<4><<<grid_stride_blocks((n) / 4), 256, 0, (stream)>>>(__VA_ARGS__);     \
+        else                                                                               \
+            kernel<1><<<grid_stride_blocks(n), 256, 0, (stream)>>>(__VA_ARGS__);           \
+        CUDA_CHECK_LAUNCH();                                                               \
+    } while (0)
+#endif
+
 #endif

@@ -57,8 +57,8 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
 
 /* out = silu(in)   (u from the conv output; out may be in) */
 void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream);
-/* x = softplus(x)   (δ from the dt_proj output) */
-void mamba_softplus_cuda(float *x, size_t n, cudaStream_t stream);
+/* x[r][c] = softplus(x[r][c] + bias[c])   (δ from dt_proj's product and its bias; rows × cols) */
+void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream);
 /* A = −exp(A_log) */
 void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaStream_t stream);
 /* gated = y ⊙ silu(z) */

@@ -1,7 +1,7 @@
 /* mamba_glue.cu — the elementwise steps of the Mamba-1 layer between its matmuls, conv
  * and scan (layers/mamba.c, the CUDA path): the loops the CPU layer writes inline.
  *
- * Each is one grid-stride loop, memory-bound. The activations use the same formulas as
+ * Each is one grid-stride loop, memory-bound (float4 pieces where aligned: grid.cuh). The activations use the same formulas as
  * core/ops.h's silu_f / sigmoid_f / softplus_f, with expf, log1pf and expm1f rather than
  * the fast intrinsics (__expf and friends are a few ulp off over the whole range and
  * much worse near 0 for expm1), so the CUDA layer matches the CPU layer to float rounding
@@ -21,70 +21,110 @@ __device__ __forceinline__ float glue_silu_grad(float x) {
  * overflow soon after), the same cut as the CPU's softplus_f. */
 __device__ __forceinline__ float glue_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-#define GRID_STRIDE(i, n)                                                                  \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                \
-         i += (size_t)gridDim.x * blockDim.x)
+/* The layer's big elementwise steps run W elements a thread and step (float4 where the
+ * arrays are aligned, grid.cuh); a step is f applied to the lanes of its inputs. */
 
 /* u = silu(conv) */
+template <int W>
 __global__ void mamba_silu_kernel(float *out, const float *in, size_t n) {
-    GRID_STRIDE(i, n) out[i] = glue_silu(in[i]);
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> x = load_lanes<W>(in + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) x[e] = glue_silu(x[e]);
+        store_lanes<W>(out + W * i, x);
+    }
 }
 
-/* δ = softplus(δ), in place on the dt_proj output */
-__global__ void mamba_softplus_kernel(float *x, size_t n) {
-    GRID_STRIDE(i, n) x[i] = glue_softplus(x[i]);
+/* δ = softplus(a + b_dt), in place on dt_proj's product a (rows × cols, cols = di): the
+ * bias add folded in (one pass over δ instead of the matmul's bias kernel and this one) */
+template <int W>
+__global__ void mamba_bias_softplus_kernel(float *x, const float *bias, size_t rows, int cols) {
+    const int cw = cols / W;
+    GRID_STRIDE(i, rows * cw) {
+        Lanes<W> a = load_lanes<W>(x + W * i);
+        const float *b = bias + W * (i % cw);   /* a parameter: any alignment, and cached */
+#pragma unroll
+        for (int e = 0; e < W; e++) a[e] = glue_softplus(a[e] + b[e]);
+        store_lanes<W>(x + W * i, a);
+    }
 }
 
-/* A = −exp(A_log) */
+/* A = −exp(A_log) (channels × N: small, scalar) */
 __global__ void mamba_neg_exp_kernel(float *A, const float *A_log, size_t n) {
     GRID_STRIDE(i, n) A[i] = -expf(A_log[i]);
 }
 
 /* gated = y ⊙ silu(z) */
+template <int W>
 __global__ void mamba_gate_forward_kernel(float *gated, const float *y, const float *z, size_t n) {
-    GRID_STRIDE(i, n) gated[i] = y[i] * glue_silu(z[i]);
+    GRID_STRIDE(i, n / W) {
+        const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
+        Lanes<W> g;
+#pragma unroll
+        for (int e = 0; e < W; e++) g[e] = yy[e] * glue_silu(zz[e]);
+        store_lanes<W>(gated + W * i, g);
+    }
 }
 
 /* With g = dgated on entry:  dz = g ⊙ y ⊙ silu'(z) (written);  g ← g ⊙ silu(z), the
  * gradient reaching the scan's y. Both from the one read of g, z. */
+template <int W>
 __global__ void mamba_gate_backward_kernel(float *dz, float *dgated, const float *y, const float *z,
                                            size_t n) {
-    GRID_STRIDE(i, n) {
-        const float g = dgated[i], zz = z[i];
-        dz[i] = g * y[i] * glue_silu_grad(zz);
-        dgated[i] = g * glue_silu(zz);
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> g = load_lanes<W>(dgated + W * i), d;
+        const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) {
+            d[e] = g[e] * yy[e] * glue_silu_grad(zz[e]);
+            g[e] = g[e] * glue_silu(zz[e]);
+        }
+        store_lanes<W>(dz + W * i, d);
+        store_lanes<W>(dgated + W * i, g);
     }
 }
 
-/* A = −exp(A_log) ⇒ ∂A/∂A_log = A:  dA_log += dA ⊙ A */
+/* A = −exp(A_log) ⇒ ∂A/∂A_log = A:  dA_log += dA ⊙ A (small, scalar) */
 __global__ void mamba_dA_log_kernel(float *dA_log, const float *dA, const float *A, size_t n) {
     GRID_STRIDE(i, n) dA_log[i] += dA[i] * A[i];
 }
 
 /* δ = softplus(a): ∂δ/∂a = σ(a) = 1 − exp(−δ) = −expm1(−δ); dδ ← dδ ⊙ σ(a) in place.
  * expm1f keeps the digits for small δ, where 1 − expf(−δ) would cancel. */
+template <int W>
 __global__ void mamba_softplus_backward_kernel(float *ddelta, const float *delta, size_t n) {
-    GRID_STRIDE(i, n) ddelta[i] *= -expm1f(-delta[i]);
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> g = load_lanes<W>(ddelta + W * i);
+        const Lanes<W> dl = load_lanes<W>(delta + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) g[e] *= -expm1f(-dl[e]);
+        store_lanes<W>(ddelta + W * i, g);
+    }
 }
 
 /* u = silu(conv): du ← du ⊙ silu'(conv) in place (it becomes dconv) */
+template <int W>
 __global__ void mamba_silu_backward_kernel(float *du, const float *conv, size_t n) {
-    GRID_STRIDE(i, n) du[i] *= glue_silu_grad(conv[i]);
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> g = load_lanes<W>(du + W * i);
+        const Lanes<W> c = load_lanes<W>(conv + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) g[e] *= glue_silu_grad(c[e]);
+        store_lanes<W>(du + W * i, g);
+    }
 }
-
-#undef GRID_STRIDE
 
 /* Enough blocks to fill any current GPU several times over; the loop takes the rest. */
 extern "C" void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_silu_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(out, in, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(mamba_silu_kernel, n, stream, aligned16(n, out, in), out, in, n);
 }
 
-extern "C" void mamba_softplus_cuda(float *x, size_t n, cudaStream_t stream) {
+extern "C" void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream) {
+    const size_t n = rows * (size_t)cols;
     if (n == 0) return;
-    mamba_softplus_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(x, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(mamba_bias_softplus_kernel, n, stream, cols % 4 == 0 && aligned16(0, x), x, bias, rows,
+                       cols);
 }
 
 extern "C" void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaStream_t stream) {
@@ -96,15 +136,13 @@ extern "C" void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaS
 extern "C" void mamba_gate_forward_cuda(float *gated, const float *y, const float *z, size_t n,
                                         cudaStream_t stream) {
     if (n == 0) return;
-    mamba_gate_forward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(gated, y, z, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(mamba_gate_forward_kernel, n, stream, aligned16(n, gated, y, z), gated, y, z, n);
 }
 
 extern "C" void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z,
                                          size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_gate_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(dz, dgated, y, z, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, dz, dgated, y, z), dz, dgated, y, z, n);
 }
 
 extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
@@ -117,12 +155,10 @@ extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, con
 extern "C" void mamba_softplus_backward_cuda(float *ddelta, const float *delta, size_t n,
                                              cudaStream_t stream) {
     if (n == 0) return;
-    mamba_softplus_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(ddelta, delta, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(mamba_softplus_backward_kernel, n, stream, aligned16(n, ddelta, delta), ddelta, delta, n);
 }
 
 extern "C" void mamba_silu_backward_cuda(float *du, const float *conv, size_t n, cudaStream_t stream) {
     if (n == 0) return;
-    mamba_silu_backward_kernel<<<grid_stride_blocks(n), 256, 0, stream>>>(du, conv, n);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ELEMENTWISE(mamba_silu_backward_kernel, n, stream, aligned16(n, du, conv), du, conv, n);
 }

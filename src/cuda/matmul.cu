@@ -23,8 +23,8 @@
  *        converted once for all the products that read it; the rest at each call.
  *        The float32 values stay the layers' activations and the master weights; gradients,
  *        AdamW and every non-matmul op stay float32, so this saves no memory (the mirror
- *        adds 2 bytes a parameter); the conversions left cost 6 ms of the 69 ms jamba-small
- *        bf16 step, which is 18% faster than tf32's (docs/performance.md).
+ *        adds 2 bytes a parameter); the conversions left cost 6 ms of the 63 ms jamba-small
+ *        bf16 step, which is 17% faster than tf32's (docs/performance.md).
  * CUBLAS_COMPUTE_32F_FAST_16BF on float32 operands is NOT a bf16 mode: on an H100 with CUDA 13
  * it gave bit-for-bit the TF32 results and times (measured, then dropped); bf16 needs bf16
  * operands, hence the conversion. The bias is a separate tiny kernel; dbias is a column
@@ -33,6 +33,7 @@
 #include "ops_cuda.h"
 #include "precision.cuh"
 #include "column_sum.cuh"
+#include "grid.cuh"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -341,10 +342,17 @@ static cublasHandle_t matmul_handle(cudaStream_t stream) {
     return cublas_handle;
 }
 
-/* out[n,o] += bias[o] */
+/* out[n,o] += bias[o], W columns a thread and step (grid.cuh) */
+template <int W>
 __global__ void add_bias_kernel(float *out, const float *bias, int N, int OC) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (size_t)N * OC) out[i] += bias[i % OC];
+    const int ow = OC / W;
+    GRID_STRIDE(i, (size_t)N * ow) {
+        Lanes<W> a = load_lanes<W>(out + W * i);
+        const float *b = bias + W * (i % ow);   /* a parameter: any alignment, and cached */
+#pragma unroll
+        for (int e = 0; e < W; e++) a[e] += b[e];
+        store_lanes<W>(out + W * i, a);
+    }
 }
 
 /* dbias[o] += Σ_n dout[n,o], through column_sum.cuh */
@@ -366,8 +374,7 @@ extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *w
     gemm("forward", bf16, handle, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, X, C, &beta, out, OC);
     if (bias) {
         const size_t n = (size_t)N * OC;
-        add_bias_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(out, bias, N, OC);
-        CUDA_CHECK_LAUNCH();
+        LAUNCH_ELEMENTWISE(add_bias_kernel, n, stream, OC % 4 == 0 && aligned16(0, out), out, bias, N, OC);
     }
 }
 

@@ -8,8 +8,9 @@
  *    top-k choice identical to the CPU's wherever the inputs agree;
  *  - the aux-loss sums: one block per expert (and one for Σ lse²), double accumulation,
  *    block_sum's fixed tree;
- *  - gather, combine, scatter-add: one thread per output element, grid-stride; a token
- *    sums its k slots in rank order in a register, so there are no atomics;
+ *  - gather, combine, scatter-add: one thread per output element (four, as a float4, where
+ *    d is a multiple of 4 and the rows aligned), grid-stride; a token sums its k slots in
+ *    rank order in a register, so there are no atomics;
  *  - the combine's backward: one warp per slot pair (a dot product of two rows of d).
  * expf/logf, not the fast intrinsics, and IEEE division (nvcc's default): the router's
  * probabilities should match the CPU to a few ulp. */
@@ -102,65 +103,90 @@ __global__ void moe_route_backward_kernel(float *dlogits, const float *dweight, 
 
 /* ---------------------------------------------------------------- dispatch and combine */
 
-__global__ void moe_gather_rows_kernel(float *xg, const float *x, const int *slot_token, int S,
-                                       int d) {
-    const size_t total = (size_t)S * d;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t s = i / d, c = i % d;
+/* The row kernels take W = 4 columns at a time (float4) where d is a multiple of 4 and the
+ * arrays 16-byte aligned (grid.cuh), else W = 1; column index c counts pieces of W. */
+template <int W>
+__global__ void moe_gather_rows_kernel(float *xg, const float *x, const int *slot_token, int S, int d) {
+    const int dw = d / W;
+    GRID_STRIDE(i, (size_t)S * dw) {
+        const size_t s = i / dw, c = i % dw;
         const int n = slot_token[s];
-        xg[i] = n >= 0 ? x[(size_t)n * d + c] : 0.0f;
+        store_lanes<W>(xg + W * i, n >= 0 ? load_lanes<W>(x + W * ((size_t)n * dw + c)) : zero_lanes<W>());
     }
 }
 
-__global__ void moe_combine_kernel(float *y, const float *eo, const float *weight,
-                                   const int *slot_of, int N, int k, int d) {
-    const size_t total = (size_t)N * d;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = i / d, c = i % d;
-        float acc = 0.0f;
+template <int W>
+__global__ void moe_combine_kernel(float *y, const float *eo, const float *weight, const int *slot_of, int N,
+                                   int k, int d) {
+    const int dw = d / W;
+    GRID_STRIDE(i, (size_t)N * dw) {
+        const size_t n = i / dw, c = i % dw;
+        Lanes<W> acc = zero_lanes<W>();
         for (int j = 0; j < k; j++) {
             const size_t pair = n * k + j;
-            acc += weight[pair] * eo[(size_t)slot_of[pair] * d + c];
+            const float w = weight[pair];
+            const Lanes<W> r = load_lanes<W>(eo + W * ((size_t)slot_of[pair] * dw + c));
+#pragma unroll
+            for (int e = 0; e < W; e++) acc[e] += w * r[e];
         }
-        y[i] = acc;
+        store_lanes<W>(y + W * i, acc);
     }
 }
 
 /* One warp per pair q = n·k + j; the whole warp takes the same q, so an early return
  * leaves no lane of a live warp behind (warp_sum needs all 32). */
+template <int W>
 __global__ void moe_combine_backward_kernel(float *dweight, float *eo_then_deo, const float *dy,
-                                            const float *weight, const int *slot_of, int S, int k,
-                                            int d) {
-    const int lane = threadIdx.x % 32;
+                                            const float *weight, const int *slot_of, int S, int k, int d) {
+    const int lane = threadIdx.x % 32, dw = d / W;
     const size_t q = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (q >= (size_t)S) return;
     const size_t n = q / k;
     const float w = weight[q];
-    const float *dyn = dy + n * d;
-    float *row = eo_then_deo + (size_t)slot_of[q] * d;
+    const size_t dy_row = n * dw, row = (size_t)slot_of[q] * dw;
     float dot = 0.0f;
-    for (int c = lane; c < d; c += 32) {
-        const float g = dyn[c];
-        dot += g * row[c];
-        row[c] = w * g;
+    for (int c = lane; c < dw; c += 32) {
+        const Lanes<W> g = load_lanes<W>(dy + W * (dy_row + c)), r = load_lanes<W>(eo_then_deo + W * (row + c));
+        Lanes<W> out;
+#pragma unroll
+        for (int e = 0; e < W; e++) {
+            dot += g[e] * r[e];
+            out[e] = w * g[e];
+        }
+        store_lanes<W>(eo_then_deo + W * (row + c), out);
     }
     dot = warp_sum(dot);
     if (lane == 0) dweight[q] = dot;
 }
 
-__global__ void moe_scatter_add_rows_kernel(float *dx, const float *dxg, const int *slot_of, int N,
-                                            int k, int d) {
-    const size_t total = (size_t)N * d;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const size_t n = i / d, c = i % d;
-        float acc = dx[i];
-        for (int j = 0; j < k; j++) acc += dxg[(size_t)slot_of[n * k + j] * d + c];
-        dx[i] = acc;
+template <int W>
+__global__ void moe_scatter_add_rows_kernel(float *dx, const float *dxg, const int *slot_of, int N, int k,
+                                            int d) {
+    const int dw = d / W;
+    GRID_STRIDE(i, (size_t)N * dw) {
+        const size_t n = i / dw, c = i % dw;
+        Lanes<W> acc = load_lanes<W>(dx + W * i);
+        for (int j = 0; j < k; j++) {
+            const Lanes<W> r = load_lanes<W>(dxg + W * ((size_t)slot_of[n * k + j] * dw + c));
+#pragma unroll
+            for (int e = 0; e < W; e++) acc[e] += r[e];
+        }
+        store_lanes<W>(dx + W * i, acc);
     }
 }
+
+/* kernel<4> over n / 4 pieces where d is a multiple of 4 and the arrays aligned, else
+ * kernel<1> (MOE_ROW_THREADS a block) */
+#define LAUNCH_ROWS(kernel, n, d, stream, vec, ...)                                                        \
+    do {                                                                                                 \
+        if ((d) % 4 == 0 && (vec))                                                                       \
+            kernel<4><<<grid_stride_blocks((n) / 4, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, (stream)>>>(   \
+                __VA_ARGS__);                                                                            \
+        else                                                                                             \
+            kernel<1><<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, (stream)>>>(         \
+                __VA_ARGS__);                                                                            \
+        CUDA_CHECK_LAUNCH();                                                                             \
+    } while (0)
 
 /* ---------------------------------------------------------------- launchers */
 
@@ -182,18 +208,14 @@ extern "C" void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_
                                      cudaStream_t stream) {
     const size_t n = (size_t)S * d;
     if (n == 0) return;
-    moe_gather_rows_kernel<<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, stream>>>(
-        xg, x, slot_token, S, d);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ROWS(moe_gather_rows_kernel, n, d, stream, aligned16(0, xg, x), xg, x, slot_token, S, d);
 }
 
 extern "C" void moe_combine_cuda(float *y, const float *eo, const float *weight, const int *slot_of,
                                  int N, int k, int d, cudaStream_t stream) {
     const size_t n = (size_t)N * d;
     if (n == 0) return;
-    moe_combine_kernel<<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, stream>>>(
-        y, eo, weight, slot_of, N, k, d);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ROWS(moe_combine_kernel, n, d, stream, aligned16(0, y, eo), y, eo, weight, slot_of, N, k, d);
 }
 
 extern "C" void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, const float *dy,
@@ -202,8 +224,12 @@ extern "C" void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, co
     const int S = N * k, warps_per_block = MOE_ROW_THREADS / 32;
     if (S <= 0) return;
     const unsigned blocks = (unsigned)((S + warps_per_block - 1) / warps_per_block);
-    moe_combine_backward_kernel<<<blocks, MOE_ROW_THREADS, 0, stream>>>(
-        dweight, eo_then_deo, dy, weight, slot_of, S, k, d);
+    if (d % 4 == 0 && aligned16(0, eo_then_deo, dy))
+        moe_combine_backward_kernel<4><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, eo_then_deo, dy, weight,
+                                                                                slot_of, S, k, d);
+    else
+        moe_combine_backward_kernel<1><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, eo_then_deo, dy, weight,
+                                                                                slot_of, S, k, d);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -211,9 +237,7 @@ extern "C" void moe_scatter_add_rows_cuda(float *dx, const float *dxg, const int
                                           int k, int d, cudaStream_t stream) {
     const size_t n = (size_t)N * d;
     if (n == 0) return;
-    moe_scatter_add_rows_kernel<<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, stream>>>(
-        dx, dxg, slot_of, N, k, d);
-    CUDA_CHECK_LAUNCH();
+    LAUNCH_ROWS(moe_scatter_add_rows_kernel, n, d, stream, aligned16(0, dx, dxg), dx, dxg, slot_of, N, k, d);
 }
 
 extern "C" void moe_route_backward_cuda(float *dlogits, const float *dweight, const float *probs,

@@ -381,8 +381,9 @@ static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, 
         rmsnorm_forward_cuda(v.Bm, v.rstd_B, v.B_raw, P[P_B_NORM], BT, N, s.eps, 0);
         rmsnorm_forward_cuda(v.Cm, v.rstd_C, v.C_raw, P[P_C_NORM], BT, N, s.eps, 0);
     }
-    matmul_forward_cuda(v.delta, v.dtr, P[P_DT_W], P[P_DT_B], BT, R, di, 0, 0);
-    mamba_softplus_cuda(v.delta, n_inner, 0);
+    /* the bias is added with the softplus, in one pass (the CPU path adds it in the matmul) */
+    matmul_forward_cuda(v.delta, v.dtr, P[P_DT_W], NULL, BT, R, di, 0, 0);
+    mamba_bias_softplus_cuda(v.delta, P[P_DT_B], (size_t)BT, di, 0);
 
     mamba_neg_exp_cuda(w.A, P[P_A_LOG], (size_t)di * N, 0);
     selective_scan_forward_cuda(v.y, v.chunk_states, v.u, v.delta, w.A, v.Bm, v.Cm, P[P_D], B, T, di,
