@@ -59,6 +59,11 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
 void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream);
 /* x[r][c] = softplus(x[r][c] + bias[c])   (δ from dt_proj's product and its bias; rows × cols) */
 void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream);
+/* x_proj's [δr | B | C] rows (xdbl, rows × (R+2N)) into the three arrays, and back (join) */
+void mamba_x_proj_split_cuda(float *dtr, float *Bm, float *Cm, const float *xdbl, size_t rows, int R, int N,
+                             cudaStream_t stream);
+void mamba_x_proj_join_cuda(float *xdbl, const float *dtr, const float *Bm, const float *Cm, size_t rows, int R,
+                            int N, cudaStream_t stream);
 /* A = −exp(A_log) */
 void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaStream_t stream);
 /* gated = y ⊙ silu(z) */

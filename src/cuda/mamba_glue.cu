@@ -114,6 +114,23 @@ __global__ void mamba_silu_backward_kernel(float *du, const float *conv, size_t 
     }
 }
 
+/* x_proj's product [δr | B | C] (rows × (R + 2N), one row each) and its three arrays
+ * (rows × R, rows × N, rows × N): the CUDA layer multiplies once with the whole W_x and
+ * splits, and joins the three gradients for one backward product, so u is read once per
+ * product instead of three times. JOIN: the arrays into xdbl; else xdbl into the arrays. */
+template <bool JOIN>
+__global__ void mamba_x_proj_columns_kernel(float *xdbl, float *dtr, float *Bm, float *Cm, size_t rows, int R,
+                                            int N) {
+    const int W = R + 2 * N;
+    GRID_STRIDE(i, rows * W) {
+        const size_t r = i / W;
+        const int c = (int)(i % W);
+        float *at = c < R ? dtr + r * R + c : c < R + N ? Bm + r * N + (c - R) : Cm + r * N + (c - R - N);
+        if (JOIN) xdbl[i] = *at;
+        else *at = xdbl[i];
+    }
+}
+
 /* Enough blocks to fill any current GPU several times over; the loop takes the rest. */
 extern "C" void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream) {
     if (n == 0) return;
@@ -161,4 +178,22 @@ extern "C" void mamba_softplus_backward_cuda(float *ddelta, const float *delta, 
 extern "C" void mamba_silu_backward_cuda(float *du, const float *conv, size_t n, cudaStream_t stream) {
     if (n == 0) return;
     LAUNCH_ELEMENTWISE(mamba_silu_backward_kernel, n, stream, aligned16(n, du, conv), du, conv, n);
+}
+
+extern "C" void mamba_x_proj_split_cuda(float *dtr, float *Bm, float *Cm, const float *xdbl, size_t rows, int R,
+                                        int N, cudaStream_t stream) {
+    const size_t n = rows * (size_t)(R + 2 * N);
+    if (n == 0) return;
+    mamba_x_proj_columns_kernel<false><<<grid_stride_blocks(n), 256, 0, stream>>>((float *)xdbl, dtr, Bm, Cm, rows,
+                                                                                  R, N);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void mamba_x_proj_join_cuda(float *xdbl, const float *dtr, const float *Bm, const float *Cm, size_t rows,
+                                       int R, int N, cudaStream_t stream) {
+    const size_t n = rows * (size_t)(R + 2 * N);
+    if (n == 0) return;
+    mamba_x_proj_columns_kernel<true><<<grid_stride_blocks(n), 256, 0, stream>>>(
+        xdbl, (float *)dtr, (float *)Bm, (float *)Cm, rows, R, N);
+    CUDA_CHECK_LAUNCH();
 }

@@ -13,7 +13,10 @@
  * Surprising bits:
  *  - The in_proj and x_proj weights are row blocks, so each output (x1, z, δr, B, C) is
  *    its own matmul against a contiguous slice of the weight: every activation is then a
- *    contiguous (B·T, width) buffer and the kernels need no strides.
+ *    contiguous (B·T, width) buffer and the kernels need no strides. The CUDA path
+ *    multiplies x_proj once with the whole weight into scratch and splits the columns
+ *    (and joins their gradients for one backward product): at jamba-small's shape three
+ *    narrow products each read all of u, the memory-bound part of them.
  *  - Saved activations are O(B·T·di) plus the scan's chunk-start states,
  *    O(B·⌈T/chunk⌉·di·N): never the B·T·di·N states of every step, which at long T
  *    would dwarf the rest of the model's arena. Backward recomputes each chunk's states
@@ -110,6 +113,7 @@ typedef struct MambaScratch {
     float *dBm, *dCm;              /* (BT, N) */
     float *ddtr;                   /* (BT, R) */
     float *ddtr_raw, *dB_raw, *dC_raw;  /* inner norms only, else aliases */
+    float *xdbl;                   /* (BT, R+2N) CUDA: x_proj's whole product, then its gradient */
     float *scan;                   /* selective_scan_backward's own scratch */
     size_t scan_floats;
     size_t total;
@@ -139,6 +143,7 @@ static MambaScratch mamba_scratch_layout(const MambaDims *s, float *base, size_t
     } else {
         v.ddtr_raw = v.ddtr; v.dB_raw = v.dBm; v.dC_raw = v.dCm;
     }
+    v.xdbl = TAKE(BT * (s->R + 2 * (size_t)s->N));
 #undef TAKE
     v.scan = base ? base + at : NULL;     /* the scan takes the rest */
     v.scan_floats = available > at ? available - at : 0;
@@ -373,9 +378,9 @@ static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, 
     causal_conv1d_forward_cuda(v.conv, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
     mamba_silu_cuda(v.u, v.conv, n_inner, 0);
 
-    matmul_forward_cuda(v.dtr_raw, v.u, W_x, NULL, BT, di, R, 0, 0);
-    matmul_forward_cuda(v.B_raw, v.u, W_x + (size_t)R * di, NULL, BT, di, N, 0, 0);
-    matmul_forward_cuda(v.C_raw, v.u, W_x + (size_t)(R + N) * di, NULL, BT, di, N, 0, 0);
+    /* one product with the whole W_x, then split: u is read once, not three times */
+    matmul_forward_cuda(w.xdbl, v.u, W_x, NULL, BT, di, R + 2 * N, 0, 0);
+    mamba_x_proj_split_cuda(v.dtr_raw, v.B_raw, v.C_raw, w.xdbl, (size_t)BT, R, N, 0);
     if (s.inner_norms) {
         rmsnorm_forward_cuda(v.dtr, v.rstd_dt, v.dtr_raw, P[P_DT_NORM], BT, R, s.eps, 0);
         rmsnorm_forward_cuda(v.Bm, v.rstd_B, v.B_raw, P[P_B_NORM], BT, N, s.eps, 0);
@@ -440,12 +445,10 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
         rmsnorm_backward_cuda(w.dB_raw, G[P_B_NORM], w.dBm, v.B_raw, P[P_B_NORM], v.rstd_B, BT, N, 0);
         rmsnorm_backward_cuda(w.dC_raw, G[P_C_NORM], w.dCm, v.C_raw, P[P_C_NORM], v.rstd_C, BT, N, 0);
     }
-    /* [δr, B, C] = u W_xᵀ, one row block of W_x each; du already holds the scan's part */
-    matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.ddtr_raw, v.u, W_x, BT, di, R, 0);
-    matmul_backward_cuda(w.du, G[P_X_PROJ] + (size_t)R * di, NULL, w.dB_raw, v.u,
-                         W_x + (size_t)R * di, BT, di, N, 0);
-    matmul_backward_cuda(w.du, G[P_X_PROJ] + (size_t)(R + N) * di, NULL, w.dC_raw, v.u,
-                         W_x + (size_t)(R + N) * di, BT, di, N, 0);
+    /* [δr, B, C] = u W_xᵀ: the three gradients joined, one product (as in forward); du
+     * already holds the scan's part */
+    mamba_x_proj_join_cuda(w.xdbl, w.ddtr_raw, w.dB_raw, w.dC_raw, (size_t)BT, R, N, 0);
+    matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.xdbl, v.u, W_x, BT, di, R + 2 * N, 0);
 
     /* u = silu(conv): du becomes dconv in place */
     mamba_silu_backward_cuda(w.du, v.conv, n_inner, 0);
