@@ -1,11 +1,11 @@
 /* mamba_glue.cu — the elementwise steps of the Mamba-1 layer between its matmuls, conv
  * and scan (layers/mamba.c, the CUDA path): the loops the CPU layer writes inline.
  *
- * Each is one grid-stride loop, memory-bound (float4 pieces where aligned: grid.cuh). The activations use the same formulas as
- * core/ops.h's silu_f / sigmoid_f / softplus_f, with expf, log1pf and expm1f rather than
- * the fast intrinsics (__expf and friends are a few ulp off over the whole range and
- * much worse near 0 for expm1), so the CUDA layer matches the CPU layer to float rounding
- * and the tests can hold it to 1e-4. */
+ * Each is one grid-stride loop, memory-bound (float4 pieces where aligned: grid.cuh). The
+ * activations use the same formulas as core/ops.h's silu_f / sigmoid_f / softplus_f, with
+ * expf, log1pf and expm1f rather than the fast intrinsics (__expf and friends are a few
+ * ulp off over the whole range and much worse near 0 for expm1), so the CUDA layer
+ * matches the CPU layer to float rounding and the tests can hold it to 1e-4. */
 #include "cuda_check.h"
 #include "mamba_cuda.h"
 #include "grid.cuh"
@@ -140,7 +140,7 @@ extern "C" void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStrea
 extern "C" void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream) {
     const size_t n = rows * (size_t)cols;
     if (n == 0) return;
-    LAUNCH_ELEMENTWISE(mamba_bias_softplus_kernel, n, stream, cols % 4 == 0 && aligned16(0, x), x, bias, rows,
+    LAUNCH_ELEMENTWISE(mamba_bias_softplus_kernel, n, stream, cols % 4 == 0 && aligned16(n, x), x, bias, rows,
                        cols);
 }
 

@@ -374,7 +374,7 @@ extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *w
     gemm("forward", bf16, handle, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, X, C, &beta, out, OC);
     if (bias) {
         const size_t n = (size_t)N * OC;
-        LAUNCH_ELEMENTWISE(add_bias_kernel, n, stream, OC % 4 == 0 && aligned16(0, out), out, bias, N, OC);
+        LAUNCH_ELEMENTWISE(add_bias_kernel, n, stream, OC % 4 == 0 && aligned16(n, out), out, bias, N, OC);
     }
 }
 

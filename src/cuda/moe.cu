@@ -20,7 +20,7 @@
 #include "reduce.cuh"
 
 #define MOE_TOKEN_THREADS 128   /* per-token kernels: one thread per token */
-#define MOE_ROW_THREADS 256     /* element-wise and warp-per-pair kernels */
+#define MOE_ROW_THREADS 256     /* the sums and warp-per-pair kernels (the row kernels: LAUNCH_ELEMENTWISE's 256) */
 
 /* Enough blocks to fill any current GPU several times over; grid-stride loops do the rest. */
 static unsigned moe_token_blocks(int N) {
@@ -175,19 +175,6 @@ __global__ void moe_scatter_add_rows_kernel(float *dx, const float *dxg, const i
     }
 }
 
-/* kernel<4> over n / 4 pieces where d is a multiple of 4 and the arrays aligned, else
- * kernel<1> (MOE_ROW_THREADS a block) */
-#define LAUNCH_ROWS(kernel, n, d, stream, vec, ...)                                                        \
-    do {                                                                                                 \
-        if ((d) % 4 == 0 && (vec))                                                                       \
-            kernel<4><<<grid_stride_blocks((n) / 4, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, (stream)>>>(   \
-                __VA_ARGS__);                                                                            \
-        else                                                                                             \
-            kernel<1><<<grid_stride_blocks(n, MOE_ROW_THREADS), MOE_ROW_THREADS, 0, (stream)>>>(         \
-                __VA_ARGS__);                                                                            \
-        CUDA_CHECK_LAUNCH();                                                                             \
-    } while (0)
-
 /* ---------------------------------------------------------------- launchers */
 
 extern "C" void moe_route_forward_cuda(float *probs, float *lse, int *expert, float *weight, int N,
@@ -208,14 +195,15 @@ extern "C" void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_
                                      cudaStream_t stream) {
     const size_t n = (size_t)S * d;
     if (n == 0) return;
-    LAUNCH_ROWS(moe_gather_rows_kernel, n, d, stream, aligned16(0, xg, x), xg, x, slot_token, S, d);
+    LAUNCH_ELEMENTWISE(moe_gather_rows_kernel, n, stream, d % 4 == 0 && aligned16(n, xg, x), xg, x, slot_token, S, d);
 }
 
 extern "C" void moe_combine_cuda(float *y, const float *eo, const float *weight, const int *slot_of,
                                  int N, int k, int d, cudaStream_t stream) {
     const size_t n = (size_t)N * d;
     if (n == 0) return;
-    LAUNCH_ROWS(moe_combine_kernel, n, d, stream, aligned16(0, y, eo), y, eo, weight, slot_of, N, k, d);
+    LAUNCH_ELEMENTWISE(moe_combine_kernel, n, stream, d % 4 == 0 && aligned16(n, y, eo), y, eo, weight, slot_of, N, k,
+                       d);
 }
 
 extern "C" void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, const float *dy,
@@ -224,7 +212,7 @@ extern "C" void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, co
     const int S = N * k, warps_per_block = MOE_ROW_THREADS / 32;
     if (S <= 0) return;
     const unsigned blocks = (unsigned)((S + warps_per_block - 1) / warps_per_block);
-    if (d % 4 == 0 && aligned16(0, eo_then_deo, dy))
+    if (d % 4 == 0 && aligned16((size_t)S * d, eo_then_deo, dy))
         moe_combine_backward_kernel<4><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, eo_then_deo, dy, weight,
                                                                                 slot_of, S, k, d);
     else
@@ -237,7 +225,8 @@ extern "C" void moe_scatter_add_rows_cuda(float *dx, const float *dxg, const int
                                           int k, int d, cudaStream_t stream) {
     const size_t n = (size_t)N * d;
     if (n == 0) return;
-    LAUNCH_ROWS(moe_scatter_add_rows_kernel, n, d, stream, aligned16(0, dx, dxg), dx, dxg, slot_of, N, k, d);
+    LAUNCH_ELEMENTWISE(moe_scatter_add_rows_kernel, n, stream, d % 4 == 0 && aligned16(n, dx, dxg), dx, dxg, slot_of,
+                       N, k, d);
 }
 
 extern "C" void moe_route_backward_cuda(float *dlogits, const float *dweight, const float *probs,

@@ -30,6 +30,16 @@
 struct Config;
 struct Layer;
 
+/* Carves a layout out of one buffer: the offset of the next n floats, with *used advanced
+ * past them rounded up to 16 floats (64 bytes), so that every region starts as aligned as
+ * the buffer (the CUDA kernels' float4 paths and bf16 conversions want 16 bytes). The
+ * model's arena and the layers' saved and scratch layouts take their regions with it. */
+static inline size_t layout_take(size_t *used, size_t n) {
+    const size_t at = *used;
+    *used += (n + 15) & ~(size_t)15;
+    return at;
+}
+
 typedef enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 } DeviceKind;
 
 /* What a layer call may use beyond its own buffers. */

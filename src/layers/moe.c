@@ -93,26 +93,17 @@ typedef struct MoeSaved {
     float *up_pre;      /* (R, H) x W_upᵀ per slot */
 } MoeSaved;
 
-/* The next region of a layout: at *o, n floats, the offset after it rounded up to 4
- * floats, so that every region of an aligned buffer starts 16-byte aligned (the CUDA
- * elementwise kernels and bf16 conversions then take their float4 paths). */
-static size_t take_region(size_t *o, size_t n) {
-    const size_t at = *o;
-    *o += (n + 3) & ~(size_t)3;
-    return at;
-}
-
 /* S = N·k slots; R = moe_slot_rows (S on the CPU) rows in the slot-indexed buffers */
 static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
     size_t N = (size_t)m.N, S = (size_t)m.N * m.k, R = moe_slot_rows(m), o = 0;
     size_t at[7];
-    at[0] = take_region(&o, N * m.E);
-    at[1] = take_region(&o, N);
-    at[2] = take_region(&o, S);
-    at[3] = take_region(&o, S);
-    at[4] = take_region(&o, S + R + (size_t)m.E + 1);   /* slot_of, slot_token, offset: adjacent */
-    at[5] = take_region(&o, R * m.H);
-    at[6] = take_region(&o, R * m.H);
+    at[0] = layout_take(&o, N * m.E);
+    at[1] = layout_take(&o, N);
+    at[2] = layout_take(&o, S);
+    at[3] = layout_take(&o, S);
+    at[4] = layout_take(&o, S + R + (size_t)m.E + 1);   /* slot_of, slot_token, offset: adjacent */
+    at[5] = layout_take(&o, R * m.H);
+    at[6] = layout_take(&o, R * m.H);
     if (s) {
         s->probs = base + at[0];
         s->lse = base + at[1];
@@ -140,21 +131,21 @@ typedef struct MoeScratch {   /* R rows as in MoeSaved */
     float *dweight;     /* (N, k) ∂L/∂w */
     int   *cursor;      /* (E)    fill position per expert while grouping */
     double *sums;       /* (E+1)  Σ_n p_{n,e} per expert, then Σ_n lse_n² (the aux losses);
-                           8-byte aligned like every region (take_region) */
+                           8-byte aligned like every region (layout_take) */
 } MoeScratch;
 
 static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
     size_t N = (size_t)m.N, S = (size_t)m.N * m.k, R = moe_slot_rows(m), o = 0;
     size_t at[9];
-    at[0] = take_region(&o, R * m.d);
-    at[1] = take_region(&o, R * m.H);
-    at[2] = take_region(&o, R * m.d);
-    at[3] = take_region(&o, R * m.H);
-    at[4] = take_region(&o, R * m.H);
-    at[5] = take_region(&o, N * m.E);
-    at[6] = take_region(&o, S);
-    at[7] = take_region(&o, (size_t)m.E);
-    at[8] = take_region(&o, 2 * ((size_t)m.E + 1));
+    at[0] = layout_take(&o, R * m.d);
+    at[1] = layout_take(&o, R * m.H);
+    at[2] = layout_take(&o, R * m.d);
+    at[3] = layout_take(&o, R * m.H);
+    at[4] = layout_take(&o, R * m.H);
+    at[5] = layout_take(&o, N * m.E);
+    at[6] = layout_take(&o, S);
+    at[7] = layout_take(&o, (size_t)m.E);
+    at[8] = layout_take(&o, 2 * ((size_t)m.E + 1));
     if (s) {
         s->xg = base + at[0];
         s->act = base + at[1];

@@ -21,14 +21,6 @@
 #include "../cuda/ops_cuda.h"
 #endif
 
-/* Arena layout: each request takes n floats, rounded up to 16 for alignment. */
-typedef struct ArenaPlan { size_t used; } ArenaPlan;
-static size_t arena_take(ArenaPlan *a, size_t n) {
-    size_t at = a->used;
-    a->used += (n + 15) & ~(size_t)15;
-    return at;
-}
-
 static void layer_setup(Model *m, Layer *L, const LayerKind *kind, int index) {
     memset(L, 0, sizeof *L);
     L->kind = kind;
@@ -183,32 +175,32 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
      * take the most tokens of any shape, the layers' regions what their largest shape
      * asks (saved_floats need not be a function of B·T alone). */
     size_t BT = m->max_tokens, BTd = BT * (size_t)m->d;
-    ArenaPlan plan = {0};
+    size_t arena_used = 0;   /* layout_take's cursor */
     size_t *off = braid_calloc((size_t)m->n_blocks * 8, sizeof(size_t), "arena plan");
     size_t scratch = 0;
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
         size_t *o = off + 8 * i;
-        o[0] = arena_take(&plan, BTd);
-        o[1] = arena_take(&plan, BTd);
-        o[2] = arena_take(&plan, BT);
-        o[3] = arena_take(&plan, BTd);
-        o[4] = arena_take(&plan, BTd);
-        o[5] = arena_take(&plan, BT);
-        o[6] = arena_take(&plan, floats_over_shapes(m, &b->mixer, b->mixer.kind->saved_floats));
+        o[0] = layout_take(&arena_used, BTd);
+        o[1] = layout_take(&arena_used, BTd);
+        o[2] = layout_take(&arena_used, BT);
+        o[3] = layout_take(&arena_used, BTd);
+        o[4] = layout_take(&arena_used, BTd);
+        o[5] = layout_take(&arena_used, BT);
+        o[6] = layout_take(&arena_used, floats_over_shapes(m, &b->mixer, b->mixer.kind->saved_floats));
         size_t s = floats_over_shapes(m, &b->mixer, b->mixer.kind->scratch_floats);
         if (s > scratch) scratch = s;
         if (b->ffn.kind) {
-            o[7] = arena_take(&plan, floats_over_shapes(m, &b->ffn, b->ffn.kind->saved_floats));
+            o[7] = layout_take(&arena_used, floats_over_shapes(m, &b->ffn, b->ffn.kind->saved_floats));
             s = floats_over_shapes(m, &b->ffn, b->ffn.kind->scratch_floats);
             if (s > scratch) scratch = s;
         }
     }
-    size_t o_xf = arena_take(&plan, BTd), o_nf = arena_take(&plan, BTd), o_rf = arena_take(&plan, BT);
-    size_t o_logits = arena_take(&plan, BT * (size_t)m->vocab), o_dlogits = arena_take(&plan, BT * (size_t)m->vocab);
-    size_t o_dx = arena_take(&plan, BTd), o_dh = arena_take(&plan, BTd), o_dtmp = arena_take(&plan, BTd);
-    m->arena_floats = plan.used;
-    m->arena = device_alloc(m->device, plan.used * sizeof(float), "activation arena");
+    size_t o_xf = layout_take(&arena_used, BTd), o_nf = layout_take(&arena_used, BTd), o_rf = layout_take(&arena_used, BT);
+    size_t o_logits = layout_take(&arena_used, BT * (size_t)m->vocab), o_dlogits = layout_take(&arena_used, BT * (size_t)m->vocab);
+    size_t o_dx = layout_take(&arena_used, BTd), o_dh = layout_take(&arena_used, BTd), o_dtmp = layout_take(&arena_used, BTd);
+    m->arena_floats = arena_used;
+    m->arena = device_alloc(m->device, arena_used * sizeof(float), "activation arena");
     m->scratch_floats = scratch;
     m->scratch = device_alloc(m->device, (scratch + 16) * sizeof(float), "scratch");
     for (int i = 0; i < m->n_blocks; i++) {
