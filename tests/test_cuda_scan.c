@@ -171,12 +171,26 @@ static void scan_shape_name(char *out, size_t size, ScanShape m) {
              m.use_D ? "yes" : "NULL");
 }
 
+/* The scans split T into time segments run in parallel (scan.cu, "Segments"); the tests run
+ * every shape with the launcher's own choice and with BRAID_SCAN_SEGMENTS forcing one
+ * segment and three (ragged: the shapes' chunk counts are not multiples of 3). */
+static const char *const segment_settings[] = {NULL, "1", "3"};
+#define N_SEGMENT_SETTINGS (sizeof segment_settings / sizeof segment_settings[0])
+
+static void set_segments(const char *setting) {
+    if (setting) setenv("BRAID_SCAN_SEGMENTS", setting, 1);
+    else unsetenv("BRAID_SCAN_SEGMENTS");
+}
+
 START_TEST(test_scan_forward_matches_cpu) {
-    for (size_t i = 0; i < N_SCAN_SHAPES; i++) {
-        ScanData s = scan_data(scan_shapes[i]);
+    for (size_t i = 0; i < N_SCAN_SHAPES * N_SEGMENT_SETTINGS; i++) {
+        const char *segments = segment_settings[i % N_SEGMENT_SETTINGS];
+        set_segments(segments);
+        ScanData s = scan_data(scan_shapes[i / N_SEGMENT_SETTINGS]);
         const ScanShape m = s.m;
-        char shape[96];
+        char shape[128];
         scan_shape_name(shape, sizeof shape, m);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " segments=%s", segments ? segments : "auto");
         float *y = braid_malloc(s.n_seq * sizeof(float), "y");
         float *states = braid_malloc(s.n_states * sizeof(float), "states");
         float *d_y = cuda_test_device_poisoned(s.n_seq), *d_states = cuda_test_device_poisoned(s.n_states);
@@ -192,6 +206,7 @@ START_TEST(test_scan_forward_matches_cpu) {
         CUDA_CHECK(cudaFree(d_y)); CUDA_CHECK(cudaFree(d_states));
         scan_data_free(&s);
     }
+    set_segments(NULL);
 }
 END_TEST
 
@@ -252,10 +267,13 @@ static void cuda_backward(const ScanData *s, const ScanGrads *d, const float *d_
 }
 
 START_TEST(test_scan_backward_accumulates_like_cpu) {
-    for (size_t i = 0; i < N_SCAN_SHAPES; i++) {
-        ScanData s = scan_data(scan_shapes[i]);
-        char shape[96];
+    for (size_t i = 0; i < N_SCAN_SHAPES * N_SEGMENT_SETTINGS; i++) {
+        const char *segments = segment_settings[i % N_SEGMENT_SETTINGS];
+        set_segments(segments);
+        ScanData s = scan_data(scan_shapes[i / N_SEGMENT_SETTINGS]);
+        char shape[128];
         scan_shape_name(shape, sizeof shape, s.m);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " segments=%s", segments ? segments : "auto");
         ScanGrads g = scan_grads_random(&s);
         ScanGrads d = scan_grads_to_device(&s, &g);
         float *states = cpu_forward_backward(&s, &g);
@@ -275,6 +293,7 @@ START_TEST(test_scan_backward_accumulates_like_cpu) {
         scan_grads_free(&d, 1);
         scan_data_free(&s);
     }
+    set_segments(NULL);
 }
 END_TEST
 

@@ -161,11 +161,18 @@ struct ScanForwardSmem {
 
 /* grid (channel blocks, Bsz); thread (channel cl = tid / G, state group q = tid % G),
  * holding states n = 4q … 4q+3 of channel c0 + cl in registers. */
-template <int NP, bool VEC>
+/* ENDS = false: the scan proper over segment blockIdx.z, [ts, ts + seg_len) ∩ [0, T), from
+ * the state chunk_states holds for the segment's first chunk (segment 0: zero), writing y
+ * and every chunk start state.
+ * ENDS = true (segments 0 … S−2 only): the same recurrence from a zero state, without C or
+ * y; writes the segment's end state into the next segment's first chunk_states slot and
+ * its Σδ into y at the next segment's first step (y[b][te][c], before the scan proper
+ * overwrites it), for scan_segment_starts_kernel. */
+template <int NP, bool VEC, bool ENDS>
 __global__ void __launch_bounds__(SCAN_THREADS)
 selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, const float *delta,
                               const float *A, const float *B, const float *C, const float *D,
-                              int T, int channels, int N, int chunk) {
+                              int T, int channels, int N, int chunk, int seg_len) {
     using S = ScanForwardSmem<NP>;
     constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L;
     extern __shared__ __align__(16) float scan_smem[];
@@ -173,28 +180,32 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
     const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
     const bool active = c < channels;
-    const int n_chunks = (T + chunk - 1) / chunk, n_tiles = (T + L - 1) / L;
+    const int ts = blockIdx.z * seg_len, te = min(T, ts + seg_len);
+    const int n_chunks = (T + chunk - 1) / chunk, n_tiles = (te - ts + L - 1) / L;
     float A2[SCAN_NPT], h[SCAN_NPT];
+    const float *start = chunk_states + (((size_t)b * n_chunks + ts / chunk) * channels + c) * N + n0;
 #pragma unroll
     for (int i = 0; i < SCAN_NPT; i++) {
-        A2[i] = active && n0 + i < N ? A[(size_t)c * N + n0 + i] * LOG2E : 0.0f;
-        h[i] = 0.0f;
+        const bool live = active && n0 + i < N;
+        A2[i] = live ? A[(size_t)c * N + n0 + i] * LOG2E : 0.0f;
+        h[i] = !ENDS && ts > 0 && live ? start[i] : 0.0f;
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
-    int next_save = 0, save_chunk = 0;   /* the next chunk start (no t % chunk per step) */
+    float dt_sum = 0.0f;                              /* ENDS: Σδ over the segment */
+    int next_save = ts, save_chunk = ts / chunk;   /* the next chunk start (no t % chunk per step) */
 
     /* tile i+1 is copied (cp.async) while tile i is computed */
     auto stage = [&](int tile, int p) {
-        const int t0 = tile * L, len = min(L, T - t0);
+        const int t0 = ts + tile * L, len = min(L, te - t0);
         stage_rows<L, CB, VEC>(scan_smem + S::u + p * L * CB, u, b, T, t0, len, channels, c0, tid);
         stage_rows<L, CB, VEC>(scan_smem + S::dt + p * L * CB, delta, b, T, t0, len, channels, c0, tid);
         stage_rows<L, NP, VEC>(scan_smem + S::B + p * L * NP, B, b, T, t0, len, N, 0, tid);
-        stage_rows<L, NP, VEC>(scan_smem + S::C + p * L * NP, C, b, T, t0, len, N, 0, tid);
+        if (!ENDS) stage_rows<L, NP, VEC>(scan_smem + S::C + p * L * NP, C, b, T, t0, len, N, 0, tid);
     };
     stage(0, 0);
     cp_async_commit();
     for (int tile = 0; tile < n_tiles; tile++) {
-        const int p = tile & 1, t0 = tile * L, len = min(L, T - t0);
+        const int p = tile & 1, t0 = ts + tile * L, len = min(L, te - t0);
         /* buffer p^1 was last read by tile−1, which every thread has finished (the
          * barrier after its compute) */
         if (tile + 1 < n_tiles) stage(tile + 1, p ^ 1);
@@ -204,6 +215,15 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
         const float *u_t = scan_smem + S::u + p * L * CB, *dt_t = scan_smem + S::dt + p * L * CB;
         const float *B_t = scan_smem + S::B + p * L * NP, *C_t = scan_smem + S::C + p * L * NP;
         auto step = [&](int s) {
+            if (ENDS) {   /* the recurrence alone */
+                const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
+                const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
+                const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++) h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
+                dt_sum += dt;
+                return;
+            }
             if (t0 + s == next_save) {   /* the state entering chunk save_chunk */
                 float *at = chunk_states + (((size_t)b * n_chunks + save_chunk) * channels + c) * N + n0;
 #pragma unroll
@@ -235,6 +255,7 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
             for (int s = 0; s < len; s++) step(s);
         }
         __syncthreads();   /* y_tile complete; buffer p free for tile+2 */
+        if (ENDS) continue;
         if constexpr (VEC) {
             for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
                 const int s = i / (CB / 4), j = 4 * (i % (CB / 4));
@@ -246,6 +267,34 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
                 const int s = i / CB, j = i % CB;
                 if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = y_tile[i];
             }
+        }
+    }
+    if (ENDS && active) {   /* te < T: this is not the last segment */
+        float *end = chunk_states + (((size_t)b * n_chunks + te / chunk) * channels + c) * N + n0;
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i++)
+            if (n0 + i < N) end[i] = h[i];
+        if (q == 0) y[((size_t)b * T + te) * channels + c] = dt_sum;
+    }
+}
+
+/* The state entering each segment p = 1 … S−1, in order: h(p) = exp(A·Σδ(p−1)) ⊙ h(p−1) +
+ * e(p−1), h(0) = 0, where e and Σδ are what the ENDS pass left in chunk_states and y
+ * (the product of a segment's decays is exp(A·Σδ)). Written where e(p−1) was: the state
+ * the scan proper starts segment p from. One thread per (b, c, n). */
+__global__ void scan_segment_starts_kernel(float *chunk_states, const float *y, const float *A, int Bsz,
+                                           int T, int channels, int N, int chunk, int seg_len, int n_seg) {
+    const size_t n = (size_t)Bsz * channels * N;
+    const int n_chunks = (T + chunk - 1) / chunk;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const int nn = (int)(i % N), c = (int)(i / N % channels), b = (int)(i / N / channels);
+        const float a2 = A[(size_t)c * N + nn] * LOG2E;
+        float h = 0.0f;
+        for (int p = 1; p < n_seg; p++) {
+            const int ts = p * seg_len;
+            float *at = chunk_states + (((size_t)b * n_chunks + ts / chunk) * channels + c) * N + nn;
+            h = ex2(a2 * y[((size_t)b * T + ts) * channels + c]) * h + *at;
+            *at = h;
         }
     }
 }
@@ -269,16 +318,18 @@ struct ScanBackwardSmem {
     static constexpr int total = dBC + L * SCAN_WARPS * 2 * NP;
 };
 
-/* grid (channel blocks, Bsz); thread (cl = tid / G, q = tid % G) as in the forward.
- * Partials written (not accumulated):
- *   dB_part, dC_part[blockIdx.x][b][t][n]   dA_part[b][c][n]   dD_part[b][c] */
+/* grid (channel blocks, Bsz, segments); thread (cl = tid / G, q = tid % G) as in the
+ * forward. Segment z covers the chunks of [z·seg_len, (z+1)·seg_len) ∩ [0, T); the gradient
+ * carried in from its right is carry_in[z][b][c][n] (scan_segment_carries_kernel; zero for
+ * the last segment). Partials written (not accumulated):
+ *   dB_part, dC_part[blockIdx.x][b][t][n]   dA_part[z][b][c][n]   dD_part[z][b][c] */
 template <int NP, bool VEC>
 __global__ void __launch_bounds__(SCAN_THREADS, SCAN_BWD_MIN_BLOCKS)
 selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *dC_part,
                                float *dA_part, float *dD_part, const float *dy, const float *u,
                                const float *delta, const float *A, const float *B, const float *C,
-                               const float *D, const float *chunk_states, int Bsz, int T,
-                               int channels, int N, int chunk) {
+                               const float *D, const float *chunk_states, const float *carry_in,
+                               int Bsz, int T, int channels, int N, int chunk, int seg_len) {
     using S = ScanBackwardSmem<NP>;
     constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L, V = 2 * SCAN_NPT;
     extern __shared__ __align__(16) float scan_smem[];
@@ -291,14 +342,18 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     const int lane = tid % 32, warp = tid / 32;
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
     const bool active = c < channels;
-    const int n_chunks = (T + chunk - 1) / chunk;
+    const int n_chunks = (T + chunk - 1) / chunk, seg = blockIdx.z;
+    const int k_first = seg * (seg_len / chunk), k_end = min(n_chunks, k_first + seg_len / chunk);
+    const bool carried = k_end < n_chunks;   /* not the last segment */
+    const float *carried_in = carry_in + (((size_t)seg * Bsz + b) * channels + c) * N + n0;
     float Ac[SCAN_NPT], A2[SCAN_NPT];
     float carry[SCAN_NPT], dA_acc[SCAN_NPT];   /* carry: exp(δ_{t+1} A) dh_{t+1}, 0 past the end */
 #pragma unroll
     for (int i = 0; i < SCAN_NPT; i++) {
-        Ac[i] = active && n0 + i < N ? A[(size_t)c * N + n0 + i] : 0.0f;
+        const bool live = active && n0 + i < N;
+        Ac[i] = live ? A[(size_t)c * N + n0 + i] : 0.0f;
         A2[i] = Ac[i] * LOG2E;
-        carry[i] = 0.0f;
+        carry[i] = carried && live ? carried_in[i] : 0.0f;
         dA_acc[i] = 0.0f;
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
@@ -339,7 +394,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             r_C.load(C, b, T, ts0, len, N, 0, tid);
         }
     };
-    int k = n_chunks - 1, j = n_sub_of(k) - 1, w = 0;
+    int k = k_end - 1, j = n_sub_of(k) - 1, w = 0;
     bool from_ck = false;   /* this job starts from the checkpoint ck, not the chunk start */
     if (PF) fetch(k, j, w);
     float h[SCAN_NPT] = {0.0f, 0.0f, 0.0f, 0.0f};   /* the recurrence's state, set at w = 0 */
@@ -348,7 +403,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
      * with 4 sub-tiles a chunk walks 4 of them instead of 6, with 2 or 3 only 1 or 2. */
     float ck[SCAN_NPT] = {0.0f, 0.0f, 0.0f, 0.0f};
     int ck_j = -1;
-    while (k >= 0) {
+    while (k >= k_first) {
         const int tc0 = k * chunk, tc1 = min(T, tc0 + chunk), ts0 = tc0 + w * L, len = min(L, tc1 - ts0);
         const bool grad = w == j;
         int nk = k, nj = j, nw = w + 1;   /* the job after this one (nk < 0: none) */
@@ -358,7 +413,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             nj = j - 1;
             if (nj < 0) {
                 nk = k - 1;
-                if (nk >= 0) nj = n_sub_of(nk) - 1;
+                if (nk >= k_first) nj = n_sub_of(nk) - 1;
             } else if (ck_j == nj) {   /* (set by an earlier walk of this chunk) */
                 nw = nj;
                 n_from_ck = true;
@@ -385,7 +440,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (PF && nk >= 0) fetch(nk, nj, nw);
+        if (PF && nk >= k_first) fetch(nk, nj, nw);
         if (from_ck) {
 #pragma unroll
             for (int i = 0; i < SCAN_NPT; i++) h[i] = ck[i];
@@ -550,11 +605,102 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
         from_ck = n_from_ck;
     }
     if (active) {
-        float *at = dA_part + ((size_t)b * channels + c) * N + n0;
+        const size_t part = ((size_t)seg * Bsz + b) * channels + c;
+        float *at = dA_part + part * N + n0;
 #pragma unroll
         for (int i = 0; i < SCAN_NPT; i++)
             if (n0 + i < N) at[i] = dA_acc[i];
-        if (q == 0) dD_part[(size_t)b * channels + c] = dD_acc;
+        if (q == 0) dD_part[part] = dD_acc;
+    }
+}
+
+/* Dynamic shared memory of the carry pass, in floats: double-buffered tiles of δ, dy
+ * ([2][L][CB]) and C ([2][L][NP]). */
+template <int NP>
+struct ScanCarrySmem {
+    static constexpr int CB = SCAN_THREADS * SCAN_NPT / NP;
+    static constexpr int L = SCAN_FWD_TILE;
+    static constexpr int dt = 0, dy = dt + 2 * L * CB, C = dy + 2 * L * CB;
+    static constexpr int total = C + 2 * L * NP;
+};
+
+/* The backward's carry pass, for segments z = 1 … S−1 (blockIdx.z + 1): the reverse
+ * recurrence dh_t = dy_t C_t + g_t, g_{t−1} = exp(δ_t A) dh_t from g = 0 at the segment's
+ * last step down to its first, ts; writes g_{ts−1} (what the segment passes to its left
+ * neighbour when nothing comes in from its right) to carry[z−1][b][c][n] and the segment's
+ * Σδ to dt_sum[z−1][b][c]. Same thread layout and staging as the forward, tiles last first. */
+template <int NP, bool VEC>
+__global__ void __launch_bounds__(SCAN_THREADS)
+selective_scan_carry_kernel(float *carry, float *dt_sum, const float *dy, const float *delta,
+                            const float *A, const float *C, int Bsz, int T, int channels, int N,
+                            int seg_len) {
+    using S = ScanCarrySmem<NP>;
+    constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L;
+    extern __shared__ __align__(16) float scan_smem[];
+    const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
+    const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y, z = blockIdx.z + 1;
+    const bool active = c < channels;
+    const int ts = z * seg_len, te = min(T, ts + seg_len), n_tiles = (te - ts + L - 1) / L;
+    float A2[SCAN_NPT], g[SCAN_NPT];
+#pragma unroll
+    for (int i = 0; i < SCAN_NPT; i++) {
+        A2[i] = active && n0 + i < N ? A[(size_t)c * N + n0 + i] * LOG2E : 0.0f;
+        g[i] = 0.0f;
+    }
+    float sum = 0.0f;
+    auto stage = [&](int tile, int p) {   /* tile 0 is the segment's last */
+        const int t0 = ts + (n_tiles - 1 - tile) * L, len = min(L, te - t0);
+        stage_rows<L, CB, VEC>(scan_smem + S::dt + p * L * CB, delta, b, T, t0, len, channels, c0, tid);
+        stage_rows<L, CB, VEC>(scan_smem + S::dy + p * L * CB, dy, b, T, t0, len, channels, c0, tid);
+        stage_rows<L, NP, VEC>(scan_smem + S::C + p * L * NP, C, b, T, t0, len, N, 0, tid);
+    };
+    stage(0, 0);
+    cp_async_commit();
+    for (int tile = 0; tile < n_tiles; tile++) {
+        const int p = tile & 1, t0 = ts + (n_tiles - 1 - tile) * L, len = min(L, te - t0);
+        if (tile + 1 < n_tiles) stage(tile + 1, p ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const float *dt_t = scan_smem + S::dt + p * L * CB, *dy_t = scan_smem + S::dy + p * L * CB;
+        const float *C_t = scan_smem + S::C + p * L * NP;
+#pragma unroll 4
+        for (int s = len - 1; s >= 0; s--) {
+            const float dt = dt_t[s * CB + cl], dyv = dy_t[s * CB + cl];
+            const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
+            const float Cn[SCAN_NPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
+#pragma unroll
+            for (int i = 0; i < SCAN_NPT; i++) g[i] = ex2(dt * A2[i]) * (g[i] + dyv * Cn[i]);
+            sum += dt;
+        }
+        __syncthreads();   /* buffer p free for tile+2 */
+    }
+    if (active) {
+        const size_t part = ((size_t)(z - 1) * Bsz + b) * channels + c;
+        float *at = carry + part * N + n0;
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i++)
+            if (n0 + i < N) at[i] = g[i];
+        if (q == 0) dt_sum[part] = sum;
+    }
+}
+
+/* The gradient carried into each segment z = S−2 … 0 from its right, in order:
+ * in(z) = g(z+1) + exp(A·Σδ(z+1)) ⊙ in(z+1), in(S−1) = 0 (g, Σδ: the carry pass's, in
+ * carry[z] and dt_sum[z]; in(z) overwrites carry[z], which held g(z+1)). One thread per
+ * (b, c, n). */
+__global__ void scan_segment_carries_kernel(float *carry, const float *dt_sum, const float *A, int Bsz,
+                                            int channels, int N, int n_seg) {
+    const size_t n = (size_t)Bsz * channels * N;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t bc = i / N;
+        const int c = (int)(bc % channels);
+        const float a2 = A[(size_t)c * N + i % N] * LOG2E;
+        float in = 0.0f;
+        for (int z = n_seg - 2; z >= 0; z--) {
+            in = carry[(size_t)z * n + i] + ex2(a2 * dt_sum[(size_t)z * Bsz * channels + bc]) * in;
+            carry[(size_t)z * n + i] = in;
+        }
     }
 }
 
@@ -612,17 +758,100 @@ static bool scan_vec_ok(int channels, int N, const void *const *ptrs, int n_ptrs
     return true;
 }
 
+/* Segments: the scans run over S time segments of seg_len steps (a multiple of chunk) in
+ * parallel, S× the B·channel blocks. The price is a pass over segments 0 … S−2 for their
+ * end states (forward: the recurrence from zero, without C or y) or over 1 … S−1 for the
+ * gradient carried in from their right (backward), and a short sequential combine.
+ * Measured on an H100 (test_cuda_scan --bench, di 1536, N 16, chunk 64; docs/performance.md
+ * "Time segments"): where B·channels gives too few blocks for the SMs (evaluation batches,
+ * B = 1 or 2 at T = 8192) it is 2.8–4.9× faster; at jamba-small's training shape (384
+ * blocks) the forward is ~2% slower split and the backward 2–3% faster. Hence the policies
+ * (`blocks_per_sm`: what the SMs hold of this kernel at once):
+ *   forward: S = (SMs·blocks_per_sm) / base, but 1 where that is under 3 (a split in two
+ *     pays the end-state pass over half of T for too little);
+ *   backward: the S ≤ SCAN_MAX_SEGMENTS whose blocks fill their last wave best (blocks over
+ *     waves × slots), the smallest S where several tie (the carry pass grows with S).
+ * Segments are at least SCAN_MIN_SEGMENT steps; BRAID_SCAN_SEGMENTS overrides (tests and
+ * measurements). */
+#define SCAN_MAX_SEGMENTS 8
+#define SCAN_MIN_SEGMENT 64
+
+enum SegmentPolicy { SEGMENTS_FORWARD, SEGMENTS_BACKWARD };
+
+static int scan_segment_count(enum SegmentPolicy policy, int base_blocks, int blocks_per_sm, int T, int chunk) {
+    const int n_chunks = (T + chunk - 1) / chunk;
+    int most = SCAN_MAX_SEGMENTS;
+    if (most > n_chunks) most = n_chunks;
+    if (most > T / SCAN_MIN_SEGMENT) most = T / SCAN_MIN_SEGMENT;
+    if (most < 1) most = 1;
+    if (base_blocks < 1) base_blocks = 1;
+    int S = 1;
+    const char *env = getenv("BRAID_SCAN_SEGMENTS");
+    if (env && *env) {
+        S = atoi(env);
+        if (S > SCAN_MAX_SEGMENTS) S = SCAN_MAX_SEGMENTS;
+        if (S > n_chunks) S = n_chunks;
+    } else {
+        int device = 0, sms = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        const long slots = (long)sms * (blocks_per_sm > 0 ? blocks_per_sm : 1);
+        if (policy == SEGMENTS_FORWARD) {
+            S = (int)(slots / base_blocks);
+            if (S < 3) S = 1;
+            if (S > most) S = most;
+        } else {
+            double best = 0.0;
+            for (int s = 1; s <= most; s++) {
+                const long blocks = (long)s * base_blocks, waves = (blocks + slots - 1) / slots;
+                const double fill = (double)blocks / (double)(waves * slots);
+                if (fill > best + 0.01) { best = fill; S = s; }
+            }
+        }
+    }
+    if (S < 1) S = 1;
+    const int chunks_per_seg = (n_chunks + S - 1) / S;
+    return (n_chunks + chunks_per_seg - 1) / chunks_per_seg;   /* none left empty */
+}
+static int scan_segment_len(int n_seg, int T, int chunk) {
+    const int n_chunks = (T + chunk - 1) / chunk;
+    return (n_chunks + n_seg - 1) / n_seg * chunk;
+}
+
+template <typename K>
+static int resident_blocks(K kernel, size_t smem_bytes) {
+    int n = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, SCAN_THREADS, smem_bytes));
+    return n;
+}
+
 template <int NP, bool VEC>
 static void launch_forward(float *y, float *chunk_states, const float *u, const float *delta,
                            const float *A, const float *B, const float *C, const float *D, int Bsz,
                            int T, int channels, int N, int chunk, cudaStream_t stream) {
     const size_t smem_bytes = ScanForwardSmem<NP>::total * sizeof(float);
     /* above 48 KiB (NP = 4: 84 KiB) a kernel must opt in to the larger shared memory */
-    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP, VEC>,
+    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP, VEC, false>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
-    const dim3 grid((unsigned)channel_blocks(channels, N), (unsigned)Bsz);
-    selective_scan_forward_kernel<NP, VEC><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
-        y, chunk_states, u, delta, A, B, C, D, T, channels, N, chunk);
+    CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP, VEC, true>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
+    const int cblocks = channel_blocks(channels, N);
+    const int n_seg = scan_segment_count(SEGMENTS_FORWARD, cblocks * Bsz, resident_blocks(selective_scan_forward_kernel<NP, VEC, false>,
+                                                                        smem_bytes), T, chunk);
+    const int seg_len = scan_segment_len(n_seg, T, chunk);
+    if (n_seg > 1) {
+        selective_scan_forward_kernel<NP, VEC, true>
+            <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)(n_seg - 1)), SCAN_THREADS, smem_bytes, stream>>>(
+                y, chunk_states, u, delta, A, B, C, D, T, channels, N, chunk, seg_len);
+        CUDA_CHECK_LAUNCH();
+        const size_t n = (size_t)Bsz * channels * N;
+        scan_segment_starts_kernel<<<grid_stride_blocks(n, 256, 4096), 256, 0, stream>>>(
+            chunk_states, y, A, Bsz, T, channels, N, chunk, seg_len, n_seg);
+        CUDA_CHECK_LAUNCH();
+    }
+    selective_scan_forward_kernel<NP, VEC, false>
+        <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)n_seg), SCAN_THREADS, smem_bytes, stream>>>(
+            y, chunk_states, u, delta, A, B, C, D, T, channels, N, chunk, seg_len);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -646,15 +875,17 @@ extern "C" void selective_scan_forward_cuda(float *y, float *chunk_states, const
 #undef SCAN_FORWARD
 }
 
-/* scratch: dB_part, dC_part (n_cblocks·Bsz·T·N each), dA_part (Bsz·C·N), dD_part (Bsz·C). */
+/* scratch: dB_part, dC_part (n_cblocks·Bsz·T·N each), dA_part (S·Bsz·C·N), dD_part (S·Bsz·C),
+ * the segments' carries (S·Bsz·C·N) and Σδ (S·Bsz·C), for up to S = SCAN_MAX_SEGMENTS. */
 extern "C" size_t selective_scan_backward_cuda_scratch_floats(int Bsz, int T, int channels, int N) {
     const size_t btn = (size_t)Bsz * T * N;
-    return 2 * (size_t)channel_blocks(channels, N) * btn + (size_t)Bsz * channels * (N + 1);
+    return 2 * (size_t)channel_blocks(channels, N) * btn + 2 * (size_t)SCAN_MAX_SEGMENTS * Bsz * channels * (N + 1);
 }
 
 template <int NP, bool VEC>
 static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_part, float *dA_part,
-                            float *dD_part, const float *dy, const float *u, const float *delta,
+                            float *dD_part, float *carry, float *dt_sum, int *n_seg_out,
+                            const float *dy, const float *u, const float *delta,
                             const float *A, const float *B, const float *C, const float *D,
                             const float *chunk_states, int Bsz, int T, int channels, int N, int chunk,
                             cudaStream_t stream) {
@@ -662,10 +893,28 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
     /* above 48 KiB a kernel must opt in to the larger shared memory */
     CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel<NP, VEC>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
-    const dim3 grid((unsigned)channel_blocks(channels, N), (unsigned)Bsz);
-    selective_scan_backward_kernel<NP, VEC><<<grid, SCAN_THREADS, smem_bytes, stream>>>(
-        du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, Bsz,
-        T, channels, N, chunk);
+    const int cblocks = channel_blocks(channels, N);
+    const int n_seg = scan_segment_count(SEGMENTS_BACKWARD, cblocks * Bsz, resident_blocks(selective_scan_backward_kernel<NP, VEC>,
+                                                                        smem_bytes), T, chunk);
+    const int seg_len = scan_segment_len(n_seg, T, chunk);
+    *n_seg_out = n_seg;
+    if (n_seg > 1) {
+        const size_t carry_smem = ScanCarrySmem<NP>::total * sizeof(float);
+        CUDA_CHECK(cudaFuncSetAttribute(selective_scan_carry_kernel<NP, VEC>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)carry_smem));
+        selective_scan_carry_kernel<NP, VEC>
+            <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)(n_seg - 1)), SCAN_THREADS, carry_smem, stream>>>(
+                carry, dt_sum, dy, delta, A, C, Bsz, T, channels, N, seg_len);
+        CUDA_CHECK_LAUNCH();
+        const size_t n = (size_t)Bsz * channels * N;
+        scan_segment_carries_kernel<<<grid_stride_blocks(n, 256, 4096), 256, 0, stream>>>(
+            carry, dt_sum, A, Bsz, channels, N, n_seg);
+        CUDA_CHECK_LAUNCH();
+    }
+    selective_scan_backward_kernel<NP, VEC>
+        <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)n_seg), SCAN_THREADS, smem_bytes, stream>>>(
+            du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, carry,
+            Bsz, T, channels, N, chunk, seg_len);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -685,16 +934,18 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
         abort();
     }
     const int n_parts = channel_blocks(channels, N);
-    const size_t btn = (size_t)Bsz * T * N;
+    const size_t btn = (size_t)Bsz * T * N, per_seg = (size_t)Bsz * channels;
     float *dB_part = scratch, *dC_part = dB_part + (size_t)n_parts * btn;
-    float *dA_part = dC_part + (size_t)n_parts * btn, *dD_part = dA_part + (size_t)Bsz * channels * N;
+    float *dA_part = dC_part + (size_t)n_parts * btn, *dD_part = dA_part + SCAN_MAX_SEGMENTS * per_seg * N;
+    float *carry = dD_part + SCAN_MAX_SEGMENTS * per_seg, *dt_sum = carry + SCAN_MAX_SEGMENTS * per_seg * N;
     const void *rows[] = {du, ddelta, dy, u, delta, B, C, scratch};
     const bool vec = scan_vec_ok(channels, N, rows, 8);
+    int n_seg = 1;
 #define SCAN_BACKWARD(NP)                                                                            \
-    (vec ? launch_backward<NP, true>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, \
-                                     chunk_states, Bsz, T, channels, N, chunk, stream)                      \
-         : launch_backward<NP, false>(du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, \
-                                      chunk_states, Bsz, T, channels, N, chunk, stream))
+    (vec ? launch_backward<NP, true>(du, ddelta, dB_part, dC_part, dA_part, dD_part, carry, dt_sum, &n_seg, \
+                                     dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream) \
+         : launch_backward<NP, false>(du, ddelta, dB_part, dC_part, dA_part, dD_part, carry, dt_sum, &n_seg, \
+                                      dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream))
     switch (padded_state(N)) {
     case 4: SCAN_BACKWARD(4); break;
     case 8: SCAN_BACKWARD(8); break;
@@ -707,9 +958,9 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
                                                                          n_parts, btn);
         CUDA_CHECK_LAUNCH();
     }
-    if (dA || dD) {
+    if (dA || dD) {   /* the partials of every (segment, b), in order */
         scan_sum_dAD_kernel<<<grid_stride_blocks((size_t)channels * (N + 1), 256, 4096), 256, 0, stream>>>(
-            dA, dD, dA_part, dD_part, Bsz, channels, N);
+            dA, dD, dA_part, dD_part, n_seg * Bsz, channels, N);
         CUDA_CHECK_LAUNCH();
     }
 }
