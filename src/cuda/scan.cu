@@ -23,6 +23,8 @@
  * pieces where channels and N are multiples of 4 and the tensors aligned (VEC), else 4-byte.
  * Why this layout and not 8 or 16 states a thread, or 1 or 2: all four measured slower at
  * jamba-small's shape (docs/performance.md, "The selective scan: where its time goes").
+ * Where B·channels gives too few blocks for the SMs, T is also split into time segments
+ * run in parallel (see "Segments" at the launchers). 
  *
  * Backward: a chunk is processed in sub-tiles of SCAN_BWD_TILE = 16 steps, last first. The
  * sub-tile's states are recomputed into shared memory (a float4 column per thread, no
