@@ -12,9 +12,7 @@ float *column_sum_partials(size_t floats) {
 /* About four blocks per SM in all, but at least 16 rows per thread (8 row groups × 16):
  * below that the second pass's reads outweigh what the extra blocks gain. */
 int column_sum_slices(int N, int C) {
-    int device = 0, sms = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = cuda_sm_count();
     const int col_blocks = (C + COLUMN_SUM_COLS - 1) / COLUMN_SUM_COLS;
     const int want = (4 * sms + col_blocks - 1) / col_blocks;
     const int most = (N + 16 * COLUMN_SUM_GROUPS - 1) / (16 * COLUMN_SUM_GROUPS);

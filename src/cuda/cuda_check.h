@@ -44,4 +44,12 @@ static inline void *grow_device_buffer(void **buffer, size_t *capacity, size_t b
     return *buffer;
 }
 
+/* The current device's SM count (launch policies size their grids by it). */
+static inline int cuda_sm_count(void) {
+    int device = 0, sms = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+}
+
 #endif

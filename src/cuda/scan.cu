@@ -24,7 +24,7 @@
  * Why this layout and not 8 or 16 states a thread, or 1 or 2: all four measured slower at
  * jamba-small's shape (docs/performance.md, "The selective scan: where its time goes").
  * Where B·channels gives too few blocks for the SMs, T is also split into time segments
- * run in parallel (see "Segments" at the launchers). 
+ * run in parallel (see "Segments" at the launchers).
  *
  * Backward: a chunk is processed in sub-tiles of SCAN_BWD_TILE = 16 steps, last first. The
  * sub-tile's states are recomputed into shared memory (a float4 column per thread, no
@@ -408,7 +408,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     while (k >= k_first) {
         const int tc0 = k * chunk, tc1 = min(T, tc0 + chunk), ts0 = tc0 + w * L, len = min(L, tc1 - ts0);
         const bool grad = w == j;
-        int nk = k, nj = j, nw = w + 1;   /* the job after this one (nk < 0: none) */
+        int nk = k, nj = j, nw = w + 1;   /* the job after this one (nk < k_first: none) */
         bool n_from_ck = false;
         if (grad) {
             nw = 0;
@@ -765,7 +765,7 @@ static bool scan_vec_ok(int channels, int N, const void *const *ptrs, int n_ptrs
  * end states (forward: the recurrence from zero, without C or y) or over 1 … S−1 for the
  * gradient carried in from their right (backward), and a short sequential combine.
  * Measured on an H100 (test_cuda_scan --bench, di 1536, N 16, chunk 64; docs/performance.md
- * "Time segments"): where B·channels gives too few blocks for the SMs (evaluation batches,
+ * "The scan over time segments"): where B·channels gives too few blocks for the SMs (evaluation batches,
  * B = 1 or 2 at T = 8192) it is 2.8–4.9× faster; at jamba-small's training shape (384
  * blocks) the forward is ~2% slower split and the backward 2–3% faster. Hence the policies
  * (`blocks_per_sm`: what the SMs hold of this kernel at once):
@@ -780,7 +780,10 @@ static bool scan_vec_ok(int channels, int N, const void *const *ptrs, int n_ptrs
 
 enum SegmentPolicy { SEGMENTS_FORWARD, SEGMENTS_BACKWARD };
 
-static int scan_segment_count(enum SegmentPolicy policy, int base_blocks, int blocks_per_sm, int T, int chunk) {
+/* The segment count S (the return) and *seg_len, the segment length in steps: whole
+ * chunks, the last segment the shortest, none empty. */
+static int scan_segments(enum SegmentPolicy policy, int base_blocks, int blocks_per_sm, int T, int chunk,
+                         int *seg_len) {
     const int n_chunks = (T + chunk - 1) / chunk;
     int most = SCAN_MAX_SEGMENTS;
     if (most > n_chunks) most = n_chunks;
@@ -792,12 +795,8 @@ static int scan_segment_count(enum SegmentPolicy policy, int base_blocks, int bl
     if (env && *env) {
         S = atoi(env);
         if (S > SCAN_MAX_SEGMENTS) S = SCAN_MAX_SEGMENTS;
-        if (S > n_chunks) S = n_chunks;
     } else {
-        int device = 0, sms = 0;
-        CUDA_CHECK(cudaGetDevice(&device));
-        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-        const long slots = (long)sms * (blocks_per_sm > 0 ? blocks_per_sm : 1);
+        const long slots = (long)cuda_sm_count() * (blocks_per_sm > 0 ? blocks_per_sm : 1);
         if (policy == SEGMENTS_FORWARD) {
             S = (int)(slots / base_blocks);
             if (S < 3) S = 1;
@@ -811,13 +810,11 @@ static int scan_segment_count(enum SegmentPolicy policy, int base_blocks, int bl
             }
         }
     }
+    if (S > n_chunks) S = n_chunks;
     if (S < 1) S = 1;
     const int chunks_per_seg = (n_chunks + S - 1) / S;
-    return (n_chunks + chunks_per_seg - 1) / chunks_per_seg;   /* none left empty */
-}
-static int scan_segment_len(int n_seg, int T, int chunk) {
-    const int n_chunks = (T + chunk - 1) / chunk;
-    return (n_chunks + n_seg - 1) / n_seg * chunk;
+    *seg_len = chunks_per_seg * chunk;
+    return (n_chunks + chunks_per_seg - 1) / chunks_per_seg;
 }
 
 template <typename K>
@@ -838,9 +835,10 @@ static void launch_forward(float *y, float *chunk_states, const float *u, const 
     CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<NP, VEC, true>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
     const int cblocks = channel_blocks(channels, N);
-    const int n_seg = scan_segment_count(SEGMENTS_FORWARD, cblocks * Bsz, resident_blocks(selective_scan_forward_kernel<NP, VEC, false>,
-                                                                        smem_bytes), T, chunk);
-    const int seg_len = scan_segment_len(n_seg, T, chunk);
+    int seg_len;
+    const int n_seg = scan_segments(SEGMENTS_FORWARD, cblocks * Bsz,
+                                    resident_blocks(selective_scan_forward_kernel<NP, VEC, false>, smem_bytes), T,
+                                    chunk, &seg_len);
     if (n_seg > 1) {
         selective_scan_forward_kernel<NP, VEC, true>
             <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)(n_seg - 1)), SCAN_THREADS, smem_bytes, stream>>>(
@@ -896,9 +894,10 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
     CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel<NP, VEC>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes));
     const int cblocks = channel_blocks(channels, N);
-    const int n_seg = scan_segment_count(SEGMENTS_BACKWARD, cblocks * Bsz, resident_blocks(selective_scan_backward_kernel<NP, VEC>,
-                                                                        smem_bytes), T, chunk);
-    const int seg_len = scan_segment_len(n_seg, T, chunk);
+    int seg_len;
+    const int n_seg = scan_segments(SEGMENTS_BACKWARD, cblocks * Bsz,
+                                    resident_blocks(selective_scan_backward_kernel<NP, VEC>, smem_bytes), T, chunk,
+                                    &seg_len);
     *n_seg_out = n_seg;
     if (n_seg > 1) {
         const size_t carry_smem = ScanCarrySmem<NP>::total * sizeof(float);
