@@ -650,6 +650,9 @@ static const AttentionShape attention_shapes[] = {
     {1, 300, 8, 2, 128, 64}, {1, 300, 4, 4, 128, 0}, {2, 129, 8, 8, 24, 64}, {1, 33, 8, 1, 128, 0},
     /* head dims inside the kernels' 32/64/128 buckets, a window wider than T, GQA group 4 */
     {2, 40, 2, 2, 7, 0},     {1, 70, 4, 1, 48, 200},  {1, 65, 8, 2, 100, 0},
+    /* many key blocks meeting each query tile (the tensor-core backward adds their dq parts
+     * in order), with and without a window, in every head-dim bucket */
+    {1, 1000, 4, 2, 64, 0},  {2, 777, 2, 1, 64, 300}, {1, 600, 2, 1, 128, 0}, {1, 700, 4, 4, 32, 150},
 };
 #define N_ATTENTION_SHAPES (sizeof attention_shapes / sizeof attention_shapes[0])
 
@@ -815,6 +818,57 @@ START_TEST(test_attention_backward_adds_to_existing_gradients) {
 }
 END_TEST
 
+/* The tensor-core backward sums dq over key blocks through a scratch tile that the blocks
+ * add to in a fixed order (attention_tc.cu), and the float32 one with no such sum: the
+ * same bits on every run, whichever block the scheduler starts first. Also that asking
+ * for dq alone, or dk and dv alone, gives the same bits as asking for all three. */
+START_TEST(test_attention_backward_is_deterministic) {
+    static const char *precisions[] = {"fp32", "tf32", "bf16"};
+    const AttentionShape a = {2, 1000, 6, 2, 64, 0};
+    const size_t n_q = (size_t)a.B * a.T * a.H * a.hd, n_kv = (size_t)a.B * a.T * a.Hkv * a.hd;
+    const size_t n_lse = (size_t)a.B * a.H * a.T;
+    float *q = cuda_test_host_normal(&rng, n_q, 2.0f), *k = cuda_test_host_normal(&rng, n_kv, 1.0f);
+    float *v = cuda_test_host_normal(&rng, n_kv, 1.0f), *dout = cuda_test_host_normal(&rng, n_q, 1.0f);
+    float *d_q = cuda_test_device_copy(q, n_q), *d_k = cuda_test_device_copy(k, n_kv);
+    float *d_v = cuda_test_device_copy(v, n_kv), *d_dout = cuda_test_device_copy(dout, n_q);
+    float *d_out = cuda_test_device_poisoned(n_q), *d_lse = cuda_test_device_poisoned(n_lse);
+    float *d_dq = cuda_test_device_alloc(n_q * sizeof(float)), *d_dk = cuda_test_device_alloc(n_kv * sizeof(float));
+    float *d_dv = cuda_test_device_alloc(n_kv * sizeof(float));
+    for (int p = 0; p < 3; p++) {
+        ck_assert_int_eq(attention_set_precision_cuda(precisions[p]), 0);
+        attention_forward_cuda(d_out, d_lse, d_q, d_k, d_v, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
+        float *first[3] = {NULL, NULL, NULL};
+        /* runs: all three twice, then dq alone, then dk and dv alone */
+        for (int run = 0; run < 4; run++) {
+            CUDA_CHECK(cudaMemset(d_dq, 0, n_q * sizeof(float)));
+            CUDA_CHECK(cudaMemset(d_dk, 0, n_kv * sizeof(float)));
+            CUDA_CHECK(cudaMemset(d_dv, 0, n_kv * sizeof(float)));
+            const int want_q = run != 3, want_kv = run != 2;
+            attention_backward_cuda(want_q ? d_dq : NULL, want_kv ? d_dk : NULL, want_kv ? d_dv : NULL, d_dout,
+                                    d_q, d_k, d_v, d_out, d_lse, a.B, a.T, a.H, a.Hkv, a.hd, a.window, stream);
+            float *got[3] = {cuda_test_host_from_device(d_dq, n_q), cuda_test_host_from_device(d_dk, n_kv),
+                             cuda_test_host_from_device(d_dv, n_kv)};
+            static const char *names[3] = {"dq", "dk", "dv"};
+            const size_t sizes[3] = {n_q, n_kv, n_kv};
+            for (int g = 0; g < 3; g++) {
+                if (run == 0) { first[g] = got[g]; continue; }
+                if ((g == 0 && want_q) || (g > 0 && want_kv))
+                    ck_assert_msg(!memcmp(first[g], got[g], sizes[g] * sizeof(float)),
+                                  "attention backward %s (%s): run %d differs from run 0 in its bits", names[g],
+                                  precisions[p], run);
+                free(got[g]);
+            }
+        }
+        for (int g = 0; g < 3; g++) free(first[g]);
+    }
+    attention_set_precision_cuda("fp32");
+    free(q); free(k); free(v); free(dout);
+    CUDA_CHECK(cudaFree(d_q)); CUDA_CHECK(cudaFree(d_k)); CUDA_CHECK(cudaFree(d_v)); CUDA_CHECK(cudaFree(d_dout));
+    CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_lse)); CUDA_CHECK(cudaFree(d_dq));
+    CUDA_CHECK(cudaFree(d_dk)); CUDA_CHECK(cudaFree(d_dv));
+}
+END_TEST
+
 /* ---------------------------------------------------------------- AdamW and the norm */
 
 START_TEST(test_adamw_update_matches_cpu_with_no_decay_tensors) {
@@ -908,6 +962,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_attention_forward_matches_cpu);
     tcase_add_test(tc, test_attention_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_attention_backward_adds_to_existing_gradients);
+    tcase_add_test(tc, test_attention_backward_is_deterministic);
     tcase_add_test(tc, test_attention_tensor_cores_within_tf32_rounding);
     tcase_add_test(tc, test_attention_tensor_cores_within_bf16_rounding);
     tcase_add_test(tc, test_adamw_update_matches_cpu_with_no_decay_tensors);

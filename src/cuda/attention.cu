@@ -167,7 +167,9 @@ attention_forward_kernel(float *out, float *lse, const float *q, const float *k,
     float *corr_s = p_t + BC * LDT;                        /* [TILE] */
     float *l_s = corr_s + TILE;                            /* [TILE] */
     /* the last query tiles have the most keys: launch them first (a shorter tail) */
-    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / Hkv), t0 = (gridDim.x - 1 - blockIdx.x) * TILE;
+    const int tiles = (T + TILE - 1) / TILE;
+    const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
+    const int b = rb.b, h = rb.head, g = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * TILE;
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
 
     load_tile<HD, TILE>(q_tile, q, b, t0, H, h, T, hd);
@@ -268,7 +270,9 @@ attention_backward_dq_kernel(float *dq, const float *dout, const float *q, const
     float *lse_s = ds_t + BC * LDT;                        /* [TILE] */
     float *D_s = lse_s + TILE;                             /* [TILE] */
     /* the last query tiles have the most keys: launch them first (a shorter tail) */
-    const int b = blockIdx.z, h = blockIdx.y, g = h / (H / Hkv), t0 = (gridDim.x - 1 - blockIdx.x) * TILE;
+    const int tiles = (T + TILE - 1) / TILE;
+    const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
+    const int b = rb.b, h = rb.head, g = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * TILE;
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
 
     load_tile<HD, TILE>(q_tile, q, b, t0, H, h, T, hd);
@@ -344,7 +348,8 @@ attention_backward_dkdv_kernel(float *dk, float *dv, const float *dout, const fl
     float *ds_tile = p_tile + BR * LDP;                    /* [BR][LDP]  */
     float *lse_s = ds_tile + BR * LDP;                     /* [BR] */
     float *D_s = lse_s + BR;                               /* [BR] */
-    const int b = blockIdx.z, g = blockIdx.y, j0 = blockIdx.x * TILE, group = H / Hkv;
+    const RankedBlock rb = ranked_block(Hkv, (T + TILE - 1) / TILE);   /* the first keys (the longest blocks) first */
+    const int b = rb.b, g = rb.head, j0 = rb.rank * TILE, group = H / Hkv;
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
 
     load_tile<HD, TILE>(k_tile, k, b, j0, Hkv, g, T, hd);
@@ -457,7 +462,7 @@ static void launch_forward(float *out, float *lse, const float *q, const float *
     const size_t bytes = sizeof(float) * (TILE * (HD + 4) + 2 * BC * (HD + 4) + BC * (TILE + 4) + 2 * TILE);
     const void *kernel = (const void *)attention_forward_kernel<HD, BC, MINB>;
     allow_shared_memory(kernel, bytes);
-    const dim3 grid((T + TILE - 1) / TILE, H, B);
+    const dim3 grid((unsigned)((T + TILE - 1) / TILE * H * B));   /* ranked_block's order */
     attention_forward_kernel<HD, BC, MINB><<<grid, THREADS, bytes, stream>>>(
         out, lse, q, k, v, T, H, Hkv, hd, window, 1.0f / sqrtf((float)hd));
     CUDA_CHECK_LAUNCH();
@@ -472,7 +477,7 @@ static void launch_backward(float *dq, float *dk, float *dv, const float *dout, 
         const size_t bytes = sizeof(float) * (2 * TILE * (HD + 4) + 2 * BC * (HD + 4) + BC * (TILE + 4) + 2 * TILE);
         const void *kernel = (const void *)attention_backward_dq_kernel<HD, BC, MINB>;
         allow_shared_memory(kernel, bytes);
-        const dim3 grid((T + TILE - 1) / TILE, H, B);
+        const dim3 grid((unsigned)((T + TILE - 1) / TILE * H * B));   /* ranked_block's order */
         attention_backward_dq_kernel<HD, BC, MINB><<<grid, THREADS, bytes, stream>>>(
             dq, dout, q, k, v, lse, Dsum, T, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
@@ -481,7 +486,7 @@ static void launch_backward(float *dq, float *dk, float *dv, const float *dout, 
         const size_t bytes = sizeof(float) * (2 * TILE * (HD + 4) + 2 * BR * (HD + 4) + 2 * BR * (TILE + 4) + 2 * BR);
         const void *kernel = (const void *)attention_backward_dkdv_kernel<HD, BR, MINB>;
         allow_shared_memory(kernel, bytes);
-        const dim3 grid((T + TILE - 1) / TILE, Hkv, B);
+        const dim3 grid((unsigned)((T + TILE - 1) / TILE * Hkv * B));   /* ranked_block's order */
         attention_backward_dkdv_kernel<HD, BR, MINB><<<grid, THREADS, bytes, stream>>>(
             dk, dv, dout, q, k, v, lse, Dsum, T, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
@@ -519,15 +524,17 @@ extern "C" void attention_backward_cuda(float *dq, float *dk, float *dv, const f
     attention_check_shape(H, Hkv, hd);
     if (B <= 0 || T <= 0 || (!dq && !dk && !dv)) return;
     const float scale = 1.0f / sqrtf((float)hd);
+    if (attention_precision != PRECISION_FP32) {   /* it forms D as it stages dout */
+        attention_backward_tc(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd, window, scale,
+                              attention_precision == PRECISION_BF16, stream);
+        return;
+    }
     const size_t rows = (size_t)B * T * H;
     float *Dsum = rowdot_buffer(rows);
     const unsigned row_blocks = (unsigned)((rows + THREADS / 32 - 1) / (THREADS / 32));
     attention_row_dot_kernel<<<row_blocks, THREADS, 0, stream>>>(Dsum, dout, out, B, T, H, hd);
     CUDA_CHECK_LAUNCH();
-    if (attention_precision != PRECISION_FP32)
-        attention_backward_tc(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale,
-                              attention_precision == PRECISION_BF16, stream);
-    else if (hd <= 32)
+    if (hd <= 32)
         launch_backward<32, 64, 64, 2>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
     else if (hd <= 64)
         launch_backward<64, 64, 64, 2>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);

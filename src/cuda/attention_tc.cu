@@ -31,10 +31,15 @@
  * dk/dv: one block per (64 keys, kv head, batch) looping over the group's query heads and
  * the query tiles that see its keys, as in attention.cu; the scores are computed transposed
  * (keys as rows), so dk and dv accumulate in registers with no transpose.
+ * Blocks run longest first (attention_common.cuh's ranked_block).
  * Measured on an H100 at B8 T2048 H12 Hkv4 hd64, causal (bench --ops): forward / backward
- * TF32 0.48 / 1.74 ms, bf16 0.30 / 1.02 ms (the copies included), against 2.47 / 7.48 ms
- * for the float32 kernels; before the copies and cp.async, TF32 0.68 / 2.34, bf16 0.50 / 1.79. Tried and dropped (slower, docs/performance.md): for TF32, fragments through
- * ldmatrix, and the score·rows operand staged transposed so that it could use ldmatrix. */
+ * TF32 0.43 / 1.47 ms, bf16 0.28 / 0.91 ms (the copies included), against 2.39 / 6.71 ms
+ * for the float32 kernels; before the longest-first order and the one-pass dO staging
+ * (eleventh session), TF32 0.48 / 1.74, bf16 0.30 / 1.02; before the copies and cp.async,
+ * TF32 0.68 / 2.34, bf16 0.50 / 1.79. Tried and dropped (slower, docs/performance.md): for
+ * TF32, fragments through ldmatrix, and the score·rows operand staged transposed so that it
+ * could use ldmatrix; one fused backward kernel adding dq across key blocks (in a fixed
+ * order through a scratch tile, or with atomics). */
 #include "attention_common.cuh"
 #include "ptx.cuh"
 #include "cuda_check.h"
@@ -304,16 +309,46 @@ __global__ void stage_operand_kernel(typename P::Elem *dst, const float *x, int 
     }
 }
 
-/* lse (natural log) and D, [B·H][T] → lse in base 2 and D, [B·H][Tp], zero past T: the
- * backward kernels stage them per query tile like the operands. */
-__global__ void stage_row_stats_kernel(float *lse2, float *D, const float *lse, const float *Dsum, int BH, int T,
-                                       int Tp) {
-    const size_t n = (size_t)BH * Tp;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
-        const int t = (int)(idx % Tp);
-        const size_t src = idx / Tp * T + t;
-        lse2[idx] = t < T ? lse[src] * LOG2E : 0.0f;
-        D[idx] = t < T ? Dsum[src] : 0.0f;
+/* dO's operand copy as stage_operand_kernel makes it, and beside it, per row of the copy
+ * ([B·H][Tp], zero past T), the row statistics the backward kernels stage per query tile:
+ * lse in base 2 and D = dout_t·out_t (float32, before dO is rounded). One pass instead of
+ * three (dO's copy, a row-dot kernel reading dout again, and the statistics' copy). A row's
+ * HD/4 threads are consecutive lanes of one warp (HD/4 divides 32, and the grid stride is a
+ * multiple of 32), so D is a shuffle sum among them; every lane runs each loop turn, past
+ * the end too, because the shuffles need the whole warp. */
+template <class P, int HD>
+__global__ void stage_dout_kernel(typename P::Elem *dst, float *lse2, float *D, const float *dout,
+                                  const float *out, const float *lse, int B, int T, int Tp, int H, int hd) {
+    constexpr int LANES = HD / 4;
+    const size_t n = (size_t)B * H * Tp * LANES, n_warps = (n + 31) / 32 * 32;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n_warps;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const bool live = idx < n;
+        const int d = 4 * (int)(idx % LANES);
+        const size_t row = idx / LANES;   /* (b, head, t) of the copy */
+        const int t = (int)(row % Tp);
+        const size_t bh = row / Tp;
+        const int head = (int)(bh % H), b = (int)(bh / H);
+        float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f), o = g;
+        if (live && t < T) {
+            const size_t at = token_row(b, t, H, head, T) * hd + d;
+            if (hd % 4 == 0) {   /* rows start 16-byte aligned */
+                if (d < hd) g = *reinterpret_cast<const float4 *>(dout + at), o = *reinterpret_cast<const float4 *>(out + at);
+            } else {
+                float gv[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ov[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int e = 0; e < 4 && d + e < hd; e++) gv[e] = dout[at + e], ov[e] = out[at + e];
+                g = make_float4(gv[0], gv[1], gv[2], gv[3]), o = make_float4(ov[0], ov[1], ov[2], ov[3]);
+            }
+        }
+        float dot = g.x * o.x + g.y * o.y + g.z * o.z + g.w * o.w;
+#pragma unroll
+        for (int lanes = LANES / 2; lanes > 0; lanes /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, lanes);
+        if (!live) continue;
+        P::store4(dst + row * HD + d, g);
+        if (d == 0) {
+            lse2[row] = t < T ? lse[bh * T + t] * LOG2E : 0.0f;
+            D[row] = t < T ? dot : 0.0f;
+        }
     }
 }
 
@@ -438,8 +473,9 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
     extern __shared__ float4 shared4[];
     E *q_rows = reinterpret_cast<E *>(shared4);   /* [ROWS][LD] */
     E *kv_rows = q_rows + ROWS * LD;                   /* [STAGES][K, V][BC][LD] */
-    const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * ROWS;   /* longest rows first */
+    const int tiles = (T + ROWS - 1) / ROWS;
+    const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
+    const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
@@ -529,8 +565,9 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
     E *q_rows = reinterpret_cast<E *>(shared4);   /* [ROWS][LD] */
     E *dout_rows = q_rows + ROWS * LD;                 /* [ROWS][LD] */
     E *kv_rows = dout_rows + ROWS * LD;                /* [STAGES][K, V][BC][LD] */
-    const int b = blockIdx.z, h = blockIdx.y, grp = h / (H / Hkv);
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
+    const int tiles = (T + ROWS - 1) / ROWS;
+    const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
+    const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 16 * MT * warp;
     const float scale_log2 = scale * LOG2E;
@@ -603,7 +640,8 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
     E *v_rows = k_rows + TC_ROWS * LD;                 /* [TC_ROWS][LD] */
     E *qd_rows = v_rows + TC_ROWS * LD;                /* [STAGES][Q, dO][BR][LD] */
     float *stats = reinterpret_cast<float *>(qd_rows + STAGES * 2 * BR * LD);   /* [STAGES][lse2, D][BR] */
-    const int b = blockIdx.z, grp = blockIdx.y, j0 = blockIdx.x * TC_ROWS, group = H / Hkv;
+    const RankedBlock rb = ranked_block(Hkv, (T + TC_ROWS - 1) / TC_ROWS);   /* the first keys (the longest blocks) first */
+    const int b = rb.b, grp = rb.head, j0 = rb.rank * TC_ROWS, group = H / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, jk[2] = {j0 + row0 + g, j0 + row0 + g + 8};
     const float scale_log2 = scale * LOG2E;
@@ -735,7 +773,7 @@ static void launch_forward_tc(float *out, float *lse, const float *q, const floa
     const size_t bytes = (size_t)ROW * (MT * TC_ROWS + STAGES * 2 * BC);
     const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, MT, STAGES, MINB>;
     allow_tc_shared_memory(kernel, bytes);
-    const dim3 grid((T + MT * TC_ROWS - 1) / (MT * TC_ROWS), H, B);
+    const dim3 grid((unsigned)((T + MT * TC_ROWS - 1) / (MT * TC_ROWS) * H * B));   /* ranked_block's order */
     attention_forward_tc_kernel<P, HD, BC, MT, STAGES, MINB><<<grid, TC_THREADS, bytes, stream>>>(
         out, lse, qc, kc, vc, T, padded_length(T), H, Hkv, hd, window, 1.0f / sqrtf((float)hd));
     CUDA_CHECK_LAUNCH();
@@ -743,7 +781,7 @@ static void launch_forward_tc(float *out, float *lse, const float *q, const floa
 
 template <class P, int HD, int BC, int MT_DQ, int MINB_DQ, int BR, int MINB_DKDV>
 static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                               const float *k, const float *v, const float *lse, const float *Dsum,
+                               const float *k, const float *v, const float *out, const float *lse,
                                int B, int T, int H, int Hkv, int hd, int window, float scale,
                                cudaStream_t stream) {
     using E = typename P::Elem;
@@ -752,11 +790,12 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
     const E *qc = stage_operand<P, HD>(COPY_Q, q, B, T, H, hd, stream);
     const E *kc = stage_operand<P, HD>(COPY_K, k, B, T, Hkv, hd, stream);
     const E *vc = stage_operand<P, HD>(COPY_V, v, B, T, Hkv, hd, stream);
-    const E *dc = stage_operand<P, HD>(COPY_DOUT, dout, B, T, H, hd, stream);
-    const size_t stats = (size_t)B * H * Tp;
-    float *lse2 = (float *)copy_scratch(COPY_LSE2, stats * sizeof(float));
-    float *D = (float *)copy_scratch(COPY_D, stats * sizeof(float));
-    stage_row_stats_kernel<<<grid_stride_blocks(stats), 256, 0, stream>>>(lse2, D, lse, Dsum, B * H, T, Tp);
+    const size_t rows = (size_t)B * H * Tp;
+    E *dc = (E *)copy_scratch(COPY_DOUT, rows * HD * sizeof(E));
+    float *lse2 = (float *)copy_scratch(COPY_LSE2, rows * sizeof(float));
+    float *D = (float *)copy_scratch(COPY_D, rows * sizeof(float));
+    stage_dout_kernel<P, HD><<<grid_stride_blocks(rows * (HD / 4)), 256, 0, stream>>>(dc, lse2, D, dout, out, lse,
+                                                                                      B, T, Tp, H, hd);
     CUDA_CHECK_LAUNCH();
     if (dq) {
         static_assert(MT_DQ <= TC_MAX_MT, "blocks taller than the copies' padding");
@@ -764,7 +803,7 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
         const size_t bytes = (size_t)ROW * (2 * MT_DQ * TC_ROWS + STAGES * 2 * BC);
         const void *kernel = (const void *)attention_backward_dq_tc_kernel<P, HD, BC, MT_DQ, STAGES, MINB_DQ>;
         allow_tc_shared_memory(kernel, bytes);
-        const dim3 grid((T + MT_DQ * TC_ROWS - 1) / (MT_DQ * TC_ROWS), H, B);
+        const dim3 grid((unsigned)((T + MT_DQ * TC_ROWS - 1) / (MT_DQ * TC_ROWS) * H * B));
         attention_backward_dq_tc_kernel<P, HD, BC, MT_DQ, STAGES, MINB_DQ><<<grid, TC_THREADS, bytes, stream>>>(
             dq, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
@@ -775,7 +814,7 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
         const size_t bytes = (size_t)2 * TC_ROWS * ROW + (size_t)STAGES * STAGE_BYTES;
         const void *kernel = (const void *)attention_backward_dkdv_tc_kernel<P, HD, BR, STAGES, MINB_DKDV>;
         allow_tc_shared_memory(kernel, bytes);
-        const dim3 grid((T + TC_ROWS - 1) / TC_ROWS, Hkv, B);
+        const dim3 grid((unsigned)((T + TC_ROWS - 1) / TC_ROWS * Hkv * B));
         attention_backward_dkdv_tc_kernel<P, HD, BR, STAGES, MINB_DKDV><<<grid, TC_THREADS, bytes, stream>>>(
             dk, dv, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
         CUDA_CHECK_LAUNCH();
@@ -791,14 +830,14 @@ static void forward_tc(float *out, float *lse, const float *q, const float *k, c
 
 template <class P>
 static void backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                        const float *v, const float *lse, const float *Dsum, int B, int T, int H, int Hkv,
+                        const float *v, const float *out, const float *lse, int B, int T, int H, int Hkv,
                         int hd, int window, float scale, cudaStream_t stream) {
     if (hd <= 32)
-        launch_backward_tc<P, 32, 64, 1, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+        launch_backward_tc<P, 32, 64, 1, 1, 64, 1>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd, window, scale, stream);
     else if (hd <= 64)
-        launch_backward_tc<P, 64, 32, 2, 1, 64, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+        launch_backward_tc<P, 64, 32, 2, 1, 64, 1>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd, window, scale, stream);
     else
-        launch_backward_tc<P, 128, 32, 1, 1, 16, 1>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+        launch_backward_tc<P, 128, 32, 1, 1, 16, 1>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd, window, scale, stream);
 }
 
 void attention_forward_tc(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -808,9 +847,9 @@ void attention_forward_tc(float *out, float *lse, const float *q, const float *k
 }
 
 void attention_backward_tc(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                           const float *k, const float *v, const float *lse, const float *Dsum,
+                           const float *k, const float *v, const float *out, const float *lse,
                            int B, int T, int H, int Hkv, int hd, int window, float scale, int bf16,
                            cudaStream_t stream) {
-    if (bf16) backward_tc<Bf16Tiles>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
-    else backward_tc<Tf32Tiles>(dq, dk, dv, dout, q, k, v, lse, Dsum, B, T, H, Hkv, hd, window, scale, stream);
+    if (bf16) backward_tc<Bf16Tiles>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd, window, scale, stream);
+    else backward_tc<Tf32Tiles>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, Hkv, hd, window, scale, stream);
 }
