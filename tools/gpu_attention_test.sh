@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_attention_test.sh — build the CUDA attention kernels (src/cuda/attention.cu, float32 on
 # the CUDA cores; attention_tc.cu, TF32 or bf16 on the tensor cores), check them against the CPU op
-# and time them beside PyTorch's SDPA, on a GPU machine, in one device-tool call
+# (attention_wgmma.cu: the bf16 forward on Hopper's wgmma) and time them beside PyTorch's
+# SDPA, on a GPU machine, in one device-tool call
 # (docs/gpu.md). Same structure as tools/gpu_scan_test.sh:
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
 #   2. configure and build test_cuda_ops and bench into build-gpu
@@ -124,6 +125,16 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc TF32 rows·rowsᵀ: second m-tile reads the first's rows"
     mutant attention_tc.cu 's/ldmatrix_x4<false>(a0\[mt\], a_at + 16 \* mt \* LD + 16 \* ks);/ldmatrix_x4<false>(a0[mt], a_at + 16 * ks);/' \
         "bf16 rows·rowsᵀ: second m-tile reads the first's rows"
+    mutant attention_wgmma.cu 's/return r \* 128 + ((c ^ (r \& 7)) << 4);/return r * 128 + (c << 4);/' \
+        "wgmma: tiles stored unswizzled, read swizzled"
+    mutant attention_wgmma.cu 's/%36, p, 1, 1, 1;/%36, p, 1, 1, 0;/' \
+        "wgmma P·V: V read K-major, not transposed"
+    mutant attention_wgmma.cu 's/smem_desc(q_rows + 32 \* ks, 16, 1024)/smem_desc(q_rows, 16, 1024)/' \
+        "wgmma Q·Kᵀ: every 16-dim step reads Q's first"
+    mutant attention_wgmma.cu 's/o\[4 \* n + 2 \* half\] \*= corr, o\[4 \* n + 2 \* half + 1\] \*= corr;/o[4 * n + 2 * half] *= corr;/' \
+        "wgmma forward rescales half the outputs"
+    mutant attention_wgmma.cu 's/j0 + 8 \* n + 2 \* (lane % 4) + c % 2, T, window))/j0 + 8 * n + 2 * (lane % 4), T, window))/' \
+        "wgmma mask: odd key columns judged as the even ones"
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 

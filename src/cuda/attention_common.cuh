@@ -58,4 +58,13 @@ void attention_backward_tc(float *dq, float *dk, float *dv, const float *dout, c
                            int B, int T, int H, int Hkv, int hd, int window, float scale, int bf16,
                            cudaStream_t stream);
 
+/* attention_wgmma.cu: the bf16 forward for the 64 head-dim bucket on Hopper's wgmma, from
+ * q itself ([B, T, H, hd] float) and attention_tc.cu's K and V copies ([B][Hkv][Tp][64]
+ * bf16, Tp a multiple of 128).
+ * Returns 0 if it ran, −1 where it is not built (no sm_90a), the device is not compute
+ * capability 9.0, hd is outside (32, 64], or BRAID_ATTENTION_WGMMA=0: the caller then runs
+ * its own kernel. */
+int attention_forward_wgmma(float *out, float *lse, const float *q, const void *k_copy, const void *v_copy,
+                            int B, int T, int Tp, int H, int Hkv, int hd, int window, cudaStream_t stream);
+
 #endif

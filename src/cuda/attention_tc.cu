@@ -48,6 +48,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include <cuda_bf16.h>
 
 #define TC_THREADS 128   /* 4 warps */
@@ -767,9 +769,12 @@ static void launch_forward_tc(float *out, float *lse, const float *q, const floa
     constexpr int ROW = sizeof(E) * (HD + P::PAD);
     static_assert(MT <= TC_MAX_MT, "blocks taller than the copies' padding");
     constexpr int STAGES = tile_stages<MT * TC_ROWS * ROW, 2 * BC * ROW, MINB>();
-    const E *qc = stage_operand<P, HD>(COPY_Q, q, B, T, H, hd, stream);
     const E *kc = stage_operand<P, HD>(COPY_K, k, B, T, Hkv, hd, stream);
     const E *vc = stage_operand<P, HD>(COPY_V, v, B, T, Hkv, hd, stream);
+    if constexpr (std::is_same<P, Bf16Tiles>::value && HD == 64)   /* Hopper's own kernel, where it runs */
+        if (attention_forward_wgmma(out, lse, q, kc, vc, B, T, padded_length(T), H, Hkv, hd, window, stream) == 0)
+            return;
+    const E *qc = stage_operand<P, HD>(COPY_Q, q, B, T, H, hd, stream);
     const size_t bytes = (size_t)ROW * (MT * TC_ROWS + STAGES * 2 * BC);
     const void *kernel = (const void *)attention_forward_tc_kernel<P, HD, BC, MT, STAGES, MINB>;
     allow_tc_shared_memory(kernel, bytes);

@@ -1,0 +1,277 @@
+/* attention_wgmma.cu — the bf16 attention forward on Hopper's warpgroup tensor-core
+ * instructions (wgmma, sm_90a), for head dims in the 64 bucket: the same math, layouts and
+ * contract as attention_tc.cu's forward (out and lse written; the operand copies that file
+ * makes: [B][heads][Tp][64] bf16, zero-padded), which it replaces where it is built and the
+ * device is compute capability 9.0.
+ *
+ * Why: the mma.sync kernels hold every fragment and accumulator in registers and issue one
+ * instruction per 16×8×16 product, so their warps run out of registers and issue slots
+ * (docs/gpu.md). A wgmma is one instruction for a 64×64×16 product per warpgroup (4 warps),
+ * reading its B operand, and here its A operand for S = Q·Kᵀ too, straight from shared
+ * memory; only the accumulators live in registers.
+ *
+ * One block: 2 warpgroups, 128 query rows (64 each), read from q and rounded as they are
+ * stored; key/value tiles of 64 rows from the K and V copies in two shared buffers
+ * (cp.async, the next tile in flight). Per tile, each warpgroup whose rows see any key:
+ *   S = Q·Kᵀ   4 wgmma m64n64k16, A = its Q rows, B = the K tile (both K-major);
+ *   softmax    online, base 2, as attention_tc.cu (a warp owns 16 rows: the accumulator's
+ *              layout per warp is mma.sync's C fragment, lane (g, t) rows g and g+8,
+ *              columns 8j+2t, 8j+2t+1);
+ *   O += P·V   4 wgmma m64n64k16 with A = P from registers (the C fragments packed to bf16
+ *              in pairs are wgmma's A fragments) and B = the V tile read transposed.
+ * Shared tiles are in the 128-byte-swizzle layout: a row's 64 dims are 128 bytes, rows
+ * follow each other, and the 16-byte piece c of row r sits at piece c xor (r mod 8), so the
+ * 8 rows of an atom (1024 bytes, 1024-aligned) spread over all banks. For S, Q and K are
+ * K-major (the sum runs over the dims): stride 1024 bytes between 8-row groups, and a
+ * 16-dim step moves the start 32 bytes into the row. For P·V the same V tile is N-major
+ * (the sum runs over its rows, the keys): stride 1024 bytes between 8-key groups; a 16-key
+ * step moves the start 2048 bytes. (The no-swizzle layout, 8×16-byte core matrices,
+ * measured 0.332 ms against this one's below.) */
+#include "attention_common.cuh"
+#include "cuda_check.h"
+#include "ptx.cuh"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_bf16.h>
+
+#ifndef BRAID_HAVE_WGMMA
+#define BRAID_HAVE_WGMMA 0   /* CMake defines it 1 where it builds for sm_90a */
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || !defined(__CUDA_ARCH__)
+#define WGMMA_BUILT 1   /* this pass (sm_90a, or the host) has the kernel */
+#endif
+
+#define WG_THREADS 256   /* 2 warpgroups */
+#define WG_ROWS 128      /* query rows a block owns */
+#define WG_KEYS 64       /* keys a tile */
+#define WG_HD 64
+#define WG_TILE_BYTES (64 * WG_HD * 2)   /* one 64-row bf16 tile */
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+/* byte offset of 16-byte piece c (dims 8c..8c+7) of row r in a tile: rows of 128 bytes,
+ * the pieces of row r permuted by c xor (r mod 8) (the 128-byte swizzle) */
+__device__ __forceinline__ uint32_t tile_piece(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
+/* a shared-memory matrix descriptor, 128-byte swizzle (the tile 1024-byte aligned) */
+__device__ __forceinline__ uint64_t smem_desc(const void *at, uint32_t leading, uint32_t stride) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(at);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)(leading >> 4) << 16) | ((uint64_t)(stride >> 4) << 32) |
+           (1ull << 62);
+}
+
+#ifdef WGMMA_BUILT
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* keeps the compiler from moving accumulator reads or writes across the asynchronous products */
+__device__ __forceinline__ void pin(float (&d)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* d (+)= A·B, 64×64×16, A and B from shared memory (K-major); accumulate = 0 overwrites d */
+__device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+
+/* d += A·B, 64×64×16, A from registers (four bf16 pairs a lane), B from shared memory read
+ * N-major (transposed) */
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+/* ROWS rows of a [rows][64] bf16 copy (contiguous) into a tile: ROWS·8 pieces; piece i
+ * is row i/8, dims 8·(i%8): 8 consecutive threads copy one row's 128 bytes, which land in
+ * distinct banks. */
+template <int ROWS>
+__device__ __forceinline__ void copy_tile_async(unsigned char *tile, const __nv_bfloat16 *src) {
+#pragma unroll
+    for (int k = 0; k < ROWS * 8 / WG_THREADS; k++) {
+        const int i = k * WG_THREADS + threadIdx.x, r = i >> 3, c = i & 7;
+        cp_async16(tile + tile_piece(r, c), src + (size_t)r * WG_HD + 8 * c);
+    }
+}
+#endif
+
+__global__ void __launch_bounds__(WG_THREADS, 2)
+attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __nv_bfloat16 *k,
+                               const __nv_bfloat16 *v, int T, int Tp, int H, int Hkv, int hd, int window,
+                               float scale) {
+#ifdef WGMMA_BUILT
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    /* the swizzle repeats every 1024 bytes from a 1024-byte boundary */
+    unsigned char *wg_smem = wg_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wg_smem_raw) & 1023)) & 1023);
+    unsigned char *q_tile = wg_smem;                          /* 128 rows: two 64-row tiles */
+    unsigned char *kv_tiles = wg_smem + 2 * WG_TILE_BYTES;    /* [2 buffers][K, V] */
+    const int tiles = (T + WG_ROWS - 1) / WG_ROWS;
+    const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
+    const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * WG_ROWS;
+    const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4;
+    const int row0 = 64 * wg + 16 * warp;   /* this warp's 16 rows in the block */
+    const float scale_log2 = scale * LOG2E;
+    const __nv_bfloat16 *k_head = k + ((size_t)b * Hkv + grp) * Tp * WG_HD;
+    const __nv_bfloat16 *v_head = v + ((size_t)b * Hkv + grp) * Tp * WG_HD;
+    const int t_last = min(T - 1, t0 + WG_ROWS - 1), j_first = first_visible_key(t0, window) / WG_KEYS * WG_KEYS;
+
+    /* Q straight from the float32 input, rounded here: each block reads its rows once, so a
+     * staged copy would only add a pass over Q (~26 µs at jamba-small's shape) */
+#pragma unroll
+    for (int k = 0; k < WG_ROWS * 8 / WG_THREADS; k++) {
+        const int i = k * WG_THREADS + threadIdx.x, r = i >> 3, c = i & 7, t = t0 + r, d = 8 * c;
+        float x[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (t < T) {
+            const float *src = q + token_row(b, t, H, h, T) * hd + d;
+            if (hd % 4 == 0) {   /* rows start 16-byte aligned; hd a multiple of 4 */
+                if (d < hd) *reinterpret_cast<float4 *>(x) = *reinterpret_cast<const float4 *>(src);
+                if (d + 4 < hd) *reinterpret_cast<float4 *>(x + 4) = *reinterpret_cast<const float4 *>(src + 4);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) x[e] = d + e < hd ? src[e] : 0.0f;
+            }
+        }
+        *reinterpret_cast<uint4 *>(q_tile + tile_piece(r, c)) =
+            make_uint4(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]), pack_bf16x2(x[4], x[5]), pack_bf16x2(x[6], x[7]));
+    }
+    auto stage = [&](int buffer, int j) {
+        copy_tile_async<WG_KEYS>(kv_tiles + buffer * 2 * WG_TILE_BYTES, k_head + (size_t)j * WG_HD);
+        copy_tile_async<WG_KEYS>(kv_tiles + (buffer * 2 + 1) * WG_TILE_BYTES, v_head + (size_t)j * WG_HD);
+    };
+    stage(0, j_first);
+    cp_async_commit();
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, o[32], s[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0.0f;
+    const unsigned char *q_rows = q_tile + wg * WG_TILE_BYTES;
+    int buffer = 0;
+    for (int j0 = j_first; j0 <= t_last; j0 += WG_KEYS) {
+        __syncthreads();   /* every warpgroup is done with the buffer about to be refilled */
+        if (j0 + WG_KEYS <= t_last) stage(buffer ^ 1, j0 + WG_KEYS);
+        cp_async_commit();
+        cp_async_wait<1>();
+        /* the tensor cores read shared memory through the async proxy: make this thread's
+         * landed copies visible to it, then to everyone */
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        const unsigned char *k_rows = kv_tiles + buffer * 2 * WG_TILE_BYTES, *v_rows = k_rows + WG_TILE_BYTES;
+        buffer ^= 1;
+
+        if (j0 > t0 + 64 * wg + 63) continue;   /* past this warpgroup's rows: nothing visible (it still
+                                                  * meets the barriers at the loop's top) */
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < WG_HD / 16; ks++)   /* 16 dims: 32 bytes into each row */
+            wgmma_ss(s, smem_desc(q_rows + 32 * ks, 16, 1024), smem_desc(k_rows + 32 * ks, 16, 1024), ks);
+        wgmma_commit();
+        wgmma_wait_all();
+        pin(s);
+        float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);   /* n-tile j: columns 8j.. */
+        if (!tile_all_visible(t0 + 64 * wg, 64, j0, WG_KEYS, T, window)) {   /* invisible pairs: −∞ */
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    if (!visible(t0 + row0 + g + 8 * (c / 2), j0 + 8 * n + 2 * (lane % 4) + c % 2, T, window))
+                        sc[n][c] = -INFINITY;
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {   /* rows g (c0, c1) and g+8 (c2, c3) */
+            float row_max = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < 8; n++) row_max = fmaxf(row_max, fmaxf(sc[n][2 * half], sc[n][2 * half + 1]));
+            row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+            row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+            const float m_new = fmaxf(m[half], row_max * scale_log2);
+            const float m_use = m_new == -INFINITY ? 0.0f : m_new;   /* no key visible yet: keep 0 sums */
+            const float corr = ex2(m[half] - m_use);
+            float row_sum = 0.0f;
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float &x = sc[n][2 * half + e];
+                    x = ex2(fmaf(x, scale_log2, -m_use));
+                    row_sum += x;
+                }
+            row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+            row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
+            l[half] = l[half] * corr + row_sum;
+            m[half] = m_new;
+#pragma unroll
+            for (int n = 0; n < 8; n++) o[4 * n + 2 * half] *= corr, o[4 * n + 2 * half + 1] *= corr;
+        }
+        uint32_t p[4][4];   /* keys 16kk..16kk+15: n-tiles 2kk, 2kk+1 packed */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            p[kk][0] = pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
+            p[kk][1] = pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
+            p[kk][2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            p[kk][3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < WG_KEYS / 16; kk++)   /* 16 keys: two 1024-byte swizzle atoms */
+            wgmma_rs_tb(o, p[kk], smem_desc(v_rows + 2048 * kk, 8192, 1024));
+        wgmma_commit();
+        wgmma_wait_all();
+        pin(o);
+    }
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int tr = t0 + row0 + g + 8 * half;
+        if (tr >= T) continue;
+        if (lane % 4 == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * LN2;
+        float *out_row = out + token_row(b, tr, H, h, T) * hd;
+        const float inv_l = 1.0f / l[half];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = 8 * n + 2 * (lane % 4) + e;
+                if (d < hd) out_row[d] = o[4 * n + 2 * half + e] * inv_l;
+            }
+    }
+#endif
+}
+
+int attention_forward_wgmma(float *out, float *lse, const float *q, const void *k_copy,
+                            const void *v_copy, int B, int T, int Tp, int H, int Hkv, int hd, int window,
+                            cudaStream_t stream) {
+    static int usable = -1;   /* compute capability 9.0 runs this file's sm_90a code */
+    if (usable < 0) {
+        int dev = 0, major = 0, minor = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+        const char *env = getenv("BRAID_ATTENTION_WGMMA");
+        usable = BRAID_HAVE_WGMMA && major == 9 && minor == 0 && !(env && !strcmp(env, "0"));
+    }
+    if (!usable || hd > WG_HD || hd <= 32) return -1;
+    const size_t bytes = 6 * WG_TILE_BYTES + 1024;   /* Q (2 tiles), 2 buffers of K and V; alignment */
+    CUDA_CHECK(cudaFuncSetAttribute((const void *)attention_forward_wgmma_kernel,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    const dim3 grid((unsigned)((T + WG_ROWS - 1) / WG_ROWS * H * B));   /* ranked_block's order */
+    const __nv_bfloat16 *k = (const __nv_bfloat16 *)k_copy, *v = (const __nv_bfloat16 *)v_copy;
+    attention_forward_wgmma_kernel<<<grid, WG_THREADS, bytes, stream>>>(out, lse, q, k, v, T, Tp, H, Hkv, hd, window,
+                                                                        1.0f / sqrtf((float)hd));
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
