@@ -135,6 +135,16 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "wgmma forward rescales half the outputs"
     mutant attention_wgmma.cu 's/j0 + 8 \* n + 2 \* (lane % 4) + c % 2, T, window))/j0 + 8 * n + 2 * (lane % 4), T, window))/' \
         "wgmma mask: odd key columns judged as the even ones"
+    mutant attention_wgmma.cu 's/wgmma_rs_tb(dk_acc, da\[kk\], cols_desc(q_tile, kk));/wgmma_rs_tb(dk_acc, da[kk], cols_desc(do_tile, kk));/' \
+        "wgmma dk: dSᵀ times dO instead of Q"
+    mutant attention_wgmma.cu 's/-lse_r\[c \/ 2\]/-lse_r[0]/' \
+        "wgmma dq: rows g+8 take row g's lse"
+    mutant attention_wgmma.cu 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
+        "wgmma dk/dv reads a neighbour's lse"
+    mutant attention_wgmma.cu 's/if (j0 + 64 <= t_last) stage(buffer ^ 1, j0 + 64);/if (j0 + 64 <= t_last) stage(buffer, j0 + 64);/' \
+        "wgmma dq: next K/V tile copied over the one in use"
+    mutant attention_wgmma.cu 's/const int h_next = t0 + 64 <= t_end ? h : h + 1,/const int h_next = t0 + 64 <= t_end ? h : h + 2,/' \
+        "wgmma dk/dv skips every other query head of its group"
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 

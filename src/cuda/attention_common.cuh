@@ -66,5 +66,11 @@ void attention_backward_tc(float *dq, float *dk, float *dv, const float *dout, c
  * its own kernel. */
 int attention_forward_wgmma(float *out, float *lse, const float *q, const void *k_copy, const void *v_copy,
                             int B, int T, int Tp, int H, int Hkv, int hd, int window, cudaStream_t stream);
+/* attention_wgmma.cu: the backward's two kernels on wgmma for the same bucket, from
+ * attention_tc.cu's copies (dO, Q, K, V; lse2 in base 2 and D as [B·H][Tp]). Same
+ * contract and return values as attention_forward_wgmma. */
+int attention_backward_wgmma(float *dq, float *dk, float *dv, const void *dout_copy, const void *q_copy,
+                             const void *k_copy, const void *v_copy, const float *lse2, const float *D, int B, int T,
+                             int Tp, int H, int Hkv, int hd, int window, float scale, cudaStream_t stream);
 
 #endif

@@ -802,6 +802,10 @@ static void launch_backward_tc(float *dq, float *dk, float *dv, const float *dou
     stage_dout_kernel<P, HD><<<grid_stride_blocks(rows * (HD / 4)), 256, 0, stream>>>(dc, lse2, D, dout, out, lse,
                                                                                       B, T, Tp, H, hd);
     CUDA_CHECK_LAUNCH();
+    if constexpr (std::is_same<P, Bf16Tiles>::value && HD == 64)   /* Hopper's own kernels, where they run */
+        if (attention_backward_wgmma(dq, dk, dv, dc, qc, kc, vc, lse2, D, B, T, Tp, H, Hkv, hd, window, scale,
+                                     stream) == 0)
+            return;
     if (dq) {
         static_assert(MT_DQ <= TC_MAX_MT, "blocks taller than the copies' padding");
         constexpr int STAGES = tile_stages<2 * MT_DQ * TC_ROWS * ROW, 2 * BC * ROW, MINB_DQ>();

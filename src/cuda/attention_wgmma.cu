@@ -100,12 +100,30 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 /* ROWS rows of a [rows][64] bf16 copy (contiguous) into a tile: ROWS·8 pieces; piece i
  * is row i/8, dims 8·(i%8): 8 consecutive threads copy one row's 128 bytes, which land in
  * distinct banks. */
-template <int ROWS>
+template <int ROWS, int THREADS = WG_THREADS>
 __device__ __forceinline__ void copy_tile_async(unsigned char *tile, const __nv_bfloat16 *src) {
 #pragma unroll
-    for (int k = 0; k < ROWS * 8 / WG_THREADS; k++) {
-        const int i = k * WG_THREADS + threadIdx.x, r = i >> 3, c = i & 7;
+    for (int k = 0; k < ROWS * 8 / THREADS; k++) {
+        const int i = k * THREADS + threadIdx.x, r = i >> 3, c = i & 7;
         cp_async16(tile + tile_piece(r, c), src + (size_t)r * WG_HD + 8 * c);
+    }
+}
+
+/* copies landed (cp.async) are visible to the tensor cores after this, in each copying
+ * thread, and a barrier */
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* a 64-row tile read K-major (the sum over its dims), 16 dims on from dims 16·step */
+__device__ __forceinline__ uint64_t rows_desc(const unsigned char *tile, int step) { return smem_desc(tile + 32 * step, 16, 1024); }
+/* the same tile read N-major (the sum over its rows), 16 rows on from rows 16·step */
+__device__ __forceinline__ uint64_t cols_desc(const unsigned char *tile, int step) { return smem_desc(tile + 2048 * step, 8192, 1024); }
+/* a warp's C-layout block (8 n-tiles of 8 columns) as the A fragments of 4 k16 steps */
+__device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&w)[8][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        a[kk][0] = pack_bf16x2(w[2 * kk][0], w[2 * kk][1]);
+        a[kk][1] = pack_bf16x2(w[2 * kk][2], w[2 * kk][3]);
+        a[kk][2] = pack_bf16x2(w[2 * kk + 1][0], w[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16x2(w[2 * kk + 1][2], w[2 * kk + 1][3]);
     }
 }
 #endif
@@ -252,10 +270,10 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
 #endif
 }
 
-int attention_forward_wgmma(float *out, float *lse, const float *q, const void *k_copy,
-                            const void *v_copy, int B, int T, int Tp, int H, int Hkv, int hd, int window,
-                            cudaStream_t stream) {
-    static int usable = -1;   /* compute capability 9.0 runs this file's sm_90a code */
+/* Built for sm_90a, on a device of compute capability 9.0 (which runs that machine code),
+ * and not switched off with BRAID_ATTENTION_WGMMA=0 (for comparisons). */
+static bool wgmma_usable() {
+    static int usable = -1;
     if (usable < 0) {
         int dev = 0, major = 0, minor = 0;
         CUDA_CHECK(cudaGetDevice(&dev));
@@ -264,7 +282,13 @@ int attention_forward_wgmma(float *out, float *lse, const float *q, const void *
         const char *env = getenv("BRAID_ATTENTION_WGMMA");
         usable = BRAID_HAVE_WGMMA && major == 9 && minor == 0 && !(env && !strcmp(env, "0"));
     }
-    if (!usable || hd > WG_HD || hd <= 32) return -1;
+    return usable;
+}
+
+int attention_forward_wgmma(float *out, float *lse, const float *q, const void *k_copy,
+                            const void *v_copy, int B, int T, int Tp, int H, int Hkv, int hd, int window,
+                            cudaStream_t stream) {
+    if (!wgmma_usable() || hd > WG_HD || hd <= 32) return -1;
     const size_t bytes = 6 * WG_TILE_BYTES + 1024;   /* Q (2 tiles), 2 buffers of K and V; alignment */
     CUDA_CHECK(cudaFuncSetAttribute((const void *)attention_forward_wgmma_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
@@ -273,5 +297,257 @@ int attention_forward_wgmma(float *out, float *lse, const float *q, const void *
     attention_forward_wgmma_kernel<<<grid, WG_THREADS, bytes, stream>>>(out, lse, q, k, v, T, Tp, H, Hkv, hd, window,
                                                                         1.0f / sqrtf((float)hd));
     CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+/* ------------------------------------------------------------------ backward
+ * The two kernels of attention_tc.cu's backward (same split, same math: no atomics, the
+ * same bits each run), each one warpgroup of 64 rows with every product a wgmma:
+ *   dk/dv: a block per (64 keys, kv head, batch), over the group's heads and the query
+ *          tiles that see its keys. Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (A and B from shared
+ *          memory), Pᵀ and dSᵀ on the accumulators, then dv += Pᵀ·dO and dk += dSᵀ·Q with
+ *          A from registers and the dO and Q tiles read N-major.
+ *   dq:    a block per (64 query rows, head, batch), over the key tiles they see. S = Q·Kᵀ,
+ *          dP = dO·Vᵀ, dS, then dq += dS·K with the K tile read N-major.
+ * Inputs are attention_tc.cu's copies (Q, K, V, dO as [B][heads][Tp][64] bf16, lse in base
+ * 2 and D as [B·H][Tp] float). */
+#define WB_THREADS 128   /* one warpgroup */
+
+__global__ void __launch_bounds__(WB_THREADS, 2)
+attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
+                                     const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse2,
+                                     const float *D, int T, int Tp, int H, int Hkv, int hd, int window,
+                                     float scale) {
+#ifdef WGMMA_BUILT
+    extern __shared__ __align__(1024) unsigned char wb_smem_raw[];
+    unsigned char *base = wb_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wb_smem_raw) & 1023)) & 1023);
+    unsigned char *k_tile = base, *v_tile = base + WG_TILE_BYTES;
+    unsigned char *qd_tiles = base + 2 * WG_TILE_BYTES;                   /* [2 buffers][Q, dO] */
+    float *stats = reinterpret_cast<float *>(base + 6 * WG_TILE_BYTES);   /* [2 buffers][lse2, D][64] */
+    const RankedBlock rb = ranked_block(Hkv, (T + 63) / 64);   /* the first keys (the longest blocks) first */
+    const int b = rb.b, grp = rb.head, j0 = rb.rank * 64, group = H / Hkv;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int row0 = 16 * warp;
+    const float scale_log2 = scale * LOG2E;
+    auto stage = [&](int st, int h, int t0) {
+        const size_t at = ((size_t)b * H + h) * Tp + t0;
+        copy_tile_async<64, WB_THREADS>(qd_tiles + st * 2 * WG_TILE_BYTES, q + at * WG_HD);
+        copy_tile_async<64, WB_THREADS>(qd_tiles + (st * 2 + 1) * WG_TILE_BYTES, dout + at * WG_HD);
+        if (threadIdx.x < 32) {   /* 64 lse2 and 64 D: 16-byte pieces */
+            const int which = threadIdx.x / 16, i = threadIdx.x % 16;
+            cp_async16(stats + (st * 2 + which) * 64 + 4 * i, (which ? D : lse2) + at + 4 * i);
+        }
+    };
+    const int j_last = min(T - 1, j0 + 63);
+    const int t_end = window > 0 ? min(T - 1, j_last + window - 1) : T - 1;
+    const int h_end = (grp + 1) * group;
+    const size_t kv_at = (((size_t)b * Hkv + grp) * Tp + j0) * WG_HD;
+    copy_tile_async<64, WB_THREADS>(k_tile, k + kv_at);
+    copy_tile_async<64, WB_THREADS>(v_tile, v + kv_at);
+    stage(0, grp * group, j0);
+    cp_async_commit();
+    float dk_acc[32], dv_acc[32], s[32], dp[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk_acc[i] = dv_acc[i] = 0.0f;
+
+    int st = 0;
+    for (int h = grp * group, t0 = j0; h < h_end;) {
+        const int h_next = t0 + 64 <= t_end ? h : h + 1, t0_next = t0 + 64 <= t_end ? t0 + 64 : j0;
+        __syncthreads();   /* every warp is done with the buffer about to be refilled */
+        if (h_next < h_end) stage(st ^ 1, h_next, t0_next);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_async_smem();
+        __syncthreads();
+        const unsigned char *q_tile = qd_tiles + st * 2 * WG_TILE_BYTES, *do_tile = q_tile + WG_TILE_BYTES;
+        const float *lse_s = stats + st * 2 * 64, *D_s = lse_s + 64;
+        st ^= 1;
+
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) wgmma_ss(s, rows_desc(k_tile, ks), rows_desc(q_tile, ks), ks);
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) wgmma_ss(dp, rows_desc(v_tile, ks), rows_desc(do_tile, ks), ks);
+        wgmma_commit();
+        wgmma_wait_all();
+        pin(s);
+        pin(dp);
+        float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);    /* Sᵀ: keys as rows, queries as columns */
+        float (&dpc)[8][4] = *reinterpret_cast<float (*)[8][4]>(dp);
+        if (!tile_all_visible(t0, 64, j0, 64, T, window)) {
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    if (!visible(t0 + 8 * n + 2 * t + c % 2, j0 + row0 + g + 8 * (c / 2), T, window)) sc[n][c] = -INFINITY;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            const float2 lse_c = *reinterpret_cast<const float2 *>(lse_s + 8 * n + 2 * t);
+            const float2 D_c = *reinterpret_cast<const float2 *>(D_s + 8 * n + 2 * t);
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const float p = ex2(fmaf(sc[n][c], scale_log2, -(c % 2 ? lse_c.y : lse_c.x)));
+                sc[n][c] = p;                                            /* Pᵀ */
+                dpc[n][c] = p * (dpc[n][c] - (c % 2 ? D_c.y : D_c.x));    /* dSᵀ */
+            }
+        }
+        uint32_t pa[4][4], da[4][4];
+        pack_a(pa, sc);
+        pack_a(da, dpc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(dv_acc, pa[kk], cols_desc(do_tile, kk));
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(dk_acc, da[kk], cols_desc(q_tile, kk));
+        wgmma_commit();
+        wgmma_wait_all();
+        pin(dk_acc);
+        pin(dv_acc);
+        h = h_next;
+        t0 = t0_next;
+    }
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int key = j0 + row0 + g + 8 * half;
+        if (key >= T) continue;
+        const size_t row = token_row(b, key, Hkv, grp, T) * hd;
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = 8 * n + 2 * t + e;
+                if (d >= hd) continue;
+                if (dk) dk[row + d] += scale * dk_acc[4 * n + 2 * half + e];
+                if (dv) dv[row + d] += dv_acc[4 * n + 2 * half + e];
+            }
+    }
+#endif
+}
+
+__global__ void __launch_bounds__(WB_THREADS, 2)
+attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const __nv_bfloat16 *q,
+                                   const __nv_bfloat16 *k, const __nv_bfloat16 *v, const float *lse2,
+                                   const float *D, int T, int Tp, int H, int Hkv, int hd, int window,
+                                   float scale) {
+#ifdef WGMMA_BUILT
+    extern __shared__ __align__(1024) unsigned char wb_smem_raw[];
+    unsigned char *base = wb_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wb_smem_raw) & 1023)) & 1023);
+    unsigned char *q_tile = base, *do_tile = base + WG_TILE_BYTES;
+    unsigned char *kv_tiles = base + 2 * WG_TILE_BYTES;   /* [2 buffers][K, V] */
+    const int tiles = (T + 63) / 64;
+    const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
+    const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * 64;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int row0 = 16 * warp;
+    const float scale_log2 = scale * LOG2E;
+    const size_t bh = (size_t)b * H + h;
+    const __nv_bfloat16 *k_head = k + ((size_t)b * Hkv + grp) * Tp * WG_HD;
+    const __nv_bfloat16 *v_head = v + ((size_t)b * Hkv + grp) * Tp * WG_HD;
+    const int t_last = min(T - 1, t0 + 63), j_first = first_visible_key(t0, window) / 64 * 64;
+    copy_tile_async<64, WB_THREADS>(q_tile, q + (bh * Tp + t0) * WG_HD);
+    copy_tile_async<64, WB_THREADS>(do_tile, dout + (bh * Tp + t0) * WG_HD);
+    auto stage = [&](int buffer, int j) {
+        copy_tile_async<64, WB_THREADS>(kv_tiles + buffer * 2 * WG_TILE_BYTES, k_head + (size_t)j * WG_HD);
+        copy_tile_async<64, WB_THREADS>(kv_tiles + (buffer * 2 + 1) * WG_TILE_BYTES, v_head + (size_t)j * WG_HD);
+    };
+    stage(0, j_first);
+    cp_async_commit();
+    float lse_r[2], D_r[2], dq_acc[32], s[32], dp[32];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const size_t row = bh * Tp + t0 + row0 + g + 8 * half;   /* < Tp */
+        lse_r[half] = lse2[row];
+        D_r[half] = D[row];
+    }
+#pragma unroll
+    for (int i = 0; i < 32; i++) dq_acc[i] = 0.0f;
+
+    int buffer = 0;
+    for (int j0 = j_first; j0 <= t_last; j0 += 64) {
+        __syncthreads();
+        if (j0 + 64 <= t_last) stage(buffer ^ 1, j0 + 64);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_async_smem();
+        __syncthreads();
+        const unsigned char *k_tile = kv_tiles + buffer * 2 * WG_TILE_BYTES, *v_tile = k_tile + WG_TILE_BYTES;
+        buffer ^= 1;
+
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) wgmma_ss(s, rows_desc(q_tile, ks), rows_desc(k_tile, ks), ks);
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) wgmma_ss(dp, rows_desc(do_tile, ks), rows_desc(v_tile, ks), ks);
+        wgmma_commit();
+        wgmma_wait_all();
+        pin(s);
+        pin(dp);
+        float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);
+        float (&dpc)[8][4] = *reinterpret_cast<float (*)[8][4]>(dp);
+        if (!tile_all_visible(t0, 64, j0, 64, T, window)) {
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    if (!visible(t0 + row0 + g + 8 * (c / 2), j0 + 8 * n + 2 * t + c % 2, T, window)) sc[n][c] = -INFINITY;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const float p = ex2(fmaf(sc[n][c], scale_log2, -lse_r[c / 2]));
+                dpc[n][c] = p * (dpc[n][c] - D_r[c / 2]);   /* dS */
+            }
+        uint32_t da[4][4];
+        pack_a(da, dpc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(dq_acc, da[kk], cols_desc(k_tile, kk));
+        wgmma_commit();
+        wgmma_wait_all();
+        pin(dq_acc);
+    }
+
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int tr = t0 + row0 + g + 8 * half;
+        if (tr >= T) continue;
+        float *dq_row = dq + token_row(b, tr, H, h, T) * hd;
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = 8 * n + 2 * t + e;
+                if (d < hd) dq_row[d] += scale * dq_acc[4 * n + 2 * half + e];
+            }
+    }
+#endif
+}
+
+int attention_backward_wgmma(float *dq, float *dk, float *dv, const void *dout_copy, const void *q_copy,
+                             const void *k_copy, const void *v_copy, const float *lse2, const float *D, int B, int T,
+                             int Tp, int H, int Hkv, int hd, int window, float scale, cudaStream_t stream) {
+    if (!wgmma_usable() || hd > WG_HD || hd <= 32) return -1;
+    const __nv_bfloat16 *dc = (const __nv_bfloat16 *)dout_copy, *qc = (const __nv_bfloat16 *)q_copy,
+                        *kc = (const __nv_bfloat16 *)k_copy, *vc = (const __nv_bfloat16 *)v_copy;
+    const int tiles = (T + 63) / 64;
+    if (dq) {
+        const size_t bytes = 6 * WG_TILE_BYTES + 1024;   /* Q, dO, 2 buffers of K and V; alignment */
+        CUDA_CHECK(cudaFuncSetAttribute((const void *)attention_backward_dq_wgmma_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        attention_backward_dq_wgmma_kernel<<<(unsigned)(tiles * H * B), WB_THREADS, bytes, stream>>>(
+            dq, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
+        CUDA_CHECK_LAUNCH();
+    }
+    if (dk || dv) {
+        const size_t bytes = 6 * WG_TILE_BYTES + 4 * 64 * sizeof(float) + 1024;   /* K, V, 2 buffers of Q and dO, stats */
+        CUDA_CHECK(cudaFuncSetAttribute((const void *)attention_backward_dkdv_wgmma_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        attention_backward_dkdv_wgmma_kernel<<<(unsigned)(tiles * Hkv * B), WB_THREADS, bytes, stream>>>(
+            dk, dv, dc, qc, kc, vc, lse2, D, T, Tp, H, Hkv, hd, window, scale);
+        CUDA_CHECK_LAUNCH();
+    }
     return 0;
 }
