@@ -149,7 +149,7 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
 fi
 
 if [ $status -eq 0 ] && [ $quick -eq 0 ]; then
-    run_sanitizer racecheck racecheck 240 "$test_bin" || status=1
+    run_sanitizer racecheck racecheck 450 "$test_bin" || status=1
 fi
 
 echo

@@ -34,7 +34,7 @@ if [ $status -eq 0 ]; then
     record_ctest test_cuda_ops "$out/ctest.log"
     run_sanitizer memcheck memcheck 240 "$build/tests/test_cuda_ops" || status=1
     # shared-memory races between threads of a block (the attention tiles)
-    run_sanitizer racecheck racecheck 150 "$build/tests/test_cuda_ops" || status=1
+    run_sanitizer racecheck racecheck 450 "$build/tests/test_cuda_ops" || status=1
 fi
 
 MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
