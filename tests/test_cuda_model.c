@@ -5,7 +5,8 @@
  *    clipping, AdamW on the device): the losses agree step by step and the parameters
  *    stay together;
  *  - a checkpoint written from the GPU model loads into a CPU model with the same loss;
- *  - with train.matmul_precision tf32 or bf16 the GPU steps track the float32 GPU steps.
+ *  - with train.matmul_precision tf32 or bf16 the GPU steps track the float32 GPU steps;
+ *  - two GPU runs of the same steps give the same bits (float32 and bf16).
  * The CPU model is the reference (its every op is gradient-checked in the CPU suites).
  * Tolerances: loss 1e-5 relative; gradients 1e-3 of each tensor's largest element (cuBLAS
  * and the kernels sum in other orders). After AdamW steps a parameter whose gradient is
@@ -182,6 +183,38 @@ START_TEST(reduced_precision_steps_track_float32) {
 }
 END_TEST
 
+/* Two GPU runs of the same training steps give the same bits: every GPU sum is in a fixed
+ * order (no atomics since the eleventh session's embedding backward), so a run can be
+ * repeated exactly. Float32 and bf16, the hybrid with every mixer kind and MoE. */
+START_TEST(training_steps_are_deterministic) {
+    static const char *precisions[] = {"fp32", "bf16"};
+    const ModelSpec *s = &SPECS[1];
+    Config c;
+    load_config_sized(&c, s, "cuda", 1);
+    snprintf(c.train.matmul_precision, sizeof c.train.matmul_precision, "%s", precisions[_i]);
+    Trainer a, b;
+    BraidError err;
+    ck_assert_msg(trainer_init(&a, &c, &err) == 0, "%s", err.message);
+    ck_assert_msg(trainer_init(&b, &c, &err) == 0, "%s", err.message);
+    a.quiet = b.quiet = 1;
+    for (int step = 0; step < c.train.steps; step++) {
+        StepStats sa, sb;
+        ck_assert_msg(trainer_step(&a, &sa, &err) == 0, "%s", err.message);
+        ck_assert_msg(trainer_step(&b, &sb, &err) == 0, "%s", err.message);
+        ck_assert_msg(sa.loss == sb.loss && sa.grad_norm == sb.grad_norm,
+                      "%s (%s): step %d loss %.9g / %.9g, grad norm %.9g / %.9g: the runs differ", s->name,
+                      precisions[_i], step, sa.loss, sb.loss, sa.grad_norm, sb.grad_norm);
+    }
+    model_sync_to_host(&a.model);
+    model_sync_to_host(&b.model);
+    ck_assert_msg(memcmp(a.model.param_data, b.model.param_data, a.model.params.total * sizeof(float)) == 0,
+                  "%s (%s): parameters differ in their bits after %d steps", s->name, precisions[_i], c.train.steps);
+    printf("  %s (%s): %d steps twice, the same bits\n", s->name, precisions[_i], c.train.steps);
+    trainer_free(&a);
+    trainer_free(&b);
+}
+END_TEST
+
 static Suite *cuda_model_suite(void) {
     Suite *s = suite_create("cuda_model");
     TCase *tc = tcase_create("model");
@@ -190,6 +223,7 @@ static Suite *cuda_model_suite(void) {
     tcase_add_loop_test(tc, forward_backward_matches_cpu, 0, n);
     tcase_add_loop_test(tc, training_steps_match_cpu, 0, n);
     tcase_add_loop_test(tc, reduced_precision_steps_track_float32, 0, 2);
+    tcase_add_loop_test(tc, training_steps_are_deterministic, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -404,6 +404,32 @@ START_TEST(test_embedding_backward_accumulates_repeated_tokens) {
 }
 END_TEST
 
+/* The backward adds rows with the same token in a fixed order (embedding.cu), so the
+ * same bits every run: 6000 rows over 5 tokens, twice, into the same start values. */
+START_TEST(test_embedding_backward_is_deterministic) {
+    const int N = 6000, V = 5, C = 300;
+    const size_t n_table = (size_t)V * C;
+    int *tokens = random_tokens(N, V);
+    float *dout = cuda_test_host_normal(&rng, (size_t)N * C, 1.0f), *start = cuda_test_host_normal(&rng, n_table, 1.0f);
+    int *d_tokens = device_copy_int(tokens, N);
+    float *d_dout = cuda_test_device_copy(dout, (size_t)N * C);
+    float *got[2];
+    for (int run = 0; run < 2; run++) {
+        float *d_dtable = cuda_test_device_copy(start, n_table);
+        embedding_backward_cuda(d_dtable, d_dout, d_tokens, N, C, stream);
+        got[run] = cuda_test_host_from_device(d_dtable, n_table);
+        CUDA_CHECK(cudaFree(d_dtable));
+    }
+    ck_assert_msg(!memcmp(got[0], got[1], n_table * sizeof(float)),
+                  "embedding backward: two runs on the same input differ in their bits");
+    embedding_backward(start, dout, tokens, N, C);   /* and the sums are right */
+    cuda_test_check_close("embedding_backward dtable (5 tokens, 6000 rows)", "N=6000 V=5 C=300", got[0], start,
+                          n_table, 1e-5);
+    free(tokens); free(dout); free(start); free(got[0]); free(got[1]);
+    CUDA_CHECK(cudaFree(d_tokens)); CUDA_CHECK(cudaFree(d_dout));
+}
+END_TEST
+
 /* ---------------------------------------------------------------- rmsnorm */
 
 typedef struct RowsShape { int N, C; } RowsShape;
@@ -947,6 +973,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_matmul_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_embedding_forward_matches_cpu);
     tcase_add_test(tc, test_embedding_backward_accumulates_repeated_tokens);
+    tcase_add_test(tc, test_embedding_backward_is_deterministic);
     tcase_add_test(tc, test_rmsnorm_forward_matches_cpu);
     tcase_add_test(tc, test_rmsnorm_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_swiglu_forward_matches_cpu);
