@@ -39,6 +39,8 @@ fi
 
 MUTANT_TARGET=test_cuda_ops MUTANT_TIMEOUT=120
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
+    mutant embedding.cu 's/if (i > 0 \&\& sorted_tokens\[i - 1\] == token) return;/if (i > 0 \&\& sorted_tokens[i - 1] == token \&\& i < 0) return;/' "embedding backward: every repeat of a token adds its run again"
+    mutant embedding.cu 's/while (end < N \&\& sorted_tokens\[end\] == token) end++;/;/' "embedding backward: a token's run stops at its first row"
     mutant matmul.cu 's/bf16 || precision == PRECISION_FP32 ? CUBLAS_COMPUTE_32F/bf16 ? CUBLAS_COMPUTE_32F/' "matmul with TF32 on"
     mutant matmul.cu 's/__float2bfloat16_rn/__float2bfloat16_rz/' "bf16 operands truncated, not rounded"
     mutant matmul.cu 's/operand(bf16, BF16_DOUT, dout/operand(bf16, BF16_INP, dout/' "bf16 dout and inp share one buffer"
