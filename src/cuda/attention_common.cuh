@@ -4,8 +4,22 @@
 #ifndef BRAID_ATTENTION_COMMON_CUH
 #define BRAID_ATTENTION_COMMON_CUH
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* The tensor-core kernels' softmax works in base 2: scores and lse go to base 2 with
+ * ATTN_LOG2E, and ln 2 brings lse back. */
+#define ATTN_LOG2E 1.4426950408889634f
+#define ATTN_LN2 0.6931471805599453f
+
+/* Two floats rounded to bf16 in one 32-bit register, the lower index in the low half: a
+ * pair of an mma/wgmma A fragment. */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
 
 /* The first key query t sees: 0, or t−w+1 with a sliding window w > 0. */
 __device__ __forceinline__ int first_visible_key(int t, int window) {

@@ -53,8 +53,6 @@
 #include <cuda_bf16.h>
 
 #define TC_THREADS 128   /* 4 warps */
-#define LOG2E 1.4426950408889634f   /* scores and lse go to base 2 with it; ln 2 brings lse back */
-#define LN2 0.6931471805599453f
 #define TC_ROWS 64       /* rows a block owns with one m-tile a warp (16 rows); MT m-tiles: 64·MT */
 #define TC_MAX_MT 2      /* the tallest blocks: 128 rows; the operand copies' T is padded to it */
 #define TC_SM_SHARED_BYTES (228 * 1024)   /* shared memory of an sm_90 SM; each block also reserves 1 KB */
@@ -96,11 +94,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat1
     else
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t *>(&v);
 }
 
 /* The kernels below are written once over a tile policy: how a shared tile holds its
@@ -348,7 +341,7 @@ __global__ void stage_dout_kernel(typename P::Elem *dst, float *lse2, float *D, 
         if (!live) continue;
         P::store4(dst + row * HD + d, g);
         if (d == 0) {
-            lse2[row] = t < T ? lse[bh * T + t] * LOG2E : 0.0f;
+            lse2[row] = t < T ? lse[bh * T + t] * ATTN_LOG2E : 0.0f;
             D[row] = t < T ? dot : 0.0f;
         }
     }
@@ -480,7 +473,7 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
     const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * MT * warp;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * ATTN_LOG2E;
     const size_t kv_head = ((size_t)b * Hkv + grp) * Tp * HD;
     KvTileStream<P, HD, BC, STAGES> kv{kv_rows, k + kv_head, v + kv_head, 0};
 
@@ -546,7 +539,7 @@ attention_forward_tc_kernel(float *out, float *lse, const typename P::Elem *q, c
     for (int half = 0; half < 2; half++) {
         const int tr = t0 + row0 + 16 * mt + g + 8 * half;
         if (tr >= T) continue;
-        if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[mt][half] + log2f(l[mt][half])) * LN2;
+        if (t == 0) lse[((size_t)b * H + h) * T + tr] = (m[mt][half] + log2f(l[mt][half])) * ATTN_LN2;
         float *out_row = out + token_row(b, tr, H, h, T) * hd;
         const float inv_l = 1.0f / l[mt][half];
         for_row_columns(acc[mt], half, lane, hd, [&](int d, float x) { out_row[d] = x * inv_l; });
@@ -572,7 +565,7 @@ attention_backward_dq_tc_kernel(float *dq, const typename P::Elem *dout, const t
     const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * ROWS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 16 * MT * warp;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * ATTN_LOG2E;
     const size_t bh = (size_t)b * H + h;
     const size_t kv_head = ((size_t)b * Hkv + grp) * Tp * HD;
     KvTileStream<P, HD, BC, STAGES> kv{kv_rows, k + kv_head, v + kv_head, 0};
@@ -646,7 +639,7 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
     const int b = rb.b, grp = rb.head, j0 = rb.rank * TC_ROWS, group = H / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp, jk[2] = {j0 + row0 + g, j0 + row0 + g + 8};
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * ATTN_LOG2E;
     /* one query tile: rows t0.. of head h's Q and dO, and their base-2 lse and D */
     auto stage = [&](int st, int h, int t0) {
         const size_t at = ((size_t)b * H + h) * Tp + t0;

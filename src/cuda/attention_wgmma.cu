@@ -54,8 +54,6 @@
 #define WG_KEYS 64       /* keys a tile */
 #define WG_HD 64
 #define WG_TILE_BYTES (64 * WG_HD * 2)   /* one 64-row bf16 tile */
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
 
 /* byte offset of 16-byte piece c (dims 8c..8c+7) of row r in a tile: rows of 128 bytes,
  * the pieces of row r permuted by c xor (r mod 8) (the 128-byte swizzle) */
@@ -95,11 +93,6 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[32], const uint32_t (&a)[
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t *>(&v);
-}
-
 /* ROWS rows of a [rows][64] bf16 copy (contiguous) into a tile: ROWS·8 pieces; piece i
  * is row i/8, dims 8·(i%8): 8 consecutive threads copy one row's 128 bytes, which land in
  * distinct banks. */
@@ -123,10 +116,10 @@ __device__ __forceinline__ uint64_t cols_desc(const unsigned char *tile, int ste
 __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&w)[8][4]) {
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
-        a[kk][0] = pack_bf16x2(w[2 * kk][0], w[2 * kk][1]);
-        a[kk][1] = pack_bf16x2(w[2 * kk][2], w[2 * kk][3]);
-        a[kk][2] = pack_bf16x2(w[2 * kk + 1][0], w[2 * kk + 1][1]);
-        a[kk][3] = pack_bf16x2(w[2 * kk + 1][2], w[2 * kk + 1][3]);
+        a[kk][0] = pack_bf16(w[2 * kk][0], w[2 * kk][1]);
+        a[kk][1] = pack_bf16(w[2 * kk][2], w[2 * kk][3]);
+        a[kk][2] = pack_bf16(w[2 * kk + 1][0], w[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16(w[2 * kk + 1][2], w[2 * kk + 1][3]);
     }
 }
 #endif
@@ -146,7 +139,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
     const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * WG_ROWS;
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 64 * wg + 16 * warp;   /* this warp's 16 rows in the block */
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * ATTN_LOG2E;
     const __nv_bfloat16 *k_head = k + ((size_t)b * Hkv + grp) * Tp * WG_HD;
     const __nv_bfloat16 *v_head = v + ((size_t)b * Hkv + grp) * Tp * WG_HD;
     const int t_last = min(T - 1, t0 + WG_ROWS - 1), j_first = first_visible_key(t0, window) / WG_KEYS * WG_KEYS;
@@ -168,7 +161,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
             }
         }
         *reinterpret_cast<uint4 *>(q_tile + tile_piece(r, c)) =
-            make_uint4(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]), pack_bf16x2(x[4], x[5]), pack_bf16x2(x[6], x[7]));
+            make_uint4(pack_bf16(x[0], x[1]), pack_bf16(x[2], x[3]), pack_bf16(x[4], x[5]), pack_bf16(x[6], x[7]));
     }
     auto stage = [&](int buffer, int j) {
         copy_tile_async<WG_KEYS>(kv_tiles + buffer * 2 * WG_TILE_BYTES, k_head + (size_t)j * WG_HD);
@@ -241,10 +234,10 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
         uint32_t p[4][4];   /* keys 16kk..16kk+15: n-tiles 2kk, 2kk+1 packed */
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
-            p[kk][0] = pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
-            p[kk][1] = pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
-            p[kk][2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-            p[kk][3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+            p[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+            p[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+            p[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            p[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
         }
         wgmma_fence();
 #pragma unroll
@@ -259,7 +252,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
     for (int half = 0; half < 2; half++) {
         const int tr = t0 + row0 + g + 8 * half;
         if (tr >= T) continue;
-        if (lane % 4 == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * LN2;
+        if (lane % 4 == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * ATTN_LN2;
         float *out_row = out + token_row(b, tr, H, h, T) * hd;
         const float inv_l = 1.0f / l[half];
 #pragma unroll
@@ -331,7 +324,7 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
     const int b = rb.b, grp = rb.head, j0 = rb.rank * 64, group = H / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * ATTN_LOG2E;
     auto stage = [&](int st, int h, int t0) {
         const size_t at = ((size_t)b * H + h) * Tp + t0;
         copy_tile_async<64, WB_THREADS>(qd_tiles + st * 2 * WG_TILE_BYTES, q + at * WG_HD);
@@ -444,7 +437,7 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
     const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * 64;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * ATTN_LOG2E;
     const size_t bh = (size_t)b * H + h;
     const __nv_bfloat16 *k_head = k + ((size_t)b * Hkv + grp) * Tp * WG_HD;
     const __nv_bfloat16 *v_head = v + ((size_t)b * Hkv + grp) * Tp * WG_HD;
