@@ -129,13 +129,13 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "wgmma: tiles stored unswizzled, read swizzled"
     mutant attention_wgmma.cu 's/%36, p, 1, 1, 1;/%36, p, 1, 1, 0;/' \
         "wgmma P·V: V read K-major, not transposed"
-    mutant attention_wgmma.cu 's/smem_desc(q_rows + 32 \* ks, 16, 1024)/smem_desc(q_rows, 16, 1024)/' \
-        "wgmma Q·Kᵀ: every 16-dim step reads Q's first"
+    mutant attention_wgmma.cu 's/wgmma_ss(acc, rows_desc(a, ks), rows_desc(b, ks), ks);/wgmma_ss(acc, rows_desc(a, 0), rows_desc(b, ks), ks);/' \
+        "wgmma rows·rowsᵀ (Q·Kᵀ, dO·Vᵀ, ...): every 16-dim step reads A's first"
     mutant attention_wgmma.cu 's/o\[4 \* n + 2 \* half\] \*= corr, o\[4 \* n + 2 \* half + 1\] \*= corr;/o[4 * n + 2 * half] *= corr;/' \
         "wgmma forward rescales half the outputs"
     mutant attention_wgmma.cu 's/j0 + 8 \* n + 2 \* (lane % 4) + c % 2, T, window))/j0 + 8 * n + 2 * (lane % 4), T, window))/' \
         "wgmma mask: odd key columns judged as the even ones"
-    mutant attention_wgmma.cu 's/wgmma_rs_tb(dk_acc, da\[kk\], cols_desc(q_tile, kk));/wgmma_rs_tb(dk_acc, da[kk], cols_desc(do_tile, kk));/' \
+    mutant attention_wgmma.cu 's/scores_times_cols(dk_acc, da, q_tile);/scores_times_cols(dk_acc, da, do_tile);/' \
         "wgmma dk: dSᵀ times dO instead of Q"
     mutant attention_wgmma.cu 's/-lse_r\[c \/ 2\]/-lse_r[0]/' \
         "wgmma dq: rows g+8 take row g's lse"

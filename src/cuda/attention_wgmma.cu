@@ -112,6 +112,23 @@ __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.a
 __device__ __forceinline__ uint64_t rows_desc(const unsigned char *tile, int step) { return smem_desc(tile + 32 * step, 16, 1024); }
 /* the same tile read N-major (the sum over its rows), 16 rows on from rows 16·step */
 __device__ __forceinline__ uint64_t cols_desc(const unsigned char *tile, int step) { return smem_desc(tile + 2048 * step, 8192, 1024); }
+/* acc (+)= A·Bᵀ over 64 dims: two 64-row tiles read K-major (S = Q·Kᵀ, dP = dO·Vᵀ, ...);
+ * the first step overwrites acc */
+__device__ __forceinline__ void rows_times_rows(float (&acc)[32], const unsigned char *a, const unsigned char *b) {
+#pragma unroll
+    for (int ks = 0; ks < WG_HD / 16; ks++) wgmma_ss(acc, rows_desc(a, ks), rows_desc(b, ks), ks);
+}
+/* acc += W·X over 64 rows of X: W the A fragments of a score block (pack_a), X a tile read
+ * N-major (O += P·V, dk += dSᵀ·Q, ...) */
+__device__ __forceinline__ void scores_times_cols(float (&acc)[32], const uint32_t (&w)[4][4], const unsigned char *x) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(acc, w[kk], cols_desc(x, kk));
+}
+/* the first 1024-byte boundary in a kernel's dynamic shared memory (where the swizzle
+ * pattern starts; each launch asks for 1 KB more) */
+__device__ __forceinline__ unsigned char *swizzle_aligned(unsigned char *raw) {
+    return raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(raw) & 1023)) & 1023);
+}
 /* a warp's C-layout block (8 n-tiles of 8 columns) as the A fragments of 4 k16 steps */
 __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&w)[8][4]) {
 #pragma unroll
@@ -131,7 +148,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
 #ifdef WGMMA_BUILT
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     /* the swizzle repeats every 1024 bytes from a 1024-byte boundary */
-    unsigned char *wg_smem = wg_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wg_smem_raw) & 1023)) & 1023);
+    unsigned char *wg_smem = swizzle_aligned(wg_smem_raw);
     unsigned char *q_tile = wg_smem;                          /* 128 rows: two 64-row tiles */
     unsigned char *kv_tiles = wg_smem + 2 * WG_TILE_BYTES;    /* [2 buffers][K, V] */
     const int tiles = (T + WG_ROWS - 1) / WG_ROWS;
@@ -190,9 +207,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
         if (j0 > t0 + 64 * wg + 63) continue;   /* past this warpgroup's rows: nothing visible (it still
                                                   * meets the barriers at the loop's top) */
         wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < WG_HD / 16; ks++)   /* 16 dims: 32 bytes into each row */
-            wgmma_ss(s, smem_desc(q_rows + 32 * ks, 16, 1024), smem_desc(k_rows + 32 * ks, 16, 1024), ks);
+        rows_times_rows(s, q_rows, k_rows);
         wgmma_commit();
         wgmma_wait_all();
         pin(s);
@@ -232,17 +247,9 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
             for (int n = 0; n < 8; n++) o[4 * n + 2 * half] *= corr, o[4 * n + 2 * half + 1] *= corr;
         }
         uint32_t p[4][4];   /* keys 16kk..16kk+15: n-tiles 2kk, 2kk+1 packed */
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            p[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-            p[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-            p[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-            p[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-        }
+        pack_a(p, sc);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < WG_KEYS / 16; kk++)   /* 16 keys: two 1024-byte swizzle atoms */
-            wgmma_rs_tb(o, p[kk], smem_desc(v_rows + 2048 * kk, 8192, 1024));
+        scores_times_cols(o, p, v_rows);
         wgmma_commit();
         wgmma_wait_all();
         pin(o);
@@ -316,7 +323,7 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
                                      float scale) {
 #ifdef WGMMA_BUILT
     extern __shared__ __align__(1024) unsigned char wb_smem_raw[];
-    unsigned char *base = wb_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wb_smem_raw) & 1023)) & 1023);
+    unsigned char *base = swizzle_aligned(wb_smem_raw);
     unsigned char *k_tile = base, *v_tile = base + WG_TILE_BYTES;
     unsigned char *qd_tiles = base + 2 * WG_TILE_BYTES;                   /* [2 buffers][Q, dO] */
     float *stats = reinterpret_cast<float *>(base + 6 * WG_TILE_BYTES);   /* [2 buffers][lse2, D][64] */
@@ -360,10 +367,8 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
         st ^= 1;
 
         wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ks++) wgmma_ss(s, rows_desc(k_tile, ks), rows_desc(q_tile, ks), ks);
-#pragma unroll
-        for (int ks = 0; ks < 4; ks++) wgmma_ss(dp, rows_desc(v_tile, ks), rows_desc(do_tile, ks), ks);
+        rows_times_rows(s, k_tile, q_tile);     /* Sᵀ  [keys × queries] */
+        rows_times_rows(dp, v_tile, do_tile);   /* dPᵀ */
         wgmma_commit();
         wgmma_wait_all();
         pin(s);
@@ -392,10 +397,8 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
         pack_a(pa, sc);
         pack_a(da, dpc);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(dv_acc, pa[kk], cols_desc(do_tile, kk));
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(dk_acc, da[kk], cols_desc(q_tile, kk));
+        scores_times_cols(dv_acc, pa, do_tile);
+        scores_times_cols(dk_acc, da, q_tile);
         wgmma_commit();
         wgmma_wait_all();
         pin(dk_acc);
@@ -429,7 +432,7 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
                                    float scale) {
 #ifdef WGMMA_BUILT
     extern __shared__ __align__(1024) unsigned char wb_smem_raw[];
-    unsigned char *base = wb_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wb_smem_raw) & 1023)) & 1023);
+    unsigned char *base = swizzle_aligned(wb_smem_raw);
     unsigned char *q_tile = base, *do_tile = base + WG_TILE_BYTES;
     unsigned char *kv_tiles = base + 2 * WG_TILE_BYTES;   /* [2 buffers][K, V] */
     const int tiles = (T + 63) / 64;
@@ -472,10 +475,8 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
         buffer ^= 1;
 
         wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ks++) wgmma_ss(s, rows_desc(q_tile, ks), rows_desc(k_tile, ks), ks);
-#pragma unroll
-        for (int ks = 0; ks < 4; ks++) wgmma_ss(dp, rows_desc(do_tile, ks), rows_desc(v_tile, ks), ks);
+        rows_times_rows(s, q_tile, k_tile);
+        rows_times_rows(dp, do_tile, v_tile);
         wgmma_commit();
         wgmma_wait_all();
         pin(s);
@@ -499,8 +500,7 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
         uint32_t da[4][4];
         pack_a(da, dpc);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb(dq_acc, da[kk], cols_desc(k_tile, kk));
+        scores_times_cols(dq_acc, da, k_tile);
         wgmma_commit();
         wgmma_wait_all();
         pin(dq_acc);
