@@ -139,6 +139,21 @@ __device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&w)[8][
         a[kk][3] = pack_bf16(w[2 * kk + 1][2], w[2 * kk + 1][3]);
     }
 }
+/* The write-back's walk over one accumulator row: a wgmma accumulator (flat [32], the C
+ * layout of 8 n-tiles: element 4n+c) holds for row g (half 0) or g+8 (half 1) the columns
+ * d = 8n+2t+e; each below hd is passed as put(d, index into the accumulator). The index,
+ * not the value, so one walk serves dk and dv together (attention_tc.cu's for_row_columns
+ * is the same walk over its [ND][4] accumulators). */
+template <class Put>
+__device__ __forceinline__ void for_acc_row_columns(int half, int lane, int hd, Put put) {
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int d = 8 * n + 2 * (lane % 4) + e;
+            if (d < hd) put(d, 4 * n + 2 * half + e);
+        }
+}
 #endif
 
 __global__ void __launch_bounds__(WG_THREADS, 2)
@@ -262,13 +277,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
         if (lane % 4 == 0) lse[((size_t)b * H + h) * T + tr] = (m[half] + log2f(l[half])) * ATTN_LN2;
         float *out_row = out + token_row(b, tr, H, h, T) * hd;
         const float inv_l = 1.0f / l[half];
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 8 * n + 2 * (lane % 4) + e;
-                if (d < hd) out_row[d] = o[4 * n + 2 * half + e] * inv_l;
-            }
+        for_acc_row_columns(half, lane, hd, [&](int d, int i) { out_row[d] = o[i] * inv_l; });
     }
 #endif
 }
@@ -412,15 +421,10 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
         const int key = j0 + row0 + g + 8 * half;
         if (key >= T) continue;
         const size_t row = token_row(b, key, Hkv, grp, T) * hd;
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 8 * n + 2 * t + e;
-                if (d >= hd) continue;
-                if (dk) dk[row + d] += scale * dk_acc[4 * n + 2 * half + e];
-                if (dv) dv[row + d] += dv_acc[4 * n + 2 * half + e];
-            }
+        for_acc_row_columns(half, lane, hd, [&](int d, int i) {
+            if (dk) dk[row + d] += scale * dk_acc[i];
+            if (dv) dv[row + d] += dv_acc[i];
+        });
     }
 #endif
 }
@@ -511,13 +515,7 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
         const int tr = t0 + row0 + g + 8 * half;
         if (tr >= T) continue;
         float *dq_row = dq + token_row(b, tr, H, h, T) * hd;
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int d = 8 * n + 2 * t + e;
-                if (d < hd) dq_row[d] += scale * dq_acc[4 * n + 2 * half + e];
-            }
+        for_acc_row_columns(half, lane, hd, [&](int d, int i) { dq_row[d] += scale * dq_acc[i]; });
     }
 #endif
 }
