@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """aggregate.py — turns sweep run directories into a CSV, a markdown table and PNG plots.
 
-    python3 experiments/aggregate.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
+    python3 experiments/aggregate.py SWEEP_DIR [SWEEP_DIR ...] [--csv RESULTS_CSV ...] [--name SWEEP] [--out DIR]
 
 A sweep directory holds one directory per point (written by experiments/*.sh), each with
 config.yaml (the resolved config), summary.json (written by the trainer when the run
@@ -9,6 +9,16 @@ finished: params, flops_per_token, tokens_per_s, wall time, final evaluation per
 sequence length) and metrics.jsonl. Points without summary.json (still running or
 failed) are listed and left out. Seeds of one point (names ending -s<seed>) are
 averaged; the table shows the mean and, with several seeds, the min–max range.
+
+--csv FILE (repeatable) reads a results.csv written by an earlier run of this script back
+into the same run records, for runs whose directories are no longer at hand, so that new
+sweep directories and earlier results are aggregated together; with --csv no SWEEP_DIR is
+needed (then --out is). A run is identified by (sweep, point, seed) — sweep is the sweep
+directory's name, or the CSV's sweep column — and is counted once: a run present both as a
+directory and in a CSV is taken from the directory, one present in several CSVs from the
+first of them; each run left out so is reported on stderr. --name SWEEP gives every run,
+from directories and CSVs alike, that sweep name before that comparison (the table heading
+and plot titles), e.g. to fold a second-seed sweep into an earlier sweep's results.
 
 Writes into --out (default: SWEEP_DIR/report of the first one):
     results.csv              one row per (run, evaluation length)
@@ -96,10 +106,76 @@ def load_runs(sweep_dirs):
     return runs, unfinished
 
 
-def write_csv(runs, path):
-    fields = ["sweep", "point", "arch", "seed", "pattern", "ffn", "attention_fraction", "task", "train_seq_len",
+CSV_FIELDS = ["sweep", "point", "arch", "seed", "pattern", "ffn", "attention_fraction", "task", "train_seq_len",
               "kv_pairs", "eval_seq_len", "accuracy", "loss", "params", "flops_per_token", "tokens_per_s", "tokens",
               "steps", "train_seconds", "wall_seconds"]
+CSV_TEXT_FIELDS = {"sweep", "point", "arch", "pattern", "ffn", "task"}
+CSV_EVAL_FIELDS = {"eval_seq_len", "accuracy", "loss"}
+
+
+def csv_number(text):
+    """A number as write_csv wrote it: an int where summary.json had an int ('9830656'),
+    else a float ('58884100.0', '0.000469'), so a record read back writes the same CSV."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def load_csv(path):
+    """The run records of a results.csv written by write_csv: one per (sweep, point, seed),
+    its rows' evaluation lengths gathered into "eval" as load_runs builds it."""
+    runs = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or [])]
+        if missing:
+            sys.exit(f"aggregate.py: {path}: not a results.csv of this script (no column {', '.join(missing)})")
+        for line, row in enumerate(reader, start=2):
+            try:
+                values = {k: (row[k] if k in CSV_TEXT_FIELDS else csv_number(row[k])) for k in CSV_FIELDS}
+            except (TypeError, ValueError):
+                sys.exit(f"aggregate.py: {path}:{line}: a field that should be a number is not: {row}")
+            key = (values["sweep"], values["point"], values["seed"])
+            record = {k: v for k, v in values.items() if k not in CSV_EVAL_FIELDS}
+            if key not in runs:
+                runs[key] = dict(record, eval={})
+            elif any(runs[key][k] != v for k, v in record.items()):
+                sys.exit(f"aggregate.py: {path}:{line}: run {key} has rows that disagree outside the evaluation columns")
+            L = values["eval_seq_len"]
+            if L in runs[key]["eval"]:
+                sys.exit(f"aggregate.py: {path}:{line}: run {key} has two rows for evaluation length {L}")
+            runs[key]["eval"][L] = {"seq_len": L, "accuracy": values["accuracy"], "loss": values["loss"]}
+    return list(runs.values())
+
+
+def merge_runs(dir_runs, csv_runs, name=None):
+    """The union of the runs from directories and from CSVs ([(path, runs)]), each run
+    (sweep, point, seed) once: from its directory when there is one, else from the first
+    CSV that has it. With name, every run is first given that sweep name. Returns the runs,
+    ordered by (sweep, point, seed) as a single sweep directory's are (so an earlier
+    results.csv keeps its row order and the new runs' rows land beside their point's), and
+    [(path, key)] of those left out as duplicates."""
+    def key(r):
+        return (r["sweep"], r["point"], r["seed"])
+
+    if name is not None:
+        dir_runs = [dict(r, sweep=name) for r in dir_runs]
+        csv_runs = [(p, [dict(r, sweep=name) for r in rs]) for p, rs in csv_runs]
+    runs, seen, dropped = list(dir_runs), {key(r) for r in dir_runs}, []
+    for path, rs in csv_runs:
+        for r in rs:
+            if key(r) in seen:
+                dropped.append((path, key(r)))
+                continue
+            seen.add(key(r))
+            runs.append(r)
+    runs.sort(key=key)   # (stable: directory runs of one sweep, point and seed keep their order)
+    return runs, dropped
+
+
+def write_csv(runs, path):
+    fields = CSV_FIELDS
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -225,17 +301,37 @@ def plot_acc_vs_cost(runs, key, xlabel, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dirs", nargs="+", help="sweep directories (runs/sweeps/<sweep>-<scale>)")
-    parser.add_argument("--out", help="output directory (default: <first sweep dir>/report)")
+    parser.add_argument("sweep_dirs", nargs="*", metavar="SWEEP_DIR",
+                        help="sweep directories (runs/sweeps/<sweep>-<scale>); none needed with --csv")
+    parser.add_argument("--csv", action="append", default=[], metavar="FILE",
+                        help="a results.csv of an earlier aggregation, read back as runs (repeatable); a run "
+                             "(sweep, point, seed) present both as a directory and in a CSV is counted once, "
+                             "from the directory; one in several CSVs once, from the first")
+    parser.add_argument("--name", metavar="SWEEP",
+                        help="give every run (directories and CSVs) this sweep name, before duplicates are "
+                             "removed: one table and one set of plot panels under this heading")
+    parser.add_argument("--out", help="output directory (default: <first sweep dir>/report; required without one)")
     args = parser.parse_args(argv)
+    if not args.sweep_dirs and not args.csv:
+        parser.error("give at least one SWEEP_DIR or --csv FILE")
+    if not args.sweep_dirs and not args.out:
+        parser.error("--out is required when there is no SWEEP_DIR")
     for d in args.sweep_dirs:
         if not os.path.isdir(d):
             sys.exit(f"aggregate.py: {d}: not a directory")
+    for p in args.csv:
+        if not os.path.exists(p) or os.path.isdir(p):   # (a pipe, as from <(git show …), is fine)
+            sys.exit(f"aggregate.py: {p}: no such file")
     runs, unfinished = load_runs(args.sweep_dirs)
     for d in unfinished:
         print(f"aggregate.py: {d}: no summary.json (running, interrupted or failed); left out", file=sys.stderr)
+    if args.csv or args.name is not None:
+        runs, dropped = merge_runs(runs, [(p, load_csv(p)) for p in args.csv], args.name)
+        for path, (sweep, point, seed) in dropped:
+            print(f"aggregate.py: {path}: {sweep} {point} seed {seed} is already in a sweep directory or an "
+                  f"earlier --csv; this copy left out", file=sys.stderr)
     if not runs:
-        sys.exit("aggregate.py: no finished runs (no summary.json) in " + ", ".join(args.sweep_dirs))
+        sys.exit("aggregate.py: no finished runs (no summary.json) in " + ", ".join(args.sweep_dirs + args.csv))
     out = args.out or os.path.join(args.sweep_dirs[0], "report")
     os.makedirs(out, exist_ok=True)
     write_csv(runs, os.path.join(out, "results.csv"))
