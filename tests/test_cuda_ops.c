@@ -797,6 +797,12 @@ END_TEST
  * fails too. */
 START_TEST(test_attention_tensor_cores_within_bf16_rounding) {
     check_attention_tensor_cores("bf16", ATTENTION_BF16_TOL, ATTENTION_BF16_MIN_DIFF);
+    /* On Hopper, head dims in (32, 64] run the wgmma kernels (attention_wgmma.cu); the
+     * mma.sync kernels for them (the only 128-row blocks) are what other GPUs run: check
+     * them too, with wgmma switched off. */
+    ck_assert_int_eq(setenv("BRAID_ATTENTION_WGMMA", "0", 1), 0);
+    check_attention_tensor_cores("bf16", ATTENTION_BF16_TOL, ATTENTION_BF16_MIN_DIFF);
+    unsetenv("BRAID_ATTENTION_WGMMA");
 }
 END_TEST
 

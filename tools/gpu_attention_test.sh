@@ -105,8 +105,8 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc write-back (out, dq, dk, dv): odd columns get the even ones' values"
     mutant attention_tc.cu 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
         "tc dk/dv reads a neighbour's lse"
-    mutant attention_tc.cu 's/if (!visible_at(g + 8 \* (c \/ 2), 8 \* n + 2 \* t + c % 2))/if (!visible_at(g + 8 * (c % 2), 8 * n + 2 * t + c % 2))/' \
-        "tc mask: rows g and g+8 confused on diagonal tiles"
+    mutant attention_common.cuh 's/if (!visible_at(g + 8 \* (c \/ 2), 8 \* n + 2 \* t + c % 2))/if (!visible_at(g + 8 * (c % 2), 8 * n + 2 * t + c % 2))/' \
+        "mask (tc and wgmma): rows g and g+8 confused on diagonal tiles"
     mutant attention_common.cuh 's/k0 + nk - 1 <= q0 \&\&/k0 + nk - 1 <= q0 + nq - 1 \&\&/' \
         "tiles crossing the diagonal skip the mask (every kernel)"
     mutant attention_tc.cu 's/v.z = d + 2 < hd ? src\[2\] : 0.0f;/v.z = d + 3 < hd ? src[2] : 0.0f;/' \
@@ -133,8 +133,10 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "wgmma rows·rowsᵀ (Q·Kᵀ, dO·Vᵀ, ...): every 16-dim step reads A's first"
     mutant attention_wgmma.cu 's/o\[4 \* n + 2 \* half\] \*= corr, o\[4 \* n + 2 \* half + 1\] \*= corr;/o[4 * n + 2 * half] *= corr;/' \
         "wgmma forward rescales half the outputs"
-    mutant attention_wgmma.cu 's/j0 + 8 \* n + 2 \* (lane % 4) + c % 2, T, window))/j0 + 8 * n + 2 * (lane % 4), T, window))/' \
-        "wgmma mask: odd key columns judged as the even ones"
+    mutant attention_wgmma.cu 's/return visible(t0 + row0 + r, j0 + c, T, window);/return visible(t0 + row0 + r, j0 + (c \& ~1), T, window);/' \
+        "wgmma forward/dq mask: odd key columns judged as the even ones"
+    mutant attention_wgmma.cu 's/return visible(t0 + c, j0 + row0 + r, T, window);/return visible(t0 + c, j0 + row0 + (r \& ~1), T, window);/' \
+        "wgmma dk/dv mask: odd key rows judged as the even ones"
     mutant attention_wgmma.cu 's/scores_times_cols(dk_acc, da, q_tile);/scores_times_cols(dk_acc, da, do_tile);/' \
         "wgmma dk: dSᵀ times dO instead of Q"
     mutant attention_wgmma.cu 's/-lse_r\[c \/ 2\]/-lse_r[0]/' \

@@ -1,5 +1,6 @@
-/* attention_common.cuh — what the float32 attention kernels (attention.cu) and the TF32
- * tensor-core ones (attention_tc.cu) share: the visibility rule, the row addressing and the
+/* attention_common.cuh — what the float32 attention kernels (attention.cu), the mma.sync
+ * tensor-core ones (attention_tc.cu) and the wgmma ones (attention_wgmma.cu) share: the
+ * visibility rule and the score mask, the row addressing, the block order and the
  * tensor-core entry points that attention.cu dispatches to (device code only). */
 #ifndef BRAID_ATTENTION_COMMON_CUH
 #define BRAID_ATTENTION_COMMON_CUH
@@ -37,6 +38,21 @@ __device__ __forceinline__ bool visible(int t, int j, int T, int window) {
  * window edge or T evaluate visible(). */
 __device__ __forceinline__ bool tile_all_visible(int q0, int nq, int k0, int nk, int T, int window) {
     return q0 + nq - 1 < T && k0 + nk - 1 <= q0 && (window <= 0 || k0 > q0 + nq - 1 - window);
+}
+
+/* Scores of pairs that are not visible become −∞ (so 2^(x·scale − m) is 0 and dS is 0):
+ * s is a warp's C-layout block, visible_at(r, c) says whether its row r (0..15) sees its
+ * column c (0..8·NT−1). Only tiles that cross the diagonal, the window edge or T need it:
+ * the kernels call it where tile_all_visible() is false, so most tiles pay nothing. The
+ * wgmma kernels' accumulators have the same per-warp layout (NT = 8 for 64 columns). */
+template <int NT, class VisibleAt>
+__device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, VisibleAt visible_at) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int c = 0; c < 4; c++)
+            if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
 }
 
 /* Row index of (b, t, head) in a [B, T, heads, hd] tensor. */

@@ -278,6 +278,22 @@ struct Bf16Tiles : OneMTile<Bf16Tiles, __nv_bfloat16> {
  * and no bounds in their loops, and a padded product is exact. Converting once per call
  * (each K/V tile is staged by every query tile that sees it) halves the bytes staged in
  * bf16, and the copies of the next tile land while the warps compute on this one. */
+/* Dims d … d+3 of one head's row (zero at dims ≥ hd): one float4 load where rows start
+ * 16-byte aligned (hd a multiple of 4), else four guarded loads. */
+__device__ __forceinline__ float4 load_head_dims4(const float *row, int d, int hd) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float *src = row + d;
+    if (hd % 4 == 0) {
+        if (d < hd) v = *reinterpret_cast<const float4 *>(src);
+    } else {
+        v.x = d < hd ? src[0] : 0.0f;
+        v.y = d + 1 < hd ? src[1] : 0.0f;
+        v.z = d + 2 < hd ? src[2] : 0.0f;
+        v.w = d + 3 < hd ? src[3] : 0.0f;
+    }
+    return v;
+}
+
 template <class P, int HD>
 __global__ void stage_operand_kernel(typename P::Elem *dst, const float *x, int B, int T, int Tp, int heads,
                                      int hd) {
@@ -288,18 +304,8 @@ __global__ void stage_operand_kernel(typename P::Elem *dst, const float *x, int 
         const int t = (int)(row % Tp);
         const size_t bh = row / Tp;
         const int head = (int)(bh % heads), b = (int)(bh / heads);
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (t < T) {
-            const float *src = x + token_row(b, t, heads, head, T) * hd + d;
-            if (hd % 4 == 0) {   /* rows start 16-byte aligned */
-                if (d < hd) v = *reinterpret_cast<const float4 *>(src);
-            } else {
-                v.x = d < hd ? src[0] : 0.0f;
-                v.y = d + 1 < hd ? src[1] : 0.0f;
-                v.z = d + 2 < hd ? src[2] : 0.0f;
-                v.w = d + 3 < hd ? src[3] : 0.0f;
-            }
-        }
+        const float4 v = t < T ? load_head_dims4(x + token_row(b, t, heads, head, T) * hd, d, hd)
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         P::store4(dst + row * HD + d, v);
     }
 }
@@ -326,14 +332,9 @@ __global__ void stage_dout_kernel(typename P::Elem *dst, float *lse2, float *D, 
         const int head = (int)(bh % H), b = (int)(bh / H);
         float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f), o = g;
         if (live && t < T) {
-            const size_t at = token_row(b, t, H, head, T) * hd + d;
-            if (hd % 4 == 0) {   /* rows start 16-byte aligned */
-                if (d < hd) g = *reinterpret_cast<const float4 *>(dout + at), o = *reinterpret_cast<const float4 *>(out + at);
-            } else {
-                float gv[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ov[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                for (int e = 0; e < 4 && d + e < hd; e++) gv[e] = dout[at + e], ov[e] = out[at + e];
-                g = make_float4(gv[0], gv[1], gv[2], gv[3]), o = make_float4(ov[0], ov[1], ov[2], ov[3]);
-            }
+            const size_t at = token_row(b, t, H, head, T) * hd;
+            g = load_head_dims4(dout + at, d, hd);
+            o = load_head_dims4(out + at, d, hd);
         }
         float dot = g.x * o.x + g.y * o.y + g.z * o.z + g.w * o.w;
 #pragma unroll
@@ -373,20 +374,6 @@ __device__ __forceinline__ void copy_floats_async(float *dst, const float *src) 
 template <int FIXED_BYTES, int STAGE_BYTES, int MINB>
 constexpr int tile_stages() {
     return FIXED_BYTES + 2 * STAGE_BYTES <= TC_SM_SHARED_BYTES / (MINB > 2 ? MINB : 2) - 1024 ? 2 : 1;
-}
-
-/* Scores of pairs that are not visible become −∞ (so 2^(x·scale − m) is 0 and dS is 0):
- * s is a warp's C-layout block, visible_at(r, c) says whether its row r (0..15) sees its
- * column c (0..8·NT−1). Only tiles that cross the diagonal, the window edge or T need it:
- * the kernels call it where tile_all_visible() is false, so most tiles pay nothing. */
-template <int NT, class VisibleAt>
-__device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, VisibleAt visible_at) {
-    const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-#pragma unroll
-        for (int c = 0; c < 4; c++)
-            if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
 }
 
 /* The columns of one accumulator row that this lane holds, for the kernels' write-back:

@@ -227,14 +227,8 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
         wgmma_wait_all();
         pin(s);
         float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);   /* n-tile j: columns 8j.. */
-        if (!tile_all_visible(t0 + 64 * wg, 64, j0, WG_KEYS, T, window)) {   /* invisible pairs: −∞ */
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-                    if (!visible(t0 + row0 + g + 8 * (c / 2), j0 + 8 * n + 2 * (lane % 4) + c % 2, T, window))
-                        sc[n][c] = -INFINITY;
-        }
+        if (!tile_all_visible(t0 + 64 * wg, 64, j0, WG_KEYS, T, window))   /* invisible pairs: −∞ */
+            mask_scores<8>(sc, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
 #pragma unroll
         for (int half = 0; half < 2; half++) {   /* rows g (c0, c1) and g+8 (c2, c3) */
             float row_max = -INFINITY;
@@ -285,16 +279,17 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
 /* Built for sm_90a, on a device of compute capability 9.0 (which runs that machine code),
  * and not switched off with BRAID_ATTENTION_WGMMA=0 (for comparisons). */
 static bool wgmma_usable() {
-    static int usable = -1;
-    if (usable < 0) {
+    static int hopper = -1;
+    if (hopper < 0) {
         int dev = 0, major = 0, minor = 0;
         CUDA_CHECK(cudaGetDevice(&dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-        const char *env = getenv("BRAID_ATTENTION_WGMMA");
-        usable = BRAID_HAVE_WGMMA && major == 9 && minor == 0 && !(env && !strcmp(env, "0"));
+        hopper = major == 9 && minor == 0;
     }
-    return usable;
+    /* read at every call (a few a step), so a test can run both kernel families in one process */
+    const char *env = getenv("BRAID_ATTENTION_WGMMA");
+    return BRAID_HAVE_WGMMA && hopper && !(env && !strcmp(env, "0"));
 }
 
 int attention_forward_wgmma(float *out, float *lse, const float *q, const void *k_copy,
@@ -384,13 +379,8 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
         pin(dp);
         float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);    /* Sᵀ: keys as rows, queries as columns */
         float (&dpc)[8][4] = *reinterpret_cast<float (*)[8][4]>(dp);
-        if (!tile_all_visible(t0, 64, j0, 64, T, window)) {
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-                    if (!visible(t0 + 8 * n + 2 * t + c % 2, j0 + row0 + g + 8 * (c / 2), T, window)) sc[n][c] = -INFINITY;
-        }
+        if (!tile_all_visible(t0, 64, j0, 64, T, window))
+            mask_scores<8>(sc, lane, [&](int r, int c) { return visible(t0 + c, j0 + row0 + r, T, window); });
 #pragma unroll
         for (int n = 0; n < 8; n++) {
             const float2 lse_c = *reinterpret_cast<const float2 *>(lse_s + 8 * n + 2 * t);
@@ -442,7 +432,7 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
     const int tiles = (T + 63) / 64;
     const RankedBlock rb = ranked_block(H, tiles);   /* the latest rows (the longest blocks) first */
     const int b = rb.b, h = rb.head, grp = h / (H / Hkv), t0 = (tiles - 1 - rb.rank) * 64;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 16 * warp;
     const float scale_log2 = scale * ATTN_LOG2E;
     const size_t bh = (size_t)b * H + h;
@@ -487,13 +477,8 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
         pin(dp);
         float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);
         float (&dpc)[8][4] = *reinterpret_cast<float (*)[8][4]>(dp);
-        if (!tile_all_visible(t0, 64, j0, 64, T, window)) {
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-                    if (!visible(t0 + row0 + g + 8 * (c / 2), j0 + 8 * n + 2 * t + c % 2, T, window)) sc[n][c] = -INFINITY;
-        }
+        if (!tile_all_visible(t0, 64, j0, 64, T, window))
+            mask_scores<8>(sc, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
 #pragma unroll
         for (int n = 0; n < 8; n++)
 #pragma unroll
