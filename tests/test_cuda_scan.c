@@ -123,6 +123,7 @@ static const ScanShape scan_shapes[] = {
     {2, 100, 72, 16, 24, 1},  /* chunk not a multiple of the backward's 16-step sub-tile */
     {1, 300, 32, 16, 300, 1}, /* one chunk of 19 sub-tiles: long walks from the checkpoint */
     {2, 50, 38, 16, 8, 1},    /* channels not a multiple of 4: the kernels' 4-byte staging */
+    {2, 200, 64, 8, 32, 1},   /* N = 8 (2 threads a channel), chunk = the forward's tile, ragged */
 };
 #define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
 

@@ -89,8 +89,15 @@ fi
 
 MUTANT_TARGET=test_cuda_scan MUTANT_TIMEOUT=60
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
-    # patterns for the scan kernel of commit 64b147c (4 states a thread, sub-tile checkpoint)
-    mutant scan.cu 's/y_tile\[s \* CB + cl\] = p_y + Dc \* uu;/y_tile[s * CB + cl] = p_y;/' "scan forward drops D·u"
+    # patterns for the scan kernels as they are (4 states a thread, sub-tile checkpoints, the
+    # forward's y partials summed after each tile)
+    mutant scan.cu 's/= fmaf(Dq, uu, p_y);/= p_y;/' "scan forward drops D·u"
+    mutant scan.cu 's/for (int e = 0; e < 4; e++) out\[(4 \* k + e) \/ YP\] += w\[e\];/for (int e = 0; e < 4; e++) out[(4 * k + e) \/ YP] = w[e];/' \
+        "scan forward y keeps one of a channel's partials"
+    mutant scan.cu 's/for (int off = 1; off < PER; off \*= 2) p_y +=/for (int off = 2; off < PER; off *= 2) p_y +=/' \
+        "scan forward y partial misses its pair's sum"
+    mutant scan.cu 's/const bool save_at_tiles = chunk % L == 0;/const bool save_at_tiles = chunk % 8 == 0;/' \
+        "scan forward saves chunk states only at tile starts, chunks not tile-aligned"
     mutant scan.cu 's/if (du) du\[at\] += du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
     mutant scan.cu 's/    d.x += a.x;/    d.x = a.x;/' "scan float4 du/ddelta overwritten, not accumulated"
     mutant scan.cu 's/if (s < len \&\& col0 + j < cols) cp_async16/if (s < len \&\& col0 + j + 4 < cols) cp_async16/' "scan 16-byte staging drops a row's last piece"

@@ -19,8 +19,13 @@
  * memory with coalesced loads (u, δ, dy: the block's channels are contiguous; B, C: one row
  * of N), so the recurrence itself waits only on shared memory and the exp; the forward
  * double-buffers the tiles with cp.async (the next tile lands while this one computes);
- * outputs go through shared memory too and are written back coalesced. Copies are 16-byte
- * pieces where channels and N are multiples of 4 and the tensors aligned (VEC), else 4-byte.
+ * outputs go through shared memory too and are written back coalesced. The forward's sum
+ * over n for y_t is not finished per step: after one shuffle round (ScanYParts) each pair
+ * of a channel's threads stores its partial, and the tile's write-out adds a channel's
+ * partials (and D·u, folded into the first) — fewer instructions in the time loop than a
+ * full shuffle reduction and no shuffle latency on its path (docs/performance.md,
+ * "The forward's y sums after the tile"). Copies are 16-byte pieces where channels and N
+ * are multiples of 4 and the tensors aligned (VEC), else 4-byte.
  * Why this layout and not 8 or 16 states a thread, or 1 or 2: all four measured slower at
  * jamba-small's shape (docs/performance.md, "The selective scan: where its time goes").
  * Where B·channels gives too few blocks for the SMs, T is also split into time segments
@@ -64,6 +69,16 @@
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 lets ptxas use 168 and ran 1.6× slower) */
 #define LOG2E 1.4426950408889634f
+#define SCAN_FWD_Y_ROUNDS 1   /* shuffle rounds over a channel's partial y before it is stored */
+
+/* The partial sums of a channel's y_t the forward keeps in shared memory per step: its G
+ * threads' sums over their 4 states, added pairwise SCAN_FWD_Y_ROUNDS times by shuffles
+ * first; the tile's write-out adds the P that remain. */
+template <int NP>
+struct ScanYParts {
+    static constexpr int G = NP / SCAN_NPT;
+    static constexpr int P = (G >> SCAN_FWD_Y_ROUNDS) > 0 ? (G >> SCAN_FWD_Y_ROUNDS) : 1;
+};
 
 static int padded_state(int N) {
     int np = 4;
@@ -157,8 +172,8 @@ struct ScanForwardSmem {
     static constexpr int dt = u + 2 * L * CB;
     static constexpr int B = dt + 2 * L * CB;    /* [2][L][NP] */
     static constexpr int C = B + 2 * L * NP;
-    static constexpr int y = C + 2 * L * NP;     /* [L][CB] */
-    static constexpr int total = y + L * CB;
+    static constexpr int y = C + 2 * L * NP;     /* [L][CB][P]: a channel's P partial sums */
+    static constexpr int total = y + L * CB * ScanYParts<NP>::P;
 };
 
 /* grid (channel blocks, Bsz); thread (channel cl = tid / G, state group q = tid % G),
@@ -177,6 +192,7 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
                               int T, int channels, int N, int chunk, int seg_len) {
     using S = ScanForwardSmem<NP>;
     constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L;
+    constexpr int YP = ScanYParts<NP>::P, PER = G / YP;   /* y partials a channel, threads a partial */
     extern __shared__ __align__(16) float scan_smem[];
     float *y_tile = scan_smem + S::y;
     const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
@@ -193,8 +209,19 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
         h[i] = !ENDS && ts > 0 && live ? start[i] : 0.0f;
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
+    const float Dq = q == 0 ? Dc : 0.0f;   /* D·u joins the partial of the channel's first thread */
+    /* chunk starts fall on tile starts: the state is saved once a tile, not checked per step */
+    const bool save_at_tiles = chunk % L == 0;
     float dt_sum = 0.0f;                              /* ENDS: Σδ over the segment */
     int next_save = ts, save_chunk = ts / chunk;   /* the next chunk start (no t % chunk per step) */
+    auto save_state = [&]() {   /* h is the state entering chunk save_chunk */
+        float *at = chunk_states + (((size_t)b * n_chunks + save_chunk) * channels + c) * N + n0;
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i++)
+            if (active && n0 + i < N) at[i] = h[i];
+        next_save += chunk;
+        save_chunk++;
+    };
 
     /* tile i+1 is copied (cp.async) while tile i is computed */
     auto stage = [&](int tile, int p) {
@@ -226,14 +253,7 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
                 dt_sum += dt;
                 return;
             }
-            if (t0 + s == next_save) {   /* the state entering chunk save_chunk */
-                float *at = chunk_states + (((size_t)b * n_chunks + save_chunk) * channels + c) * N + n0;
-#pragma unroll
-                for (int i = 0; i < SCAN_NPT; i++)
-                    if (active && n0 + i < N) at[i] = h[i];
-                next_save += chunk;
-                save_chunk++;
-            }
+            if (!save_at_tiles && t0 + s == next_save) save_state();
             const float dt = dt_t[s * CB + cl], uu = u_t[s * CB + cl], dtu = dt * uu;
             const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
             const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
@@ -244,11 +264,11 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
                 h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
                 p_y += h[i] * Cn[i];
             }
-            /* Σ over the channel's G threads (adjacent lanes) */
 #pragma unroll
-            for (int off = G / 2; off > 0; off /= 2) p_y += __shfl_xor_sync(0xffffffffu, p_y, off);
-            if (q == 0) y_tile[s * CB + cl] = p_y + Dc * uu;
+            for (int off = 1; off < PER; off *= 2) p_y += __shfl_xor_sync(0xffffffffu, p_y, off);
+            if (PER == 1 || q % PER == 0) y_tile[(s * CB + cl) * YP + q / PER] = fmaf(Dq, uu, p_y);
         };
+        if (!ENDS && save_at_tiles && t0 == next_save) save_state();
         /* a full tile: a fixed trip count, so shared-memory offsets become immediates */
         if (len == L) {
 #pragma unroll 8
@@ -258,16 +278,29 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
         }
         __syncthreads();   /* y_tile complete; buffer p free for tile+2 */
         if (ENDS) continue;
+        /* y = Σ of a channel's YP partials (adjacent in y_tile: [s][cl][YP]) */
         if constexpr (VEC) {
             for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
                 const int s = i / (CB / 4), j = 4 * (i % (CB / 4));
+                const float *part = y_tile + (s * CB + j) * YP;
+                float out[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int k = 0; k < YP; k++) {   /* 4·YP partials: channels j … j+3, as YP float4s */
+                    const float4 v = *(const float4 *)(part + 4 * k);
+                    const float w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) out[(4 * k + e) / YP] += w[e];
+                }
                 if (c0 + j < channels)
-                    *(float4 *)(y + ((size_t)b * T + t0 + s) * channels + c0 + j) = *(const float4 *)(y_tile + s * CB + j);
+                    *(float4 *)(y + ((size_t)b * T + t0 + s) * channels + c0 + j) = make_float4(out[0], out[1], out[2], out[3]);
             }
         } else {
             for (int i = tid; i < len * CB; i += SCAN_THREADS) {
                 const int s = i / CB, j = i % CB;
-                if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = y_tile[i];
+                float sum = 0.0f;
+#pragma unroll
+                for (int k = 0; k < YP; k++) sum += y_tile[(s * CB + j) * YP + k];
+                if (c0 + j < channels) y[((size_t)b * T + t0 + s) * channels + c0 + j] = sum;
             }
         }
     }
