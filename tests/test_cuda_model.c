@@ -97,20 +97,31 @@ START_TEST(forward_backward_matches_cpu) {
 }
 END_TEST
 
+/* Two trainers run side by side (the tests below compare them step by step), quiet. */
+static void trainer_pair_init(Trainer *a, const Config *ca, Trainer *b, const Config *cb) {
+    BraidError err;
+    ck_assert_msg(trainer_init(a, ca, &err) == 0, "%s", err.message);
+    ck_assert_msg(trainer_init(b, cb, &err) == 0, "%s", err.message);
+    a->quiet = b->quiet = 1;
+}
+
+/* One training step of each. */
+static void trainer_pair_step(Trainer *a, StepStats *sa, Trainer *b, StepStats *sb) {
+    BraidError err;
+    ck_assert_msg(trainer_step(a, sa, &err) == 0, "%s", err.message);
+    ck_assert_msg(trainer_step(b, sb, &err) == 0, "%s", err.message);
+}
+
 START_TEST(training_steps_match_cpu) {
     const ModelSpec *s = &SPECS[_i];
     Config cc, cg;
     load_config(&cc, s, "cpu");
     load_config(&cg, s, "cuda");
     Trainer tc, tg;
-    BraidError err;
-    ck_assert_msg(trainer_init(&tc, &cc, &err) == 0, "%s", err.message);
-    ck_assert_msg(trainer_init(&tg, &cg, &err) == 0, "%s", err.message);
-    tc.quiet = tg.quiet = 1;
+    trainer_pair_init(&tc, &cc, &tg, &cg);
     for (int step = 0; step < cc.train.steps; step++) {
         StepStats sc, sg;
-        ck_assert_msg(trainer_step(&tc, &sc, &err) == 0, "%s", err.message);
-        ck_assert_msg(trainer_step(&tg, &sg, &err) == 0, "%s", err.message);
+        trainer_pair_step(&tc, &sc, &tg, &sg);
         printf("  %s step %d: loss cpu %.6f cuda %.6f  gnorm %.5f / %.5f\n", s->name, step, sc.loss, sg.loss,
                sc.grad_norm, sg.grad_norm);
         ck_assert_msg(fabs(sc.loss - sg.loss) <= 1e-4 * fabs(sc.loss), "%s: step %d loss %.7f (cuda) vs %.7f (cpu)",
@@ -132,6 +143,7 @@ START_TEST(training_steps_match_cpu) {
                   "%s: GPU parameters drifted from the CPU's", s->name);
 
     /* the GPU's checkpoint, loaded into a CPU model, gives the CPU's loss on a batch */
+    BraidError err;
     char path[] = "/tmp/braid_cuda_model_XXXXXX";
     int fd = mkstemp(path);
     ck_assert(fd >= 0);
@@ -160,15 +172,11 @@ START_TEST(reduced_precision_steps_track_float32) {
     load_config_sized(&cr, s, "cuda", 1);
     snprintf(cr.train.matmul_precision, sizeof cr.train.matmul_precision, "%s", precisions[_i]);
     Trainer t32, tr;
-    BraidError err;
-    ck_assert_msg(trainer_init(&t32, &c32, &err) == 0, "%s", err.message);
-    ck_assert_msg(trainer_init(&tr, &cr, &err) == 0, "%s", err.message);
-    t32.quiet = tr.quiet = 1;
+    trainer_pair_init(&t32, &c32, &tr, &cr);
     double worst = 0.0;
     for (int step = 0; step < c32.train.steps; step++) {
         StepStats s32, sr;
-        ck_assert_msg(trainer_step(&t32, &s32, &err) == 0, "%s", err.message);
-        ck_assert_msg(trainer_step(&tr, &sr, &err) == 0, "%s", err.message);
+        trainer_pair_step(&t32, &s32, &tr, &sr);
         double rel = fabs(s32.loss - sr.loss) / fabs(s32.loss);
         printf("  %s step %d: loss fp32 %.6f %s %.6f (rel %.2e)\n", s->name, step, s32.loss, precisions[_i],
                sr.loss, rel);
@@ -193,14 +201,10 @@ START_TEST(training_steps_are_deterministic) {
     load_config_sized(&c, s, "cuda", 1);
     snprintf(c.train.matmul_precision, sizeof c.train.matmul_precision, "%s", precisions[_i]);
     Trainer a, b;
-    BraidError err;
-    ck_assert_msg(trainer_init(&a, &c, &err) == 0, "%s", err.message);
-    ck_assert_msg(trainer_init(&b, &c, &err) == 0, "%s", err.message);
-    a.quiet = b.quiet = 1;
+    trainer_pair_init(&a, &c, &b, &c);
     for (int step = 0; step < c.train.steps; step++) {
         StepStats sa, sb;
-        ck_assert_msg(trainer_step(&a, &sa, &err) == 0, "%s", err.message);
-        ck_assert_msg(trainer_step(&b, &sb, &err) == 0, "%s", err.message);
+        trainer_pair_step(&a, &sa, &b, &sb);
         ck_assert_msg(sa.loss == sb.loss && sa.grad_norm == sb.grad_norm,
                       "%s (%s): step %d loss %.9g / %.9g, grad norm %.9g / %.9g: the runs differ", s->name,
                       precisions[_i], step, sa.loss, sb.loss, sa.grad_norm, sb.grad_norm);
