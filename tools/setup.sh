@@ -17,9 +17,8 @@ JOBS=${JOBS:-$(nproc)}
 # Debian packages: compiler and build tools, the libraries of DESIGN.md, and the Python
 # used by tools/ (numpy, h5py, matplotlib; PyTorch for the independent reference checks).
 packages=(build-essential cmake pkg-config libopenblas-openmp-dev libyaml-dev libhdf5-dev check
-          libsubunit-dev python3 python3-numpy python3-h5py)
+          libsubunit-dev python3 python3-numpy python3-h5py python3-matplotlib)
 [ "$mode" = test ] && packages+=(python3-torch)
-[ "$mode" = demo ] && packages+=(python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
