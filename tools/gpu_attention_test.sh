@@ -11,7 +11,7 @@
 #      attention rows; then PyTorch's SDPA at the same shape in float32 and bf16 (CUDA
 #      events, median of 20), where PyTorch with CUDA is installed
 #   5. test_cuda_ops under compute-sanitizer memcheck
-#   6. with --mutants: plant known bugs in attention_tc.cu (TF32 and bf16 paths) and
+#   6. with --mutants: plant known bugs in attention_tc.cu (TF32 and bf16), attention_wgmma.cu and
 #      attention_common.cuh one at a time; the test must catch each
 #   7. racecheck (shared-memory races; slow, so last)
 # --quick skips 5 and 7 (the sanitizers): a first look at correctness and timing.
@@ -103,8 +103,8 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "tc dq overwritten, not accumulated"
     mutant attention_tc.cu 's/if (d < hd) put(d, acc\[n\]\[2 \* half + e\]);/if (d < hd) put(d, acc[n][2 * half]);/' \
         "tc write-back (out, dq, dk, dv): odd columns get the even ones' values"
-    mutant attention_tc.cu 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
-        "tc dk/dv reads a neighbour's lse"
+    mutant attention_common.cuh 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
+        "dk/dv (tc and wgmma) reads a neighbour's lse"
     mutant attention_common.cuh 's/if (!visible_at(g + 8 \* (c \/ 2), 8 \* n + 2 \* t + c % 2))/if (!visible_at(g + 8 * (c % 2), 8 * n + 2 * t + c % 2))/' \
         "mask (tc and wgmma): rows g and g+8 confused on diagonal tiles"
     mutant attention_common.cuh 's/k0 + nk - 1 <= q0 \&\&/k0 + nk - 1 <= q0 + nq - 1 \&\&/' \
@@ -141,8 +141,6 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "wgmma dk: dSᵀ times dO instead of Q"
     mutant attention_wgmma.cu 's/-lse_r\[c \/ 2\]/-lse_r[0]/' \
         "wgmma dq: rows g+8 take row g's lse"
-    mutant attention_wgmma.cu 's/-(c % 2 ? lse_c.y : lse_c.x)/-(c % 2 ? lse_c.x : lse_c.y)/' \
-        "wgmma dk/dv reads a neighbour's lse"
     mutant attention_wgmma.cu 's/if (j0 + 64 <= t_last) stage(buffer ^ 1, j0 + 64);/if (j0 + 64 <= t_last) stage(buffer, j0 + 64);/' \
         "wgmma dq: next K/V tile copied over the one in use"
     mutant attention_wgmma.cu 's/const int h_next = t0 + 64 <= t_end ? h : h + 1,/const int h_next = t0 + 64 <= t_end ? h : h + 2,/' \

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ptx.cuh"
+
 /* The tensor-core kernels' softmax works in base 2: scores and lse go to base 2 with
  * ATTN_LOG2E, and ln 2 brings lse back. */
 #define ATTN_LOG2E 1.4426950408889634f
@@ -53,6 +55,30 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int lane, Visible
 #pragma unroll
         for (int c = 0; c < 4; c++)
             if (!visible_at(g + 8 * (c / 2), 8 * n + 2 * t + c % 2)) s[n][c] = -INFINITY;
+}
+
+/* The transposed backward's probabilities and score gradients, in place, for a warp's
+ * C-layout block with keys as rows and queries as columns (8·NT query columns): from Sᵀ
+ * and dPᵀ, Pᵀ = 2^(Sᵀ·scale_log2 − lse₂) and dSᵀ = Pᵀ ⊙ (dPᵀ − D), where lse₂ (base 2)
+ * and D = dO·O are the staged statistics of each query column. Shared by the mma.sync
+ * and wgmma dk/dv kernels. */
+template <int NT>
+__device__ __forceinline__ void transposed_probs_and_dscores(float (&s)[NT][4], float (&dp)[NT][4],
+                                                             const float *lse2, const float *D, float scale_log2,
+                                                             int lane) {
+    const int t = lane % 4;
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        /* this lane's two columns of the n-tile, 8n+2t and 8n+2t+1 */
+        const float2 lse_c = *reinterpret_cast<const float2 *>(lse2 + 8 * n + 2 * t);
+        const float2 D_c = *reinterpret_cast<const float2 *>(D + 8 * n + 2 * t);
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const float p = ex2(fmaf(s[n][c], scale_log2, -(c % 2 ? lse_c.y : lse_c.x)));
+            s[n][c] = p;                                          /* Pᵀ */
+            dp[n][c] = p * (dp[n][c] - (c % 2 ? D_c.y : D_c.x));  /* dSᵀ */
+        }
+    }
 }
 
 /* Row index of (b, t, head) in a [B, T, heads, hd] tensor. */

@@ -624,7 +624,7 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
     float *stats = reinterpret_cast<float *>(qd_rows + STAGES * 2 * BR * LD);   /* [STAGES][lse2, D][BR] */
     const RankedBlock rb = ranked_block(Hkv, (T + TC_ROWS - 1) / TC_ROWS);   /* the first keys (the longest blocks) first */
     const int b = rb.b, grp = rb.head, j0 = rb.rank * TC_ROWS, group = H / Hkv;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 16 * warp, jk[2] = {j0 + row0 + g, j0 + row0 + g + 8};
     const float scale_log2 = scale * ATTN_LOG2E;
     /* one query tile: rows t0.. of head h's Q and dO, and their base-2 lse and D */
@@ -676,18 +676,7 @@ attention_backward_dkdv_tc_kernel(float *dk, float *dv, const typename P::Elem *
         P::template rows_dot_rows<HD, NT>(dp, v_rows, row0, dout_rows, lane);  /* dPᵀ */
         if (!tile_all_visible(t0, BR, j0, TC_ROWS, T, window))
             mask_scores<NT>(s, lane, [&](int r, int c) { return visible(t0 + c, j0 + row0 + r, T, window); });
-#pragma unroll
-        for (int n = 0; n < NT; n++) {
-            /* this lane's two columns of the n-tile, 8n+2t and 8n+2t+1 */
-            const float2 lse_c = *reinterpret_cast<const float2 *>(lse_s + 8 * n + 2 * t);
-            const float2 D_c = *reinterpret_cast<const float2 *>(D_s + 8 * n + 2 * t);
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const float p = ex2(fmaf(s[n][c], scale_log2, -(c % 2 ? lse_c.y : lse_c.x)));
-                s[n][c] = p;                                      /* Pᵀ */
-                dp[n][c] = p * (dp[n][c] - (c % 2 ? D_c.y : D_c.x)); /* dSᵀ */
-            }
-        }
+        transposed_probs_and_dscores<NT>(s, dp, lse_s, D_s, scale_log2, lane);
         P::template scores_times_rows<HD, NT>(dv_acc, s, dout_rows, lane);
         P::template scores_times_rows<HD, NT>(dk_acc, dp, q_rows, lane);
         h = h_next;

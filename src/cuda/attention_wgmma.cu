@@ -76,6 +76,18 @@ __device__ __forceinline__ void pin(float (&d)[32]) {
     for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+/* One group of products run to completion: issue() emits its wgmma instructions between
+ * the fence and the commit, the group is waited for, and the accumulators it wrote are
+ * pinned, so no read of them moves above the wait. */
+template <class Issue, class... Acc>
+__device__ __forceinline__ void wgmma_run(Issue issue, Acc &...acc) {
+    wgmma_fence();
+    issue();
+    wgmma_commit();
+    wgmma_wait_all();
+    (pin(acc), ...);
+}
+
 /* d (+)= A·B, 64×64×16, A and B from shared memory (K-major); accumulate = 0 overwrites d */
 __device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -221,11 +233,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
 
         if (j0 > t0 + 64 * wg + 63) continue;   /* past this warpgroup's rows: nothing visible (it still
                                                   * meets the barriers at the loop's top) */
-        wgmma_fence();
-        rows_times_rows(s, q_rows, k_rows);
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(s);
+        wgmma_run([&] { rows_times_rows(s, q_rows, k_rows); }, s);
         float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);   /* n-tile j: columns 8j.. */
         if (!tile_all_visible(t0 + 64 * wg, 64, j0, WG_KEYS, T, window))   /* invisible pairs: −∞ */
             mask_scores<8>(sc, lane, [&](int r, int c) { return visible(t0 + row0 + r, j0 + c, T, window); });
@@ -257,11 +265,7 @@ attention_forward_wgmma_kernel(float *out, float *lse, const float *q, const __n
         }
         uint32_t p[4][4];   /* keys 16kk..16kk+15: n-tiles 2kk, 2kk+1 packed */
         pack_a(p, sc);
-        wgmma_fence();
-        scores_times_cols(o, p, v_rows);
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(o);
+        wgmma_run([&] { scores_times_cols(o, p, v_rows); }, o);
     }
 
 #pragma unroll
@@ -333,7 +337,7 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
     float *stats = reinterpret_cast<float *>(base + 6 * WG_TILE_BYTES);   /* [2 buffers][lse2, D][64] */
     const RankedBlock rb = ranked_block(Hkv, (T + 63) / 64);   /* the first keys (the longest blocks) first */
     const int b = rb.b, grp = rb.head, j0 = rb.rank * 64, group = H / Hkv;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const int row0 = 16 * warp;
     const float scale_log2 = scale * ATTN_LOG2E;
     auto stage = [&](int st, int h, int t0) {
@@ -370,38 +374,22 @@ attention_backward_dkdv_wgmma_kernel(float *dk, float *dv, const __nv_bfloat16 *
         const float *lse_s = stats + st * 2 * 64, *D_s = lse_s + 64;
         st ^= 1;
 
-        wgmma_fence();
-        rows_times_rows(s, k_tile, q_tile);     /* Sᵀ  [keys × queries] */
-        rows_times_rows(dp, v_tile, do_tile);   /* dPᵀ */
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(s);
-        pin(dp);
+        wgmma_run([&] {
+            rows_times_rows(s, k_tile, q_tile);     /* Sᵀ  [keys × queries] */
+            rows_times_rows(dp, v_tile, do_tile);   /* dPᵀ */
+        }, s, dp);
         float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);    /* Sᵀ: keys as rows, queries as columns */
         float (&dpc)[8][4] = *reinterpret_cast<float (*)[8][4]>(dp);
         if (!tile_all_visible(t0, 64, j0, 64, T, window))
             mask_scores<8>(sc, lane, [&](int r, int c) { return visible(t0 + c, j0 + row0 + r, T, window); });
-#pragma unroll
-        for (int n = 0; n < 8; n++) {
-            const float2 lse_c = *reinterpret_cast<const float2 *>(lse_s + 8 * n + 2 * t);
-            const float2 D_c = *reinterpret_cast<const float2 *>(D_s + 8 * n + 2 * t);
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const float p = ex2(fmaf(sc[n][c], scale_log2, -(c % 2 ? lse_c.y : lse_c.x)));
-                sc[n][c] = p;                                            /* Pᵀ */
-                dpc[n][c] = p * (dpc[n][c] - (c % 2 ? D_c.y : D_c.x));    /* dSᵀ */
-            }
-        }
+        transposed_probs_and_dscores<8>(sc, dpc, lse_s, D_s, scale_log2, lane);
         uint32_t pa[4][4], da[4][4];
         pack_a(pa, sc);
         pack_a(da, dpc);
-        wgmma_fence();
-        scores_times_cols(dv_acc, pa, do_tile);
-        scores_times_cols(dk_acc, da, q_tile);
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(dk_acc);
-        pin(dv_acc);
+        wgmma_run([&] {
+            scores_times_cols(dv_acc, pa, do_tile);
+            scores_times_cols(dk_acc, da, q_tile);
+        }, dk_acc, dv_acc);
         h = h_next;
         t0 = t0_next;
     }
@@ -468,13 +456,10 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
         const unsigned char *k_tile = kv_tiles + buffer * 2 * WG_TILE_BYTES, *v_tile = k_tile + WG_TILE_BYTES;
         buffer ^= 1;
 
-        wgmma_fence();
-        rows_times_rows(s, q_tile, k_tile);
-        rows_times_rows(dp, do_tile, v_tile);
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(s);
-        pin(dp);
+        wgmma_run([&] {
+            rows_times_rows(s, q_tile, k_tile);
+            rows_times_rows(dp, do_tile, v_tile);
+        }, s, dp);
         float (&sc)[8][4] = *reinterpret_cast<float (*)[8][4]>(s);
         float (&dpc)[8][4] = *reinterpret_cast<float (*)[8][4]>(dp);
         if (!tile_all_visible(t0, 64, j0, 64, T, window))
@@ -488,11 +473,7 @@ attention_backward_dq_wgmma_kernel(float *dq, const __nv_bfloat16 *dout, const _
             }
         uint32_t da[4][4];
         pack_a(da, dpc);
-        wgmma_fence();
-        scores_times_cols(dq_acc, da, k_tile);
-        wgmma_commit();
-        wgmma_wait_all();
-        pin(dq_acc);
+        wgmma_run([&] { scores_times_cols(dq_acc, da, k_tile); }, dq_acc);
     }
 
 #pragma unroll
