@@ -19,23 +19,14 @@
 # Logs go to $OUT (the device tool's folder that comes back), else to runs/gpu_attention_test.
 # Exit status: 0 if every step passed.
 set -uo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-out=${OUT:-$root/runs/gpu_attention_test}
-mkdir -p "$out"
-build=$root/build-gpu
-jobs=${JOBS:-16}
-test_bin=$build/tests/test_cuda_ops
 mutants=0 quick=0
 for a in "$@"; do
     case "$a" in --mutants) mutants=1 ;; --quick) quick=1 ;;
         *) echo "gpu_attention_test.sh: unknown option $a (--mutants, --quick)" >&2; exit 2 ;; esac
 done
 
-source tools/gpu_deps.sh unpack
-set +e   # gpu_deps.sh sets -e; here a failed step is recorded and the summary still prints
-
-source tools/gpu_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" gpu_attention_test   # root, out, build, jobs; .deps unpacked; set +e
+test_bin=$build/tests/test_cuda_ops
 device_info
 
 status=0

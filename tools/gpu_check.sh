@@ -15,12 +15,6 @@
 #
 #   run(command="bash tools/gpu_check.sh --train", carry=[".deps"])
 set -uo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-out=${OUT:-$root/runs/gpu_check}
-mkdir -p "$out"
-build=$root/build-gpu
-jobs=${JOBS:-16}
 train_config=${TRAIN_CONFIG:-configs/jamba-tiny.yaml}   # what --train trains and benches
 sanitize=0 train=0 perf=0
 for a in "$@"; do
@@ -28,10 +22,7 @@ for a in "$@"; do
         *) echo "gpu_check.sh: unknown option $a" >&2; exit 2 ;; esac
 done
 
-source tools/gpu_deps.sh unpack
-set +e
-
-source tools/gpu_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" gpu_check   # root, out, build, jobs; .deps unpacked; set +e
 STEP_TAIL=60
 device_info
 status=0

@@ -1,6 +1,11 @@
 # gpu_lib.sh — what the GPU-machine scripts (gpu_check.sh, gpu_test.sh, gpu_scan_test.sh,
-# gpu_attention_test.sh) share; sourced, not run. Each script sets $out (the log folder the device tool brings
-# back), $build and $jobs first. It provides:
+# gpu_attention_test.sh, gpu_scan_profile.sh) share; sourced, not run, as
+#   source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" NAME
+# First it sets what every script starts with: $root (the repository, also made the working
+# directory), $out ($OUT: the folder the device tool brings back; else runs/NAME), $build
+# (build-gpu) and $jobs ($JOBS, else 16); it unpacks libyaml and Check from .deps
+# (tools/gpu_deps.sh; the call must carry .deps) and ends with set +e (gpu_deps.sh sets -e;
+# here a failed step is recorded and the summary still prints). Then it provides:
 #   record NAME RESULT SECONDS     a row of the summary table
 #   run_step NAME LOG CMD...       runs CMD into LOG, records ok / FAILED (rc N) and the
 #                                  time, shows LOG's last $STEP_TAIL (40) lines on failure;
@@ -22,6 +27,16 @@
 #                                  mutant was missed, not applied, not run or did not build
 # Logs and the summary go to $out; the summary is printed last because the device tool
 # returns only the output's tail.
+
+gpu_script=${1:?gpu_lib.sh: source it with a name, the folder under runs/ for its logs}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/runs/$gpu_script}
+mkdir -p "$out"
+build=$root/build-gpu
+jobs=${JOBS:-16}
+source tools/gpu_deps.sh unpack
+set +e
 
 declare -a step_names step_results step_seconds mutant_rows
 

@@ -6,16 +6,8 @@
 # Usage (the call must carry .deps): bash tools/gpu_scan_profile.sh [B T di N]
 # Logs go to $OUT (else runs/gpu_scan_profile); the timings table is printed last.
 set -uo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-out=${OUT:-$root/runs/gpu_scan_profile}
-mkdir -p "$out"
-build=$root/build-gpu
-jobs=${JOBS:-16}
 if [ $# -ge 4 ]; then shape=("$@"); else shape=(8 2048 1536 16); fi
-source tools/gpu_deps.sh unpack >/dev/null 2>&1
-set +e
-source tools/gpu_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" gpu_scan_profile   # root, out, build, jobs; .deps unpacked; set +e
 device_info
 configure_and_build test_cuda_scan || { print_summary; exit 1; }
 bin=$build/tests/test_cuda_scan

@@ -16,18 +16,9 @@
 # Logs go to $OUT (the device tool's folder that comes back), else to runs/gpu_scan_test.
 # Exit status: 0 if every step passed.
 set -uo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-out=${OUT:-$root/runs/gpu_scan_test}
-mkdir -p "$out"
-build=$root/build-gpu
-jobs=${JOBS:-16}
+
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" gpu_scan_test   # root, out, build, jobs; .deps unpacked; set +e
 test_bin=$build/tests/test_cuda_scan
-
-source tools/gpu_deps.sh unpack
-set +e   # gpu_deps.sh sets -e; here a failed step is recorded and the summary still prints
-
-source tools/gpu_lib.sh
 device_info
 
 status=0
