@@ -6,7 +6,8 @@
  *    stay together;
  *  - a checkpoint written from the GPU model loads into a CPU model with the same loss;
  *  - with train.matmul_precision tf32 or bf16 the GPU steps track the float32 GPU steps;
- *  - two GPU runs of the same steps give the same bits (float32 and bf16).
+ *  - two GPU runs of the same steps give the same bits (float32 and bf16);
+ *  - bf16 matmul operands written by their producers give the bits of converting them.
  * The CPU model is the reference (its every op is gradient-checked in the CPU suites).
  * Tolerances: loss 1e-5 relative; gradients 1e-3 of each tensor's largest element (cuBLAS
  * and the kernels sum in other orders). After AdamW steps a parameter whose gradient is
@@ -219,6 +220,50 @@ START_TEST(training_steps_are_deterministic) {
 }
 END_TEST
 
+/* bf16 operands written by the ops that produce them (ops_cuda.h: SwiGLU writes the dense
+ * and expert down projections' inputs and the gate and up projections' output gradients
+ * as bf16) are the bits the matmuls' own conversions make: the same training steps in bf16
+ * with BRAID_BF16_PRODUCERS=1 and =0 give the same bits, losses, gradient norms and
+ * parameters — and the first makes fewer conversions, so its path was taken. The hybrid
+ * with dense and MoE blocks, sized so that their products multiply in bf16. */
+START_TEST(bf16_operands_from_their_producers_change_no_bit) {
+    const ModelSpec *s = &SPECS[1];
+    Config c;
+    load_config_sized(&c, s, "cuda", 1);
+    snprintf(c.train.matmul_precision, sizeof c.train.matmul_precision, "bf16");
+    Trainer a, b;
+    trainer_pair_init(&a, &c, &b, &c);
+    size_t conversions[2] = {0, 0};   /* with producers, without */
+    BraidError err;
+    for (int step = 0; step < c.train.steps; step++) {
+        StepStats sa, sb;
+        size_t before = matmul_bf16_conversions_cuda();
+        setenv("BRAID_BF16_PRODUCERS", "1", 1);
+        ck_assert_msg(trainer_step(&a, &sa, &err) == 0, "%s", err.message);
+        conversions[0] += matmul_bf16_conversions_cuda() - before;
+        before = matmul_bf16_conversions_cuda();
+        setenv("BRAID_BF16_PRODUCERS", "0", 1);
+        ck_assert_msg(trainer_step(&b, &sb, &err) == 0, "%s", err.message);
+        conversions[1] += matmul_bf16_conversions_cuda() - before;
+        unsetenv("BRAID_BF16_PRODUCERS");
+        ck_assert_msg(sa.loss == sb.loss && sa.grad_norm == sb.grad_norm,
+                      "%s: step %d loss %.9g / %.9g, grad norm %.9g / %.9g with / without bf16 producers", s->name,
+                      step, sa.loss, sb.loss, sa.grad_norm, sb.grad_norm);
+    }
+    model_sync_to_host(&a.model);
+    model_sync_to_host(&b.model);
+    ck_assert_msg(memcmp(a.model.param_data, b.model.param_data, a.model.params.total * sizeof(float)) == 0,
+                  "%s: parameters differ in their bits with and without bf16 producers", s->name);
+    printf("  %s: %d bf16 steps with and without producers, the same bits; conversions %zu / %zu\n", s->name,
+           c.train.steps, conversions[0], conversions[1]);
+    ck_assert_msg(conversions[0] < conversions[1],
+                  "%s: %zu conversions with bf16 producers, %zu without: the producers' path was not taken",
+                  s->name, conversions[0], conversions[1]);
+    trainer_free(&a);
+    trainer_free(&b);
+}
+END_TEST
+
 static Suite *cuda_model_suite(void) {
     Suite *s = suite_create("cuda_model");
     TCase *tc = tcase_create("model");
@@ -228,6 +273,7 @@ static Suite *cuda_model_suite(void) {
     tcase_add_loop_test(tc, training_steps_match_cpu, 0, n);
     tcase_add_loop_test(tc, reduced_precision_steps_track_float32, 0, 2);
     tcase_add_loop_test(tc, training_steps_are_deterministic, 0, 2);
+    tcase_add_test(tc, bf16_operands_from_their_producers_change_no_bit);
     suite_add_tcase(s, tc);
     return s;
 }

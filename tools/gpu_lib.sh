@@ -21,7 +21,10 @@
 #   run_torch NAME SCRIPT          python3 SCRIPT (a PyTorch reference, at most 150 s) as step
 #                                  NAME into $out/torch.log, or records "no PyTorch"
 #   mutant FILE SED WHAT           plants one bug in src/cuda/FILE, rebuilds $MUTANT_TARGET,
-#                                  expects it to fail (within $MUTANT_TIMEOUT s), restores
+#                                  expects it to fail (within $MUTANT_TIMEOUT s), restores;
+#                                  with MUTANT_ONLY=REGEX set, only mutants whose WHAT
+#                                  matches it (grep -E) run: re-checking one planted bug
+#                                  costs a build and a test run, not the whole list
 #   print_test_report NAME LOG     per-test lines and the worst |cuda − cpu| per op
 #   print_summary                  the steps table, then the mutants table; returns 1 if a
 #                                  mutant was missed, not applied, not run or did not build
@@ -100,6 +103,7 @@ run_torch() {  # step name, script
 # window, ...), rebuilds $MUTANT_TARGET, and expects it to fail; then restores the file.
 mutant() {  # file under src/cuda, sed expression, what it breaks
     local file=src/cuda/$1 expr=$2 what=$3 result caught_by
+    if [ -n "${MUTANT_ONLY:-}" ] && ! grep -qE -- "$MUTANT_ONLY" <<<"$what"; then return 0; fi
     cp -p "$file" "$file.orig"
     sed -i "$expr" "$file"
     if cmp -s "$file" "$file.orig"; then result="NOT APPLIED"
@@ -144,7 +148,11 @@ print_summary() {
     for i in "${!step_names[@]}"; do
         printf '| %-30s | %-28s | %7s |\n' "${step_names[$i]}" "${step_results[$i]}" "${step_seconds[$i]}"
     done
-    [ -n "${mutant_rows[*]:-}" ] || return 0
+    if [ -z "${mutant_rows[*]:-}" ]; then
+        # a filter that matched nothing checked nothing: say so rather than pass quietly
+        [ -z "${MUTANT_ONLY:-}" ] && return 0
+        echo; echo "MUTANT_ONLY='$MUTANT_ONLY' matched no planted bug (or --mutants was not given)"; return 1
+    fi
     echo
     printf '| %-48s | %s |\n' "planted bug (--mutants)" "$MUTANT_TARGET"
     printf '| %-48s | %s |\n' "------------------------------------------------" "------"

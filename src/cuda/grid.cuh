@@ -20,6 +20,7 @@ static inline unsigned grid_stride_blocks(size_t n, unsigned threads = 256, size
  * 2.7–2.9 (Nsight Compute, DRAM bytes per kernel; docs/performance.md). */
 #ifdef __CUDACC__
 #include <stdint.h>
+#include <cuda_bf16.h>
 
 template <int P>
 struct Lanes {
@@ -47,6 +48,21 @@ __device__ __forceinline__ void store_lanes(float *p, const Lanes<P> &r) {
     else {
 #pragma unroll
         for (int i = 0; i < P; i++) p[i] = r.v[i];
+    }
+}
+
+/* The same P values stored as bfloat16, rounded to nearest even: the bits matmul.cu's own
+ * float-to-bf16 conversion gives, so an op that writes a matmul's bf16 operand itself
+ * (ops_cuda.h, "bf16 operands written by their producers") changes no product. P = 4: one
+ * 8-byte store (p 8-byte aligned: a 16-byte aligned array at a multiple of 4 elements). */
+template <int P>
+__device__ __forceinline__ void store_lanes(__nv_bfloat16 *p, const Lanes<P> &r) {
+    if constexpr (P == 4) {
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(r.v[0], r.v[1]), hi = __floats2bfloat162_rn(r.v[2], r.v[3]);
+        *(uint2 *)p = make_uint2(*(const unsigned *)&lo, *(const unsigned *)&hi);
+    } else {
+#pragma unroll
+        for (int i = 0; i < P; i++) p[i] = __float2bfloat16_rn(r.v[i]);
     }
 }
 

@@ -18,6 +18,7 @@
 #ifndef BRAID_MAMBA_CUDA_H
 #define BRAID_MAMBA_CUDA_H
 #include <stddef.h>
+#include <stdint.h>
 #include <cuda_runtime_api.h>
 
 #ifdef __cplusplus
@@ -72,6 +73,11 @@ void mamba_gate_forward_cuda(float *gated, const float *y, const float *z, size_
 /* dz = dgated ⊙ y ⊙ silu'(z) (WRITTEN), then dgated ⊙= silu(z) (the scan's dy) */
 void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z, size_t n,
                               cudaStream_t stream);
+/* The same writing gated / dz as bf16: out_proj's input and in_proj's z-half output
+ * gradient when those products multiply in bf16 (ops_cuda.h, matmul_bf16_operands_cuda). */
+void mamba_gate_forward_bf16_cuda(uint16_t *gated, const float *y, const float *z, size_t n, cudaStream_t stream);
+void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const float *y, const float *z, size_t n,
+                                   cudaStream_t stream);
 /* dA_log += dA ⊙ A   (A = −exp(A_log), so ∂A/∂A_log = A; ACCUMULATES) */
 void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
                                   cudaStream_t stream);

@@ -10,6 +10,8 @@
 #include "mamba_cuda.h"
 #include "grid.cuh"
 
+#include <cuda_bf16.h>
+
 __device__ __forceinline__ float glue_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float glue_silu(float x) { return x / (1.0f + expf(-x)); }
 /* d/da silu(a) = σ(a)(1 + a(1 − σ(a))) */
@@ -54,9 +56,9 @@ __global__ void mamba_neg_exp_kernel(float *A, const float *A_log, size_t n) {
     GRID_STRIDE(i, n) A[i] = -expf(A_log[i]);
 }
 
-/* gated = y ⊙ silu(z) */
-template <int W>
-__global__ void mamba_gate_forward_kernel(float *gated, const float *y, const float *z, size_t n) {
+/* gated = y ⊙ silu(z); Out float, or __nv_bfloat16 where gated is out_proj's bf16 operand */
+template <int W, typename Out>
+__global__ void mamba_gate_forward_kernel(Out *gated, const float *y, const float *z, size_t n) {
     GRID_STRIDE(i, n / W) {
         const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
         Lanes<W> g;
@@ -67,9 +69,10 @@ __global__ void mamba_gate_forward_kernel(float *gated, const float *y, const fl
 }
 
 /* With g = dgated on entry:  dz = g ⊙ y ⊙ silu'(z) (written);  g ← g ⊙ silu(z), the
- * gradient reaching the scan's y. Both from the one read of g, z. */
-template <int W>
-__global__ void mamba_gate_backward_kernel(float *dz, float *dgated, const float *y, const float *z,
+ * gradient reaching the scan's y. Both from the one read of g, z. DZ float, or
+ * __nv_bfloat16 where dz is in_proj's bf16 output gradient. */
+template <int W, typename DZ>
+__global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y, const float *z,
                                            size_t n) {
     GRID_STRIDE(i, n / W) {
         Lanes<W> g = load_lanes<W>(dgated + W * i), d;
@@ -160,6 +163,20 @@ extern "C" void mamba_gate_backward_cuda(float *dz, float *dgated, const float *
                                          size_t n, cudaStream_t stream) {
     if (n == 0) return;
     LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, dz, dgated, y, z), dz, dgated, y, z, n);
+}
+
+extern "C" void mamba_gate_forward_bf16_cuda(uint16_t *gated, const float *y, const float *z, size_t n,
+                                             cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *g = (__nv_bfloat16 *)gated;
+    LAUNCH_ELEMENTWISE(mamba_gate_forward_kernel, n, stream, aligned16(n, g, y, z), g, y, z, n);
+}
+
+extern "C" void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const float *y, const float *z,
+                                              size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *d = (__nv_bfloat16 *)dz;
+    LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, d, dgated, y, z), d, dgated, y, z, n);
 }
 
 extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,

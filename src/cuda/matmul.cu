@@ -20,11 +20,13 @@
  *        parameter buffer that model_forward makes (one kernel instead of a conversion per
  *        product, forward and backward: 224 launches a jamba-small step), forgotten once
  *        the parameters may change; an input the caller holds (matmul_hold_input_cuda) is
- *        converted once for all the products that read it; the rest at each call.
- *        The float32 values stay the layers' activations and the master weights; gradients,
- *        AdamW and every non-matmul op stay float32, so this saves no memory (the mirror
- *        adds 2 bytes a parameter); the conversions left cost 6 ms of the 63 ms jamba-small
- *        bf16 step, which is 17% faster than tf32's (docs/performance.md).
+ *        converted once for all the products that read it; an operand that the op which
+ *        produces it wrote as bf16 itself (SwiGLU's output and gradients, the Mamba gate's
+ *        output and dz: matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda)
+ *        is not converted at all; the rest at each call.
+ *        The float32 values stay the layers' saved activations and the master weights;
+ *        gradients, AdamW and every non-matmul op stay float32 (the mirror adds 2 bytes a
+ *        parameter); the conversions left are measured in docs/performance.md.
  * CUBLAS_COMPUTE_32F_FAST_16BF on float32 operands is NOT a bf16 mode: on an H100 with CUDA 13
  * it gave bit-for-bit the TF32 results and times (measured, then dropped); bf16 needs bf16
  * operands, hence the conversion. The bias is a separate tiny kernel; dbias is a column
@@ -189,7 +191,10 @@ static unsigned conversion_blocks(size_t threads) {
 
 /* dst[0..n) = bf16(src[0..n)): the 8-wide kernel where src is 16-byte aligned, the scalar
  * one for the rest. `what` names it in the profile. */
+static size_t conversions_made;   /* matmul_bf16_conversions_cuda */
+
 static void convert_to_bf16(const char *what, __nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t stream) {
+    conversions_made++;
     ProfiledCall *timed = profile_begin(what, (long)n, 0, 0, stream);
     size_t done = 0;
     if ((uintptr_t)src % 16 == 0 && n >= 8) {
@@ -378,20 +383,63 @@ extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *w
     }
 }
 
-extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, const float *dout,
-                                     const float *inp, const float *weight, int N, int C, int OC,
-                                     cudaStream_t stream) {
+/* The two backward products; dout_bf16 / inp_bf16, where given (bf16 only), are read
+ * instead of converting dout / inp. */
+static void backward_products(float *dinp, float *dweight, const float *dout, const void *dout_bf16,
+                              const float *inp, const void *inp_bf16, const float *weight, int N, int C, int OC,
+                              int bf16, cudaStream_t stream) {
     cublasHandle_t handle = matmul_handle(stream);
     const float one = 1.0f;
-    const int bf16 = bf16_pays(N, C, OC);
-    const void *dY = (dinp || dweight) ? operand(bf16, BF16_DOUT, dout, (size_t)N * OC, stream) : NULL;
+    const void *dY = !(dinp || dweight) ? NULL
+                     : dout_bf16         ? dout_bf16
+                                         : operand(bf16, BF16_DOUT, dout, (size_t)N * OC, stream);
     if (dinp) /* dinpᵀ[C,N] += (Wᵀ: C×OC, ld C) · (doutᵀ: OC×N, ld OC) */
         gemm("backward dinp", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one,
              operand(bf16, BF16_WEIGHT, weight, (size_t)OC * C, stream), C, dY, OC, &one, dinp, C);
     if (dweight) /* dWᵀ[C,OC] += (inpᵀ: C×N, ld C) · (doutᵀ: OC×N, ld OC)ᵀ */
         gemm("backward dweight", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one,
-             operand(bf16, BF16_INP, inp, (size_t)N * C, stream), C, dY, OC, &one, dweight, C);
+             inp_bf16 ? inp_bf16 : operand(bf16, BF16_INP, inp, (size_t)N * C, stream), C, dY, OC, &one,
+             dweight, C);
+}
+
+extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, const float *dout,
+                                     const float *inp, const float *weight, int N, int C, int OC,
+                                     cudaStream_t stream) {
+    backward_products(dinp, dweight, dout, NULL, inp, NULL, weight, N, C, OC, bf16_pays(N, C, OC), stream);
     if (dbias) {
         column_sums<1>(BiasGradTerm{dout, OC}, ColumnAccumulate{dbias}, N, OC, stream);
     }
 }
+
+/* ---- bf16 operands written by their producers (ops_cuda.h) ---- */
+
+extern "C" int matmul_bf16_operands_cuda(int N, int C, int OC) {
+    const char *env = getenv("BRAID_BF16_PRODUCERS");
+    return bf16_pays(N, C, OC) && !(env && strcmp(env, "0") == 0);
+}
+
+static void require_bf16_operands(const char *who, int N, int C, int OC) {
+    if (matmul_bf16_operands_cuda(N, C, OC)) return;
+    fprintf(stderr, "%s: N=%d C=%d OC=%d does not multiply in bf16 (matmul_bf16_operands_cuda is false), "
+            "so it takes float32 operands\n", who, N, C, OC);
+    abort();
+}
+
+extern "C" void matmul_forward_bf16_input_cuda(float *out, const uint16_t *inp, const float *weight, int N, int C,
+                                               int OC, int accumulate, cudaStream_t stream) {
+    require_bf16_operands("matmul_forward_bf16_input_cuda", N, C, OC);
+    cublasHandle_t handle = matmul_handle(stream);
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const void *W = operand(1, BF16_WEIGHT, weight, (size_t)OC * C, stream);
+    gemm("forward", 1, handle, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, inp, C, &beta, out, OC);
+}
+
+extern "C" void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, const float *dout,
+                                                   const uint16_t *dout_bf16, const float *inp,
+                                                   const uint16_t *inp_bf16, const float *weight, int N, int C,
+                                                   int OC, cudaStream_t stream) {
+    require_bf16_operands("matmul_backward_bf16_operands_cuda", N, C, OC);
+    backward_products(dinp, dweight, dout, dout_bf16, inp, inp_bf16, weight, N, C, OC, 1, stream);
+}
+
+extern "C" size_t matmul_bf16_conversions_cuda(void) { return conversions_made; }

@@ -17,6 +17,7 @@
 #ifndef BRAID_OPS_CUDA_H
 #define BRAID_OPS_CUDA_H
 #include <stddef.h>
+#include <stdint.h>
 #include <cuda_runtime_api.h>
 #include "../train/adamw.h"
 #include "cuda_check.h"
@@ -59,6 +60,29 @@ void matmul_forget_weights_cuda(void);
 void matmul_hold_input_cuda(const float *inp, size_t n);
 void matmul_release_input_cuda(void);
 
+/* bf16 operands written by the ops that produce them (precision bf16). Where
+ * matmul_bf16_operands_cuda(N, C, OC) is true, the product out[N,OC] = inp[N,C]·weightᵀ and
+ * its backward multiply in bf16, and a layer may have the op that makes inp, or dout, write
+ * it as bf16 directly (uint16_t: the bits of a bfloat16; rounded to nearest even, the bits
+ * the matmul's own conversion would give, so no product changes) instead of float32 that
+ * the matmul then reads and converts: for a [N,H] activation that saves 10 of its 12 bytes
+ * an element of memory traffic and a launch. It is false for precision fp32 and tf32, for
+ * the shapes bf16 leaves to TF32, and when the environment has BRAID_BF16_PRODUCERS=0 (read
+ * at each call; A/B timings and test_cuda_model's bit-identity check).
+ * matmul_forward_bf16_input_cuda: matmul_forward_cuda with a bf16 input, no bias.
+ * matmul_backward_bf16_operands_cuda: matmul_backward_cuda without dbias, reading dout_bf16
+ * / inp_bf16 where they are not NULL instead of converting dout / inp (which may then be
+ * NULL). Both abort where matmul_bf16_operands_cuda is false.
+ * matmul_bf16_conversions_cuda: float-to-bf16 conversions made so far (the test's proof that
+ * the producers' path was taken). */
+int matmul_bf16_operands_cuda(int N, int C, int OC);
+void matmul_forward_bf16_input_cuda(float *out, const uint16_t *inp, const float *weight, int N, int C, int OC,
+                                    int accumulate, cudaStream_t stream);
+void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, const float *dout, const uint16_t *dout_bf16,
+                                        const float *inp, const uint16_t *inp_bf16, const float *weight, int N,
+                                        int C, int OC, cudaStream_t stream);
+size_t matmul_bf16_conversions_cuda(void);
+
 /* out[n,:] = table[tokens[n],:];  dtable[tokens[n],:] += dout[n,:] (atomic: rows repeat). */
 void embedding_forward_cuda(float *out, const int *tokens, const float *table, int N, int C,
                             cudaStream_t stream);
@@ -77,6 +101,10 @@ void swiglu_forward_cuda(float *out, const float *gate, const float *up, size_t 
                          cudaStream_t stream);
 void swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const float *gate,
                           const float *up, size_t n, cudaStream_t stream);
+/* The same writing bf16 out / dgate, dup: operands of bf16 matmuls (matmul_bf16_operands_cuda). */
+void swiglu_forward_bf16_cuda(uint16_t *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
+void swiglu_backward_bf16_cuda(uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                               const float *up, size_t n, cudaStream_t stream);
 
 /* Bytes of device scratch cross_entropy_forward_backward_cuda needs for N rows. */
 size_t cross_entropy_cuda_scratch_bytes(int N);

@@ -7,11 +7,14 @@
 #include "ops_cuda.h"
 #include "grid.cuh"
 
+#include <cuda_bf16.h>
+
 __device__ __forceinline__ float sigmoid_device(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* out = silu(gate) ⊙ up, W elements a thread and step (grid.cuh) */
-template <int W>
-__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n) {
+/* out = silu(gate) ⊙ up, W elements a thread and step (grid.cuh); Out float, or
+ * __nv_bfloat16 where out is a bf16 matmul operand (rounded as matmul.cu would) */
+template <int W, typename Out>
+__global__ void swiglu_forward_kernel(Out *out, const float *gate, const float *up, size_t n) {
     GRID_STRIDE(i, n / W) {
         const Lanes<W> g = load_lanes<W>(gate + W * i), u = load_lanes<W>(up + W * i);
         Lanes<W> o;
@@ -21,8 +24,8 @@ __global__ void swiglu_forward_kernel(float *out, const float *gate, const float
     }
 }
 
-template <int W>
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout, const float *gate,
+template <int W, typename Out>
+__global__ void swiglu_backward_kernel(Out *dgate, Out *dup, const float *dout, const float *gate,
                                        const float *up, size_t n) {
     GRID_STRIDE(i, n / W) {
         const Lanes<W> g = load_lanes<W>(gate + W * i), u = load_lanes<W>(up + W * i), dy = load_lanes<W>(dout + W * i);
@@ -49,4 +52,21 @@ extern "C" void swiglu_backward_cuda(float *dgate, float *dup, const float *dout
     if (n == 0) return;
     LAUNCH_ELEMENTWISE(swiglu_backward_kernel, n, stream, aligned16(n, dgate, dup, dout, gate, up), dgate, dup,
                        dout, gate, up, n);
+}
+
+/* The same, writing bf16 (ops_cuda.h: the down projection's input, the gate and up
+ * projections' output gradients, when those products multiply in bf16) */
+extern "C" void swiglu_forward_bf16_cuda(uint16_t *out, const float *gate, const float *up, size_t n,
+                                         cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *o = (__nv_bfloat16 *)out;
+    LAUNCH_ELEMENTWISE(swiglu_forward_kernel, n, stream, aligned16(n, o, gate, up), o, gate, up, n);
+}
+
+extern "C" void swiglu_backward_bf16_cuda(uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                                          const float *up, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *dg = (__nv_bfloat16 *)dgate, *du = (__nv_bfloat16 *)dup;
+    LAUNCH_ELEMENTWISE(swiglu_backward_kernel, n, stream, aligned16(n, dg, du, dout, gate, up), dg, du, dout, gate,
+                       up, n);
 }

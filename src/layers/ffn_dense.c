@@ -69,6 +69,11 @@ static void ffn_dense_backward(Layer *layer, float *dx, const float *dy, const f
 }
 
 #ifdef BRAID_HAVE_CUDA
+/* In bf16 (matmul_bf16_operands_cuda), SwiGLU writes h, and in the backward dgate and dup,
+ * straight as the bf16 operands of the products that read them, which then convert
+ * nothing (ops_cuda.h): h and dgate/dup share the first nh floats of the scratch (each a
+ * bf16 [N,hidden] is nh/2 floats; nh is a multiple of 8, so the second starts 16-byte
+ * aligned), dh follows. The bits are those of converting the float32 values. */
 static void ffn_dense_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
     int N = B * T, d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
     size_t nh = (size_t)N * hidden;
@@ -78,6 +83,12 @@ static void ffn_dense_forward_cuda(Layer *layer, float *y, const float *x, int B
     matmul_forward_cuda(gate, x, layer->params[PARAM_GATE], NULL, N, d, hidden, 0, 0);
     matmul_forward_cuda(up, x, layer->params[PARAM_UP], NULL, N, d, hidden, 0, 0);
     matmul_release_input_cuda();
+    if (matmul_bf16_operands_cuda(N, hidden, d)) {
+        uint16_t *h16 = (uint16_t *)h;
+        swiglu_forward_bf16_cuda(h16, gate, up, nh, 0);
+        matmul_forward_bf16_input_cuda(y, h16, layer->params[PARAM_DOWN], N, hidden, d, 0, 0);
+        return;
+    }
     swiglu_forward_cuda(h, gate, up, nh, 0);
     matmul_forward_cuda(y, h, layer->params[PARAM_DOWN], NULL, N, hidden, d, 0, 0);
 }
@@ -90,8 +101,22 @@ static void ffn_dense_backward_cuda(Layer *layer, float *dx, const float *dy, co
                 ctx->scratch_floats, 3 * nh);
     const float *gate = layer->saved, *up = gate + nh;
     float *h_then_dgate = ctx->scratch, *dh = h_then_dgate + nh, *dup = dh + nh;
-    swiglu_forward_cuda(h_then_dgate, gate, up, nh, 0);
     CUDA_ZERO(dh, nh);
+    if (matmul_bf16_operands_cuda(N, hidden, d)) {
+        uint16_t *h16 = (uint16_t *)h_then_dgate, *dgate16 = h16, *dup16 = h16 + nh;
+        swiglu_forward_bf16_cuda(h16, gate, up, nh, 0);
+        matmul_backward_bf16_operands_cuda(dh, layer->grads[PARAM_DOWN], dy, NULL, NULL, h16,
+                                           layer->params[PARAM_DOWN], N, hidden, d, 0);
+        swiglu_backward_bf16_cuda(dgate16, dup16, dh, gate, up, nh, 0);
+        matmul_hold_input_cuda(x, (size_t)N * d);
+        matmul_backward_bf16_operands_cuda(dx, layer->grads[PARAM_GATE], NULL, dgate16, x, NULL,
+                                           layer->params[PARAM_GATE], N, d, hidden, 0);
+        matmul_backward_bf16_operands_cuda(dx, layer->grads[PARAM_UP], NULL, dup16, x, NULL,
+                                           layer->params[PARAM_UP], N, d, hidden, 0);
+        matmul_release_input_cuda();
+        return;
+    }
+    swiglu_forward_cuda(h_then_dgate, gate, up, nh, 0);
     matmul_backward_cuda(dh, layer->grads[PARAM_DOWN], NULL, dy, h_then_dgate, layer->params[PARAM_DOWN],
                          N, hidden, d, 0);
     swiglu_backward_cuda(h_then_dgate, dup, dh, gate, up, nh, 0);

@@ -394,6 +394,11 @@ static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, 
     selective_scan_forward_cuda(v.y, v.chunk_states, v.u, v.delta, w.A, v.Bm, v.Cm, P[P_D], B, T, di,
                                 N, s.chunk, 0);
 
+    if (matmul_bf16_operands_cuda(BT, di, d)) {   /* in bf16: gated written as out_proj's operand */
+        mamba_gate_forward_bf16_cuda((uint16_t *)w.gated, v.y, v.z, n_inner, 0);
+        matmul_forward_bf16_input_cuda(out, (const uint16_t *)w.gated, P[P_OUT_PROJ], BT, di, d, 0, 0);
+        return;
+    }
     mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
     matmul_forward_cuda(out, w.gated, P[P_OUT_PROJ], NULL, BT, di, d, 0, 0);
 }
@@ -410,12 +415,22 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     int BT = B * T, d = s.d, di = s.di, N = s.N, R = s.R;
     size_t n_inner = (size_t)BT * di;
 
-    /* out = gated W_outᵀ, gated = y ⊙ silu(z) (recomputed: scratch does not survive) */
-    mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
+    /* out = gated W_outᵀ, gated = y ⊙ silu(z) (recomputed: scratch does not survive). In
+     * bf16 (ops_cuda.h) the gate writes gated and dz as the bf16 operands of out_proj and of
+     * in_proj's z half, into the first half of their float32 buffers. */
+    const int bf16 = matmul_bf16_operands_cuda(BT, di, d);
     CUDA_ZERO(w.dgated, n_inner);
-    matmul_backward_cuda(w.dgated, G[P_OUT_PROJ], NULL, dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
-    /* dz = dgated ⊙ y ⊙ silu'(z) (written); then dgated becomes dy of the scan */
-    mamba_gate_backward_cuda(w.dz, w.dgated, v.y, v.z, n_inner, 0);
+    if (bf16) {
+        mamba_gate_forward_bf16_cuda((uint16_t *)w.gated, v.y, v.z, n_inner, 0);
+        matmul_backward_bf16_operands_cuda(w.dgated, G[P_OUT_PROJ], dout, NULL, NULL, (const uint16_t *)w.gated,
+                                           P[P_OUT_PROJ], BT, di, d, 0);
+        mamba_gate_backward_bf16_cuda((uint16_t *)w.dz, w.dgated, v.y, v.z, n_inner, 0);
+    } else {
+        mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
+        matmul_backward_cuda(w.dgated, G[P_OUT_PROJ], NULL, dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
+        /* dz = dgated ⊙ y ⊙ silu'(z) (written); then dgated becomes dy of the scan */
+        mamba_gate_backward_cuda(w.dz, w.dgated, v.y, v.z, n_inner, 0);
+    }
     /* (dz's in_proj product waits for dx1's at the end, so that x is converted once) */
 
     /* the scan accumulates into all six: its outputs start at zero here, except dD, which
@@ -457,8 +472,12 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
                                 s.k, 0);
     /* x is the input of both in_proj halves; dx gets dz's part first, as on the CPU */
     matmul_hold_input_cuda(x, (size_t)BT * d);
-    matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT,
-                         d, di, 0);
+    if (bf16)   /* (BT, d, di): in_proj's half has out_proj's dimensions, so bf16 agrees */
+        matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, (const uint16_t *)w.dz, x,
+                                           NULL, W_in + (size_t)di * d, BT, d, di, 0);
+    else
+        matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT, d,
+                             di, 0);
     matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
     matmul_release_input_cuda();
 }

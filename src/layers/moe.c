@@ -589,6 +589,40 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
 }
 
 #ifdef BRAID_HAVE_CUDA
+/* Whether every expert with rows multiplies in bf16 and so takes its SwiGLU activations (and
+ * their gradients) as bf16 written by the SwiGLU kernels themselves (ops_cuda.h): in the
+ * act buffer, act then dgate at its start and dup R·H bf16 values in (each an (R, H) bf16
+ * array is half the floats; a block's offset o·H is a multiple of 8 values, 16 bytes). The
+ * blocks of one layer all take one path. */
+static int moe_bf16_operands(const int *start, int E, int d, int H) {
+    for (int e = 0; e < E; e++) {
+        const int count = start[e + 1] - start[e];
+        if (count && !matmul_bf16_operands_cuda(count, H, d)) return 0;
+    }
+    return 1;
+}
+
+/* act = silu(gate_pre) ⊙ up_pre over the rows in use (the experts' blocks tile them, so
+ * one elementwise pass covers them), then each expert's down projection into eo. Returns
+ * whether it ran in bf16 operands (moe_bf16_operands: act written as bf16). */
+static int moe_experts_down_cuda(Layer *layer, MoeDims m, const MoeSaved *sv, const MoeScratch *sc,
+                                 const int *start, int rows) {
+    const int E = m.E, d = m.d, H = m.H;
+    const int bf16 = moe_bf16_operands(start, E, d, H);
+    uint16_t *act16 = (uint16_t *)sc->act;
+    if (bf16) swiglu_forward_bf16_cuda(act16, sv->gate_pre, sv->up_pre, (size_t)rows * H, 0);
+    else swiglu_forward_cuda(sc->act, sv->gate_pre, sv->up_pre, (size_t)rows * H, 0);
+    for (int e = 0; e < E; e++) {
+        const int o = start[e], count = start[e + 1] - o;
+        if (count == 0) continue;
+        float *eo = sc->eo + (size_t)o * d;
+        const float *w_down = layer->params[moe_param_down(e)];
+        if (bf16) matmul_forward_bf16_input_cuda(eo, act16 + (size_t)o * H, w_down, count, H, d, 0, 0);
+        else matmul_forward_cuda(eo, sc->act + (size_t)o * H, w_down, NULL, count, H, d, 0, 0);
+    }
+    return bf16;
+}
+
 /* moe_forward on the device (see the file comment). Pointers named h_* are host memory
  * (MoeCudaHost); everything in sv, sc, x, y and the params is device memory. */
 static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
@@ -650,13 +684,7 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
         matmul_release_input_cuda();
     }
     /* the experts' blocks tile all rows in use, so one elementwise pass covers them */
-    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
-    for (int e = 0; e < E; e++) {
-        const int o = start[e], count = start[e + 1] - o;
-        if (count == 0) continue;
-        matmul_forward_cuda(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
-                            layer->params[moe_param_down(e)], NULL, count, H, d, 0, 0);
-    }
+    moe_experts_down_cuda(layer, m, &sv, &sc, start, rows);
     moe_combine_cuda(y, sc.eo, sv.weight, sv.slot_of, N, k, d, 0);
 
     /* host values, from the host copies: counts exactly the CPU's, sums in double */
@@ -681,28 +709,30 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     const int *start = hs->start, rows = start[E];   /* the forward's padded expert blocks */
 
     moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
-    swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
-    for (int e = 0; e < E; e++) {
-        const int o = start[e], count = start[e + 1] - o;
-        if (count == 0) continue;
-        matmul_forward_cuda(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
-                            layer->params[moe_param_down(e)], NULL, count, H, d, 0, 0);
-    }
+    const int bf16 = moe_experts_down_cuda(layer, m, &sv, &sc, start, rows);
+    const uint16_t *act16 = (const uint16_t *)sc.act;
 
     /* dw from the expert outputs, then eo is overwritten in place by deo = w·dy */
     moe_combine_backward_cuda(sc.dweight, sc.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
 
-    /* down projection, then the SwiGLU gate (act's buffer becomes dgate) */
+    /* down projection, then the SwiGLU gate (act's buffer becomes dgate, and in bf16 dup) */
     CUDA_ZERO(sc.dact, (size_t)rows * H);   /* matmul_backward_cuda accumulates */
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
-        matmul_backward_cuda(sc.dact + (size_t)o * H, layer->grads[moe_param_down(e)], NULL,
-                             sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
-                             layer->params[moe_param_down(e)], count, H, d, 0);
+        float *dact = sc.dact + (size_t)o * H, *deo = sc.eo + (size_t)o * d;
+        const float *w_down = layer->params[moe_param_down(e)];
+        if (bf16)
+            matmul_backward_bf16_operands_cuda(dact, layer->grads[moe_param_down(e)], deo, NULL, NULL,
+                                               act16 + (size_t)o * H, w_down, count, H, d, 0);
+        else
+            matmul_backward_cuda(dact, layer->grads[moe_param_down(e)], NULL, deo, sc.act + (size_t)o * H, w_down,
+                                 count, H, d, 0);
     }
     float *dgate = sc.act;
-    swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
+    uint16_t *dgate16 = (uint16_t *)sc.act, *dup16 = dgate16 + (size_t)rows * H;
+    if (bf16) swiglu_backward_bf16_cuda(dgate16, dup16, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
+    else swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
 
     /* gate and up projections; eo's buffer becomes dxg */
     float *dxg = sc.eo;
@@ -711,13 +741,19 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         const float *xg = sc.xg + (size_t)o * d;
+        const float *w_gate = layer->params[moe_param_gate(e)], *w_up = layer->params[moe_param_up(e)];
         matmul_hold_input_cuda(xg, (size_t)count * d);
-        matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
-                             dgate + (size_t)o * H, xg, layer->params[moe_param_gate(e)], count, d,
-                             H, 0);
-        matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
-                             sc.dup + (size_t)o * H, xg, layer->params[moe_param_up(e)], count, d,
-                             H, 0);
+        if (bf16) {
+            matmul_backward_bf16_operands_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
+                                               dgate16 + (size_t)o * H, xg, NULL, w_gate, count, d, H, 0);
+            matmul_backward_bf16_operands_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
+                                               dup16 + (size_t)o * H, xg, NULL, w_up, count, d, H, 0);
+        } else {
+            matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL, dgate + (size_t)o * H,
+                                 xg, w_gate, count, d, H, 0);
+            matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL, sc.dup + (size_t)o * H,
+                                 xg, w_up, count, d, H, 0);
+        }
         matmul_release_input_cuda();
     }
 
