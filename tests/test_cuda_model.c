@@ -220,9 +220,9 @@ START_TEST(training_steps_are_deterministic) {
 }
 END_TEST
 
-/* bf16 operands written by the ops that produce them (ops_cuda.h: SwiGLU writes the dense
- * and expert down projections' inputs and the gate and up projections' output gradients
- * as bf16) are the bits the matmuls' own conversions make: the same training steps in bf16
+/* bf16 operands written by the ops that produce them (ops_cuda.h: SwiGLU, the Mamba gate,
+ * the conv's dx1 and the cross-entropy's dlogits write them as bf16) are the bits the
+ * matmuls' own conversions make: the same training steps in bf16
  * with BRAID_BF16_PRODUCERS=1 and =0 give the same bits, losses, gradient norms and
  * parameters — and the first makes fewer conversions, so its path was taken. The hybrid
  * with dense and MoE blocks, sized so that their products multiply in bf16. */

@@ -27,6 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <type_traits>
+
+#include <cuda_bf16.h>
 
 #include "cuda_check.h"
 #include "mamba_cuda.h"
@@ -96,10 +99,13 @@ causal_conv1d_forward_kernel(float *out, const float *x, const float *weight, co
     }
 }
 
-/* partial[row][v][c], v < K: tap v, v = K: bias; row = the block's walk index (blockIdx.x) */
-template <int K, int P>
+/* partial[row][v][c], v < K: tap v, v = K: bias; row = the block's walk index (blockIdx.x).
+ * DX float: dx accumulated; __nv_bfloat16: dx WRITTEN as bf16 (in_proj's output gradient
+ * in bf16, ops_cuda.h), its sum started from 0 as the float path's from a zeroed dx, so the
+ * value rounded is the same. */
+template <int K, int P, typename DX>
 __global__ void __launch_bounds__(32 * CONV_WALKS)
-causal_conv1d_backward_kernel(float *dx, float *partial, const float *dout, const float *x,
+causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const float *x,
                               const float *weight, int Bsz, int T, int C, bool weight_grads) {
     __shared__ float walk_sum[CONV_WALKS][K + 1][32 * P];
     const ConvWalk w(T, P);
@@ -132,7 +138,9 @@ causal_conv1d_backward_kernel(float *dx, float *partial, const float *dout, cons
                                                   : zero_lanes<P>());
             /* tap j joins x[t] and dout[t+K−1−j] = win[K−1−j] */
             if (dx) {
-                Lanes<P> d = load_lanes<P>(dx + base + (size_t)t * C);
+                Lanes<P> d;
+                if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx + base + (size_t)t * C);
+                else d = zero_lanes<P>();
 #pragma unroll
                 for (int p = 0; p < P; p++)
 #pragma unroll
@@ -208,13 +216,13 @@ static void launch_forward(float *out, const float *x, const float *weight, cons
     CUDA_CHECK_LAUNCH();
 }
 
-template <int K, int P>
-static void launch_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
-                            const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
+template <int K, int P, typename DX>
+static void launch_backward_to(DX *dx, float *dweight, float *dbias, const float *dout, const float *x,
+                               const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
     const dim3 grid = conv_grid(Bsz, T, C, P);
     const bool weight_grads = dweight || dbias;
     float *partial = weight_grads ? column_sum_partials((size_t)grid.x * (K + 1) * C) : NULL;
-    causal_conv1d_backward_kernel<K, P><<<grid, dim3(32, CONV_WALKS), 0, stream>>>(
+    causal_conv1d_backward_kernel<K, P, DX><<<grid, dim3(32, CONV_WALKS), 0, stream>>>(
         dx, partial, dout, x, weight, Bsz, T, C, weight_grads);
     CUDA_CHECK_LAUNCH();
     if (weight_grads) {
@@ -222,6 +230,18 @@ static void launch_backward(float *dx, float *dweight, float *dbias, const float
             partial, ConvWeightGradFinish{dweight, dbias, K}, C, (int)grid.x);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+template <int K, int P>
+static void launch_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
+                            const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
+    launch_backward_to<K, P, float>(dx, dweight, dbias, dout, x, weight, Bsz, T, C, stream);
+}
+
+template <int K, int P>
+static void launch_backward_bf16(__nv_bfloat16 *dx, float *dweight, float *dbias, const float *dout,
+                                 const float *x, const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
+    launch_backward_to<K, P, __nv_bfloat16>(dx, dweight, dbias, dout, x, weight, Bsz, T, C, stream);
 }
 
 /* the kernel size and the lane width as template arguments */
@@ -255,4 +275,15 @@ extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *db
     const void *rows[] = {dx, dout, x};
     const bool vec = conv_vec_ok(C, rows, 3);
     CONV_DISPATCH(K, vec, launch_backward, dx, dweight, dbias, dout, x, weight, Bsz, T, C, stream)
+}
+
+extern "C" void causal_conv1d_backward_bf16_cuda(uint16_t *dx, float *dweight, float *dbias, const float *dout,
+                                                 const float *x, const float *weight, int Bsz, int T, int C, int K,
+                                                 cudaStream_t stream) {
+    if ((size_t)Bsz * T * C == 0) return;
+    check_kernel_size(K, "causal_conv1d_backward_bf16_cuda");
+    const void *rows[] = {dx, dout, x};
+    const bool vec = conv_vec_ok(C, rows, 3);
+    __nv_bfloat16 *d = (__nv_bfloat16 *)dx;
+    CONV_DISPATCH(K, vec, launch_backward_bf16, d, dweight, dbias, dout, x, weight, Bsz, T, C, stream)
 }

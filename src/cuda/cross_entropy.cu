@@ -17,6 +17,7 @@
 #include "cuda_check.h"
 #include "ops_cuda.h"
 #include "reduce.cuh"
+#include <cuda_bf16.h>
 
 #define IGNORE_INDEX (-100)
 #define CE_THREADS 256
@@ -51,17 +52,23 @@ __device__ SoftmaxSummary merge_summaries(SoftmaxSummary a, SoftmaxSummary b) {
     return r;
 }
 
-__global__ void cross_entropy_row_kernel(float *dlogits, double *row_loss, int *row_status,
+/* DL float, or __nv_bfloat16 where dlogits is the LM head's bf16 output gradient
+ * (ops_cuda.h: the value computed in float32, then rounded as the matmul's conversion does) */
+__device__ __forceinline__ void put_dlogit(float *p, float v) { *p = v; }
+__device__ __forceinline__ void put_dlogit(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
+template <typename DL>
+__global__ void cross_entropy_row_kernel(DL *dlogits, double *row_loss, int *row_status,
                                          const float *logits, const int *targets, int V,
                                          float grad_scale) {
     __shared__ SoftmaxSummary warp_summary[CE_THREADS / 32];
     __shared__ SoftmaxSummary row_summary;
     const size_t n = blockIdx.x;
     const float *row = logits + n * V;
-    float *drow = dlogits ? dlogits + n * V : NULL;
+    DL *drow = dlogits ? dlogits + n * V : NULL;
     const int y = targets[n];
     if (y == IGNORE_INDEX || y < 0 || y >= V) {
-        if (drow) for (int v = threadIdx.x; v < V; v += blockDim.x) drow[v] = 0.0f;
+        if (drow) for (int v = threadIdx.x; v < V; v += blockDim.x) put_dlogit(drow + v, 0.0f);
         if (threadIdx.x == 0) {
             row_loss[n] = 0.0;
             row_status[n] = y == IGNORE_INDEX ? 0 : ROW_BAD_TARGET;
@@ -97,7 +104,7 @@ __global__ void cross_entropy_row_kernel(float *dlogits, double *row_loss, int *
     const float lse = s.m + logf(s.sum);
     if (drow) {
         for (int v = threadIdx.x; v < V; v += blockDim.x)
-            drow[v] = grad_scale * expf(row[v] - lse) - (v == y ? grad_scale : 0.0f);
+            put_dlogit(drow + v, grad_scale * expf(row[v] - lse) - (v == y ? grad_scale : 0.0f));
     }
     if (threadIdx.x == 0) {
         row_loss[n] = (double)lse - (double)row[y];
@@ -137,18 +144,17 @@ __global__ void cross_entropy_totals_kernel(CrossEntropyTotals *totals, const do
     }
 }
 
-extern "C" double cross_entropy_forward_backward_cuda(float *dlogits, const float *logits,
-                                                      const int *targets, int N, int V,
-                                                      float grad_scale, int *n_valid,
-                                                      int *n_correct, void *scratch,
-                                                      cudaStream_t stream) {
+template <typename DL>
+static double cross_entropy_rows(DL *dlogits, const float *logits, const int *targets, int N, int V,
+                                 float grad_scale, int *n_valid, int *n_correct, void *scratch,
+                                 cudaStream_t stream) {
     CrossEntropyTotals host = {0.0, 0, 0, 0, 0};
     if (N > 0) {
         char *base = (char *)scratch;
         CrossEntropyTotals *totals = (CrossEntropyTotals *)base;
         double *row_loss = (double *)(base + TOTALS_BYTES);
         int *row_status = (int *)(row_loss + N);
-        cross_entropy_row_kernel<<<N, CE_THREADS, 0, stream>>>(dlogits, row_loss, row_status,
+        cross_entropy_row_kernel<DL><<<N, CE_THREADS, 0, stream>>>(dlogits, row_loss, row_status,
                                                                 logits, targets, V, grad_scale);
         CUDA_CHECK_LAUNCH();
         cross_entropy_totals_kernel<<<1, 1024, 0, stream>>>(totals, row_loss, row_status, N);
@@ -167,4 +173,18 @@ extern "C" double cross_entropy_forward_backward_cuda(float *dlogits, const floa
     if (n_valid) *n_valid = host.n_valid;
     if (n_correct) *n_correct = host.n_correct;
     return host.loss_sum;
+}
+
+extern "C" double cross_entropy_forward_backward_cuda(float *dlogits, const float *logits, const int *targets,
+                                                      int N, int V, float grad_scale, int *n_valid,
+                                                      int *n_correct, void *scratch, cudaStream_t stream) {
+    return cross_entropy_rows(dlogits, logits, targets, N, V, grad_scale, n_valid, n_correct, scratch, stream);
+}
+
+extern "C" double cross_entropy_forward_backward_bf16_cuda(uint16_t *dlogits, const float *logits,
+                                                           const int *targets, int N, int V, float grad_scale,
+                                                           int *n_valid, int *n_correct, void *scratch,
+                                                           cudaStream_t stream) {
+    return cross_entropy_rows((__nv_bfloat16 *)dlogits, logits, targets, N, V, grad_scale, n_valid, n_correct,
+                              scratch, stream);
 }

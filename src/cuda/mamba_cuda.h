@@ -33,6 +33,11 @@ void causal_conv1d_forward_cuda(float *out, const float *x, const float *weight,
 void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
                                  const float *x, const float *weight, int Bsz, int T, int C, int K,
                                  cudaStream_t stream);
+/* The same with dx WRITTEN as bf16 (not accumulated): in_proj's x1-half output gradient when
+ * that product multiplies in bf16 (ops_cuda.h, matmul_bf16_operands_cuda); dx required. */
+void causal_conv1d_backward_bf16_cuda(uint16_t *dx, float *dweight, float *dbias, const float *dout,
+                                      const float *x, const float *weight, int Bsz, int T, int C, int K,
+                                      cudaStream_t stream);
 
 /* h_t = exp(δ_t A) ⊙ h_{t−1} + (δ_t u_t) B_t,  y_t = h_t·C_t + D u_t  (D may be NULL).
  * Writes y and chunk_states. */

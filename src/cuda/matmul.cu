@@ -22,7 +22,8 @@
  *        the parameters may change; an input the caller holds (matmul_hold_input_cuda) is
  *        converted once for all the products that read it; an operand that the op which
  *        produces it wrote as bf16 itself (SwiGLU's output and gradients, the Mamba gate's
- *        output and dz: matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda)
+ *        output and dz, the conv's dx1, the cross-entropy's dlogits:
+ *        matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda)
  *        is not converted at all; the rest at each call.
  *        The float32 values stay the layers' saved activations and the master weights;
  *        gradients, AdamW and every non-matmul op stay float32 (the mirror adds 2 bytes a

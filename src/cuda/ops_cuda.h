@@ -117,6 +117,11 @@ double cross_entropy_forward_backward_cuda(float *dlogits, const float *logits,
                                            const int *targets, int N, int V, float grad_scale,
                                            int *n_valid, int *n_correct, void *scratch,
                                            cudaStream_t stream);
+/* The same with dlogits (required) WRITTEN as bf16: the LM head's output gradient when its
+ * backward multiplies in bf16 (matmul_bf16_operands_cuda). */
+double cross_entropy_forward_backward_bf16_cuda(uint16_t *dlogits, const float *logits, const int *targets, int N,
+                                                int V, float grad_scale, int *n_valid, int *n_correct,
+                                                void *scratch, cudaStream_t stream);
 
 /* Rotary embedding in place on x[B,T,H,hd], pairs (i, i+hd/2); backward rotates by −θ. */
 void rope_forward_cuda(float *x, int B, int T, int H, int hd, float base, cudaStream_t stream);

@@ -467,9 +467,13 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
 
     /* u = silu(conv): du becomes dconv in place */
     mamba_silu_backward_cuda(w.du, v.conv, n_inner, 0);
-    CUDA_ZERO(w.dx1, n_inner);
-    causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B, T, di,
-                                s.k, 0);
+    if (bf16) {   /* dx1 written as in_proj's bf16 output gradient */
+        causal_conv1d_backward_bf16_cuda((uint16_t *)w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B,
+                                         T, di, s.k, 0);
+    } else {
+        CUDA_ZERO(w.dx1, n_inner);
+        causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B, T, di, s.k, 0);
+    }
     /* x is the input of both in_proj halves; dx gets dz's part first, as on the CPU */
     matmul_hold_input_cuda(x, (size_t)BT * d);
     if (bf16)   /* (BT, d, di): in_proj's half has out_proj's dimensions, so bf16 agrees */
@@ -478,7 +482,11 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     else
         matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT, d,
                              di, 0);
-    matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
+    if (bf16)
+        matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ], NULL, (const uint16_t *)w.dx1, x, NULL, W_in, BT, d, di,
+                                           0);
+    else
+        matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
     matmul_release_input_cuda();
 }
 #define MAMBA_CUDA .forward_cuda = mamba_forward_cuda, .backward_cuda = mamba_backward_cuda,

@@ -338,6 +338,9 @@ typedef struct StepOps {
     double (*cross_entropy)(Model *m, float *dlogits, const int *targets, int N, float grad_scale, int *valid,
                             int *correct);
     void (*add_inplace)(float *y, const float *x, size_t n);   /* y += x */
+    /* m->dlogits = grad_scale·(softmax − onehot), then, through the LM head (logits =
+     * final_norm_out · Wᵀ), m->dtmp += dlogits · W and its weight gradient */
+    void (*lm_head_backward)(Model *m, const int *targets, int N, float grad_scale);
 } StepOps;
 
 static void add_inplace_cpu(float *y, const float *x, size_t n) {
@@ -349,9 +352,15 @@ static double cross_entropy_cpu(Model *m, float *dlogits, const int *targets, in
     return cross_entropy_forward_backward(dlogits, m->logits, targets, N, m->vocab, grad_scale, valid, correct);
 }
 
+static void lm_head_backward_cpu(Model *m, const int *targets, int N, float grad_scale) {
+    cross_entropy_forward_backward(m->dlogits, m->logits, targets, N, m->vocab, grad_scale, NULL, NULL);
+    matmul_backward(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head), N, m->d,
+                    m->vocab);
+}
+
 static const StepOps cpu_step_ops = {
     0, embedding_forward, embedding_backward, rmsnorm_forward, rmsnorm_backward, matmul_forward,
-    matmul_backward, cross_entropy_cpu, add_inplace_cpu,
+    matmul_backward, cross_entropy_cpu, add_inplace_cpu, lm_head_backward_cpu,
 };
 
 #ifdef BRAID_HAVE_CUDA
@@ -384,10 +393,25 @@ static double cross_entropy_gpu(Model *m, float *dlogits, const int *targets, in
                                                correct, m->dev_ce_scratch, 0);
 }
 static void add_inplace_gpu(float *y, const float *x, size_t n) { add_inplace_cuda(y, x, n, 0); }
+/* In bf16 (ops_cuda.h, matmul_bf16_operands_cuda) the cross-entropy writes dlogits as the
+ * LM head's bf16 operand: [N, vocab] is the step's largest activation gradient. */
+static void lm_head_backward_gpu(Model *m, const int *targets, int N, float grad_scale) {
+    if (matmul_bf16_operands_cuda(N, m->d, m->vocab)) {
+        uint16_t *dlogits = (uint16_t *)m->dlogits;
+        cross_entropy_forward_backward_bf16_cuda(dlogits, m->logits, targets, N, m->vocab, grad_scale, NULL, NULL,
+                                                 m->dev_ce_scratch, 0);
+        matmul_backward_bf16_operands_cuda(m->dtmp, G(m, m->lm_head), NULL, dlogits, m->final_norm_out, NULL,
+                                           P(m, m->lm_head), N, m->d, m->vocab, 0);
+        return;
+    }
+    cross_entropy_gpu(m, m->dlogits, targets, N, grad_scale, NULL, NULL);
+    matmul_backward_gpu(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head), N, m->d,
+                        m->vocab);
+}
 
 static const StepOps cuda_step_ops = {
     1, embedding_forward_gpu, embedding_backward_gpu, rmsnorm_forward_gpu, rmsnorm_backward_gpu,
-    matmul_forward_gpu, matmul_backward_gpu, cross_entropy_gpu, add_inplace_gpu,
+    matmul_forward_gpu, matmul_backward_gpu, cross_entropy_gpu, add_inplace_gpu, lm_head_backward_gpu,
 };
 #endif
 
@@ -477,11 +501,9 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     const int *tgt = ops->cuda ? m->dev_targets : targets;
     int valid = m->last_valid > 0 ? m->last_valid : 1;
     m->ctx.aux_grad_scale = loss_scale;   /* objective = loss_scale · (CE mean + Σ aux) */
-    ops->cross_entropy(m, m->dlogits, tgt, N, loss_scale / (float)valid, NULL, NULL);
     /* logits = n_f · Wᵀ */
     device_zero(m->device, m->dtmp, Nd * sizeof(float));
-    ops->matmul_backward(m->dtmp, G(m, m->lm_head), NULL, m->dlogits, m->final_norm_out, P(m, m->lm_head), N, d,
-                         m->vocab);
+    ops->lm_head_backward(m, tgt, N, loss_scale / (float)valid);
     /* dx: gradient w.r.t. the current residual stream (block output). */
     device_zero(m->device, m->dx, Nd * sizeof(float));
     ops->rmsnorm_backward(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm), m->final_rstd, N,
