@@ -221,8 +221,9 @@ START_TEST(training_steps_are_deterministic) {
 END_TEST
 
 /* bf16 operands written by the ops that produce them (ops_cuda.h: SwiGLU, the Mamba gate,
- * the conv's dx1 and the cross-entropy's dlogits write them as bf16) are the bits the
- * matmuls' own conversions make: the same training steps in bf16
+ * the conv's dx1 and the cross-entropy's dlogits write them as bf16; the RMSNorms and the
+ * Mamba silu write bf16 copies beside their float32 outputs) are the bits the matmuls' own
+ * conversions make: the same training steps in bf16
  * with BRAID_BF16_PRODUCERS=1 and =0 give the same bits, losses, gradient norms and
  * parameters — and the first makes fewer conversions, so its path was taken. The hybrid
  * with dense and MoE blocks, sized so that their products multiply in bf16. */
@@ -231,6 +232,7 @@ START_TEST(bf16_operands_from_their_producers_change_no_bit) {
     Config c;
     load_config_sized(&c, s, "cuda", 1);
     snprintf(c.train.matmul_precision, sizeof c.train.matmul_precision, "bf16");
+    c.model.mamba.dt_rank = 32;   /* x_proj's R + 2N = 64 outputs: bf16 too, so u's bf16 copy is read */
     Trainer a, b;
     trainer_pair_init(&a, &c, &b, &c);
     size_t conversions[2] = {0, 0};   /* with producers, without */

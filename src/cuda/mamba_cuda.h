@@ -63,6 +63,9 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
 
 /* out = silu(in)   (u from the conv output; out may be in) */
 void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream);
+/* The same, written twice: out float32 and out16 bf16 (the scan reads one, x_proj's bf16
+ * product the other: ops_cuda.h, matmul_bf16_operands_cuda) */
+void mamba_silu_dual_cuda(float *out, uint16_t *out16, const float *in, size_t n, cudaStream_t stream);
 /* x[r][c] = softplus(x[r][c] + bias[c])   (δ from dt_proj's product and its bias; rows × cols) */
 void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream);
 /* x_proj's [δr | B | C] rows (xdbl, rows × (R+2N)) into the three arrays, and back (join) */

@@ -140,6 +140,24 @@ extern "C" void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStrea
     LAUNCH_ELEMENTWISE(mamba_silu_kernel, n, stream, aligned16(n, out, in), out, in, n);
 }
 
+/* u = silu(conv) twice: float32 (the scan's input) and bf16 (x_proj's operand) */
+template <int W>
+__global__ void mamba_silu_dual_kernel(float *out, __nv_bfloat16 *out16, const float *in, size_t n) {
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> x = load_lanes<W>(in + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) x[e] = glue_silu(x[e]);
+        store_lanes<W>(out + W * i, x);
+        store_lanes<W>(out16 + W * i, x);
+    }
+}
+
+extern "C" void mamba_silu_dual_cuda(float *out, uint16_t *out16, const float *in, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *o16 = (__nv_bfloat16 *)out16;
+    LAUNCH_ELEMENTWISE(mamba_silu_dual_kernel, n, stream, aligned16(n, out, o16, in), out, o16, in, n);
+}
+
 extern "C" void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream) {
     const size_t n = rows * (size_t)cols;
     if (n == 0) return;

@@ -235,6 +235,17 @@ static const float *mirror_src;
 static size_t mirror_n, mirror_bytes;
 static __nv_bfloat16 *mirror;
 
+/* An input's bf16 copy written by the op that made it (matmul_bf16_copy_cuda) */
+static const float *copy_src;
+static size_t copy_n;
+static const __nv_bfloat16 *copy_of_src;
+
+extern "C" void matmul_bf16_copy_cuda(const float *src, size_t n, const uint16_t *copy) {
+    copy_src = copy ? src : NULL;
+    copy_n = copy ? n : 0;
+    copy_of_src = (const __nv_bfloat16 *)copy;
+}
+
 static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {
     static const char *names[BF16_ROLES] = {"to_bf16 input", "to_bf16 weight", "to_bf16 dout", "to_bf16 held"};
     if (role == BF16_WEIGHT && mirror_src && (uintptr_t)src >= (uintptr_t)mirror_src &&
@@ -244,6 +255,7 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
          * is not a multiple of 8 is converted on its own, as without the mirror */
         if ((uintptr_t)at % 16 == 0) return at;
     }
+    if (role == BF16_INP && copy_src && src == copy_src && n == copy_n) return copy_of_src;
     if (role == BF16_INP && held_src && src == held_src && n == held_n) {
         role = BF16_HELD;
         if (held_converted) return bf16_buffer[role];
@@ -334,6 +346,7 @@ extern "C" void ops_cuda_shutdown(void) {
     mirror_bytes = 0;
     matmul_forget_weights_cuda();
     matmul_release_input_cuda();
+    matmul_bf16_copy_cuda(NULL, 0, NULL);
     if (!cublas_handle) return;
     CUBLAS_CHECK(cublasDestroy(cublas_handle));
     cublas_handle = NULL;

@@ -82,6 +82,10 @@ void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, const float
                                         const float *inp, const uint16_t *inp_bf16, const float *weight, int N,
                                         int C, int OC, cudaStream_t stream);
 size_t matmul_bf16_conversions_cuda(void);
+/* The op that wrote src[0..n) also wrote copy = bf16(src) (RMSNorm's output): until the
+ * next call (src NULL: none), a product whose input is exactly src[0..n) — held or not —
+ * reads copy instead of converting src. */
+void matmul_bf16_copy_cuda(const float *src, size_t n, const uint16_t *copy);
 
 /* out[n,:] = table[tokens[n],:];  dtable[tokens[n],:] += dout[n,:] (atomic: rows repeat). */
 void embedding_forward_cuda(float *out, const int *tokens, const float *table, int N, int C,
@@ -92,6 +96,10 @@ void embedding_backward_cuda(float *dtable, const float *dout, const int *tokens
 /* y = x / sqrt(mean(x²) + eps) * w per row of C; rstd[N] (may be NULL) saved for backward. */
 void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
                           int N, int C, float eps, cudaStream_t stream);
+/* The same, also writing out16 = bf16(out): a copy for the bf16 matmuls that read out
+ * (matmul_bf16_copy_cuda). */
+void rmsnorm_forward_bf16_copy_cuda(float *out, uint16_t *out16, float *rstd, const float *inp, const float *weight,
+                                    int N, int C, float eps, cudaStream_t stream);
 void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
                            const float *weight, const float *rstd, int N, int C,
                            cudaStream_t stream);

@@ -12,10 +12,13 @@
 #include "reduce.cuh"
 #include "column_sum.cuh"
 
+#include <cuda_bf16.h>
+
 #define ROWS_PER_BLOCK 8
 
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *weight,
-                                       int N, int C, float eps) {
+/* out16, when not NULL, gets the same values in bf16 (the matmuls' operand: ops_cuda.h) */
+__global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp,
+                                       const float *weight, int N, int C, float eps) {
     const int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *x = inp + (size_t)n * C;
@@ -25,6 +28,15 @@ __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp
     ss = warp_sum(ss);
     const float r = 1.0f / sqrtf(ss / C + eps);
     if (rstd && lane == 0) rstd[n] = r;
+    if (out16) {
+        __nv_bfloat16 *y16 = out16 + (size_t)n * C;
+        for (int c = lane; c < C; c += 32) {
+            const float v = x[c] * r * weight[c];
+            y[c] = v;
+            y16[c] = __float2bfloat16_rn(v);
+        }
+        return;
+    }
     for (int c = lane; c < C; c += 32) y[c] = x[c] * r * weight[c];
 }
 
@@ -56,7 +68,7 @@ extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, 
                                      int N, int C, float eps, cudaStream_t stream) {
     if (N <= 0) return;
     const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, rstd, inp, weight, N, C, eps);
+    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, NULL, rstd, inp, weight, N, C, eps);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -73,4 +85,13 @@ extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *
     if (dweight) {
         column_sums<1>(RmsnormWeightTerm{dout, inp, rstd, C}, ColumnAccumulate{dweight}, N, C, stream);
     }
+}
+
+extern "C" void rmsnorm_forward_bf16_copy_cuda(float *out, uint16_t *out16, float *rstd, const float *inp,
+                                               const float *weight, int N, int C, float eps, cudaStream_t stream) {
+    if (N <= 0) return;
+    const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, (__nv_bfloat16 *)out16, rstd, inp, weight,
+                                                                        N, C, eps);
+    CUDA_CHECK_LAUNCH();
 }

@@ -25,6 +25,7 @@
  *    from the saved δ without keeping the pre-activation. */
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -46,6 +47,7 @@ enum {
 
 typedef struct MambaDims {
     int d, di, N, k, R, chunk, inner_norms;
+    int u_bf16;   /* CUDA with train.matmul_precision bf16: u is also saved as bf16 */
     float eps;
 } MambaDims;
 
@@ -54,7 +56,8 @@ static MambaDims mamba_dims(const Layer *layer) {
     const MambaConfig *m = &cfg->model.mamba;
     MambaDims s = {.d = layer->d_model, .di = m->expand * layer->d_model, .N = m->d_state,
                    .k = m->d_conv, .R = config_dt_rank(cfg), .chunk = m->chunk,
-                   .inner_norms = m->inner_norms, .eps = cfg->model.norm_eps};
+                   .inner_norms = m->inner_norms, .eps = cfg->model.norm_eps,
+                   .u_bf16 = layer->device == DEVICE_CUDA && strcmp(cfg->train.matmul_precision, "bf16") == 0};
     return s;
 }
 
@@ -70,6 +73,7 @@ typedef struct MambaSaved {
     float *delta;                  /* (BT, di) softplus(δr W_dtᵀ + b_dt) */
     float *y;                      /* (BT, di) scan output */
     float *chunk_states;           /* (B, n_chunks, di, N) */
+    uint16_t *u16;                 /* (BT, di) u in bf16, x_proj's operand (u_bf16 only, else NULL) */
     size_t total;
 } MambaSaved;
 
@@ -99,6 +103,11 @@ static MambaSaved mamba_saved_layout(const MambaDims *s, float *base, int B, int
     v.delta = TAKE(BT * s->di);
     v.y = TAKE(BT * s->di);
     v.chunk_states = TAKE((size_t)B * selective_scan_n_chunks(T, s->chunk) * s->di * s->N);
+    v.u16 = NULL;
+    if (s->u_bf16) {   /* BT·di bf16 values, from a 256-byte boundary (layout_take's) */
+        at = (at + 63) / 64 * 64;
+        v.u16 = (uint16_t *)TAKE((BT * s->di + 1) / 2);
+    }
 #undef TAKE
     v.total = at;
     return v;
@@ -376,10 +385,15 @@ static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, 
     matmul_forward_cuda(v.z, x, W_in + (size_t)di * d, NULL, BT, d, di, 0, 0);
     matmul_release_input_cuda();
     causal_conv1d_forward_cuda(v.conv, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
-    mamba_silu_cuda(v.u, v.conv, n_inner, 0);
-
-    /* one product with the whole W_x, then split: u is read once, not three times */
-    matmul_forward_cuda(w.xdbl, v.u, W_x, NULL, BT, di, R + 2 * N, 0, 0);
+    /* one product with the whole W_x, then split: u is read once, not three times; in bf16
+     * the silu writes u's bf16 copy too, which this product and its backward read */
+    if (v.u16 && matmul_bf16_operands_cuda(BT, di, R + 2 * N)) {
+        mamba_silu_dual_cuda(v.u, v.u16, v.conv, n_inner, 0);
+        matmul_forward_bf16_input_cuda(w.xdbl, v.u16, W_x, BT, di, R + 2 * N, 0, 0);
+    } else {
+        mamba_silu_cuda(v.u, v.conv, n_inner, 0);
+        matmul_forward_cuda(w.xdbl, v.u, W_x, NULL, BT, di, R + 2 * N, 0, 0);
+    }
     mamba_x_proj_split_cuda(v.dtr_raw, v.B_raw, v.C_raw, w.xdbl, (size_t)BT, R, N, 0);
     if (s.inner_norms) {
         rmsnorm_forward_cuda(v.dtr, v.rstd_dt, v.dtr_raw, P[P_DT_NORM], BT, R, s.eps, 0);
@@ -463,7 +477,10 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     /* [δr, B, C] = u W_xᵀ: the three gradients joined, one product (as in forward); du
      * already holds the scan's part */
     mamba_x_proj_join_cuda(w.xdbl, w.ddtr_raw, w.dB_raw, w.dC_raw, (size_t)BT, R, N, 0);
-    matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.xdbl, v.u, W_x, BT, di, R + 2 * N, 0);
+    if (v.u16 && matmul_bf16_operands_cuda(BT, di, R + 2 * N))   /* u16 written by the forward */
+        matmul_backward_bf16_operands_cuda(w.du, G[P_X_PROJ], w.xdbl, NULL, NULL, v.u16, W_x, BT, di, R + 2 * N, 0);
+    else
+        matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.xdbl, v.u, W_x, BT, di, R + 2 * N, 0);
 
     /* u = silu(conv): du becomes dconv in place */
     mamba_silu_backward_cuda(w.du, v.conv, n_inner, 0);

@@ -176,17 +176,22 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
      * asks (saved_floats need not be a function of B·T alone). */
     size_t BT = m->max_tokens, BTd = BT * (size_t)m->d;
     size_t arena_used = 0;   /* layout_take's cursor */
-    size_t *off = braid_calloc((size_t)m->n_blocks * 8, sizeof(size_t), "arena plan");
+    /* On CUDA in bf16, the normalised activations also get bf16 copies (BTd/2 floats each)
+     * that the RMSNorm writes beside them for the matmuls that read them (ops_cuda.h) */
+    const int norm_copies = m->device == DEVICE_CUDA && strcmp(cfg->train.matmul_precision, "bf16") == 0;
+    size_t *off = braid_calloc((size_t)m->n_blocks * 10, sizeof(size_t), "arena plan");
     size_t scratch = 0;
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
-        size_t *o = off + 8 * i;
+        size_t *o = off + 10 * i;
         o[0] = layout_take(&arena_used, BTd);
         o[1] = layout_take(&arena_used, BTd);
         o[2] = layout_take(&arena_used, BT);
         o[3] = layout_take(&arena_used, BTd);
         o[4] = layout_take(&arena_used, BTd);
         o[5] = layout_take(&arena_used, BT);
+        o[8] = norm_copies ? layout_take(&arena_used, (BTd + 1) / 2) : 0;
+        o[9] = norm_copies ? layout_take(&arena_used, (BTd + 1) / 2) : 0;
         o[6] = layout_take(&arena_used, floats_over_shapes(m, &b->mixer, b->mixer.kind->saved_floats));
         size_t s = floats_over_shapes(m, &b->mixer, b->mixer.kind->scratch_floats);
         if (s > scratch) scratch = s;
@@ -197,6 +202,7 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
         }
     }
     size_t o_xf = layout_take(&arena_used, BTd), o_nf = layout_take(&arena_used, BTd), o_rf = layout_take(&arena_used, BT);
+    size_t o_nf16 = norm_copies ? layout_take(&arena_used, (BTd + 1) / 2) : 0;
     size_t o_logits = layout_take(&arena_used, BT * (size_t)m->vocab), o_dlogits = layout_take(&arena_used, BT * (size_t)m->vocab);
     size_t o_dx = layout_take(&arena_used, BTd), o_dh = layout_take(&arena_used, BTd), o_dtmp = layout_take(&arena_used, BTd);
     m->arena_floats = arena_used;
@@ -205,13 +211,15 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
     m->scratch = device_alloc(m->device, (scratch + 16) * sizeof(float), "scratch");
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
-        size_t *o = off + 8 * i;
+        size_t *o = off + 10 * i;
         b->x_in = m->arena + o[0];
         b->norm1_out = m->arena + o[1];
         b->rstd1 = m->arena + o[2];
         b->h = m->arena + o[3];
         b->norm2_out = m->arena + o[4];
         b->rstd2 = m->arena + o[5];
+        b->norm1_bf16 = norm_copies ? (uint16_t *)(m->arena + o[8]) : NULL;
+        b->norm2_bf16 = norm_copies ? (uint16_t *)(m->arena + o[9]) : NULL;
         b->mixer.saved = m->arena + o[6];
         layer_bind(m, &b->mixer);
         if (b->ffn.kind) {
@@ -223,6 +231,7 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
     m->x_final = m->arena + o_xf;
     m->final_norm_out = m->arena + o_nf;
     m->final_rstd = m->arena + o_rf;
+    m->final_norm_bf16 = norm_copies ? (uint16_t *)(m->arena + o_nf16) : NULL;
     m->logits = m->arena + o_logits;
     m->dlogits = m->arena + o_dlogits;
     m->dx = m->arena + o_dx;
@@ -430,6 +439,31 @@ static const StepOps *step_ops(const Model *m) {
     return &cpu_step_ops;
 }
 
+/* The normalised activations' bf16 copies (Block.norm1_bf16, …): the forward's RMSNorm
+ * writes them beside its float32 output where the products multiply in bf16
+ * (m->norm_copies_written), and they are offered to the matmuls around each call that
+ * reads that output (matmul_bf16_copy_cuda), which then convert nothing: the blocks' inputs
+ * are read by each layer's first products forward and backward. Same bits as converting. */
+static void norm_forward(Model *m, const StepOps *ops, float *out, uint16_t *copy, float *rstd, const float *inp,
+                         const float *weight, int N) {
+#ifdef BRAID_HAVE_CUDA
+    if (ops->cuda && m->norm_copies_written) {
+        rmsnorm_forward_bf16_copy_cuda(out, copy, rstd, inp, weight, N, m->d, m->cfg.model.norm_eps, 0);
+        return;
+    }
+#endif
+    ops->rmsnorm_forward(out, rstd, inp, weight, N, m->d, m->cfg.model.norm_eps);
+}
+
+/* copy NULL: none offered any more */
+static void offer_bf16_copy(const Model *m, const StepOps *ops, const float *src, size_t n, const uint16_t *copy) {
+#ifdef BRAID_HAVE_CUDA
+    if (ops->cuda && m->norm_copies_written) matmul_bf16_copy_cuda(src, n, copy);
+#else
+    (void)m; (void)ops; (void)src; (void)n; (void)copy;
+#endif
+}
+
 static void layer_forward(const StepOps *ops, Layer *L, float *y, const float *x, int B, int T, Ctx *ctx) {
     (ops->cuda ? L->kind->forward_cuda : L->kind->forward)(L, y, x, B, T, ctx);
 }
@@ -453,36 +487,43 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
     const StepOps *ops = step_ops(m);
     int N = B * T, d = m->d;
     size_t Nd = (size_t)N * d;
-    float eps = m->cfg.model.norm_eps;
     const int *tok = staged(m, ops, m->dev_tokens, tokens, N);
     const int *tgt = staged(m, ops, m->dev_targets, targets, N);
     float *x = m->n_blocks > 0 ? m->blocks[0].x_in : m->x_final;
+    m->norm_copies_written = 0;
 #ifdef BRAID_HAVE_CUDA
     /* in bf16, the weights' bf16 copy for this forward and its backward (one kernel) */
     if (ops->cuda) matmul_mirror_weights_cuda(m->dev_params, m->params.total, 0);
+    m->norm_copies_written = ops->cuda && m->final_norm_bf16 && matmul_bf16_operands_cuda(N, d, d);
 #endif
     ops->embedding_forward(x, tok, P(m, m->embed), N, d);
     m->last_aux_loss = 0.0;
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
         float *out = (i + 1 < m->n_blocks) ? m->blocks[i + 1].x_in : m->x_final;
-        ops->rmsnorm_forward(b->norm1_out, b->rstd1, b->x_in, P(m, b->norm1), N, d, eps);
+        norm_forward(m, ops, b->norm1_out, b->norm1_bf16, b->rstd1, b->x_in, P(m, b->norm1), N);
         b->mixer.aux_loss = 0.0;
+        offer_bf16_copy(m, ops, b->norm1_out, Nd, b->norm1_bf16);
         layer_forward(ops, &b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
+        offer_bf16_copy(m, ops, NULL, 0, NULL);
         m->last_aux_loss += b->mixer.aux_loss;
         ops->add_inplace(b->h, b->x_in, Nd);
         if (b->ffn.kind) {
-            ops->rmsnorm_forward(b->norm2_out, b->rstd2, b->h, P(m, b->norm2), N, d, eps);
+            norm_forward(m, ops, b->norm2_out, b->norm2_bf16, b->rstd2, b->h, P(m, b->norm2), N);
             b->ffn.aux_loss = 0.0;
+            offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);
             layer_forward(ops, &b->ffn, out, b->norm2_out, B, T, &m->ctx);
+            offer_bf16_copy(m, ops, NULL, 0, NULL);
             m->last_aux_loss += b->ffn.aux_loss;
             ops->add_inplace(out, b->h, Nd);
         } else {
             device_copy(m->device, out, b->h, Nd * sizeof(float));
         }
     }
-    ops->rmsnorm_forward(m->final_norm_out, m->final_rstd, m->x_final, P(m, m->final_norm), N, d, eps);
+    norm_forward(m, ops, m->final_norm_out, m->final_norm_bf16, m->final_rstd, m->x_final, P(m, m->final_norm), N);
+    offer_bf16_copy(m, ops, m->final_norm_out, Nd, m->final_norm_bf16);
     ops->matmul_forward(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0);
+    offer_bf16_copy(m, ops, NULL, 0, NULL);
     if (!targets) { device_synchronize(m->device); return 0.0; }
     int valid = 0, correct = 0;
     double sum = ops->cross_entropy(m, NULL, tgt, N, 0.0f, &valid, &correct);
@@ -503,7 +544,9 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     m->ctx.aux_grad_scale = loss_scale;   /* objective = loss_scale · (CE mean + Σ aux) */
     /* logits = n_f · Wᵀ */
     device_zero(m->device, m->dtmp, Nd * sizeof(float));
+    offer_bf16_copy(m, ops, m->final_norm_out, Nd, m->final_norm_bf16);
     ops->lm_head_backward(m, tgt, N, loss_scale / (float)valid);
+    offer_bf16_copy(m, ops, NULL, 0, NULL);
     /* dx: gradient w.r.t. the current residual stream (block output). */
     device_zero(m->device, m->dx, Nd * sizeof(float));
     ops->rmsnorm_backward(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm), m->final_rstd, N,
@@ -514,13 +557,17 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
         device_copy(m->device, m->dh, m->dx, Nd * sizeof(float));
         if (b->ffn.kind) {
             device_zero(m->device, m->dtmp, Nd * sizeof(float));
+            offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);
             layer_backward(ops, &b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
+            offer_bf16_copy(m, ops, NULL, 0, NULL);
             ops->rmsnorm_backward(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
         }
         /* h = x + mixer(norm1(x)) ⇒ dx = dh + norm1ᵀ(mixerᵀ(dh)) */
         device_copy(m->device, m->dx, m->dh, Nd * sizeof(float));
         device_zero(m->device, m->dtmp, Nd * sizeof(float));
+        offer_bf16_copy(m, ops, b->norm1_out, Nd, b->norm1_bf16);
         layer_backward(ops, &b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
+        offer_bf16_copy(m, ops, NULL, 0, NULL);
         ops->rmsnorm_backward(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
     }
     ops->embedding_backward(G(m, m->embed), m->dx, tok, N, d);

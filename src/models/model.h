@@ -22,6 +22,7 @@
  * devices. On the CPU the dev_* pointers equal the host buffers. */
 #ifndef BRAID_MODEL_H
 #define BRAID_MODEL_H
+#include <stdint.h>
 #include "../layers/layer.h"
 #include "config.h"
 
@@ -41,6 +42,9 @@ typedef struct Block {
     float *norm1_out, *rstd1;
     float *h;                /* after the mixer's residual add */
     float *norm2_out, *rstd2;
+    /* bf16 copies of norm1_out / norm2_out that the CUDA RMSNorm writes beside them for the
+     * layers' bf16 matmuls (train.matmul_precision bf16 on CUDA; else NULL) */
+    uint16_t *norm1_bf16, *norm2_bf16;
 } Block;
 
 typedef struct Model {
@@ -64,6 +68,8 @@ typedef struct Model {
     float *arena;
     size_t arena_floats;
     float *x_final, *final_norm_out, *final_rstd, *logits, *dlogits;
+    uint16_t *final_norm_bf16;   /* as the blocks' norm*_bf16: the LM head's bf16 input, or NULL */
+    int norm_copies_written;     /* the last forward wrote those copies (they are current) */
     float *dx, *dh, *dtmp;           /* (B,T,d) gradient buffers */
     float *scratch;
     size_t scratch_floats;
