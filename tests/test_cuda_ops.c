@@ -288,7 +288,8 @@ START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
 END_TEST
 
 /* The bf16 conversions matmul.cu skips (ops_cuda.h): a weight read from the parameters'
- * bf16 mirror, an input held across products. Each must give what a fresh conversion
+ * bf16 mirror, an input held across products (and below, an input's offered bf16 copy).
+ * Each must give what a fresh conversion
  * gives, and must stop once forgotten or released, when the values change under the same
  * pointers. The "parameter buffer" holds W1 and W2 at offsets that are multiples of 8 (read
  * from the mirror) and W3 three floats further (not 16-byte aligned there: converted on its
@@ -341,6 +342,33 @@ START_TEST(test_matmul_bf16_mirror_and_held_input_stay_fresh) {
     check_bf16_products("W1 and X changed after forget and release", d_x, x, d_params, params, offsets[0], N, C,
                         OC);
     check_bf16_products("W2 changed after forget", d_x, x, d_params, params, offsets[1], N, C, OC);
+
+    /* a bf16 copy offered for X (matmul_bf16_copy_cuda, as model.c offers the RMSNorms')
+     * is what the products read, held or not, and X is converted again once it is
+     * withdrawn. The copy is deliberately bf16(X + 1), to tell it from a conversion of X. */
+    float *x_plus = braid_calloc(nx, sizeof(float), "X + 1");
+    uint16_t *bits = braid_calloc(nx, sizeof(uint16_t), "bf16(X + 1)");
+    for (size_t i = 0; i < nx; i++) {
+        x_plus[i] = x[i] + 1.0f;
+        const float r = round_to_bf16(x_plus[i]);
+        uint32_t u;
+        memcpy(&u, &r, sizeof u);
+        bits[i] = (uint16_t)(u >> 16);
+    }
+    uint16_t *d_bits;
+    CUDA_CHECK(cudaMalloc((void **)&d_bits, nx * sizeof(uint16_t)));
+    CUDA_CHECK(cudaMemcpy(d_bits, bits, nx * sizeof(uint16_t), cudaMemcpyHostToDevice));
+    matmul_bf16_copy_cuda(d_x, nx, d_bits);
+    check_bf16_products("X's offered copy read", d_x, x_plus, d_params, params, offsets[0], N, C, OC);
+    matmul_hold_input_cuda(d_x, nx);
+    check_bf16_products("X's offered copy read while X is held", d_x, x_plus, d_params, params, offsets[0], N, C,
+                        OC);
+    matmul_release_input_cuda();
+    check_bf16_products("Y beside X's offered copy", d_y, y, d_params, params, offsets[1], N, C, OC);
+    matmul_bf16_copy_cuda(NULL, 0, NULL);
+    check_bf16_products("X converted once its copy is withdrawn", d_x, x, d_params, params, offsets[0], N, C, OC);
+    free(x_plus); free(bits);
+    CUDA_CHECK(cudaFree(d_bits));
 
     free(params); free(x); free(y);
     CUDA_CHECK(cudaFree(d_params)); CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_y));

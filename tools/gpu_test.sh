@@ -41,6 +41,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant matmul.cu 's/const __nv_bfloat16 \*at = mirror + (src - mirror_src);/const __nv_bfloat16 *at = mirror;/' "every mirrored weight reads the first"
     mutant matmul.cu 's/if (role == BF16_INP \&\& held_src \&\& src == held_src \&\& n == held_n)/if (role == BF16_INP \&\& held_src \&\& n == held_n)/' "any input of the held one's size reads its bf16 copy"
     mutant matmul.cu 's/extern "C" void matmul_release_input_cuda(void) {/extern "C" void matmul_release_input_cuda(void) { return;/' "held input never released"
+    mutant matmul.cu 's/    copy_src = copy ? src : NULL;/    if (!copy) return;\n    copy_src = copy ? src : NULL;/' "an offered bf16 copy is never withdrawn"
+    mutant matmul.cu 's/if (role == BF16_INP \&\& copy_src \&\& src == copy_src \&\& n == copy_n) return copy_of_src;//' "an offered bf16 copy is ignored"
     mutant rmsnorm.cu 's/dx\[c\] += r \*/dx[c] = r */' "rmsnorm dinp overwritten, not accumulated"
     mutant column_sum.cuh 's/for (int s = 0; s < slices; s++) sum +=/for (int s = 0; s < 1; s++) sum +=/' "column sums keep only the first row slice"
     mutant column_sum.cuh 's/n1 = min(N, n0 + rows_per_slice)/n1 = min(N - 1, n0 + rows_per_slice)/' "column sums drop the last row"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# gpu_bf16_test.sh — the bf16 operands written by the ops that make them (ops_cuda.h; docs/gpu.md
+# "Matmul precision"), checked on a GPU machine in one device-tool call:
+#   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
+#   2. build test_cuda_model and test_cuda_ops into build-gpu
+#   3. ctest both: test_cuda_model's bf16_operands_from_their_producers_change_no_bit trains
+#      bf16 steps with BRAID_BF16_PRODUCERS=1 and =0 and wants the same bits; test_cuda_ops
+#      checks an offered bf16 copy is read, and forgotten once withdrawn
+#   4. test_cuda_model under compute-sanitizer memcheck (skipped with NO_SANITIZERS=1)
+#   5. with --mutants: plant bugs in the producers one at a time; the model test must catch each
+# A short summary is printed last. Logs go to $OUT, else runs/gpu_bf16_test.
+#
+#   run(command="bash tools/gpu_bf16_test.sh --mutants", carry=[".deps"], timeout_s=600)
+set -uo pipefail
+mutants=0
+for a in "$@"; do
+    case "$a" in --mutants) mutants=1 ;;
+        *) echo "gpu_bf16_test.sh: unknown option $a (--mutants)" >&2; exit 2 ;; esac
+done
+
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" gpu_bf16_test   # root, out, build, jobs; .deps unpacked; set +e
+device_info
+
+status=0
+configure_and_build test_cuda_model test_cuda_ops || status=1
+if [ $status -eq 0 ]; then
+    run_step "ctest model, ops" "$out/ctest.log" \
+        ctest --test-dir "$build" -R '^test_cuda_(model|ops)$' --output-on-failure || status=1
+    cp "$build/Testing/Temporary/LastTest.log" "$out/tests.log" 2>/dev/null
+    record_ctest "test_cuda_model, test_cuda_ops" "$out/ctest.log"
+    grep -E "with and without producers" "$out/tests.log" | sed 's/^ */  /'
+    [ "${NO_SANITIZERS:-0}" = 1 ] || run_sanitizer memcheck "memcheck model" 300 "$build/tests/test_cuda_model" || status=1
+fi
+
+MUTANT_TARGET=test_cuda_model MUTANT_TIMEOUT=200
+if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
+    mutant grid.cuh 's/__floats2bfloat162_rn(r.v\[0\], r.v\[1\])/__floats2bfloat162_rn(r.v[1], r.v[0])/' \
+        "bf16 store_lanes swaps two lanes"
+    mutant ../layers/moe.c 's/dup16 + (size_t)o \* H, xg, NULL, w_up/dgate16 + (size_t)o * H, xg, NULL, w_up/' \
+        "moe: up projection reads dgate as its bf16 dout"
+    mutant ../layers/mamba.c 's/mamba_gate_backward_bf16_cuda((uint16_t \*)w.dz, w.dgated/mamba_gate_backward_bf16_cuda((uint16_t *)w.dz + 8, w.dgated/' \
+        "mamba: bf16 dz written 8 values off"
+    mutant ../layers/ffn_dense.c 's/\*dup16 = h16 + nh;/*dup16 = h16 + nh - 8;/' \
+        "dense: dup overlaps dgate's tail"
+    mutant conv1d.cu 's/else d = zero_lanes<P>();/else d = load_lanes<P>(dout + base + (size_t)t * C);/' \
+        "conv bf16 dx starts from dout, not 0"
+    mutant cross_entropy.cu 's/{ \*p = __float2bfloat16_rn(v); }/{ *p = __float2bfloat16_rz(v); }/' \
+        "cross-entropy bf16 dlogits truncated, not rounded"
+    mutant ../models/model.c 's/m->vocab, grad_scale, NULL, NULL,/m->vocab, 2 * grad_scale, NULL, NULL,/' \
+        "lm head bf16: dlogits at twice the scale"
+    mutant rmsnorm.cu 's/y16\[c\] = __float2bfloat16_rn(v);/y16[c] = __float2bfloat16_rn(x[c]);/' \
+        "rmsnorm bf16 copy of the input, not the output"
+    mutant ../models/model.c '0,/offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);/s//offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm1_bf16);/' \
+        "forward offers norm1's copy for norm2's output"
+    mutant ../layers/mamba.c 's/NULL, v.u16, W_x, BT, di, R + 2 \* N, 0);/NULL, v.u16 + 8, W_x, BT, di, R + 2 * N, 0);/' \
+        "x_proj backward reads u16 8 values off"
+    mutant mamba_glue.cu 's/store_lanes<W>(out16 + W \* i, x);/store_lanes<W>(out16 + W * i, x); if (i == 0) out16[0] = __float2bfloat16_rn(0.5f);/' \
+        "silu's bf16 copy wrong in its first value"
+    cmake --build "$build" -j"$jobs" --target test_cuda_model >>"$out/mutants.log" 2>&1   # the real one again
+fi
+
+print_summary || status=1
+exit $status
