@@ -99,7 +99,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[i\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
     mutant scan.cu 's/g\[i\] = ex2(dt \* A2\[i\]) \* (g\[i\] + dyv \* Cn\[i\]);/g[i] = ex2(dt * A2[i]) * g[i] + dyv * Cn[i];/' "scan carry pass decays one step late"
     mutant scan.cu 's/dA, dD, dA_part, dD_part, n_seg \* Bsz, channels, N);/dA, dD, dA_part, dD_part, Bsz, channels, N);/' "scan dA/dD sum misses the segments' partials"
-    mutant conv1d.cu 's/Lanes<P> d = load_lanes<P>(dx + base + (size_t)t \* C);/Lanes<P> d = zero_lanes<P>();/' "conv1d dx overwritten, not accumulated"
+    mutant conv1d.cu 's/if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx + base + (size_t)t \* C);/if constexpr (std::is_same_v<DX, float>) d = zero_lanes<P>();/' "conv1d dx overwritten, not accumulated"
     mutant conv1d.cu 's/for (int g = 0; g < CONV_WALKS; g++) sum +=/for (int g = 1; g < CONV_WALKS; g++) sum +=/' "conv1d dweight misses a walk"
     mutant conv1d.cu 's/win\[j\] = t >= 0 ? load_lanes<P>(xs + (size_t)t \* C) : zero_lanes<P>();/win[j] = zero_lanes<P>();/' "conv1d forward walk ignores the rows before it"
     mutant conv1d.cu 's/const int t = w.t0 + i - 1;/const int t = w.t0 + i;/' "conv1d backward window starts a row late"

@@ -49,7 +49,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant swiglu.cu 's/GRID_STRIDE(i, n \/ W) {/GRID_STRIDE(i, n \/ 4) {/' "swiglu kernels cover a quarter (scalar path)"
     mutant grid.cuh 's/make_float4(r.v\[0\], r.v\[1\], r.v\[2\], r.v\[3\])/make_float4(r.v[0], r.v[2], r.v[1], r.v[3])/' "float4 stores swap two lanes"
     mutant grid.cuh 's/% 16 == 0)/% 4 == 0)/' "float4 path taken on unaligned arrays"
-    mutant cross_entropy.cu 's/drow\[v\] = 0.0f;/;/' "cross_entropy ignored rows left unwritten"
+    mutant cross_entropy.cu 's/put_dlogit(drow + v, 0.0f);/;/' "cross_entropy ignored rows left unwritten"
     mutant rope.cu 's/s = direction \* cs.y;/s = cs.y;/' "rope backward rotates forward"
     mutant rope.cu 's/if (T == table_T \&\& hd == table_hd \&\& base == table_base)/if (T == table_T \&\& base == table_base)/' "rope table kept for a new head size"
     mutant rope.cu 's/if (T == table_T \&\& hd == table_hd \&\& base == table_base)/if (T == table_T \&\& hd == table_hd)/' "rope table kept for a new base"
