@@ -451,6 +451,8 @@ static void norm_forward(Model *m, const StepOps *ops, float *out, uint16_t *cop
         rmsnorm_forward_bf16_copy_cuda(out, copy, rstd, inp, weight, N, m->d, m->cfg.model.norm_eps, 0);
         return;
     }
+#else
+    (void)copy;
 #endif
     ops->rmsnorm_forward(out, rstd, inp, weight, N, m->d, m->cfg.model.norm_eps);
 }
