@@ -381,16 +381,21 @@ struct BiasGradTerm {
     __device__ void operator()(int n, int o, float (&acc)[1]) const { acc[0] += dout[(size_t)n * OC + o]; }
 };
 
-extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *weight,
-                                    const float *bias, int N, int C, int OC, int accumulate,
-                                    cudaStream_t stream) {
+/* The forward product; inp_bf16, where given (bf16 only), is read instead of converting inp. */
+static void forward_product(float *out, const float *inp, const void *inp_bf16, const float *weight, int N, int C,
+                            int OC, int accumulate, int bf16, cudaStream_t stream) {
     cublasHandle_t handle = matmul_handle(stream);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     /* outᵀ[OC,N] = (Wᵀ as stored: C×OC, ld C)ᵀ · (inpᵀ: C×N, ld C) */
-    const int bf16 = bf16_pays(N, C, OC);
     const void *W = operand(bf16, BF16_WEIGHT, weight, (size_t)OC * C, stream);
-    const void *X = operand(bf16, BF16_INP, inp, (size_t)N * C, stream);
+    const void *X = inp_bf16 ? inp_bf16 : operand(bf16, BF16_INP, inp, (size_t)N * C, stream);
     gemm("forward", bf16, handle, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, X, C, &beta, out, OC);
+}
+
+extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *weight,
+                                    const float *bias, int N, int C, int OC, int accumulate,
+                                    cudaStream_t stream) {
+    forward_product(out, inp, NULL, weight, N, C, OC, accumulate, bf16_pays(N, C, OC), stream);
     if (bias) {
         const size_t n = (size_t)N * OC;
         LAUNCH_ELEMENTWISE(add_bias_kernel, n, stream, OC % 4 == 0 && aligned16(n, out), out, bias, N, OC);
@@ -442,10 +447,7 @@ static void require_bf16_operands(const char *who, int N, int C, int OC) {
 extern "C" void matmul_forward_bf16_input_cuda(float *out, const uint16_t *inp, const float *weight, int N, int C,
                                                int OC, int accumulate, cudaStream_t stream) {
     require_bf16_operands("matmul_forward_bf16_input_cuda", N, C, OC);
-    cublasHandle_t handle = matmul_handle(stream);
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    const void *W = operand(1, BF16_WEIGHT, weight, (size_t)OC * C, stream);
-    gemm("forward", 1, handle, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, W, C, inp, C, &beta, out, OC);
+    forward_product(out, NULL, inp, weight, N, C, OC, accumulate, 1, stream);
 }
 
 extern "C" void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, const float *dout,

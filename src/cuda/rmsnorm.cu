@@ -28,16 +28,12 @@ __global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *
     ss = warp_sum(ss);
     const float r = 1.0f / sqrtf(ss / C + eps);
     if (rstd && lane == 0) rstd[n] = r;
-    if (out16) {
-        __nv_bfloat16 *y16 = out16 + (size_t)n * C;
-        for (int c = lane; c < C; c += 32) {
-            const float v = x[c] * r * weight[c];
-            y[c] = v;
-            y16[c] = __float2bfloat16_rn(v);
-        }
-        return;
+    __nv_bfloat16 *y16 = out16 ? out16 + (size_t)n * C : NULL;
+    for (int c = lane; c < C; c += 32) {
+        const float v = x[c] * r * weight[c];
+        y[c] = v;
+        if (y16) y16[c] = __float2bfloat16_rn(v);
     }
-    for (int c = lane; c < C; c += 32) y[c] = x[c] * r * weight[c];
 }
 
 __global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
