@@ -23,8 +23,10 @@
  *        converted once for all the products that read it; an operand that the op which
  *        produces it wrote as bf16 itself (SwiGLU's output and gradients, the Mamba gate's
  *        output and dz, the conv's dx1, the cross-entropy's dlogits:
- *        matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda)
- *        is not converted at all; the rest at each call.
+ *        matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda), or whose
+ *        bf16 copy it wrote beside the float32 values and offered (the RMSNorms' outputs:
+ *        matmul_bf16_copy_cuda; Mamba's u is passed as an operand), is not converted at all;
+ *        the rest at each call.
  *        The float32 values stay the layers' saved activations and the master weights;
  *        gradients, AdamW and every non-matmul op stay float32 (the mirror adds 2 bytes a
  *        parameter); the conversions left are measured in docs/performance.md.
