@@ -224,7 +224,7 @@ END_TEST
  * the conv's dx1 and the cross-entropy's dlogits write them as bf16; the RMSNorms and the
  * Mamba silu write bf16 copies beside their float32 outputs) are the bits the matmuls' own
  * conversions make: the same training steps in bf16
- * with BRAID_BF16_PRODUCERS=1 and =0 give the same bits, losses, gradient norms and
+ * with the producers on and off (matmul_set_bf16_producers_cuda) give the same bits, losses, gradient norms and
  * parameters — and the first makes fewer conversions, so its path was taken. The hybrid
  * with dense and MoE blocks, sized so that their products multiply in bf16. */
 START_TEST(bf16_operands_from_their_producers_change_no_bit) {
@@ -240,14 +240,14 @@ START_TEST(bf16_operands_from_their_producers_change_no_bit) {
     for (int step = 0; step < c.train.steps; step++) {
         StepStats sa, sb;
         size_t before = matmul_bf16_conversions_cuda();
-        setenv("BRAID_BF16_PRODUCERS", "1", 1);
+        matmul_set_bf16_producers_cuda(1);
         ck_assert_msg(trainer_step(&a, &sa, &err) == 0, "%s", err.message);
         conversions[0] += matmul_bf16_conversions_cuda() - before;
         before = matmul_bf16_conversions_cuda();
-        setenv("BRAID_BF16_PRODUCERS", "0", 1);
+        matmul_set_bf16_producers_cuda(0);
         ck_assert_msg(trainer_step(&b, &sb, &err) == 0, "%s", err.message);
         conversions[1] += matmul_bf16_conversions_cuda() - before;
-        unsetenv("BRAID_BF16_PRODUCERS");
+        matmul_set_bf16_producers_cuda(-1);
         ck_assert_msg(sa.loss == sb.loss && sa.grad_norm == sb.grad_norm,
                       "%s: step %d loss %.9g / %.9g, grad norm %.9g / %.9g with / without bf16 producers", s->name,
                       step, sa.loss, sb.loss, sa.grad_norm, sb.grad_norm);

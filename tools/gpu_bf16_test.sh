@@ -4,7 +4,7 @@
 #   1. unpack libyaml and Check from .deps (tools/gpu_deps.sh; the call must carry .deps)
 #   2. build test_cuda_model and test_cuda_ops into build-gpu
 #   3. ctest both: test_cuda_model's bf16_operands_from_their_producers_change_no_bit trains
-#      bf16 steps with BRAID_BF16_PRODUCERS=1 and =0 and wants the same bits; test_cuda_ops
+#      bf16 steps with the producers on and off and wants the same bits; test_cuda_ops
 #      checks an offered bf16 copy is read, and forgotten once withdrawn
 #   4. test_cuda_model under compute-sanitizer memcheck (skipped with NO_SANITIZERS=1)
 #   5. with --mutants: plant bugs in the producers one at a time; the model test must catch each

@@ -434,9 +434,20 @@ extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, 
 
 /* ---- bf16 operands written by their producers (ops_cuda.h) ---- */
 
+/* Whether producers write bf16 operands: read from BRAID_BF16_PRODUCERS once, not at each
+ * call, because a layer's backward asks again what its forward did and must get the same
+ * answer (a forward that saved a bf16 copy and a backward that then reads float32 would
+ * read what was never written); −1: not read yet. */
+static int bf16_producers = -1;
+
+extern "C" void matmul_set_bf16_producers_cuda(int on) { bf16_producers = on < 0 ? -1 : on != 0; }
+
 extern "C" int matmul_bf16_operands_cuda(int N, int C, int OC) {
-    const char *env = getenv("BRAID_BF16_PRODUCERS");
-    return bf16_pays(N, C, OC) && !(env && strcmp(env, "0") == 0);
+    if (bf16_producers < 0) {
+        const char *env = getenv("BRAID_BF16_PRODUCERS");
+        bf16_producers = !(env && strcmp(env, "0") == 0);
+    }
+    return bf16_pays(N, C, OC) && bf16_producers;
 }
 
 static void require_bf16_operands(const char *who, int N, int C, int OC) {

@@ -67,8 +67,11 @@ void matmul_release_input_cuda(void);
  * the matmul's own conversion would give, so no product changes) instead of float32 that
  * the matmul then reads and converts: for a [N,H] activation that saves 10 of its 12 bytes
  * an element of memory traffic and a launch. It is false for precision fp32 and tf32, for
- * the shapes bf16 leaves to TF32, and when the environment has BRAID_BF16_PRODUCERS=0 (read
- * at each call; A/B timings and test_cuda_model's bit-identity check).
+ * the shapes bf16 leaves to TF32, and when the environment has BRAID_BF16_PRODUCERS=0 (A/B
+ * timings), read once: a layer's backward asks again what its forward decided.
+ * matmul_set_bf16_producers_cuda(on): 1 / 0 turns the producers on / off, −1 goes back to
+ * the environment's choice; between training steps only, never between a forward and its
+ * backward (test_cuda_model's bit-identity check).
  * matmul_forward_bf16_input_cuda: matmul_forward_cuda with a bf16 input, no bias.
  * matmul_backward_bf16_operands_cuda: matmul_backward_cuda without dbias, reading dout_bf16
  * / inp_bf16 where they are not NULL instead of converting dout / inp (which may then be
@@ -76,6 +79,7 @@ void matmul_release_input_cuda(void);
  * matmul_bf16_conversions_cuda: float-to-bf16 conversions made so far (the test's proof that
  * the producers' path was taken). */
 int matmul_bf16_operands_cuda(int N, int C, int OC);
+void matmul_set_bf16_producers_cuda(int on);
 void matmul_forward_bf16_input_cuda(float *out, const uint16_t *inp, const float *weight, int N, int C, int OC,
                                     int accumulate, cudaStream_t stream);
 void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, const float *dout, const uint16_t *dout_bf16,
