@@ -299,6 +299,53 @@ START_TEST(test_scan_backward_accumulates_like_cpu) {
 }
 END_TEST
 
+/* selective_scan_backward_write_cuda writes du and dδ: from a poisoned start they must equal
+ * the CPU's accumulated from zero (every element written, none read), while dA, dB, dC, dD
+ * still accumulate onto their random start. Every shape, with the segment settings. */
+START_TEST(test_scan_backward_write_overwrites_du_and_ddelta) {
+    for (size_t i = 0; i < N_SCAN_SHAPES * N_SEGMENT_SETTINGS; i++) {
+        const char *segments = segment_settings[i % N_SEGMENT_SETTINGS];
+        set_segments(segments);
+        ScanData s = scan_data(scan_shapes[i / N_SEGMENT_SETTINGS]);
+        char shape[128];
+        scan_shape_name(shape, sizeof shape, s.m);
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " segments=%s", segments ? segments : "auto");
+        ScanGrads g = scan_grads_random(&s);
+        ScanGrads d = scan_grads_to_device(&s, &g);
+        memset(g.du, 0, s.n_seq * sizeof(float));
+        memset(g.ddelta, 0, s.n_seq * sizeof(float));
+        CUDA_CHECK(cudaFree(d.du));
+        CUDA_CHECK(cudaFree(d.ddelta));
+        d.du = cuda_test_device_poisoned(s.n_seq);
+        d.ddelta = cuda_test_device_poisoned(s.n_seq);
+        float *states = cpu_forward_backward(&s, &g);
+        float *d_states = cuda_test_device_copy(states, s.n_states);
+        const ScanShape m = s.m;
+        const size_t scratch_floats = selective_scan_backward_cuda_scratch_floats(m.Bsz, m.T, m.channels, m.N);
+        float *d_scratch = cuda_test_device_poisoned(scratch_floats);
+        selective_scan_backward_write_cuda(d.du, d.ddelta, d.dA, d.dB, d.dC, m.use_D ? d.dD : NULL, s.d_dy, s.d_u,
+                                           s.d_delta, s.d_A, s.d_B, s.d_C, m.use_D ? s.d_D : NULL, d_states, m.Bsz,
+                                           m.T, m.channels, m.N, m.chunk, d_scratch, scratch_floats, stream);
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        cuda_test_check_device_close("selective_scan_backward_write du", shape, d.du, g.du, s.n_seq, BACKWARD_TOL);
+        cuda_test_check_device_close("selective_scan_backward_write ddelta", shape, d.ddelta, g.ddelta, s.n_seq,
+                                     BACKWARD_TOL);
+        cuda_test_check_device_close("selective_scan_backward_write dA", shape, d.dA, g.dA, s.n_A, BACKWARD_TOL);
+        cuda_test_check_device_close("selective_scan_backward_write dB", shape, d.dB, g.dB, s.n_bc, BACKWARD_TOL);
+        cuda_test_check_device_close("selective_scan_backward_write dC", shape, d.dC, g.dC, s.n_bc, BACKWARD_TOL);
+        cuda_test_check_device_close("selective_scan_backward_write dD", shape, d.dD, g.dD, s.m.channels,
+                                     BACKWARD_TOL);
+        free(states);
+        CUDA_CHECK(cudaFree(d_states));
+        CUDA_CHECK(cudaFree(d_scratch));
+        scan_grads_free(&g, 0);
+        scan_grads_free(&d, 1);
+        scan_data_free(&s);
+    }
+    set_segments(NULL);
+}
+END_TEST
+
 /* NULL gradients are skipped and the others still come out right (only dδ and dB asked
  * for), and two runs from the same start give the same bits (fixed-order sums, no atomics). */
 START_TEST(test_scan_backward_skips_null_gradients_and_is_deterministic) {
@@ -378,6 +425,21 @@ static void bench_backward(const BenchArgs *a) {
                                  a->chunk, a->scratch, a->scratch_floats, stream);
 }
 
+/* The Mamba layer's backward before and after selective_scan_backward_write_cuda: du and dδ
+ * zeroed, then accumulated into; or written. */
+static void bench_backward_zeroed(const BenchArgs *a) {
+    const size_t btc = (size_t)a->Bsz * a->T * a->channels;
+    CUDA_CHECK(cudaMemsetAsync(a->du, 0, btc * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(a->ddelta, 0, btc * sizeof(float), stream));
+    bench_backward(a);
+}
+
+static void bench_backward_write(const BenchArgs *a) {
+    selective_scan_backward_write_cuda(a->du, a->ddelta, a->dA, a->dB, a->dC, a->dD, a->dy, a->u, a->delta,
+                                       a->A, a->B, a->C, a->D, a->states, a->Bsz, a->T, a->channels, a->N,
+                                       a->chunk, a->scratch, a->scratch_floats, stream);
+}
+
 /* Median of BENCH_REPEATS timed calls after 3 untimed ones, in milliseconds. */
 static void time_it(const char *name, void (*fn)(const BenchArgs *), const BenchArgs *a, double floor_bytes) {
     cudaEvent_t start, stop;
@@ -445,6 +507,9 @@ static int run_bench(int Bsz, int T, int channels, int N, int chunk) {
            a.Bsz, a.T, a.channels, a.N, a.chunk, a.scratch_floats * f / 1e6);
     time_it("selective_scan_fwd", bench_forward, &a, fwd);
     time_it("selective_scan_bwd", bench_backward, &a, bwd);
+    /* (du, dδ zeroed: written once more; written by the scan: not read) */
+    time_it("selective_scan_bwd_zeroed", bench_backward_zeroed, &a, bwd + f * 2.0 * btc);
+    time_it("selective_scan_bwd_write", bench_backward_write, &a, bwd - f * 2.0 * btc);
     float *all[] = {a.y, a.states, a.u, a.delta, a.A, a.B, a.C, a.D, a.dy, a.du, a.ddelta, a.dA, a.dB, a.dC, a.dD, a.scratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CUDA_CHECK(cudaFree(all[i]));
     return EXIT_SUCCESS;
@@ -460,6 +525,7 @@ static Suite *cuda_scan_suite(void) {
     tcase_add_test(tc, test_conv1d_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_scan_forward_matches_cpu);
     tcase_add_test(tc, test_scan_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_scan_backward_write_overwrites_du_and_ddelta);
     tcase_add_test(tc, test_scan_backward_skips_null_gradients_and_is_deterministic);
     suite_add_tcase(s, tc);
     return s;

@@ -89,7 +89,11 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
         "scan forward y partial misses its pair's sum"
     mutant scan.cu 's/const bool save_at_tiles = chunk % L == 0;/const bool save_at_tiles = chunk % 8 == 0;/' \
         "scan forward saves chunk states only at tile starts, chunks not tile-aligned"
-    mutant scan.cu 's/if (du) du\[at\] += du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
+    mutant scan.cu 's/if (du) du\[at\] = overwrite ? du_t\[i\] : du\[at\] + du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
+    mutant scan.cu 's/if (du) \*(float4 \*)(du + at) = \*(const float4 \*)(du_t + s \* CB + jj);/if (du) add4(du + at, du_t + s * CB + jj);/' \
+        "scan write variant accumulates du onto what was there"
+    mutant scan.cu 's/if (ddelta) ddelta\[at\] = overwrite ? ddt_t\[i\] : ddelta\[at\] + ddt_t\[i\];/if (ddelta \&\& !overwrite) ddelta[at] += ddt_t[i];/' \
+        "scan write variant leaves ddelta unwritten (4-byte path)"
     mutant scan.cu 's/    d.x += a.x;/    d.x = a.x;/' "scan float4 du/ddelta overwritten, not accumulated"
     mutant scan.cu 's/if (s < len \&\& col0 + j < cols) cp_async16/if (s < len \&\& col0 + j + 4 < cols) cp_async16/' "scan 16-byte staging drops a row's last piece"
     mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"

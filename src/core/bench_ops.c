@@ -487,12 +487,13 @@ static void scan_fwd(void *a) {
     selective_scan_forward_cuda(r->y, r->states, r->u, r->delta, r->A, r->Bm, r->Cm, r->D, r->B,
                                 r->T, r->di, r->N, r->chunk, 0);
 }
-/* Reads the chunk states of the last forward (the fwd timing before it leaves them). */
+/* Reads the chunk states of the last forward (the fwd timing before it leaves them). The
+ * variant the Mamba layer calls: du and dδ written, not accumulated. */
 static void scan_bwd(void *a) {
     ScanRun *r = a;
-    selective_scan_backward_cuda(r->du, r->ddelta, r->dA, r->dB, r->dC, r->dD, r->dy, r->u,
-                                 r->delta, r->A, r->Bm, r->Cm, r->D, r->states, r->B, r->T, r->di,
-                                 r->N, r->chunk, r->scratch, r->scratch_floats, 0);
+    selective_scan_backward_write_cuda(r->du, r->ddelta, r->dA, r->dB, r->dC, r->dD, r->dy, r->u,
+                                       r->delta, r->A, r->Bm, r->Cm, r->D, r->states, r->B, r->T, r->di,
+                                       r->N, r->chunk, r->scratch, r->scratch_floats, 0);
 }
 static void scan_both(void *a) { scan_fwd(a); scan_bwd(a); }
 

@@ -45,7 +45,7 @@ void selective_scan_forward_cuda(float *y, float *chunk_states, const float *u, 
                                  const float *A, const float *B, const float *C, const float *D,
                                  int Bsz, int T, int channels, int N, int chunk, cudaStream_t stream);
 
-/* Floats of device scratch selective_scan_backward_cuda needs. */
+/* Floats of device scratch selective_scan_backward_cuda (and _write_cuda) needs. */
 size_t selective_scan_backward_cuda_scratch_floats(int Bsz, int T, int channels, int N);
 
 /* The gradients of mamba_cpu.h's selective_scan_backward, recomputing each chunk's states
@@ -56,6 +56,16 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
                                   const float *chunk_states, int Bsz, int T, int channels, int N,
                                   int chunk, float *scratch, size_t scratch_floats,
                                   cudaStream_t stream);
+/* The same, but du and ddelta are WRITTEN (every element, neither read nor needing zeroing
+ * first); dA, dB, dC, dD still accumulate. The Mamba layer's du and dδ start from the
+ * scan's, and zeroing them first and reading them back in the kernel cost ~10% of the
+ * backward (docs/performance.md, "The scan's backward, part by part"). */
+void selective_scan_backward_write_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC,
+                                        float *dD, const float *dy, const float *u, const float *delta,
+                                        const float *A, const float *B, const float *C, const float *D,
+                                        const float *chunk_states, int Bsz, int T, int channels, int N,
+                                        int chunk, float *scratch, size_t scratch_floats,
+                                        cudaStream_t stream);
 
 /* ---- the layer's elementwise glue (mamba_glue.cu), the loops of layers/mamba.c ----
  * n elements each; the same formulas as core/ops.h's silu_f/softplus_f (expf, log1pf,

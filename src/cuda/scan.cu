@@ -364,7 +364,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                                float *dA_part, float *dD_part, const float *dy, const float *u,
                                const float *delta, const float *A, const float *B, const float *C,
                                const float *D, const float *chunk_states, const float *carry_in,
-                               int Bsz, int T, int channels, int N, int chunk, int seg_len) {
+                               int Bsz, int T, int channels, int N, int chunk, int seg_len, int overwrite) {
     using S = ScanBackwardSmem<NP>;
     constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L, V = 2 * SCAN_NPT;
     extern __shared__ __align__(16) float scan_smem[];
@@ -593,8 +593,13 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     const int s = i / (CB / 4), jj = 4 * (i % (CB / 4));
                     if (c0 + jj >= channels) continue;
                     const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
-                    if (du) add4(du + at, du_t + s * CB + jj);
-                    if (ddelta) add4(ddelta + at, ddt_t + s * CB + jj);
+                    if (overwrite) {   /* one block writes each element: nothing to read */
+                        if (du) *(float4 *)(du + at) = *(const float4 *)(du_t + s * CB + jj);
+                        if (ddelta) *(float4 *)(ddelta + at) = *(const float4 *)(ddt_t + s * CB + jj);
+                    } else {
+                        if (du) add4(du + at, du_t + s * CB + jj);
+                        if (ddelta) add4(ddelta + at, ddt_t + s * CB + jj);
+                    }
                 }
                 /* the block's Σ over its channels, warps in order */
                 for (int i = tid; i < len * (N / 4); i += SCAN_THREADS) {
@@ -616,8 +621,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     const int s = i / CB, jj = i % CB;
                     if (c0 + jj >= channels) continue;
                     const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
-                    if (du) du[at] += du_t[i];
-                    if (ddelta) ddelta[at] += ddt_t[i];
+                    if (du) du[at] = overwrite ? du_t[i] : du[at] + du_t[i];
+                    if (ddelta) ddelta[at] = overwrite ? ddt_t[i] : ddelta[at] + ddt_t[i];
                 }
                 for (int i = tid; i < len * N; i += SCAN_THREADS) {
                     const int s = i / N, m = i % N;
@@ -921,7 +926,7 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
                             const float *dy, const float *u, const float *delta,
                             const float *A, const float *B, const float *C, const float *D,
                             const float *chunk_states, int Bsz, int T, int channels, int N, int chunk,
-                            cudaStream_t stream) {
+                            int overwrite, cudaStream_t stream) {
     const size_t smem_bytes = ScanBackwardSmem<NP>::total * sizeof(float);
     /* above 48 KiB a kernel must opt in to the larger shared memory */
     CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel<NP, VEC>,
@@ -948,17 +953,15 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
     selective_scan_backward_kernel<NP, VEC>
         <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)n_seg), SCAN_THREADS, smem_bytes, stream>>>(
             du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, carry,
-            Bsz, T, channels, N, chunk, seg_len);
+            Bsz, T, channels, N, chunk, seg_len, overwrite);
     CUDA_CHECK_LAUNCH();
 }
 
-extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB,
-                                             float *dC, float *dD, const float *dy, const float *u,
-                                             const float *delta, const float *A, const float *B,
-                                             const float *C, const float *D,
-                                             const float *chunk_states, int Bsz, int T,
-                                             int channels, int N, int chunk, float *scratch,
-                                             size_t scratch_floats, cudaStream_t stream) {
+/* overwrite: du and dδ written, not accumulated (selective_scan_backward_write_cuda) */
+static void scan_backward(float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, const float *dy,
+                          const float *u, const float *delta, const float *A, const float *B, const float *C,
+                          const float *D, const float *chunk_states, int Bsz, int T, int channels, int N,
+                          int chunk, float *scratch, size_t scratch_floats, int overwrite, cudaStream_t stream) {
     check_scan_shape(N, chunk, "selective_scan_backward_cuda");
     if (Bsz == 0 || T == 0 || channels == 0) return;
     const size_t need = selective_scan_backward_cuda_scratch_floats(Bsz, T, channels, N);
@@ -977,9 +980,9 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
     int n_seg = 1;
 #define SCAN_BACKWARD(NP)                                                                            \
     (vec ? launch_backward<NP, true>(du, ddelta, dB_part, dC_part, dA_part, dD_part, carry, dt_sum, &n_seg, \
-                                     dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream) \
+                                     dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, overwrite, stream) \
          : launch_backward<NP, false>(du, ddelta, dB_part, dC_part, dA_part, dD_part, carry, dt_sum, &n_seg, \
-                                      dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, stream))
+                                      dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, overwrite, stream))
     switch (padded_state(N)) {
     case 4: SCAN_BACKWARD(4); break;
     case 8: SCAN_BACKWARD(8); break;
@@ -997,4 +1000,24 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
             dA, dD, dA_part, dD_part, n_seg * Bsz, channels, N);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD,
+                                             const float *dy, const float *u, const float *delta, const float *A,
+                                             const float *B, const float *C, const float *D,
+                                             const float *chunk_states, int Bsz, int T, int channels, int N,
+                                             int chunk, float *scratch, size_t scratch_floats,
+                                             cudaStream_t stream) {
+    scan_backward(du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk,
+                  scratch, scratch_floats, 0, stream);
+}
+
+extern "C" void selective_scan_backward_write_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC,
+                                                   float *dD, const float *dy, const float *u, const float *delta,
+                                                   const float *A, const float *B, const float *C, const float *D,
+                                                   const float *chunk_states, int Bsz, int T, int channels, int N,
+                                                   int chunk, float *scratch, size_t scratch_floats,
+                                                   cudaStream_t stream) {
+    scan_backward(du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk,
+                  scratch, scratch_floats, 1, stream);
 }

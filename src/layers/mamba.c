@@ -447,18 +447,16 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     }
     /* (dz's in_proj product waits for dx1's at the end, so that x is converted once) */
 
-    /* the scan accumulates into all six: its outputs start at zero here, except dD, which
-     * goes straight into the gradient; dA comes back summed over the batch and goes
-     * through dA_log elementwise */
+    /* the scan writes du and dδ and accumulates the other four: they start at zero here,
+     * except dD, which goes straight into the gradient; dA comes back summed over the
+     * batch and goes through dA_log elementwise */
     mamba_neg_exp_cuda(w.A, P[P_A_LOG], (size_t)di * N, 0);
-    CUDA_ZERO(w.du, n_inner);
-    CUDA_ZERO(w.ddelta, n_inner);
     CUDA_ZERO(w.dA, (size_t)di * N);
     CUDA_ZERO(w.dBm, (size_t)BT * N);
     CUDA_ZERO(w.dCm, (size_t)BT * N);
-    selective_scan_backward_cuda(w.du, w.ddelta, w.dA, w.dBm, w.dCm, G[P_D], w.dgated, v.u, v.delta,
-                                 w.A, v.Bm, v.Cm, P[P_D], v.chunk_states, B, T, di, N, s.chunk,
-                                 w.scan, w.scan_floats, 0);
+    selective_scan_backward_write_cuda(w.du, w.ddelta, w.dA, w.dBm, w.dCm, G[P_D], w.dgated, v.u, v.delta,
+                                       w.A, v.Bm, v.Cm, P[P_D], v.chunk_states, B, T, di, N, s.chunk,
+                                       w.scan, w.scan_floats, 0);
     mamba_dA_log_accumulate_cuda(G[P_A_LOG], w.dA, w.A, (size_t)di * N, 0);
 
     /* δ = softplus(a): da = dδ ⊙ (1 − exp(−δ)), in place */
