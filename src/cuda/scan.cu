@@ -43,6 +43,9 @@
  * that occupancy is worth more than the longer walks (at 32 steps: 2 blocks, 1.4× slower).
  * The next sub-tile's inputs are loaded into registers while this one computes (N ≥ 16,
  * where they fit in the 128 registers that four blocks leave a thread).
+ * du and dδ go out at the end of each sub-tile, added into the caller's (the op contract)
+ * or written over them (selective_scan_backward_write_cuda, the Mamba layer's call: one
+ * block owns each element, so nothing needs zeroing first or reading back).
  * dB_t, dC_t are sums over all channels: each step a warp adds its channels' 8 values per
  * thread (dB and dC for 4 n) with a butterfly reduce-scatter (7 shuffles where plain xor
  * sums would take 24), the block adds its warps in order after the sub-tile, and each
