@@ -152,6 +152,43 @@ START_TEST(test_matmul_backward_accumulates_like_cpu) {
 }
 END_TEST
 
+/* The write_dinp variants (ops_cuda.h) write dinp instead of adding into it: from a poisoned
+ * start it must equal the CPU's from zero, while dweight still accumulates onto a random
+ * start. Every matmul shape in float32; the bf16-operands one at a shape bf16 multiplies,
+ * within bf16's rounding. */
+START_TEST(test_matmul_backward_write_dinp_overwrites) {
+    for (size_t s = 0; s <= N_MATMUL_SHAPES; s++) {
+        const int bf16 = s == N_MATMUL_SHAPES;
+        const MatmulShape m = bf16 ? (MatmulShape){512, 384, 256, 0, 0} : matmul_shapes[s];
+        char shape[128];
+        snprintf(shape, sizeof shape, "%s N=%d C=%d OC=%d", bf16 ? "bf16 operands" : "fp32", m.N, m.C, m.OC);
+        const size_t n_inp = (size_t)m.N * m.C, n_w = (size_t)m.OC * m.C, n_out = (size_t)m.N * m.OC;
+        float *inp = cuda_test_host_normal(&rng, n_inp, 1.0f), *weight = cuda_test_host_normal(&rng, n_w, 0.5f);
+        float *dout = cuda_test_host_normal(&rng, n_out, 1.0f);
+        float *dinp = braid_calloc(n_inp, sizeof(float), "dinp"), *dweight = cuda_test_host_normal(&rng, n_w, 1.0f);
+        float *d_inp = cuda_test_device_copy(inp, n_inp), *d_weight = cuda_test_device_copy(weight, n_w);
+        float *d_dout = cuda_test_device_copy(dout, n_out), *d_dinp = cuda_test_device_poisoned(n_inp);
+        float *d_dweight = cuda_test_device_copy(dweight, n_w);
+        matmul_backward(dinp, dweight, NULL, dout, inp, weight, m.N, m.C, m.OC);
+        if (bf16) {
+            ck_assert_int_eq(matmul_set_precision_cuda("bf16"), 0);
+            ck_assert_msg(matmul_bf16_operands_cuda(m.N, m.C, m.OC), "%s: not a bf16 shape", shape);
+            matmul_backward_bf16_operands_write_dinp_cuda(d_dinp, d_dweight, d_dout, NULL, d_inp, NULL, d_weight,
+                                                          m.N, m.C, m.OC, stream);
+            ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
+        } else {
+            matmul_backward_write_dinp_cuda(d_dinp, d_dweight, d_dout, d_inp, d_weight, m.N, m.C, m.OC, stream);
+        }
+        const double tol = bf16 ? 2e-2 : MATMUL_TOL;
+        cuda_test_check_device_close("matmul_backward_write_dinp dinp", shape, d_dinp, dinp, n_inp, tol);
+        cuda_test_check_device_close("matmul_backward_write_dinp dweight", shape, d_dweight, dweight, n_w, tol);
+        free(inp); free(weight); free(dout); free(dinp); free(dweight);
+        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
+        CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight));
+    }
+}
+END_TEST
+
 /* train.matmul_precision tf32 rounds the inputs to 10 mantissa bits (unit roundoff 2^-11)
  * and accumulates in float32, so against the CPU's float32 the products keep a few times
  * u·sqrt(C) of max|out| (observed on an H100: 2.8e-4); bf16 (7 bits, u = 2^-8) about 8×
@@ -1005,6 +1042,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_comparison_flags_unwritten_and_wrong_elements);
     tcase_add_test(tc, test_matmul_forward_matches_cpu);
     tcase_add_test(tc, test_matmul_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_matmul_backward_write_dinp_overwrites);
     tcase_add_test(tc, test_embedding_forward_matches_cpu);
     tcase_add_test(tc, test_embedding_backward_accumulates_repeated_tokens);
     tcase_add_test(tc, test_embedding_backward_is_deterministic);

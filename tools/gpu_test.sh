@@ -37,6 +37,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant matmul.cu 's/operand(bf16, BF16_DOUT, dout/operand(bf16, BF16_INP, dout/' "bf16 dout and inp share one buffer"
     mutant matmul.cu 's/N % 8 == 0 \&\& C % 8 == 0/C % 8 == 0/' "bf16 on a row count cuBLAS runs slowly"
     mutant matmul.cu 's/__floats2bfloat162_rn(a.x, a.y)/__floats2bfloat162_rn(a.y, a.x)/' "bf16 8-wide conversion swaps a pair"
+    mutant matmul.cu 's/dinp_written ? \&zero : \&one/\&one/' "matmul write_dinp adds into dinp"
+    mutant matmul.cu 's/weight, N, C, OC, 1, 1, stream);/weight, N, C, OC, 1, 0, stream);/' "matmul bf16 write_dinp adds into dinp"
     mutant matmul.cu 's/extern "C" void matmul_forget_weights_cuda(void) { mirror_src = NULL; }/extern "C" void matmul_forget_weights_cuda(void) { }/' "bf16 weight mirror never forgotten"
     mutant matmul.cu 's/const __nv_bfloat16 \*at = mirror + (src - mirror_src);/const __nv_bfloat16 *at = mirror;/' "every mirrored weight reads the first"
     mutant matmul.cu 's/if (role == BF16_INP \&\& held_src \&\& src == held_src \&\& n == held_n)/if (role == BF16_INP \&\& held_src \&\& n == held_n)/' "any input of the held one's size reads its bf16 copy"

@@ -408,15 +408,16 @@ extern "C" void matmul_forward_cuda(float *out, const float *inp, const float *w
  * instead of converting dout / inp. */
 static void backward_products(float *dinp, float *dweight, const float *dout, const void *dout_bf16,
                               const float *inp, const void *inp_bf16, const float *weight, int N, int C, int OC,
-                              int bf16, cudaStream_t stream) {
+                              int bf16, int dinp_written, cudaStream_t stream) {
     cublasHandle_t handle = matmul_handle(stream);
-    const float one = 1.0f;
+    const float one = 1.0f, zero = 0.0f;
     const void *dY = !(dinp || dweight) ? NULL
                      : dout_bf16         ? dout_bf16
                                          : operand(bf16, BF16_DOUT, dout, (size_t)N * OC, stream);
-    if (dinp) /* dinpᵀ[C,N] += (Wᵀ: C×OC, ld C) · (doutᵀ: OC×N, ld OC) */
+    if (dinp) /* dinpᵀ[C,N] += (or =, dinp_written: β = 0, dinp not read) (Wᵀ: C×OC, ld C) · (doutᵀ: OC×N, ld OC) */
         gemm("backward dinp", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one,
-             operand(bf16, BF16_WEIGHT, weight, (size_t)OC * C, stream), C, dY, OC, &one, dinp, C);
+             operand(bf16, BF16_WEIGHT, weight, (size_t)OC * C, stream), C, dY, OC, dinp_written ? &zero : &one,
+             dinp, C);
     if (dweight) /* dWᵀ[C,OC] += (inpᵀ: C×N, ld C) · (doutᵀ: OC×N, ld OC)ᵀ */
         gemm("backward dweight", bf16, handle, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one,
              inp_bf16 ? inp_bf16 : operand(bf16, BF16_INP, inp, (size_t)N * C, stream), C, dY, OC, &one,
@@ -426,7 +427,7 @@ static void backward_products(float *dinp, float *dweight, const float *dout, co
 extern "C" void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, const float *dout,
                                      const float *inp, const float *weight, int N, int C, int OC,
                                      cudaStream_t stream) {
-    backward_products(dinp, dweight, dout, NULL, inp, NULL, weight, N, C, OC, bf16_pays(N, C, OC), stream);
+    backward_products(dinp, dweight, dout, NULL, inp, NULL, weight, N, C, OC, bf16_pays(N, C, OC), 0, stream);
     if (dbias) {
         column_sums<1>(BiasGradTerm{dout, OC}, ColumnAccumulate{dbias}, N, OC, stream);
     }
@@ -468,7 +469,22 @@ extern "C" void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, 
                                                    const uint16_t *inp_bf16, const float *weight, int N, int C,
                                                    int OC, cudaStream_t stream) {
     require_bf16_operands("matmul_backward_bf16_operands_cuda", N, C, OC);
-    backward_products(dinp, dweight, dout, dout_bf16, inp, inp_bf16, weight, N, C, OC, 1, stream);
+    backward_products(dinp, dweight, dout, dout_bf16, inp, inp_bf16, weight, N, C, OC, 1, 0, stream);
+}
+
+/* ---- dinp written, not accumulated (ops_cuda.h) ---- */
+
+extern "C" void matmul_backward_write_dinp_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
+                                                const float *weight, int N, int C, int OC, cudaStream_t stream) {
+    backward_products(dinp, dweight, dout, NULL, inp, NULL, weight, N, C, OC, bf16_pays(N, C, OC), 1, stream);
+}
+
+extern "C" void matmul_backward_bf16_operands_write_dinp_cuda(float *dinp, float *dweight, const float *dout,
+                                                              const uint16_t *dout_bf16, const float *inp,
+                                                              const uint16_t *inp_bf16, const float *weight, int N,
+                                                              int C, int OC, cudaStream_t stream) {
+    require_bf16_operands("matmul_backward_bf16_operands_write_dinp_cuda", N, C, OC);
+    backward_products(dinp, dweight, dout, dout_bf16, inp, inp_bf16, weight, N, C, OC, 1, 1, stream);
 }
 
 extern "C" size_t matmul_bf16_conversions_cuda(void) { return conversions_made; }

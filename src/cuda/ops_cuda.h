@@ -86,6 +86,16 @@ void matmul_backward_bf16_operands_cuda(float *dinp, float *dweight, const float
                                         const float *inp, const uint16_t *inp_bf16, const float *weight, int N,
                                         int C, int OC, cudaStream_t stream);
 size_t matmul_bf16_conversions_cuda(void);
+/* matmul_backward_cuda (without dbias) and matmul_backward_bf16_operands_cuda with dinp
+ * WRITTEN instead of accumulated (cuBLAS β = 0: dinp is neither read nor needs zeroing
+ * first), for a layer whose dinp starts from this product: that saves a memset and a read
+ * of N·C floats. dweight still accumulates. */
+void matmul_backward_write_dinp_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
+                                     const float *weight, int N, int C, int OC, cudaStream_t stream);
+void matmul_backward_bf16_operands_write_dinp_cuda(float *dinp, float *dweight, const float *dout,
+                                                   const uint16_t *dout_bf16, const float *inp,
+                                                   const uint16_t *inp_bf16, const float *weight, int N, int C,
+                                                   int OC, cudaStream_t stream);
 /* The op that wrote src[0..n) also wrote copy = bf16(src) (RMSNorm's output): until the
  * next call (src NULL: none), a product whose input is exactly src[0..n) — held or not —
  * reads copy instead of converting src. */

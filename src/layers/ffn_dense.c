@@ -101,12 +101,12 @@ static void ffn_dense_backward_cuda(Layer *layer, float *dx, const float *dy, co
                 ctx->scratch_floats, 3 * nh);
     const float *gate = layer->saved, *up = gate + nh;
     float *h_then_dgate = ctx->scratch, *dh = h_then_dgate + nh, *dup = dh + nh;
-    CUDA_ZERO(dh, nh);
+    /* dh starts from the down projection's product: written (β = 0), not zeroed first */
     if (matmul_bf16_operands_cuda(N, hidden, d)) {
         uint16_t *h16 = (uint16_t *)h_then_dgate, *dgate16 = h16, *dup16 = h16 + nh;
         swiglu_forward_bf16_cuda(h16, gate, up, nh, 0);
-        matmul_backward_bf16_operands_cuda(dh, layer->grads[PARAM_DOWN], dy, NULL, NULL, h16,
-                                           layer->params[PARAM_DOWN], N, hidden, d, 0);
+        matmul_backward_bf16_operands_write_dinp_cuda(dh, layer->grads[PARAM_DOWN], dy, NULL, NULL, h16,
+                                                      layer->params[PARAM_DOWN], N, hidden, d, 0);
         swiglu_backward_bf16_cuda(dgate16, dup16, dh, gate, up, nh, 0);
         matmul_hold_input_cuda(x, (size_t)N * d);
         matmul_backward_bf16_operands_cuda(dx, layer->grads[PARAM_GATE], NULL, dgate16, x, NULL,
@@ -117,8 +117,8 @@ static void ffn_dense_backward_cuda(Layer *layer, float *dx, const float *dy, co
         return;
     }
     swiglu_forward_cuda(h_then_dgate, gate, up, nh, 0);
-    matmul_backward_cuda(dh, layer->grads[PARAM_DOWN], NULL, dy, h_then_dgate, layer->params[PARAM_DOWN],
-                         N, hidden, d, 0);
+    matmul_backward_write_dinp_cuda(dh, layer->grads[PARAM_DOWN], dy, h_then_dgate, layer->params[PARAM_DOWN], N,
+                                    hidden, d, 0);
     swiglu_backward_cuda(h_then_dgate, dup, dh, gate, up, nh, 0);
     matmul_hold_input_cuda(x, (size_t)N * d);
     matmul_backward_cuda(dx, layer->grads[PARAM_GATE], NULL, h_then_dgate, x, layer->params[PARAM_GATE],

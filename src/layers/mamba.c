@@ -431,17 +431,17 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
 
     /* out = gated W_outᵀ, gated = y ⊙ silu(z) (recomputed: scratch does not survive). In
      * bf16 (ops_cuda.h) the gate writes gated and dz as the bf16 operands of out_proj and of
-     * in_proj's z half, into the first half of their float32 buffers. */
+     * in_proj's z half, into the first half of their float32 buffers. dgated starts from
+     * out_proj's product: written, not zeroed and accumulated into. */
     const int bf16 = matmul_bf16_operands_cuda(BT, di, d);
-    CUDA_ZERO(w.dgated, n_inner);
     if (bf16) {
         mamba_gate_forward_bf16_cuda((uint16_t *)w.gated, v.y, v.z, n_inner, 0);
-        matmul_backward_bf16_operands_cuda(w.dgated, G[P_OUT_PROJ], dout, NULL, NULL, (const uint16_t *)w.gated,
-                                           P[P_OUT_PROJ], BT, di, d, 0);
+        matmul_backward_bf16_operands_write_dinp_cuda(w.dgated, G[P_OUT_PROJ], dout, NULL, NULL,
+                                                      (const uint16_t *)w.gated, P[P_OUT_PROJ], BT, di, d, 0);
         mamba_gate_backward_bf16_cuda((uint16_t *)w.dz, w.dgated, v.y, v.z, n_inner, 0);
     } else {
         mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
-        matmul_backward_cuda(w.dgated, G[P_OUT_PROJ], NULL, dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
+        matmul_backward_write_dinp_cuda(w.dgated, G[P_OUT_PROJ], dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
         /* dz = dgated ⊙ y ⊙ silu'(z) (written); then dgated becomes dy of the scan */
         mamba_gate_backward_cuda(w.dz, w.dgated, v.y, v.z, n_inner, 0);
     }

@@ -716,18 +716,19 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     moe_combine_backward_cuda(sc.dweight, sc.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
 
     /* down projection, then the SwiGLU gate (act's buffer becomes dgate, and in bf16 dup) */
-    CUDA_ZERO(sc.dact, (size_t)rows * H);   /* matmul_backward_cuda accumulates */
+    /* each expert's rows of dact (and below of dxg) start from its own product: written
+     * (β = 0), not zeroed and accumulated into; the experts' row ranges cover all rows */
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
         float *dact = sc.dact + (size_t)o * H, *deo = sc.eo + (size_t)o * d;
         const float *w_down = layer->params[moe_param_down(e)];
         if (bf16)
-            matmul_backward_bf16_operands_cuda(dact, layer->grads[moe_param_down(e)], deo, NULL, NULL,
-                                               act16 + (size_t)o * H, w_down, count, H, d, 0);
+            matmul_backward_bf16_operands_write_dinp_cuda(dact, layer->grads[moe_param_down(e)], deo, NULL, NULL,
+                                                          act16 + (size_t)o * H, w_down, count, H, d, 0);
         else
-            matmul_backward_cuda(dact, layer->grads[moe_param_down(e)], NULL, deo, sc.act + (size_t)o * H, w_down,
-                                 count, H, d, 0);
+            matmul_backward_write_dinp_cuda(dact, layer->grads[moe_param_down(e)], deo, sc.act + (size_t)o * H,
+                                            w_down, count, H, d, 0);
     }
     float *dgate = sc.act;
     uint16_t *dgate16 = (uint16_t *)sc.act, *dup16 = dgate16 + (size_t)rows * H;
@@ -736,7 +737,6 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
 
     /* gate and up projections; eo's buffer becomes dxg */
     float *dxg = sc.eo;
-    CUDA_ZERO(dxg, (size_t)rows * d);
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
@@ -744,13 +744,14 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
         const float *w_gate = layer->params[moe_param_gate(e)], *w_up = layer->params[moe_param_up(e)];
         matmul_hold_input_cuda(xg, (size_t)count * d);
         if (bf16) {
-            matmul_backward_bf16_operands_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL,
-                                               dgate16 + (size_t)o * H, xg, NULL, w_gate, count, d, H, 0);
+            matmul_backward_bf16_operands_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
+                                                          NULL, dgate16 + (size_t)o * H, xg, NULL, w_gate, count, d,
+                                                          H, 0);
             matmul_backward_bf16_operands_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
                                                dup16 + (size_t)o * H, xg, NULL, w_up, count, d, H, 0);
         } else {
-            matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)], NULL, dgate + (size_t)o * H,
-                                 xg, w_gate, count, d, H, 0);
+            matmul_backward_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
+                                            dgate + (size_t)o * H, xg, w_gate, count, d, H, 0);
             matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL, sc.dup + (size_t)o * H,
                                  xg, w_up, count, d, H, 0);
         }
