@@ -256,39 +256,54 @@ static float *cpu_forward_backward(const ScanData *s, ScanGrads *g) {
     return states;
 }
 
-static void cuda_backward(const ScanData *s, const ScanGrads *d, const float *d_states) {
+/* The CUDA backward on the uploaded chunk states: selective_scan_backward_cuda, or with write
+ * selective_scan_backward_write_cuda (du and dδ written, not accumulated). */
+static void cuda_backward(const ScanData *s, const ScanGrads *d, const float *d_states, int write) {
     const ScanShape m = s->m;
     const size_t scratch_floats = selective_scan_backward_cuda_scratch_floats(m.Bsz, m.T, m.channels, m.N);
     float *d_scratch = cuda_test_device_poisoned(scratch_floats);
-    selective_scan_backward_cuda(d->du, d->ddelta, d->dA, d->dB, d->dC, m.use_D ? d->dD : NULL, s->d_dy,
-                                 s->d_u, s->d_delta, s->d_A, s->d_B, s->d_C, m.use_D ? s->d_D : NULL,
-                                 d_states, m.Bsz, m.T, m.channels, m.N, m.chunk, d_scratch,
-                                 scratch_floats, stream);
+    (write ? selective_scan_backward_write_cuda : selective_scan_backward_cuda)(
+        d->du, d->ddelta, d->dA, d->dB, d->dC, m.use_D ? d->dD : NULL, s->d_dy, s->d_u, s->d_delta, s->d_A, s->d_B,
+        s->d_C, m.use_D ? s->d_D : NULL, d_states, m.Bsz, m.T, m.channels, m.N, m.chunk, d_scratch, scratch_floats,
+        stream);
     CUDA_CHECK(cudaStreamSynchronize(stream));
     CUDA_CHECK(cudaFree(d_scratch));
 }
 
-START_TEST(test_scan_backward_accumulates_like_cpu) {
+/* Every shape with every segment setting: the CUDA backward against the CPU's on the CPU's
+ * chunk states, all six gradients starting from the same random values on both sides —
+ * except, with write, du and dδ: poisoned on the device and zero on the CPU, so the write
+ * variant must write every element of them without reading any. */
+static void check_backward_every_shape(int write) {
+    const char *op = write ? "selective_scan_backward_write" : "selective_scan_backward";
     for (size_t i = 0; i < N_SCAN_SHAPES * N_SEGMENT_SETTINGS; i++) {
         const char *segments = segment_settings[i % N_SEGMENT_SETTINGS];
         set_segments(segments);
         ScanData s = scan_data(scan_shapes[i / N_SEGMENT_SETTINGS]);
-        char shape[128];
+        char shape[128], what[64];
         scan_shape_name(shape, sizeof shape, s.m);
         snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " segments=%s", segments ? segments : "auto");
         ScanGrads g = scan_grads_random(&s);
         ScanGrads d = scan_grads_to_device(&s, &g);
+        if (write) {
+            memset(g.du, 0, s.n_seq * sizeof(float));
+            memset(g.ddelta, 0, s.n_seq * sizeof(float));
+            CUDA_CHECK(cudaFree(d.du));
+            CUDA_CHECK(cudaFree(d.ddelta));
+            d.du = cuda_test_device_poisoned(s.n_seq);
+            d.ddelta = cuda_test_device_poisoned(s.n_seq);
+        }
         float *states = cpu_forward_backward(&s, &g);
         float *d_states = cuda_test_device_copy(states, s.n_states);
-        cuda_backward(&s, &d, d_states);
-        cuda_test_check_device_close("selective_scan_backward du", shape, d.du, g.du, s.n_seq, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward ddelta", shape, d.ddelta, g.ddelta, s.n_seq,
-                                     BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward dA", shape, d.dA, g.dA, s.n_A, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward dB", shape, d.dB, g.dB, s.n_bc, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward dC", shape, d.dC, g.dC, s.n_bc, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward dD", shape, d.dD, g.dD, s.m.channels,
-                                     BACKWARD_TOL);
+        cuda_backward(&s, &d, d_states, write);
+        const struct { const char *name; const float *got, *want; size_t n; } grads[] = {
+            {"du", d.du, g.du, s.n_seq},          {"ddelta", d.ddelta, g.ddelta, s.n_seq},
+            {"dA", d.dA, g.dA, s.n_A},            {"dB", d.dB, g.dB, s.n_bc},
+            {"dC", d.dC, g.dC, s.n_bc},           {"dD", d.dD, g.dD, (size_t)s.m.channels}};
+        for (size_t k = 0; k < sizeof grads / sizeof grads[0]; k++) {
+            snprintf(what, sizeof what, "%s %s", op, grads[k].name);
+            cuda_test_check_device_close(what, shape, grads[k].got, grads[k].want, grads[k].n, BACKWARD_TOL);
+        }
         free(states);
         CUDA_CHECK(cudaFree(d_states));
         scan_grads_free(&g, 0);
@@ -297,53 +312,13 @@ START_TEST(test_scan_backward_accumulates_like_cpu) {
     }
     set_segments(NULL);
 }
+
+START_TEST(test_scan_backward_accumulates_like_cpu) { check_backward_every_shape(0); }
 END_TEST
 
-/* selective_scan_backward_write_cuda writes du and dδ: from a poisoned start they must equal
- * the CPU's accumulated from zero (every element written, none read), while dA, dB, dC, dD
- * still accumulate onto their random start. Every shape, with the segment settings. */
-START_TEST(test_scan_backward_write_overwrites_du_and_ddelta) {
-    for (size_t i = 0; i < N_SCAN_SHAPES * N_SEGMENT_SETTINGS; i++) {
-        const char *segments = segment_settings[i % N_SEGMENT_SETTINGS];
-        set_segments(segments);
-        ScanData s = scan_data(scan_shapes[i / N_SEGMENT_SETTINGS]);
-        char shape[128];
-        scan_shape_name(shape, sizeof shape, s.m);
-        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " segments=%s", segments ? segments : "auto");
-        ScanGrads g = scan_grads_random(&s);
-        ScanGrads d = scan_grads_to_device(&s, &g);
-        memset(g.du, 0, s.n_seq * sizeof(float));
-        memset(g.ddelta, 0, s.n_seq * sizeof(float));
-        CUDA_CHECK(cudaFree(d.du));
-        CUDA_CHECK(cudaFree(d.ddelta));
-        d.du = cuda_test_device_poisoned(s.n_seq);
-        d.ddelta = cuda_test_device_poisoned(s.n_seq);
-        float *states = cpu_forward_backward(&s, &g);
-        float *d_states = cuda_test_device_copy(states, s.n_states);
-        const ScanShape m = s.m;
-        const size_t scratch_floats = selective_scan_backward_cuda_scratch_floats(m.Bsz, m.T, m.channels, m.N);
-        float *d_scratch = cuda_test_device_poisoned(scratch_floats);
-        selective_scan_backward_write_cuda(d.du, d.ddelta, d.dA, d.dB, d.dC, m.use_D ? d.dD : NULL, s.d_dy, s.d_u,
-                                           s.d_delta, s.d_A, s.d_B, s.d_C, m.use_D ? s.d_D : NULL, d_states, m.Bsz,
-                                           m.T, m.channels, m.N, m.chunk, d_scratch, scratch_floats, stream);
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        cuda_test_check_device_close("selective_scan_backward_write du", shape, d.du, g.du, s.n_seq, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward_write ddelta", shape, d.ddelta, g.ddelta, s.n_seq,
-                                     BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward_write dA", shape, d.dA, g.dA, s.n_A, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward_write dB", shape, d.dB, g.dB, s.n_bc, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward_write dC", shape, d.dC, g.dC, s.n_bc, BACKWARD_TOL);
-        cuda_test_check_device_close("selective_scan_backward_write dD", shape, d.dD, g.dD, s.m.channels,
-                                     BACKWARD_TOL);
-        free(states);
-        CUDA_CHECK(cudaFree(d_states));
-        CUDA_CHECK(cudaFree(d_scratch));
-        scan_grads_free(&g, 0);
-        scan_grads_free(&d, 1);
-        scan_data_free(&s);
-    }
-    set_segments(NULL);
-}
+/* selective_scan_backward_write_cuda writes du and dδ (from a poisoned start they must equal
+ * the CPU's from zero) while dA, dB, dC, dD still accumulate onto their random start. */
+START_TEST(test_scan_backward_write_overwrites_du_and_ddelta) { check_backward_every_shape(1); }
 END_TEST
 
 /* NULL gradients are skipped and the others still come out right (only dδ and dB asked
@@ -369,7 +344,7 @@ START_TEST(test_scan_backward_skips_null_gradients_and_is_deterministic) {
     float *d_ddelta = cuda_test_device_copy(start_ddelta, s.n_seq);
     float *d_dB = cuda_test_device_copy(start_dB, s.n_bc);
     ScanGrads only = {NULL, d_ddelta, NULL, d_dB, NULL, NULL};
-    cuda_backward(&s, &only, d_states);
+    cuda_backward(&s, &only, d_states, 0);
     float *first_ddelta = cuda_test_host_from_device(d_ddelta, s.n_seq);
     float *first_dB = cuda_test_host_from_device(d_dB, s.n_bc);
     cuda_test_check_close("selective_scan_backward ddelta (others NULL)", shape, first_ddelta, cpu_ddelta,
@@ -379,7 +354,7 @@ START_TEST(test_scan_backward_skips_null_gradients_and_is_deterministic) {
 
     CUDA_CHECK(cudaMemcpy(d_ddelta, start_ddelta, s.n_seq * sizeof(float), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(d_dB, start_dB, s.n_bc * sizeof(float), cudaMemcpyHostToDevice));
-    cuda_backward(&s, &only, d_states);
+    cuda_backward(&s, &only, d_states, 0);
     float *second_ddelta = cuda_test_host_from_device(d_ddelta, s.n_seq);
     float *second_dB = cuda_test_host_from_device(d_dB, s.n_bc);
     for (size_t i = 0; i < s.n_seq; i++)
