@@ -1,5 +1,6 @@
 # gpu_lib.sh — what the GPU-machine scripts (gpu_check.sh, gpu_test.sh, gpu_scan_test.sh,
-# gpu_attention_test.sh, gpu_scan_profile.sh, gpu_bf16_test.sh) share; sourced, not run, as
+# gpu_attention_test.sh, gpu_scan_profile.sh, gpu_scan_knockouts.sh, gpu_bf16_test.sh) share;
+# sourced, not run, as
 #   source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh" NAME
 # First it sets what every script starts with: $root (the repository, also made the working
 # directory), $out ($OUT: the folder the device tool brings back; else runs/NAME), $build
