@@ -5,8 +5,11 @@
 
 A sweep directory holds one directory per point (written by experiments/*.sh), each with
 config.yaml (the resolved config), summary.json (written by the trainer when the run
-finished: params, flops_per_token, tokens_per_s, wall time, final evaluation per
-sequence length) and metrics.jsonl. Points without summary.json (still running or
+finished: params, activation_bytes, flops_per_token, tokens_per_s, wall time, final
+evaluation per sequence length) and metrics.jsonl. activation_bytes (the activations'
+memory: arena and scratch) is newer than the other fields: runs without it, and CSVs
+written before it, show "–" in its column, and a table or CSV none of whose runs has it
+leaves the column out. Points without summary.json (still running or
 failed) are listed and left out. Seeds of one point (names ending -s<seed>) are
 averaged; the table shows the mean and, with several seeds, the min–max range.
 
@@ -98,7 +101,8 @@ def load_runs(sweep_dirs):
                 "attention_fraction": cfg.get("model.pattern", "").count("A") / max(1, len(cfg.get("model.pattern", ""))),
                 "task": summary.get("task", cfg.get("task.name", "")),
                 "train_seq_len": int(cfg.get("task.seq_len", 0)), "kv_pairs": int(cfg.get("task.num_kv_pairs", 0)),
-                "params": summary["params"], "flops_per_token": summary["flops_per_token"],
+                "params": summary["params"], "activation_bytes": summary.get("activation_bytes"),
+                "flops_per_token": summary["flops_per_token"],
                 "tokens_per_s": summary["tokens_per_s"], "tokens": summary["tokens"], "steps": summary["steps"],
                 "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
                 "eval": {e["seq_len"]: e for e in summary["eval"]},
@@ -109,6 +113,7 @@ def load_runs(sweep_dirs):
 CSV_FIELDS = ["sweep", "point", "arch", "seed", "pattern", "ffn", "attention_fraction", "task", "train_seq_len",
               "kv_pairs", "eval_seq_len", "accuracy", "loss", "params", "flops_per_token", "tokens_per_s", "tokens",
               "steps", "train_seconds", "wall_seconds"]
+CSV_OPTIONAL_FIELDS = ["activation_bytes"]   # written where a run has it; may be absent or empty
 CSV_TEXT_FIELDS = {"sweep", "point", "arch", "pattern", "ffn", "task"}
 CSV_EVAL_FIELDS = {"eval_seq_len", "accuracy", "loss"}
 
@@ -134,6 +139,7 @@ def load_csv(path):
         for line, row in enumerate(reader, start=2):
             try:
                 values = {k: (row[k] if k in CSV_TEXT_FIELDS else csv_number(row[k])) for k in CSV_FIELDS}
+                values.update({k: csv_number(row[k]) if row.get(k) else None for k in CSV_OPTIONAL_FIELDS})
             except (TypeError, ValueError):
                 sys.exit(f"aggregate.py: {path}:{line}: a field that should be a number is not: {row}")
             key = (values["sweep"], values["point"], values["seed"])
@@ -175,13 +181,14 @@ def merge_runs(dir_runs, csv_runs, name=None):
 
 
 def write_csv(runs, path):
-    fields = CSV_FIELDS
+    optional = [k for k in CSV_OPTIONAL_FIELDS if any(r.get(k) is not None for r in runs)]
+    fields = CSV_FIELDS + optional
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in runs:
             for L, e in sorted(r["eval"].items()):
-                row = {k: r[k] for k in fields if k in r}
+                row = {k: r[k] for k in fields if r.get(k) is not None}
                 row.update(eval_seq_len=L, accuracy=e["accuracy"], loss=e["loss"])
                 w.writerow(row)
 
@@ -208,17 +215,27 @@ def fmt_acc(values):
     return f"{mean:.1f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
+def fmt_mib(runs):
+    """The activations' memory of a point's seeds in MiB (their mean; the same config gives
+    the same arena), or '–' where no run recorded it."""
+    values = [r["activation_bytes"] for r in runs if r.get("activation_bytes") is not None]
+    return f"{np.mean(values) / 2**20:,.1f}" if values else "–"
+
+
 def write_markdown(runs, path):
     groups = group(runs)
     lines = []
     for sweep in sorted({k[0] for k in groups}):
         keys = sorted((k for k in groups if k[0] == sweep),
                       key=lambda k: (k[2], k[3], groups[k][0]["attention_fraction"], k[1]))
+        memory = any(r.get("activation_bytes") is not None for k in keys for r in groups[k])
         lines.append(f"### {sweep}\n")
         lines.append("Accuracy (%) on held-out MQAR queries: the mean over seeds (min–max when there are several). "
-                     "'×1' is the training length; '×2', '×4' evaluate the same model on longer sequences.\n")
+                     "'×1' is the training length; '×2', '×4' evaluate the same model on longer sequences."
+                     + (" 'activations MiB': the activation arena and scratch the run allocated for its batch "
+                        "shapes (training and evaluation)." if memory else "") + "\n")
         header = ["architecture", "train T", "kv pairs", "seeds", "acc ×1", "acc ×2", "acc ×4", "params",
-                  "MFLOP/token", "tokens/s"]
+                  "MFLOP/token", "tokens/s"] + (["activations MiB"] if memory else [])
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for k in keys:
@@ -228,7 +245,7 @@ def write_markdown(runs, path):
             lines.append("| " + " | ".join([k[1], str(T), str(k[3]), str(len(rs))] + accs + [
                 f"{int(np.mean([r['params'] for r in rs])):,}",
                 f"{np.mean([r['flops_per_token'] for r in rs]) / 1e6:.2f}",
-                f"{np.mean([r['tokens_per_s'] for r in rs]):,.0f}"]) + " |")
+                f"{np.mean([r['tokens_per_s'] for r in rs]):,.0f}"] + ([fmt_mib(rs)] if memory else [])) + " |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -26,8 +26,9 @@ COMMITTED = ["docs/results/gpu-small/attention_ratio-small-T512-all-tf32",
              "docs/results/gpu-small/moe_vs_dense-small-T512-tf32"]
 
 
-def write_run(sweep_dir, name, accuracy, pattern="MMAM", kv_pairs=8, seq_len=64):
-    """One finished run folder as a sweep leaves it: config.yaml and summary.json."""
+def write_run(sweep_dir, name, accuracy, pattern="MMAM", kv_pairs=8, seq_len=64, activation_bytes=None):
+    """One finished run folder as a sweep leaves it: config.yaml and summary.json (with
+    activation_bytes where given, as the trainer writes it since that field exists)."""
     run = os.path.join(sweep_dir, name)
     os.makedirs(run)
     with open(os.path.join(run, "config.yaml"), "w") as f:
@@ -37,6 +38,8 @@ def write_run(sweep_dir, name, accuracy, pattern="MMAM", kv_pairs=8, seq_len=64)
                "tokens": 64000, "steps": 100, "train_seconds": 5.5, "wall_seconds": 6.0,
                "eval": [{"seq_len": L, "accuracy": accuracy / k, "loss": 1.0 + k}
                         for k, L in ((1, seq_len), (2, 2 * seq_len))]}
+    if activation_bytes is not None:
+        summary["activation_bytes"] = activation_bytes
     with open(os.path.join(run, "summary.json"), "w") as f:
         json.dump(summary, f)
 
@@ -93,6 +96,27 @@ class AggregateTest(unittest.TestCase):
         self.assertEqual(md.count("### "), 1, "one table, not one per sweep folder")
         self.assertIn("### grid", md)
         self.assertIn("| 2 | 60.0 (40–80) |", md)
+
+    def test_activation_memory_column_where_runs_have_it(self):
+        """A run with activation_bytes shows its MiB; merged with an earlier CSV written
+        without the field, the older run shows '–', and both survive a CSV round trip."""
+        old, new = os.path.join(self.tmp, "grid"), os.path.join(self.tmp, "grid-new")
+        write_run(old, "a-T64-kv8-s1", 0.40)
+        first = os.path.join(self.tmp, "first")
+        aggregate_quietly([old, "--out", first])
+        self.assertNotIn("activation", read(os.path.join(first, "results.csv")))
+        self.assertNotIn("activations MiB", read(os.path.join(first, "results.md")))
+        write_run(new, "b-T64-kv8-s1", 0.80, pattern="MMMM", activation_bytes=3 * 2**20)
+        both = os.path.join(self.tmp, "both")
+        aggregate_quietly([new, "--csv", os.path.join(first, "results.csv"), "--name", "grid", "--out", both])
+        md = read(os.path.join(both, "results.md"))
+        self.assertIn("activations MiB", md)
+        self.assertRegex(md, r"\| b \(MMMM\) \|.*\| 3\.0 \|")
+        self.assertRegex(md, r"\| a \(MMAM\) \|.*\| – \|")
+        again = os.path.join(self.tmp, "again")
+        aggregate_quietly(["--csv", os.path.join(both, "results.csv"), "--out", again])
+        for name in ("results.csv", "results.md"):
+            self.assertEqual(read(os.path.join(again, name)), read(os.path.join(both, name)))
 
     def test_a_csv_that_is_not_a_results_csv_is_refused_by_name(self):
         bad = os.path.join(self.tmp, "bad.csv")

@@ -1,6 +1,7 @@
 /* test_cli.c — the executables as a user meets them: --help, bad flags, bad configs.
  * Each case runs the real binary and checks its exit status and what it printed. */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,25 @@ START_TEST(train_runs_a_short_job_and_writes_its_run_directory) {
         ck_assert_msg(f != NULL, "run directory lacks %s", files[i]);
         fclose(f);
     }
+    /* summary.json: the cost columns a sweep aggregates, the activations' memory among
+     * them, which must be what the model summary printed (arena + scratch, MiB) */
+    snprintf(path, sizeof path, "%s/cli-run/summary.json", BRAID_BINARY_DIR);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "run directory lacks summary.json");
+    char summary[4096];
+    size_t n = fread(summary, 1, sizeof summary - 1, f);
+    summary[n] = '\0';
+    fclose(f);
+    const char *at = strstr(summary, "\"activation_bytes\": ");
+    ck_assert_msg(at != NULL, "summary.json lacks activation_bytes: %s", summary);
+    const double bytes = atof(at + strlen("\"activation_bytes\": "));
+    double arena_mib = 0, scratch_mib = 0;
+    const char *printed = strstr(output, "activations: ");
+    ck_assert_msg(printed && sscanf(printed, "activations: %lf MiB arena + %lf MiB scratch", &arena_mib,
+                                    &scratch_mib) == 2, "train output lacks the activations line: %s", output);
+    ck_assert_msg(bytes > 0 && fabs(bytes / 1048576.0 - (arena_mib + scratch_mib)) < 0.2,
+                  "summary.json activation_bytes %.0f, the model summary printed %.1f + %.1f MiB", bytes, arena_mib,
+                  scratch_mib);
 }
 END_TEST
 

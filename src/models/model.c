@@ -615,6 +615,10 @@ double model_flops_per_token(const Model *m, int T) {
     return flops;
 }
 
+size_t model_activation_bytes(const Model *m) {
+    return (m->arena_floats + m->scratch_floats + 16) * sizeof(float);   /* (scratch: 16 floats of slack) */
+}
+
 void model_print_summary(const Model *m, FILE *f) {
     fprintf(f, "model: %d blocks, d_model %d, vocab %d, %zu parameters (%.3fM)\n", m->n_blocks, m->d,
             m->vocab, m->params.total, m->params.total / 1e6);

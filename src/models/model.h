@@ -114,6 +114,10 @@ void model_sync_to_device(Model *m);
 void model_grads_to_host(Model *m);
 
 size_t model_param_count(const Model *m);
+/* Bytes of the activation arena and the layers' scratch, as allocated on the model's
+ * device: what the activations cost for the batch shapes the model was built for (on CUDA
+ * the matmuls' grow-only bf16 buffers and cuBLAS's workspace come on top). */
+size_t model_activation_bytes(const Model *m);
 /* FLOPs per token of a forward+backward pass (≈ 6·matmul params + attention terms). */
 double model_flops_per_token(const Model *m, int T);
 /* Prints the architecture (pattern, per-block kinds, parameter counts) to f. */

@@ -182,8 +182,9 @@ typedef struct RunSummary {
 } RunSummary;
 
 /* Writes run_dir/summary.json — what a sweep aggregates per run, so accuracy can be set
- * against cost: parameters, model FLOPs per token (model_flops_per_token at task.seq_len),
- * mean training tokens/s (tokens / time inside the steps, evaluation excluded), wall
+ * against cost: parameters, the activations' memory (model_activation_bytes: arena and
+ * scratch for the batch shapes the model was built for), model FLOPs per token
+ * (model_flops_per_token at task.seq_len), mean training tokens/s (tokens / time inside the steps, evaluation excluded), wall
  * time, and the final evaluation per sequence length. Written to a temporary name and
  * renamed, so a sweep that sees summary.json sees a finished run. */
 static int write_summary(Trainer *t, const RunSummary *s, BraidError *err) {
@@ -193,10 +194,11 @@ static int write_summary(Trainer *t, const RunSummary *s, BraidError *err) {
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f) return error_set(err, "cannot write '%s': %s", tmp, strerror(errno));
-    fprintf(f, "{\"params\": %zu, \"flops_per_token\": %.6g, \"tokens_per_s\": %.1f, \"tokens\": %ld, "
-            "\"steps\": %ld, \"train_seconds\": %.3f, \"wall_seconds\": %.3f, \"task\": \"%s\", "
+    fprintf(f, "{\"params\": %zu, \"activation_bytes\": %zu, \"flops_per_token\": %.6g, \"tokens_per_s\": %.1f, "
+            "\"tokens\": %ld, \"steps\": %ld, \"train_seconds\": %.3f, \"wall_seconds\": %.3f, \"task\": \"%s\", "
             "\"pattern\": \"%s\", \"ffn\": \"%s\", \"eval\": [",
-            model_param_count(&t->model), s->flops_per_token, s->tokens / fmax(s->step_seconds, 1e-9), s->tokens,
+            model_param_count(&t->model), model_activation_bytes(&t->model), s->flops_per_token,
+            s->tokens / fmax(s->step_seconds, 1e-9), s->tokens,
             t->state.step, s->step_seconds, s->wall_seconds, t->cfg.task.name, t->cfg.model.pattern,
             t->cfg.model.ffn);
     for (int i = 0; i < s->n_evals; i++)
