@@ -31,16 +31,17 @@ struct Config;
 struct Layer;
 
 /* Carves a layout out of one buffer: the offset of the next n floats, with *used advanced
- * past them rounded up to 16 floats (64 bytes), so that every region starts as aligned as
- * the buffer (the CUDA kernels' float4 paths and bf16 conversions want 16 bytes). The
- * model's arena and the layers' saved and scratch layouts take their regions with it.
- * Keep the large regions' sizes multiples of 32 floats: a region of BT·d/2 + 1 floats once
- * left every later region of the arena 64- but not 128-byte aligned, and the jamba-small
- * bf16 step went from 53.5 to 59 ms (fourteenth session, docs/performance.md) — a warp's
- * 512-byte row access then spans five 128-byte lines instead of four. */
+ * past them rounded up to 32 floats (128 bytes), so that every region starts as aligned as
+ * the buffer, up to a GPU cache line (the CUDA kernels' float4 paths and bf16 conversions
+ * want 16 bytes; a warp's row access wants whole 128-byte lines). The model's arena and the
+ * layers' saved and scratch layouts take their regions with it. Why 128 and not 64: with 64,
+ * a region of BT·d/2 + 1 floats once left every later region of the arena 64- but not
+ * 128-byte aligned, and the jamba-small bf16 step went from 53.5 to 59 ms (fourteenth
+ * session, docs/performance.md) — a warp's 512-byte row access then spans five 128-byte
+ * lines instead of four; beyond 128 bytes alignment measured no faster. */
 static inline size_t layout_take(size_t *used, size_t n) {
     const size_t at = *used;
-    *used += (n + 15) & ~(size_t)15;
+    *used += (n + 31) & ~(size_t)31;
     return at;
 }
 
