@@ -192,10 +192,10 @@ static unsigned conversion_blocks(size_t threads) {
     return (unsigned)(blocks < 8192 ? blocks : 8192);   /* grid-stride beyond ~2M threads */
 }
 
-/* dst[0..n) = bf16(src[0..n)): the 8-wide kernel where src is 16-byte aligned, the scalar
- * one for the rest. `what` names it in the profile. */
 static size_t conversions_made;   /* matmul_bf16_conversions_cuda */
 
+/* dst[0..n) = bf16(src[0..n)): the 8-wide kernel where src is 16-byte aligned, the scalar
+ * one for the rest. `what` names it in the profile. */
 static void convert_to_bf16(const char *what, __nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t stream) {
     conversions_made++;
     ProfiledCall *timed = profile_begin(what, (long)n, 0, 0, stream);

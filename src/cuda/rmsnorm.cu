@@ -60,12 +60,17 @@ struct RmsnormWeightTerm {
     }
 };
 
-extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
-                                     int N, int C, float eps, cudaStream_t stream) {
+static void launch_forward(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp, const float *weight,
+                           int N, int C, float eps, cudaStream_t stream) {
     if (N <= 0) return;
     const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, NULL, rstd, inp, weight, N, C, eps);
+    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, out16, rstd, inp, weight, N, C, eps);
     CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
+                                     int N, int C, float eps, cudaStream_t stream) {
+    launch_forward(out, NULL, rstd, inp, weight, N, C, eps, stream);
 }
 
 extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
@@ -85,9 +90,5 @@ extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *
 
 extern "C" void rmsnorm_forward_bf16_copy_cuda(float *out, uint16_t *out16, float *rstd, const float *inp,
                                                const float *weight, int N, int C, float eps, cudaStream_t stream) {
-    if (N <= 0) return;
-    const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, (__nv_bfloat16 *)out16, rstd, inp, weight,
-                                                                        N, C, eps);
-    CUDA_CHECK_LAUNCH();
+    launch_forward(out, (__nv_bfloat16 *)out16, rstd, inp, weight, N, C, eps, stream);
 }

@@ -960,17 +960,17 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
     CUDA_CHECK_LAUNCH();
 }
 
-/* overwrite: du and dδ written, not accumulated (selective_scan_backward_write_cuda) */
-static void scan_backward(float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, const float *dy,
+/* overwrite: du and dδ written, not accumulated (selective_scan_backward_write_cuda); who:
+ * the entry point, for the error messages */
+static void scan_backward(const char *who, float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, const float *dy,
                           const float *u, const float *delta, const float *A, const float *B, const float *C,
                           const float *D, const float *chunk_states, int Bsz, int T, int channels, int N,
                           int chunk, float *scratch, size_t scratch_floats, int overwrite, cudaStream_t stream) {
-    check_scan_shape(N, chunk, "selective_scan_backward_cuda");
+    check_scan_shape(N, chunk, who);
     if (Bsz == 0 || T == 0 || channels == 0) return;
     const size_t need = selective_scan_backward_cuda_scratch_floats(Bsz, T, channels, N);
     if (scratch_floats < need) {
-        fprintf(stderr, "selective_scan_backward_cuda: scratch of %zu floats, need %zu\n",
-                scratch_floats, need);
+        fprintf(stderr, "%s: scratch of %zu floats, need %zu\n", who, scratch_floats, need);
         abort();
     }
     const int n_parts = channel_blocks(channels, N);
@@ -1011,8 +1011,8 @@ extern "C" void selective_scan_backward_cuda(float *du, float *ddelta, float *dA
                                              const float *chunk_states, int Bsz, int T, int channels, int N,
                                              int chunk, float *scratch, size_t scratch_floats,
                                              cudaStream_t stream) {
-    scan_backward(du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk,
-                  scratch, scratch_floats, 0, stream);
+    scan_backward("selective_scan_backward_cuda", du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D, chunk_states,
+                  Bsz, T, channels, N, chunk, scratch, scratch_floats, 0, stream);
 }
 
 extern "C" void selective_scan_backward_write_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC,
@@ -1021,6 +1021,6 @@ extern "C" void selective_scan_backward_write_cuda(float *du, float *ddelta, flo
                                                    const float *chunk_states, int Bsz, int T, int channels, int N,
                                                    int chunk, float *scratch, size_t scratch_floats,
                                                    cudaStream_t stream) {
-    scan_backward(du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk,
-                  scratch, scratch_floats, 1, stream);
+    scan_backward("selective_scan_backward_write_cuda", du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D,
+                  chunk_states, Bsz, T, channels, N, chunk, scratch, scratch_floats, 1, stream);
 }

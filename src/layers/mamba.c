@@ -491,17 +491,16 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     }
     /* x is the input of both in_proj halves; dx gets dz's part first, as on the CPU */
     matmul_hold_input_cuda(x, (size_t)BT * d);
-    if (bf16)   /* (BT, d, di): in_proj's half has out_proj's dimensions, so bf16 agrees */
+    if (bf16) {   /* (BT, d, di): in_proj's halves have out_proj's dimensions, so bf16 agrees */
         matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, (const uint16_t *)w.dz, x,
                                            NULL, W_in + (size_t)di * d, BT, d, di, 0);
-    else
-        matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT, d,
-                             di, 0);
-    if (bf16)
         matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ], NULL, (const uint16_t *)w.dx1, x, NULL, W_in, BT, d, di,
                                            0);
-    else
+    } else {
+        matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT, d,
+                             di, 0);
         matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
+    }
     matmul_release_input_cuda();
 }
 #define MAMBA_CUDA .forward_cuda = mamba_forward_cuda, .backward_cuda = mamba_backward_cuda,

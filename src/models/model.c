@@ -73,6 +73,10 @@ int model_build(Model *m, const Config *cfg, int max_B, int max_T, BraidError *e
     return model_build_shapes(m, cfg, &shape, 1, err);
 }
 
+/* Floats the scratch is allocated with: what the largest layer asks for plus 16 of slack
+ * (one place, so the allocation, the printed summary and model_activation_bytes agree). */
+static size_t scratch_alloc_floats(const Model *m) { return m->scratch_floats + 16; }
+
 int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, int n_shapes, BraidError *err) {
     memset(m, 0, sizeof *m);
     if (n_shapes < 1 || n_shapes > MODEL_MAX_SHAPES)
@@ -208,7 +212,7 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
     m->arena_floats = arena_used;
     m->arena = device_alloc(m->device, arena_used * sizeof(float), "activation arena");
     m->scratch_floats = scratch;
-    m->scratch = device_alloc(m->device, (scratch + 16) * sizeof(float), "scratch");
+    m->scratch = device_alloc(m->device, scratch_alloc_floats(m) * sizeof(float), "scratch");
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
         size_t *o = off + 10 * i;
@@ -616,7 +620,7 @@ double model_flops_per_token(const Model *m, int T) {
 }
 
 size_t model_activation_bytes(const Model *m) {
-    return (m->arena_floats + m->scratch_floats + 16) * sizeof(float);   /* (scratch: 16 floats of slack) */
+    return (m->arena_floats + scratch_alloc_floats(m)) * sizeof(float);
 }
 
 void model_print_summary(const Model *m, FILE *f) {
@@ -634,7 +638,7 @@ void model_print_summary(const Model *m, FILE *f) {
     /* what the activations cost, and for which batches: the figure to check against a
      * GPU's memory before starting several runs on it */
     fprintf(f, "  activations: %.1f MiB arena + %.1f MiB scratch (%s), for batches", m->arena_floats * 4.0 / 1048576.0,
-            (m->scratch_floats + 16) * 4.0 / 1048576.0, m->device == DEVICE_CUDA ? "GPU" : "CPU");
+            scratch_alloc_floats(m) * 4.0 / 1048576.0, m->device == DEVICE_CUDA ? "GPU" : "CPU");
     for (int i = 0; i < m->n_shapes; i++) fprintf(f, "%s %d x %d", i ? "," : "", m->shapes[i].B, m->shapes[i].T);
     fprintf(f, "\n");
 }
