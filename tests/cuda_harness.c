@@ -202,6 +202,26 @@ float *cuda_test_device_poisoned(size_t n) {
     return p;
 }
 
+void *cuda_test_device_poisoned_bytes(size_t bytes) {
+    void *p = cuda_test_device_alloc(bytes);
+    CUDA_CHECK(cudaMemset(p, 0xFF, bytes));
+    return p;
+}
+
+void cuda_test_check_same_bits(const char *op, const char *shape, const void *d_got, const void *d_want,
+                               size_t bytes) {
+    unsigned char *got = braid_malloc(bytes, "got"), *want = braid_malloc(bytes, "want");
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(got, d_got, bytes, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(want, d_want, bytes, cudaMemcpyDeviceToHost));
+    size_t first = 0;
+    while (first < bytes && got[first] == want[first]) first++;
+    printf("  %-40s %-34s %s\n", op, shape, first == bytes ? "same bits" : "DIFFERENT BITS");
+    ck_assert_msg(first == bytes, "%s (%s): byte %zu of %zu is 0x%02x, the separate kernels wrote 0x%02x", op, shape,
+                  first, bytes, first < bytes ? got[first] : 0, first < bytes ? want[first] : 0);
+    free(got); free(want);
+}
+
 float *cuda_test_host_from_device(const float *d, size_t n) {
     float *p = braid_malloc(n * sizeof(float), "test tensor");
     CUDA_CHECK(cudaDeviceSynchronize());

@@ -76,6 +76,14 @@ float *cuda_test_device_copy(const float *x, size_t n);
  * an element it never wrote reads back as NaN and fails cuda_test_check_close. */
 float *cuda_test_device_poisoned(size_t n);
 
+/* `bytes` bytes on the device, every one 0xFF (as bf16 or float32: NaN) */
+void *cuda_test_device_poisoned_bytes(size_t bytes);
+/* Whether two device byte ranges hold the same bits (pass whole allocations, so a write past
+ * the values, into the poison around them, counts too); prints one line, fails the test at
+ * the first differing byte (a fused kernel against the separate kernels it replaces). */
+void cuda_test_check_same_bits(const char *op, const char *shape, const void *d_got, const void *d_want,
+                               size_t bytes);
+
 /* Waits for the whole device, then copies n floats back into a new host buffer. The whole
  * device rather than one stream: some tests queue on their own stream, some on the default
  * one, and all that matters here is that every queued kernel has finished. */

@@ -186,7 +186,8 @@ START_TEST(adamw_matches_hand_computation) {
     param_list_add(&list, "", "norm", 1, shape, INIT_ONES, 0, 1);
     float p[4] = {1.0f, -2.0f, 0.5f, 3.0f}, g[4] = {0.1f, -0.3f, 0.2f, 0.4f};
     float m[4] = {0}, v[4] = {0};
-    AdamWSettings s = {0.01f, 0.9f, 0.99f, 1e-8f, 0.1f};
+    AdamWSettings s = {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.99f, .eps = 1e-8f, .weight_decay = 0.1f,
+                       .grad_scale = 1.0f};
     adamw_update(p, g, m, v, &list, &s, 1);
     /* step 1: m̂ = g, v̂ = g², update = sign(g) (up to eps); decay only on "w" */
     float expect[4] = {1.0f - 0.01f * (1 + 0.1f * 1.0f), -2.0f - 0.01f * (-1 + 0.1f * -2.0f),
@@ -200,10 +201,38 @@ START_TEST(clipping_bounds_the_global_norm) {
     float g[3] = {3.0f, 4.0f, 0.0f};
     double n = global_grad_norm(g, 3);
     ck_assert_float_eq_tol(n, 5.0, 1e-9);
-    clip_grad_norm(g, 3, n, 1.0f);
+    float scale = clip_grad_scale(n, 1.0f);
+    for (int i = 0; i < 3; i++) g[i] *= scale;
     ck_assert_float_eq_tol(global_grad_norm(g, 3), 1.0, 1e-5);
-    float h[2] = {0.3f, 0.4f};
-    ck_assert_float_eq(clip_grad_norm(h, 2, 0.5, 1.0f), 1.0f);
+    ck_assert_float_eq(clip_grad_scale(0.5, 1.0f), 1.0f);   /* under the bound: untouched */
+    ck_assert_float_eq(clip_grad_scale(5.0, 0.0f), 1.0f);   /* max_norm 0: no clipping */
+}
+END_TEST
+
+/* AdamW with grad_scale s on gradients g moves parameters and moments exactly as with
+ * grad_scale 1 on the gradients s·g (what the trainer's clipping used to do in a pass). */
+START_TEST(adamw_grad_scale_is_clipping) {
+    ParamList list = {0};
+    int shape[1] = {3};
+    param_list_add(&list, "", "w", 1, shape, INIT_ZEROS, 0, 0);
+    const float s = 0.37f;
+    float g[3] = {0.5f, -1.25f, 2.0f}, gs[3];
+    for (int i = 0; i < 3; i++) gs[i] = g[i] * s;
+    float p1[3] = {1.0f, -2.0f, 0.5f}, m1[3] = {0.1f, 0.2f, -0.3f}, v1[3] = {0.01f, 0.02f, 0.03f};
+    float p2[3], m2[3], v2[3];
+    memcpy(p2, p1, sizeof p1); memcpy(m2, m1, sizeof m1); memcpy(v2, v1, sizeof v1);
+    AdamWSettings folded = {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.99f, .eps = 1e-8f, .weight_decay = 0.1f,
+                            .grad_scale = s};
+    AdamWSettings plain = folded;
+    plain.grad_scale = 1.0f;
+    adamw_update(p1, g, m1, v1, &list, &folded, 3);
+    adamw_update(p2, gs, m2, v2, &list, &plain, 3);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_msg(p1[i] == p2[i] && m1[i] == m2[i] && v1[i] == v2[i],
+                      "element %d: folded scale gives p %g m %g v %g, scaled gradients p %g m %g v %g", i,
+                      p1[i], m1[i], v1[i], p2[i], m2[i], v2[i]);
+    }
+    param_list_free(&list);
 }
 END_TEST
 
@@ -222,6 +251,7 @@ int main(void) {
     tcase_add_test(tc, schedule_warms_up_then_decays_to_min);
     tcase_add_test(tc, adamw_matches_hand_computation);
     tcase_add_test(tc, clipping_bounds_the_global_norm);
+    tcase_add_test(tc, adamw_grad_scale_is_clipping);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

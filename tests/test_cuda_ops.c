@@ -325,7 +325,8 @@ START_TEST(test_matmul_bf16_is_float32_on_rounded_operands) {
 END_TEST
 
 /* The bf16 conversions matmul.cu skips (ops_cuda.h): a weight read from the parameters'
- * bf16 mirror, an input held across products (and below, an input's offered bf16 copy).
+ * bf16 mirror, an input held across products (and below, an input's offered bf16 copy,
+ * and an output gradient held across a backward's two products).
  * Each must give what a fresh conversion
  * gives, and must stop once forgotten or released, when the values change under the same
  * pointers. The "parameter buffer" holds W1 and W2 at offsets that are multiples of 8 (read
@@ -350,6 +351,26 @@ static void check_bf16_products(const char *what, const float *d_x, const float 
     cuda_test_check_device_close("matmul_backward dweight", what, d_dw, dw, (size_t)OC * C, 1e-5);
     free(x_r); free(w_r); free(want); free(dout); free(dout_r); free(dw);
     CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_dw));
+}
+
+/* The backward's two products issued apart, dinp (written) then dweight (accumulated, from
+ * zero), in bf16 operands, against the CPU op on bf16-rounded operands; W at params[0..). */
+static void check_bf16_split_backward(const char *what, const float *d_dout, const float *dout, const float *d_x,
+                                      const float *x, const float *d_params, const float *params, int N, int C,
+                                      int OC) {
+    const size_t n_inp = (size_t)N * C, n_w = (size_t)OC * C;
+    float *dout_r = bf16_rounded_copy(dout, (size_t)N * OC), *x_r = bf16_rounded_copy(x, n_inp);
+    float *w_r = bf16_rounded_copy(params, n_w);
+    float *dinp = braid_calloc(n_inp, sizeof(float), "dinp"), *dw = braid_calloc(n_w, sizeof(float), "dweight");
+    matmul_backward(dinp, dw, NULL, dout_r, x_r, w_r, N, C, OC);
+    float *d_dinp = cuda_test_device_poisoned(n_inp), *d_dw = cuda_test_device_poisoned(n_w);
+    CUDA_CHECK(cudaMemset(d_dw, 0, n_w * sizeof(float)));
+    matmul_backward_bf16_operands_write_dinp_cuda(d_dinp, NULL, d_dout, NULL, NULL, NULL, d_params, N, C, OC, stream);
+    matmul_backward_bf16_operands_cuda(NULL, d_dw, d_dout, NULL, d_x, NULL, d_params, N, C, OC, stream);
+    cuda_test_check_device_close("matmul_backward dinp alone", what, d_dinp, dinp, n_inp, 1e-5);
+    cuda_test_check_device_close("matmul_backward dweight alone", what, d_dw, dw, n_w, 1e-5);
+    free(dout_r); free(x_r); free(w_r); free(dinp); free(dw);
+    CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dw));
 }
 
 START_TEST(test_matmul_bf16_mirror_and_held_input_stay_fresh) {
@@ -406,6 +427,18 @@ START_TEST(test_matmul_bf16_mirror_and_held_input_stay_fresh) {
     check_bf16_products("X converted once its copy is withdrawn", d_x, x, d_params, params, offsets[0], N, C, OC);
     free(x_plus); free(bits);
     CUDA_CHECK(cudaFree(d_bits));
+
+    /* an output gradient held (the dense FFN's dy, Mamba's dout: a backward with an op
+     * between its dinp and dweight products) is read by both products from one copy, and
+     * converted afresh once released and changed under the same pointer. Y is the dout
+     * (N·OC floats: C = OC here), X the input. */
+    ck_assert_msg(matmul_bf16_operands_cuda(N, C, OC), "N=%d C=%d OC=%d: not a bf16 operands shape", N, C, OC);
+    matmul_hold_input_cuda(d_y, nx);
+    check_bf16_split_backward("held dout Y", d_y, y, d_x, x, d_params, params, N, C, OC);
+    matmul_release_input_cuda();
+    for (size_t i = 0; i < nx; i++) y[i] = 0.75f * y[i] + 0.5f;
+    CUDA_CHECK(cudaMemcpy(d_y, y, nx * sizeof(float), cudaMemcpyHostToDevice));
+    check_bf16_split_backward("dout Y changed after release", d_y, y, d_x, x, d_params, params, N, C, OC);
 
     free(params); free(x); free(y);
     CUDA_CHECK(cudaFree(d_params)); CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_y));
@@ -497,28 +530,92 @@ END_TEST
 
 /* ---------------------------------------------------------------- rmsnorm */
 
-typedef struct RowsShape { int N, C; } RowsShape;
-/* 1999 rows: dweight over 16 row slices (column_sum.cuh), the last one shorter */
-static const RowsShape rmsnorm_shapes[] = {{1, 7}, {7, 64}, {129, 300}, {300, 33}, {64, 1}, {1999, 100}};
+/* rmsnorm.cu has row kernels (C % 4 == 0 up to 2048 floats, 16-byte aligned arrays: the
+ * row in registers, float4 loads, dw from per-block partials) and general kernels (any
+ * other shape). shift puts arrays one element off alignment: 1 every row array (x, y, the
+ * bf16 copy, dy, dx), 2 the weight only, 3 one output only (y in the float32-only forward,
+ * the bf16 copy in the other, dx in the backward); each alone must send the call to the
+ * general kernels. */
+typedef struct RowsShape { int N, C, shift; } RowsShape;
+static const RowsShape rmsnorm_shapes[] = {
+    /* general kernels: C % 4 ≠ 0, past the row kernels' 2048, arrays off alignment */
+    {1, 7, 0}, {300, 33, 0}, {64, 1, 0}, {40, 770, 0}, {9, 2052, 0},
+    {33, 256, 1}, {257, 768, 1}, {31, 768, 2}, {45, 768, 3}, {19, 48, 1},
+    /* row kernels with several rows a warp: C = 4 (a lane a row), 16 (4 lanes: Mamba's
+     * state norm), 48 (16 lanes, 12 of them busy: Mamba's dt norm), 64 (16) */
+    {97, 4, 0}, {257, 16, 0}, {333, 48, 0}, {7, 64, 0},
+    /* a warp a row: C = 100 (25 float4, lanes idle), 300 (3 float4 a lane, the last
+     * ragged), 256, 768 (jamba-small's d_model; N = 5003: one block per slot, slices of
+     * 19 rows, the last of 6), 1024, 1500 (12 a lane, ragged), 2048 (16: the largest).
+     * 1999 rows: the backward's slices of 16 rows, the last one shorter */
+    {1999, 100, 0}, {129, 300, 0}, {200, 256, 0}, {1, 768, 0}, {1031, 768, 0}, {5003, 768, 0},
+    {130, 1024, 0}, {50, 1500, 0}, {65, 2048, 0},
+};
 #define N_RMSNORM_SHAPES (sizeof rmsnorm_shapes / sizeof rmsnorm_shapes[0])
 
+/* n device floats `shift` floats past a cudaMalloc'd (256-byte aligned) start, a copy of
+ * x or (x NULL) poisoned; *base is what to cudaFree */
+static float *rmsnorm_device_floats(const float *x, size_t n, int shift, float **base) {
+    *base = cuda_test_device_poisoned(n + 1);
+    if (x) CUDA_CHECK(cudaMemcpy(*base + shift, x, n * sizeof(float), cudaMemcpyHostToDevice));
+    return *base + shift;
+}
+
+/* The bf16 copy against the float32 output it copies: every value exactly bf16_rn of the
+ * CUDA y (what matmul.cu's own conversion of y would give), and within bf16's rounding of
+ * the CPU's y (a copy of the wrong values, or one never written (NaN), fails both). */
+static void check_rmsnorm_bf16_copy(const char *shape, const uint16_t *d_out16, const float *got_out,
+                                    const float *want_out, size_t n) {
+    uint16_t *bits = braid_calloc(n, sizeof(uint16_t), "bf16 copy");
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(bits, d_out16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+    float *copy = braid_calloc(n, sizeof(float), "bf16 copy as float"), *want = braid_calloc(n, sizeof(float), "bf16(y)");
+    size_t first_off = n;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = (uint32_t)bits[i] << 16;
+        memcpy(&copy[i], &u, sizeof u);
+        want[i] = round_to_bf16(want_out[i]);
+        const float exact = round_to_bf16(got_out[i]);
+        if (first_off == n && memcmp(&copy[i], &exact, sizeof exact)) first_off = i;
+    }
+    ck_assert_msg(first_off == n, "rmsnorm bf16 copy %s: element %zu is %.9g, bf16_rn of the float32 output %.9g is %.9g",
+                  shape, first_off, first_off < n ? copy[first_off] : 0.0f, first_off < n ? got_out[first_off] : 0.0f,
+                  first_off < n ? round_to_bf16(got_out[first_off]) : 0.0f);
+    cuda_test_check_close("rmsnorm_forward bf16 copy", shape, copy, want, n, 1e-2);
+    free(bits); free(copy); free(want);
+}
+
+/* Both forward entries (float32 only, and with the bf16 copy), every output poisoned */
 START_TEST(test_rmsnorm_forward_matches_cpu) {
     for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
         const RowsShape r = rmsnorm_shapes[s];
-        char shape[128];
-        snprintf(shape, sizeof shape, "N=%d C=%d", r.N, r.C);
+        const int row_shift = r.shift == 1, weight_shift = r.shift == 2;
         const size_t n = (size_t)r.N * r.C;
         float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
         float *out = cuda_test_host_normal(&rng, n, 1.0f), *rstd = cuda_test_host_normal(&rng, r.N, 1.0f);
-        float *d_inp = cuda_test_device_copy(inp, n), *d_weight = cuda_test_device_copy(weight, r.C);
-        float *d_out = cuda_test_device_poisoned(n), *d_rstd = cuda_test_device_poisoned(r.N);
+        float *base[4];
+        float *d_inp = rmsnorm_device_floats(inp, n, row_shift, &base[0]);
+        float *d_weight = rmsnorm_device_floats(weight, r.C, weight_shift, &base[1]);
         rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
-        rmsnorm_forward_cuda(d_out, d_rstd, d_inp, d_weight, r.N, r.C, 1e-6f, stream);
-        cuda_test_check_device_close("rmsnorm_forward out", shape, d_out, out, n, ELEMENTWISE_TOL);
-        cuda_test_check_device_close("rmsnorm_forward rstd", shape, d_rstd, rstd, r.N, ELEMENTWISE_TOL);
+        for (int copy = 0; copy <= 1; copy++) {
+            char shape[128];
+            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift, copy ? " bf16 copy" : "");
+            const int out_shift = row_shift || (r.shift == 3 && !copy), out16_shift = row_shift || (r.shift == 3 && copy);
+            float *d_out = rmsnorm_device_floats(NULL, n, out_shift, &base[2]);
+            float *d_rstd = rmsnorm_device_floats(NULL, r.N, 0, &base[3]);
+            uint16_t *base16 = cuda_test_device_alloc((n + 1) * sizeof(uint16_t)), *d_out16 = base16 + out16_shift;
+            CUDA_CHECK(cudaMemset(base16, 0xFF, (n + 1) * sizeof(uint16_t)));
+            if (copy) rmsnorm_forward_bf16_copy_cuda(d_out, d_out16, d_rstd, d_inp, d_weight, r.N, r.C, 1e-6f, stream);
+            else rmsnorm_forward_cuda(d_out, d_rstd, d_inp, d_weight, r.N, r.C, 1e-6f, stream);
+            float *got = cuda_test_host_from_device(d_out, n);
+            cuda_test_check_close("rmsnorm_forward out", shape, got, out, n, ELEMENTWISE_TOL);
+            cuda_test_check_device_close("rmsnorm_forward rstd", shape, d_rstd, rstd, r.N, ELEMENTWISE_TOL);
+            if (copy) check_rmsnorm_bf16_copy(shape, d_out16, got, out, n);
+            free(got);
+            CUDA_CHECK(cudaFree(base[2])); CUDA_CHECK(cudaFree(base[3])); CUDA_CHECK(cudaFree(base16));
+        }
         free(inp); free(weight); free(out); free(rstd);
-        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight));
-        CUDA_CHECK(cudaFree(d_out)); CUDA_CHECK(cudaFree(d_rstd));
+        CUDA_CHECK(cudaFree(base[0])); CUDA_CHECK(cudaFree(base[1]));
     }
 }
 END_TEST
@@ -526,26 +623,66 @@ END_TEST
 START_TEST(test_rmsnorm_backward_accumulates_like_cpu) {
     for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
         const RowsShape r = rmsnorm_shapes[s];
+        const int row_shift = r.shift == 1, weight_shift = r.shift == 2, out_shift = r.shift == 1 || r.shift == 3;
         char shape[128];
-        snprintf(shape, sizeof shape, "N=%d C=%d", r.N, r.C);
+        snprintf(shape, sizeof shape, "N=%d C=%d shift=%d", r.N, r.C, r.shift);
         const size_t n = (size_t)r.N * r.C;
         float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
         float *dout = cuda_test_host_normal(&rng, n, 1.0f);
         float *out = braid_malloc(n * sizeof(float), "out"), *rstd = braid_malloc(r.N * sizeof(float), "rstd");
         rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
         float *dinp = cuda_test_host_normal(&rng, n, 1.0f), *dweight = cuda_test_host_normal(&rng, r.C, 1.0f);
-        float *d_inp = cuda_test_device_copy(inp, n), *d_weight = cuda_test_device_copy(weight, r.C);
-        float *d_dout = cuda_test_device_copy(dout, n), *d_rstd = cuda_test_device_copy(rstd, r.N);
-        float *d_dinp = cuda_test_device_copy(dinp, n), *d_dweight = cuda_test_device_copy(dweight, r.C);
+        float *base[6];
+        float *d_inp = rmsnorm_device_floats(inp, n, row_shift, &base[0]);
+        float *d_weight = rmsnorm_device_floats(weight, r.C, weight_shift, &base[1]);
+        float *d_dout = rmsnorm_device_floats(dout, n, row_shift, &base[2]);
+        float *d_rstd = rmsnorm_device_floats(rstd, r.N, 0, &base[3]);
+        float *d_dinp = rmsnorm_device_floats(dinp, n, out_shift, &base[4]);
+        float *d_dweight = rmsnorm_device_floats(dweight, r.C, 0, &base[5]);
         rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, r.N, r.C);
         rmsnorm_backward_cuda(d_dinp, d_dweight, d_dout, d_inp, d_weight, d_rstd, r.N, r.C, stream);
         cuda_test_check_device_close("rmsnorm_backward dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
         cuda_test_check_device_close("rmsnorm_backward dweight", shape, d_dweight, dweight, r.C,
                                      ELEMENTWISE_TOL);
         free(inp); free(weight); free(dout); free(out); free(rstd); free(dinp); free(dweight);
-        CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
-        CUDA_CHECK(cudaFree(d_rstd)); CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight));
+        for (int b = 0; b < 6; b++) CUDA_CHECK(cudaFree(base[b]));
     }
+}
+END_TEST
+
+/* Same bits on every run (the dw partials are added in a fixed order, no atomics), and
+ * dinp or dweight alone (NULL for the other) the same bits as both together: jamba-small's
+ * width over enough rows for one block per slot of the GPU. */
+START_TEST(test_rmsnorm_backward_is_deterministic) {
+    const int N = 5003, C = 768;
+    const size_t n = (size_t)N * C;
+    float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, C, 1.0f);
+    float *dout = cuda_test_host_normal(&rng, n, 1.0f);
+    float *out = braid_malloc(n * sizeof(float), "out"), *rstd = braid_malloc(N * sizeof(float), "rstd");
+    rmsnorm_forward(out, rstd, inp, weight, N, C, 1e-6f);
+    float *dinp0 = cuda_test_host_normal(&rng, n, 1.0f), *dweight0 = cuda_test_host_normal(&rng, C, 1.0f);
+    float *d_inp = cuda_test_device_copy(inp, n), *d_weight = cuda_test_device_copy(weight, C);
+    float *d_dout = cuda_test_device_copy(dout, n), *d_rstd = cuda_test_device_copy(rstd, N);
+    /* runs 0 and 1 both outputs, 2 dinp only, 3 dweight only */
+    float *dinp[4] = {NULL}, *dweight[4] = {NULL};
+    for (int run = 0; run < 4; run++) {
+        float *d_dinp = cuda_test_device_copy(dinp0, n), *d_dweight = cuda_test_device_copy(dweight0, C);
+        rmsnorm_backward_cuda(run == 3 ? NULL : d_dinp, run == 2 ? NULL : d_dweight, d_dout, d_inp, d_weight, d_rstd,
+                              N, C, stream);
+        dinp[run] = cuda_test_host_from_device(d_dinp, n);
+        dweight[run] = cuda_test_host_from_device(d_dweight, C);
+        CUDA_CHECK(cudaFree(d_dinp)); CUDA_CHECK(cudaFree(d_dweight));
+    }
+    ck_assert_msg(!memcmp(dweight[0], dweight[1], C * sizeof(float)), "rmsnorm backward: two runs' dweight differ in their bits");
+    ck_assert_msg(!memcmp(dinp[0], dinp[1], n * sizeof(float)), "rmsnorm backward: two runs' dinp differ in their bits");
+    ck_assert_msg(!memcmp(dinp[0], dinp[2], n * sizeof(float)), "rmsnorm backward: dinp differs without dweight");
+    ck_assert_msg(!memcmp(dweight[0], dweight[3], C * sizeof(float)), "rmsnorm backward: dweight differs without dinp");
+    ck_assert_msg(!memcmp(dinp0, dinp[3], n * sizeof(float)), "rmsnorm backward: dinp NULL, yet dinp changed");
+    ck_assert_msg(!memcmp(dweight0, dweight[2], C * sizeof(float)), "rmsnorm backward: dweight NULL, yet dweight changed");
+    for (int run = 0; run < 4; run++) { free(dinp[run]); free(dweight[run]); }
+    free(inp); free(weight); free(dout); free(out); free(rstd); free(dinp0); free(dweight0);
+    CUDA_CHECK(cudaFree(d_inp)); CUDA_CHECK(cudaFree(d_weight)); CUDA_CHECK(cudaFree(d_dout));
+    CUDA_CHECK(cudaFree(d_rstd));
 }
 END_TEST
 
@@ -572,10 +709,10 @@ START_TEST(test_swiglu_forward_matches_cpu) {
 }
 END_TEST
 
-/* The residual add and the clipping scale of the model's CUDA step (elementwise.cu): every
- * element of y must change (a skipped one keeps its old value, not y + x), so y starts
- * from its own random values rather than poison. */
-START_TEST(test_add_inplace_and_scale_match_cpu) {
+/* The residual add of the model's CUDA step (elementwise.cu): every element of y must
+ * change (a skipped one keeps its old value, not y + x), so y starts from its own random
+ * values rather than poison. */
+START_TEST(test_add_inplace_matches_cpu) {
     for (size_t s = 0; s < N_SWIGLU_SIZES; s++) {
         const size_t n = swiglu_sizes[s];
         char shape[64];
@@ -585,9 +722,6 @@ START_TEST(test_add_inplace_and_scale_match_cpu) {
         for (size_t i = 0; i < n; i++) y[i] += x[i];
         add_inplace_cuda(d_y, d_x, n, stream);
         cuda_test_check_device_close("add_inplace", shape, d_y, y, n, ELEMENTWISE_TOL);
-        for (size_t i = 0; i < n; i++) y[i] *= 0.37f;
-        scale_cuda(d_y, 0.37f, n, stream);
-        cuda_test_check_device_close("scale", shape, d_y, y, n, ELEMENTWISE_TOL);
         free(y); free(x);
         CUDA_CHECK(cudaFree(d_y)); CUDA_CHECK(cudaFree(d_x));
     }
@@ -638,6 +772,57 @@ START_TEST(test_swiglu_backward_matches_cpu) {
         free(gate); free(up); free(dout); free(dgate); free(dup);
         CUDA_CHECK(cudaFree(d_gate)); CUDA_CHECK(cudaFree(d_up)); CUDA_CHECK(cudaFree(d_dout));
         CUDA_CHECK(cudaFree(d_dgate)); CUDA_CHECK(cudaFree(d_dup));
+    }
+}
+END_TEST
+
+/* n bytes on the device, every one 0xFF (as bf16: NaN), a value an op never writes here */
+/* swiglu_backward_and_forward_bf16_cuda writes the bits that swiglu_forward_bf16_cuda (h)
+ * and swiglu_backward_bf16_cuda (dgate, dup) write for the same inputs: the dense FFN's
+ * bf16 backward swapped the two for the one (layers/ffn_dense.c), and its products must not
+ * change. Every input is pushed away from 0 (a zero dout makes both gradients 0 whatever
+ * the kernel computes); the outputs start poisoned, a guard of poison after them. The
+ * float4 path (n a multiple of 4, arrays aligned) and the scalar one (n ragged, or every
+ * array one element past its alignment). */
+START_TEST(test_swiglu_backward_and_forward_bf16_matches_separate_kernels) {
+    const struct { size_t n; int shift; } cases[] = {{1, 0}, {7, 0}, {1000, 0}, {129 * 300, 0}, {1000, 1}, {7, 1}};
+    const size_t guard = 8;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const size_t n = cases[c].n;
+        const int shift = cases[c].shift;
+        char shape[64];
+        snprintf(shape, sizeof shape, "n=%zu%s", n, shift ? ", arrays 1 element off" : "");
+        float *in[3];   /* gate, up, dout */
+        float *d_in_base[3], *d_in[3];
+        for (int a = 0; a < 3; a++) {
+            in[a] = cuda_test_host_normal(&rng, n, a == 0 ? 3.0f : 1.0f);
+            for (size_t i = 0; i < n; i++)
+                if (fabsf(in[a][i]) < 1e-3f) in[a][i] = in[a][i] < 0.0f ? -1e-3f : 1e-3f;
+            d_in_base[a] = cuda_test_device_alloc((n + 1) * sizeof(float));
+            d_in[a] = d_in_base[a] + shift;
+            CUDA_CHECK(cudaMemcpy(d_in[a], in[a], n * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        const size_t bytes = (shift + n + guard) * sizeof(uint16_t);
+        uint16_t *want[3], *got[3];   /* h, dgate, dup */
+        for (int o = 0; o < 3; o++) {
+            want[o] = cuda_test_device_poisoned_bytes(bytes);
+            got[o] = cuda_test_device_poisoned_bytes(bytes);
+        }
+        swiglu_forward_bf16_cuda(want[0] + shift, d_in[0], d_in[1], n, stream);
+        swiglu_backward_bf16_cuda(want[1] + shift, want[2] + shift, d_in[2], d_in[0], d_in[1], n, stream);
+        swiglu_backward_and_forward_bf16_cuda(got[0] + shift, got[1] + shift, got[2] + shift, d_in[2], d_in[0],
+                                              d_in[1], n, stream);
+        cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 h", shape, got[0], want[0], bytes);
+        cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 dgate", shape, got[1], want[1], bytes);
+        cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 dup", shape, got[2], want[2], bytes);
+        for (int a = 0; a < 3; a++) {
+            free(in[a]);
+            CUDA_CHECK(cudaFree(d_in_base[a]));
+        }
+        for (int o = 0; o < 3; o++) {
+            CUDA_CHECK(cudaFree(want[o]));
+            CUDA_CHECK(cudaFree(got[o]));
+        }
     }
 }
 END_TEST
@@ -968,8 +1153,19 @@ END_TEST
 
 /* ---------------------------------------------------------------- AdamW and the norm */
 
+/* Device arrays of n floats starting `shift` floats into an allocation: shift 1 puts them
+ * off the 16-byte alignment the float4 paths need (*base is what to free). */
+static float *device_copy_shifted(const float *x, size_t n, int shift, float **base) {
+    *base = cuda_test_device_alloc((n + 1) * sizeof(float));
+    CUDA_CHECK(cudaMemcpy(*base + shift, x, n * sizeof(float), cudaMemcpyHostToDevice));
+    return *base + shift;
+}
+
+/* Decayed and no_decay tensors interleaved, ragged sizes (ranges that start and end off a
+ * multiple of 4: the float4 middle and the single ends), three steps of which the second
+ * is clipped (grad_scale ≠ 1); aligned arrays (float4 path) and arrays one float off
+ * (every element singly). */
 START_TEST(test_adamw_update_matches_cpu_with_no_decay_tensors) {
-    /* decayed and no_decay tensors interleaved, ragged sizes */
     ParamList list = {0};
     const int shapes[][2] = {{33, 7}, {33, 1}, {129, 64}, {300, 1}, {5, 3}, {64, 300}};
     const int no_decay[] = {0, 1, 0, 1, 1, 0};
@@ -979,55 +1175,64 @@ START_TEST(test_adamw_update_matches_cpu_with_no_decay_tensors) {
         param_list_add(&list, "", name, 2, shapes[t], INIT_NORMAL, 1.0f, no_decay[t]);
     }
     const size_t n = list.total;
-    const AdamWSettings settings = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
-                                    .weight_decay = 0.1f};
-    float *params = cuda_test_host_normal(&rng, n, 1.0f), *m = cuda_test_host_normal(&rng, n, 0.1f);
-    float *v = cuda_test_host_normal(&rng, n, 0.1f);
-    for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];   /* a second moment is ≥ 0 */
-    float *d_params = cuda_test_device_copy(params, n), *d_m = cuda_test_device_copy(m, n);
-    float *d_v = cuda_test_device_copy(v, n);
-    float *grads = braid_malloc(n * sizeof(float), "grads");
-    float *d_grads = cuda_test_device_alloc(n * sizeof(float));
-    for (long step = 1; step <= 3; step++) {
-        rng_fill_normal(&rng, grads, n, 0.5f);
-        CUDA_CHECK(cudaMemcpy(d_grads, grads, n * sizeof(float), cudaMemcpyHostToDevice));
-        adamw_update(params, grads, m, v, &list, &settings, step);
-        adamw_update_cuda(d_params, d_grads, d_m, d_v, &list, &settings, step, stream);
+    for (int shift = 0; shift <= 1; shift++) {
+        AdamWSettings settings = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
+                                  .weight_decay = 0.1f, .grad_scale = 1.0f};
+        float *params = cuda_test_host_normal(&rng, n, 1.0f), *m = cuda_test_host_normal(&rng, n, 0.1f);
+        float *v = cuda_test_host_normal(&rng, n, 0.1f);
+        for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];   /* a second moment is ≥ 0 */
+        float *base[4];
+        float *d_params = device_copy_shifted(params, n, shift, &base[0]);
+        float *d_m = device_copy_shifted(m, n, shift, &base[1]);
+        float *d_v = device_copy_shifted(v, n, shift, &base[2]);
+        float *grads = braid_malloc(n * sizeof(float), "grads");
+        base[3] = cuda_test_device_alloc((n + 1) * sizeof(float));
+        float *d_grads = base[3] + shift;
+        for (long step = 1; step <= 3; step++) {
+            settings.grad_scale = step == 2 ? 0.37f : 1.0f;   /* a clipped step: the factor folded in */
+            rng_fill_normal(&rng, grads, n, 0.5f);
+            CUDA_CHECK(cudaMemcpy(d_grads, grads, n * sizeof(float), cudaMemcpyHostToDevice));
+            adamw_update(params, grads, m, v, &list, &settings, step);
+            adamw_update_cuda(d_params, d_grads, d_m, d_v, &list, &settings, step, stream);
+        }
+        /* a missed no_decay flag would move a parameter by lr·λ·θ ≈ 1e-3·θ per step, a
+         * missed clipping factor m by ~0.06·g */
+        char shape[96];
+        snprintf(shape, sizeof shape, "%zu floats in 6 tensors, 3 steps, arrays %s", n,
+                 shift ? "one float off alignment" : "aligned");
+        cuda_test_check_device_close("adamw_update params", shape, d_params, params, n, 1e-5);
+        cuda_test_check_device_close("adamw_update m", shape, d_m, m, n, 1e-5);
+        cuda_test_check_device_close("adamw_update v", shape, d_v, v, n, 1e-5);
+        free(params); free(m); free(v); free(grads);
+        for (int i = 0; i < 4; i++) CUDA_CHECK(cudaFree(base[i]));
     }
-    /* a missed no_decay flag would move a parameter by lr·λ·θ ≈ 1e-3·θ per step */
-    char shape[64];
-    snprintf(shape, sizeof shape, "%zu floats in 6 tensors, 3 steps", n);
-    cuda_test_check_device_close("adamw_update params", shape, d_params, params, n, 1e-5);
-    cuda_test_check_device_close("adamw_update m", shape, d_m, m, n, 1e-5);
-    cuda_test_check_device_close("adamw_update v", shape, d_v, v, n, 1e-5);
     param_list_free(&list);
-    free(params); free(m); free(v); free(grads);
-    CUDA_CHECK(cudaFree(d_params)); CUDA_CHECK(cudaFree(d_m)); CUDA_CHECK(cudaFree(d_v));
-    CUDA_CHECK(cudaFree(d_grads));
 }
 END_TEST
 
+/* sizes with n % 4 = 1, 0, 0, 3; aligned (float4 pieces, then the tail) and one float off */
 START_TEST(test_global_grad_norm_matches_cpu) {
     const size_t sizes[] = {1, 1000, 300 * 129, 1000003};
     double *d_norm = cuda_test_device_alloc(sizeof(double));
     double *partials = cuda_test_device_alloc(GLOBAL_GRAD_NORM_CUDA_PARTIALS * sizeof(double));
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        const size_t n = sizes[s];
-        float *grads = cuda_test_host_normal(&rng, n, 0.01f);
-        float *d_grads = cuda_test_device_copy(grads, n);
-        const double poison = NAN;
-        CUDA_CHECK(cudaMemcpy(d_norm, &poison, sizeof poison, cudaMemcpyHostToDevice));
-        global_grad_norm_cuda(d_norm, d_grads, n, partials, stream);
-        double norm = NAN;
-        CUDA_CHECK(cudaStreamSynchronize(stream));
-        CUDA_CHECK(cudaMemcpy(&norm, d_norm, sizeof norm, cudaMemcpyDeviceToHost));
-        const double want = global_grad_norm(grads, n);
-        ck_assert_msg(fabs(norm - want) <= 1e-10 * want,
-                      "global_grad_norm n=%zu: %.15g, expected %.15g (|diff| %.3g)", n, norm, want,
-                      fabs(norm - want));
-        free(grads);
-        CUDA_CHECK(cudaFree(d_grads));
-    }
+    for (int shift = 0; shift <= 1; shift++)
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            const size_t n = sizes[s];
+            float *grads = cuda_test_host_normal(&rng, n, 0.01f), *base;
+            float *d_grads = device_copy_shifted(grads, n, shift, &base);
+            const double poison = NAN;
+            CUDA_CHECK(cudaMemcpy(d_norm, &poison, sizeof poison, cudaMemcpyHostToDevice));
+            global_grad_norm_cuda(d_norm, d_grads, n, partials, stream);
+            double norm = NAN;
+            CUDA_CHECK(cudaStreamSynchronize(stream));
+            CUDA_CHECK(cudaMemcpy(&norm, d_norm, sizeof norm, cudaMemcpyDeviceToHost));
+            const double want = global_grad_norm(grads, n);
+            ck_assert_msg(fabs(norm - want) <= 1e-10 * want,
+                          "global_grad_norm n=%zu shift %d: %.15g, expected %.15g (|diff| %.3g)", n, shift, norm,
+                          want, fabs(norm - want));
+            free(grads);
+            CUDA_CHECK(cudaFree(base));
+        }
     CUDA_CHECK(cudaFree(d_norm));
     CUDA_CHECK(cudaFree(partials));
 }
@@ -1048,10 +1253,12 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_embedding_backward_is_deterministic);
     tcase_add_test(tc, test_rmsnorm_forward_matches_cpu);
     tcase_add_test(tc, test_rmsnorm_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_rmsnorm_backward_is_deterministic);
     tcase_add_test(tc, test_swiglu_forward_matches_cpu);
     tcase_add_test(tc, test_swiglu_backward_matches_cpu);
+    tcase_add_test(tc, test_swiglu_backward_and_forward_bf16_matches_separate_kernels);
     tcase_add_test(tc, test_elementwise_on_unaligned_arrays_matches_cpu);
-    tcase_add_test(tc, test_add_inplace_and_scale_match_cpu);
+    tcase_add_test(tc, test_add_inplace_matches_cpu);
     tcase_add_test(tc, test_cross_entropy_matches_cpu);
     tcase_add_test(tc, test_rope_forward_matches_cpu);
     tcase_add_test(tc, test_rope_backward_matches_cpu);

@@ -81,29 +81,39 @@ START_TEST(test_conv1d_forward_matches_cpu) {
 }
 END_TEST
 
+/* Every shape, plain and through the silu (silu_in: the conv's output gradient is
+ * dout ⊙ silu'(a), as the Mamba layer calls it; the CPU reference applies it first). */
 START_TEST(test_conv1d_backward_accumulates_like_cpu) {
-    for (size_t s = 0; s < N_CONV_SHAPES; s++) {
-        const ConvShape m = conv_shapes[s];
+    for (size_t s = 0; s < 2 * N_CONV_SHAPES; s++) {
+        const ConvShape m = conv_shapes[s / 2];
+        const int through_silu = s % 2;
         char shape[96];
-        snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d", m.Bsz, m.T, m.C, m.K);
+        snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d%s", m.Bsz, m.T, m.C, m.K,
+                 through_silu ? " through silu" : "");
         const size_t n = (size_t)m.Bsz * m.T * m.C, nw = (size_t)m.C * m.K;
         float *x = cuda_test_host_normal(&rng, n, 1.0f), *w = cuda_test_host_normal(&rng, nw, 0.5f);
-        float *dout = cuda_test_host_normal(&rng, n, 1.0f);
+        float *dout = cuda_test_host_normal(&rng, n, 1.0f), *pre = cuda_test_host_normal(&rng, n, 2.0f);
         /* gradients start from the same random values on both sides */
         float *dx = cuda_test_host_normal(&rng, n, 1.0f), *dw = cuda_test_host_normal(&rng, nw, 1.0f);
         float *dbias = cuda_test_host_normal(&rng, m.C, 1.0f);
         float *d_x = cuda_test_device_copy(x, n), *d_w = cuda_test_device_copy(w, nw);
-        float *d_dout = cuda_test_device_copy(dout, n);
+        float *d_dout = cuda_test_device_copy(dout, n), *d_pre = cuda_test_device_copy(pre, n);
         float *d_dx = cuda_test_device_copy(dx, n), *d_dw = cuda_test_device_copy(dw, nw);
         float *d_dbias = cuda_test_device_copy(dbias, m.C);
+        if (through_silu)
+            for (size_t i = 0; i < n; i++) {
+                const float sg = 1.0f / (1.0f + expf(-pre[i]));
+                dout[i] *= sg * (1.0f + pre[i] * (1.0f - sg));
+            }
         causal_conv1d_backward(dx, dw, dbias, dout, x, w, m.Bsz, m.T, m.C, m.K);
-        causal_conv1d_backward_cuda(d_dx, d_dw, d_dbias, d_dout, d_x, d_w, m.Bsz, m.T, m.C, m.K, stream);
+        causal_conv1d_backward_cuda(d_dx, d_dw, d_dbias, d_dout, through_silu ? d_pre : NULL, d_x, d_w, m.Bsz, m.T,
+                                    m.C, m.K, stream);
         cuda_test_check_device_close("causal_conv1d_backward dx", shape, d_dx, dx, n, BACKWARD_TOL);
         cuda_test_check_device_close("causal_conv1d_backward dweight", shape, d_dw, dw, nw, BACKWARD_TOL);
         cuda_test_check_device_close("causal_conv1d_backward dbias", shape, d_dbias, dbias, m.C,
                                      BACKWARD_TOL);
-        free(x); free(w); free(dout); free(dx); free(dw); free(dbias);
-        CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_w)); CUDA_CHECK(cudaFree(d_dout));
+        free(x); free(w); free(dout); free(pre); free(dx); free(dw); free(dbias);
+        CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_w)); CUDA_CHECK(cudaFree(d_dout)); CUDA_CHECK(cudaFree(d_pre));
         CUDA_CHECK(cudaFree(d_dx)); CUDA_CHECK(cudaFree(d_dw)); CUDA_CHECK(cudaFree(d_dbias));
     }
 }
@@ -256,26 +266,39 @@ static float *cpu_forward_backward(const ScanData *s, ScanGrads *g) {
     return states;
 }
 
-/* The CUDA backward on the uploaded chunk states: selective_scan_backward_cuda, or with write
- * selective_scan_backward_write_cuda (du and dδ written, not accumulated). */
-static void cuda_backward(const ScanData *s, const ScanGrads *d, const float *d_states, int write) {
+/* How the backward under test leaves du and dδ: accumulated (selective_scan_backward_cuda),
+ * written (selective_scan_backward_write_cuda), or written with dδ through the softplus
+ * (the same with delta_softplus: da = dδ·(−expm1(−δ)), the Mamba layer's call). */
+enum { BWD_ACCUMULATE, BWD_WRITE, BWD_WRITE_SOFTPLUS };
+
+/* The CUDA backward on the uploaded chunk states, in the given mode. */
+static void cuda_backward(const ScanData *s, const ScanGrads *d, const float *d_states, int mode) {
     const ScanShape m = s->m;
     const size_t scratch_floats = selective_scan_backward_cuda_scratch_floats(m.Bsz, m.T, m.channels, m.N);
     float *d_scratch = cuda_test_device_poisoned(scratch_floats);
-    (write ? selective_scan_backward_write_cuda : selective_scan_backward_cuda)(
-        d->du, d->ddelta, d->dA, d->dB, d->dC, m.use_D ? d->dD : NULL, s->d_dy, s->d_u, s->d_delta, s->d_A, s->d_B,
-        s->d_C, m.use_D ? s->d_D : NULL, d_states, m.Bsz, m.T, m.channels, m.N, m.chunk, d_scratch, scratch_floats,
-        stream);
+    if (mode == BWD_ACCUMULATE)
+        selective_scan_backward_cuda(d->du, d->ddelta, d->dA, d->dB, d->dC, m.use_D ? d->dD : NULL, s->d_dy, s->d_u,
+                                     s->d_delta, s->d_A, s->d_B, s->d_C, m.use_D ? s->d_D : NULL, d_states, m.Bsz,
+                                     m.T, m.channels, m.N, m.chunk, d_scratch, scratch_floats, stream);
+    else
+        selective_scan_backward_write_cuda(d->du, d->ddelta, d->dA, d->dB, d->dC, m.use_D ? d->dD : NULL, s->d_dy,
+                                           s->d_u, s->d_delta, s->d_A, s->d_B, s->d_C, m.use_D ? s->d_D : NULL,
+                                           d_states, m.Bsz, m.T, m.channels, m.N, m.chunk, d_scratch,
+                                           scratch_floats, mode == BWD_WRITE_SOFTPLUS, stream);
     CUDA_CHECK(cudaStreamSynchronize(stream));
     CUDA_CHECK(cudaFree(d_scratch));
 }
 
 /* Every shape with every segment setting: the CUDA backward against the CPU's on the CPU's
  * chunk states, all six gradients starting from the same random values on both sides —
- * except, with write, du and dδ: poisoned on the device and zero on the CPU, so the write
- * variant must write every element of them without reading any. */
-static void check_backward_every_shape(int write) {
-    const char *op = write ? "selective_scan_backward_write" : "selective_scan_backward";
+ * except, when written, du and dδ: poisoned on the device and zero on the CPU, so the write
+ * variant must write every element of them without reading any; through the softplus the
+ * CPU's dδ is then multiplied by −expm1(−δ), as the layer's CPU path does. */
+static void check_backward_every_shape(int mode) {
+    const int write = mode != BWD_ACCUMULATE;
+    const char *op = mode == BWD_ACCUMULATE ? "selective_scan_backward"
+                     : mode == BWD_WRITE    ? "selective_scan_backward_write"
+                                            : "selective_scan_backward_write (delta_softplus)";
     for (size_t i = 0; i < N_SCAN_SHAPES * N_SEGMENT_SETTINGS; i++) {
         const char *segments = segment_settings[i % N_SEGMENT_SETTINGS];
         set_segments(segments);
@@ -294,8 +317,10 @@ static void check_backward_every_shape(int write) {
             d.ddelta = cuda_test_device_poisoned(s.n_seq);
         }
         float *states = cpu_forward_backward(&s, &g);
+        if (mode == BWD_WRITE_SOFTPLUS)
+            for (size_t e = 0; e < s.n_seq; e++) g.ddelta[e] *= -expm1f(-s.delta[e]);
         float *d_states = cuda_test_device_copy(states, s.n_states);
-        cuda_backward(&s, &d, d_states, write);
+        cuda_backward(&s, &d, d_states, mode);
         const struct { const char *name; const float *got, *want; size_t n; } grads[] = {
             {"du", d.du, g.du, s.n_seq},          {"ddelta", d.ddelta, g.ddelta, s.n_seq},
             {"dA", d.dA, g.dA, s.n_A},            {"dB", d.dB, g.dB, s.n_bc},
@@ -313,12 +338,16 @@ static void check_backward_every_shape(int write) {
     set_segments(NULL);
 }
 
-START_TEST(test_scan_backward_accumulates_like_cpu) { check_backward_every_shape(0); }
+START_TEST(test_scan_backward_accumulates_like_cpu) { check_backward_every_shape(BWD_ACCUMULATE); }
 END_TEST
 
 /* selective_scan_backward_write_cuda writes du and dδ (from a poisoned start they must equal
  * the CPU's from zero) while dA, dB, dC, dD still accumulate onto their random start. */
-START_TEST(test_scan_backward_write_overwrites_du_and_ddelta) { check_backward_every_shape(1); }
+START_TEST(test_scan_backward_write_overwrites_du_and_ddelta) { check_backward_every_shape(BWD_WRITE); }
+END_TEST
+
+/* The Mamba layer's call: the same, with dδ leaving through δ = softplus(a) as da. */
+START_TEST(test_scan_backward_write_through_softplus) { check_backward_every_shape(BWD_WRITE_SOFTPLUS); }
 END_TEST
 
 /* NULL gradients are skipped and the others still come out right (only dδ and dB asked
@@ -344,7 +373,7 @@ START_TEST(test_scan_backward_skips_null_gradients_and_is_deterministic) {
     float *d_ddelta = cuda_test_device_copy(start_ddelta, s.n_seq);
     float *d_dB = cuda_test_device_copy(start_dB, s.n_bc);
     ScanGrads only = {NULL, d_ddelta, NULL, d_dB, NULL, NULL};
-    cuda_backward(&s, &only, d_states, 0);
+    cuda_backward(&s, &only, d_states, BWD_ACCUMULATE);
     float *first_ddelta = cuda_test_host_from_device(d_ddelta, s.n_seq);
     float *first_dB = cuda_test_host_from_device(d_dB, s.n_bc);
     cuda_test_check_close("selective_scan_backward ddelta (others NULL)", shape, first_ddelta, cpu_ddelta,
@@ -354,7 +383,7 @@ START_TEST(test_scan_backward_skips_null_gradients_and_is_deterministic) {
 
     CUDA_CHECK(cudaMemcpy(d_ddelta, start_ddelta, s.n_seq * sizeof(float), cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(d_dB, start_dB, s.n_bc * sizeof(float), cudaMemcpyHostToDevice));
-    cuda_backward(&s, &only, d_states, 0);
+    cuda_backward(&s, &only, d_states, BWD_ACCUMULATE);
     float *second_ddelta = cuda_test_host_from_device(d_ddelta, s.n_seq);
     float *second_dB = cuda_test_host_from_device(d_dB, s.n_bc);
     for (size_t i = 0; i < s.n_seq; i++)
@@ -412,7 +441,7 @@ static void bench_backward_zeroed(const BenchArgs *a) {
 static void bench_backward_write(const BenchArgs *a) {
     selective_scan_backward_write_cuda(a->du, a->ddelta, a->dA, a->dB, a->dC, a->dD, a->dy, a->u, a->delta,
                                        a->A, a->B, a->C, a->D, a->states, a->Bsz, a->T, a->channels, a->N,
-                                       a->chunk, a->scratch, a->scratch_floats, stream);
+                                       a->chunk, a->scratch, a->scratch_floats, 0, stream);
 }
 
 /* Median of BENCH_REPEATS timed calls after 3 untimed ones, in milliseconds. */
@@ -501,6 +530,7 @@ static Suite *cuda_scan_suite(void) {
     tcase_add_test(tc, test_scan_forward_matches_cpu);
     tcase_add_test(tc, test_scan_backward_accumulates_like_cpu);
     tcase_add_test(tc, test_scan_backward_write_overwrites_du_and_ddelta);
+    tcase_add_test(tc, test_scan_backward_write_through_softplus);
     tcase_add_test(tc, test_scan_backward_skips_null_gradients_and_is_deterministic);
     suite_add_tcase(s, tc);
     return s;

@@ -38,18 +38,24 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "bf16 store_lanes swaps two lanes"
     mutant ../layers/moe.c 's/dup16 + (size_t)o \* H, xg, NULL, w_up/dgate16 + (size_t)o * H, xg, NULL, w_up/' \
         "moe: up projection reads dgate as its bf16 dout"
-    mutant ../layers/mamba.c 's/mamba_gate_backward_bf16_cuda((uint16_t \*)w.dz, w.dgated/mamba_gate_backward_bf16_cuda((uint16_t *)w.dz + 8, w.dgated/' \
+    mutant ../layers/mamba.c 's/(gated16, dz16, w.dgated/(gated16, dz16 + 8, w.dgated/' \
         "mamba: bf16 dz written 8 values off"
-    mutant ../layers/ffn_dense.c 's/\*dup16 = h16 + nh;/*dup16 = h16 + nh - 8;/' \
-        "dense: dup overlaps dgate's tail"
+    mutant ../layers/ffn_dense.c 's/\*dup16 = (uint16_t \*)(dh + nh);/*dup16 = dgate16;/' \
+        "dense: dup written over dgate"
+    mutant ../layers/ffn_dense.c 's/\*dgate16 = h16 + nh,/*dgate16 = h16,/' \
+        "dense: dgate written over h (the old aliasing)"
+    mutant swiglu.cu 's/hv\[e\] = g\[e\] \* s \* u\[e\];/hv[e] = g[e] * s;/' \
+        "swiglu fused bf16: h = silu(gate), missing the up factor"
+    mutant mamba_glue.cu 's/gt\[e\] = yy\[e\] \* s;/gt[e] = yy[e] * zz[e];/' \
+        "mamba gate fused bf16: gated = y * z, not y * silu(z)"
     mutant conv1d.cu 's/else d = zero_lanes<P>();/else d = load_lanes<P>(dout + base + (size_t)t * C);/' \
         "conv bf16 dx starts from dout, not 0"
     mutant cross_entropy.cu 's/{ \*p = __float2bfloat16_rn(v); }/{ *p = __float2bfloat16_rz(v); }/' \
         "cross-entropy bf16 dlogits truncated, not rounded"
     mutant ../models/model.c 's/m->vocab, grad_scale, NULL, NULL,/m->vocab, 2 * grad_scale, NULL, NULL,/' \
         "lm head bf16: dlogits at twice the scale"
-    mutant rmsnorm.cu 's/y16\[c\] = __float2bfloat16_rn(v);/y16[c] = __float2bfloat16_rn(x[c]);/' \
-        "rmsnorm bf16 copy of the input, not the output"
+    mutant rmsnorm.cu 's/store_lanes<4>(out16 + (size_t)n \* C + 4 \* i, y)/store_lanes<4>(out16 + (size_t)n * C + 4 * i, x[k])/' \
+        "rmsnorm row kernel: bf16 copy of the input, not the output"
     mutant ../models/model.c '0,/offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);/s//offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm1_bf16);/' \
         "forward offers norm1's copy for norm2's output"
     mutant ../layers/mamba.c 's/NULL, v.u16, W_x, BT, di, R + 2 \* N, 0);/NULL, v.u16 + 8, W_x, BT, di, R + 2 * N, 0);/' \

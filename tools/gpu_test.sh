@@ -41,11 +41,16 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant matmul.cu 's/weight, N, C, OC, 1, 1, stream);/weight, N, C, OC, 1, 0, stream);/' "matmul bf16 write_dinp adds into dinp"
     mutant matmul.cu 's/extern "C" void matmul_forget_weights_cuda(void) { mirror_src = NULL; }/extern "C" void matmul_forget_weights_cuda(void) { }/' "bf16 weight mirror never forgotten"
     mutant matmul.cu 's/const __nv_bfloat16 \*at = mirror + (src - mirror_src);/const __nv_bfloat16 *at = mirror;/' "every mirrored weight reads the first"
-    mutant matmul.cu 's/if (role == BF16_INP \&\& held_src \&\& src == held_src \&\& n == held_n)/if (role == BF16_INP \&\& held_src \&\& n == held_n)/' "any input of the held one's size reads its bf16 copy"
+    mutant matmul.cu 's/held_src \&\& src == held_src \&\& n == held_n)/held_src \&\& n == held_n)/' "any input of the held one's size reads its bf16 copy"
     mutant matmul.cu 's/extern "C" void matmul_release_input_cuda(void) {/extern "C" void matmul_release_input_cuda(void) { return;/' "held input never released"
     mutant matmul.cu 's/    copy_src = copy ? src : NULL;/    if (!copy) return;\n    copy_src = copy ? src : NULL;/' "an offered bf16 copy is never withdrawn"
     mutant matmul.cu 's/if (role == BF16_INP \&\& copy_src \&\& src == copy_src \&\& n == copy_n) return copy_of_src;//' "an offered bf16 copy is ignored"
     mutant rmsnorm.cu 's/dx\[c\] += r \*/dx[c] = r */' "rmsnorm dinp overwritten, not accumulated"
+    mutant rmsnorm.cu 's/d\[e\] += r \* (dy/d[e] = r * (dy/' "rmsnorm row kernel: dinp overwritten, not accumulated"
+    mutant rmsnorm.cu 's/s < S; s += RMSNORM_FINISH_GROUPS/s < S - 1; s += RMSNORM_FINISH_GROUPS/' "rmsnorm dw: the last block's partial dropped"
+    mutant rmsnorm.cu 's/store_lanes<4>(partial + (size_t)blockIdx.x \* C + 4 \* i, acc\[k\])/store_lanes<4>(partial + (size_t)blockIdx.x * C + 4 * (i ^ 1), acc[k])/' "rmsnorm dw: partials written to the wrong columns"
+    mutant rmsnorm.cu 's/half_sum\[warp - half\]\[k\]\[lane\] = acc\[k\]/half_sum[warp - half][k][lane] = zero_lanes<4>()/' "rmsnorm dw: a block adds only its first warp's sums"
+    mutant rmsnorm.cu 's/for (int offset = L; offset < 32; offset <<= 1)/for (int offset = 2 * L; offset < 32; offset <<= 1)/' "rmsnorm dw: a warp's row groups not all added"
     mutant column_sum.cuh 's/for (int s = 0; s < slices; s++) sum +=/for (int s = 0; s < 1; s++) sum +=/' "column sums keep only the first row slice"
     mutant column_sum.cuh 's/n1 = min(N, n0 + rows_per_slice)/n1 = min(N - 1, n0 + rows_per_slice)/' "column sums drop the last row"
     mutant swiglu.cu 's/GRID_STRIDE(i, n \/ W) {/GRID_STRIDE(i, n \/ 4) {/' "swiglu kernels cover a quarter (scalar path)"
@@ -61,6 +66,9 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant attention.cu 's/dq_row\[d\] += scale/dq_row[d] = scale/' "attention dq overwritten, not accumulated"
     mutant adamw.cu 's/first->no_decay ? 0.0f : s->weight_decay/s->weight_decay/' "adamw decays no_decay tensors"
     mutant adamw.cu 's/partials\[blockIdx.x\] = ss/partials[blockIdx.x] = ss * 0.999999/' "grad norm off by 5e-7"
+    mutant adamw.cu 's/const float g = grad \* grad_scale;/const float g = grad;/' "adamw ignores the clipping factor"
+    mutant adamw.cu 's/if (first < 8) {/if (first < 4) {/' "adamw skips a range's ragged tail"
+    mutant adamw.cu 's/for (size_t i = 4 \* n4 + first; i < n; i += stride)/for (size_t i = 4 * n4 + first; i < n - 1; i += stride)/' "grad norm drops the last element"
     cmake --build "$build" -j"$jobs" --target test_cuda_ops >>"$out/mutants.log" 2>&1   # the real one again
 fi
 

@@ -3,7 +3,9 @@
  *   out[b,t,c] = bias[c] + Σ_{j=0..K−1} w[c,j] · x[b, t−K+1+j, c]     (zero before t = 0)
  *   dx[b,s,c]  += Σ_j w[c,j] · dout[b, s+K−1−j, c]                     (t < T only)
  *   dw[c,j]    += Σ_{b,t} dout[b,t,c] · x[b,t−K+1+j,c],   dbias[c] += Σ_{b,t} dout[b,t,c]
- * x, out, dout, dx are (Bsz,T,C); w (C,K).
+ * x, out, dout, dx are (Bsz,T,C); w (C,K). In Mamba the conv's output a goes through
+ * u = silu(a), and the backward can take du with a (silu_in) and use dout = du ⊙ silu'(a) as
+ * each row is loaded, instead of a pass of its own that reads du and a and writes dout.
  *
  * Both kernels: a thread owns P adjacent channels (P = 4, one float4, where C is a multiple
  * of 4 and the tensors 16-byte aligned; else 1) and CONV_STEPS consecutive time steps of one
@@ -39,6 +41,12 @@
 #define CONV_MAX_K 8
 #define CONV_STEPS 16   /* time steps a thread walks */
 #define CONV_WALKS 8    /* walks along time per block (blockDim.y) */
+
+/* d/da silu(a) = σ(a)(1 + a(1 − σ(a))), with expf as mamba_glue.cu's (the CPU's formula) */
+__device__ __forceinline__ float conv_silu_grad(float a) {
+    const float s = 1.0f / (1.0f + expf(-a));
+    return s * (1.0f + a * (1.0f - s));
+}
 
 /* One step of a walk: the window's rows move down one and `next` enters at the top. */
 template <int K, int P>
@@ -102,10 +110,10 @@ causal_conv1d_forward_kernel(float *out, const float *x, const float *weight, co
 /* partial[row][v][c], v < K: tap v, v = K: bias; row = the block's walk index (blockIdx.x).
  * DX float: dx accumulated; __nv_bfloat16: dx WRITTEN as bf16 (in_proj's output gradient
  * in bf16, ops_cuda.h), its sum started from 0 as the float path's from a zeroed dx, so the
- * value rounded is the same. */
+ * value rounded is the same. silu_in (or NULL): the rows of dout are du ⊙ silu'(silu_in). */
 template <int K, int P, typename DX>
 __global__ void __launch_bounds__(32 * CONV_WALKS)
-causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const float *x,
+causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const float *silu_in, const float *x,
                               const float *weight, int Bsz, int T, int C, bool weight_grads) {
     __shared__ float walk_sum[CONV_WALKS][K + 1][32 * P];
     const ConvWalk w(T, P);
@@ -122,20 +130,28 @@ causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const f
 #pragma unroll
             for (int j = 0; j < K; j++) tap[p][j] = weight[(size_t)(w.c + p) * K + j];
         const size_t base = (size_t)w.b * T * C + w.c;
+        auto dout_row = [&](int t) {   /* dout[t], through the silu where asked */
+            Lanes<P> g = load_lanes<P>(dout + base + (size_t)t * C);
+            if (silu_in) {
+                const Lanes<P> a = load_lanes<P>(silu_in + base + (size_t)t * C);
+#pragma unroll
+                for (int p = 0; p < P; p++) g.v[p] *= conv_silu_grad(a.v[p]);
+            }
+            return g;
+        };
         /* win[i] = dout[s+i] at step s (zero from T on); before the first step,
          * win[1..K−1] = dout[t0 … t0+K−2] */
         Lanes<P> win[K];
 #pragma unroll
         for (int i = 1; i < K; i++) {
             const int t = w.t0 + i - 1;
-            win[i] = t < T ? load_lanes<P>(dout + base + (size_t)t * C) : zero_lanes<P>();
+            win[i] = t < T ? dout_row(t) : zero_lanes<P>();
         }
 #pragma unroll
         for (int s = 0; s < CONV_STEPS; s++) {
             const int t = w.t0 + s;
             if (t >= T) break;
-            slide_window<K, P>(win, t + K - 1 < T ? load_lanes<P>(dout + base + (size_t)(t + K - 1) * C)
-                                                  : zero_lanes<P>());
+            slide_window<K, P>(win, t + K - 1 < T ? dout_row(t + K - 1) : zero_lanes<P>());
             /* tap j joins x[t] and dout[t+K−1−j] = win[K−1−j] */
             if (dx) {
                 Lanes<P> d;
@@ -217,13 +233,13 @@ static void launch_forward(float *out, const float *x, const float *weight, cons
 }
 
 template <int K, int P, typename DX>
-static void launch_backward_to(DX *dx, float *dweight, float *dbias, const float *dout, const float *x,
-                               const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
+static void launch_backward_to(DX *dx, float *dweight, float *dbias, const float *dout, const float *silu_in,
+                               const float *x, const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
     const dim3 grid = conv_grid(Bsz, T, C, P);
     const bool weight_grads = dweight || dbias;
     float *partial = weight_grads ? column_sum_partials((size_t)grid.x * (K + 1) * C) : NULL;
     causal_conv1d_backward_kernel<K, P, DX><<<grid, dim3(32, CONV_WALKS), 0, stream>>>(
-        dx, partial, dout, x, weight, Bsz, T, C, weight_grads);
+        dx, partial, dout, silu_in, x, weight, Bsz, T, C, weight_grads);
     CUDA_CHECK_LAUNCH();
     if (weight_grads) {
         column_finish_kernel<K + 1><<<grid_stride_blocks((size_t)(K + 1) * C), 256, 0, stream>>>(
@@ -233,15 +249,16 @@ static void launch_backward_to(DX *dx, float *dweight, float *dbias, const float
 }
 
 template <int K, int P>
-static void launch_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *x,
-                            const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
-    launch_backward_to<K, P, float>(dx, dweight, dbias, dout, x, weight, Bsz, T, C, stream);
+static void launch_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *silu_in,
+                            const float *x, const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
+    launch_backward_to<K, P, float>(dx, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream);
 }
 
 template <int K, int P>
 static void launch_backward_bf16(__nv_bfloat16 *dx, float *dweight, float *dbias, const float *dout,
-                                 const float *x, const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
-    launch_backward_to<K, P, __nv_bfloat16>(dx, dweight, dbias, dout, x, weight, Bsz, T, C, stream);
+                                 const float *silu_in, const float *x, const float *weight, int Bsz, int T,
+                                 int C, cudaStream_t stream) {
+    launch_backward_to<K, P, __nv_bfloat16>(dx, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream);
 }
 
 /* the kernel size and the lane width as template arguments */
@@ -268,22 +285,22 @@ extern "C" void causal_conv1d_forward_cuda(float *out, const float *x, const flo
 }
 
 extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
-                                            const float *x, const float *weight, int Bsz, int T,
-                                            int C, int K, cudaStream_t stream) {
+                                            const float *silu_in, const float *x, const float *weight, int Bsz,
+                                            int T, int C, int K, cudaStream_t stream) {
     if ((size_t)Bsz * T * C == 0 || (!dx && !dweight && !dbias)) return;
     check_kernel_size(K, "causal_conv1d_backward_cuda");
-    const void *rows[] = {dx, dout, x};
-    const bool vec = conv_vec_ok(C, rows, 3);
-    CONV_DISPATCH(K, vec, launch_backward, dx, dweight, dbias, dout, x, weight, Bsz, T, C, stream)
+    const void *rows[] = {dx, dout, silu_in, x};
+    const bool vec = conv_vec_ok(C, rows, 4);
+    CONV_DISPATCH(K, vec, launch_backward, dx, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream)
 }
 
 extern "C" void causal_conv1d_backward_bf16_cuda(uint16_t *dx, float *dweight, float *dbias, const float *dout,
-                                                 const float *x, const float *weight, int Bsz, int T, int C, int K,
-                                                 cudaStream_t stream) {
+                                                 const float *silu_in, const float *x, const float *weight, int Bsz,
+                                                 int T, int C, int K, cudaStream_t stream) {
     if ((size_t)Bsz * T * C == 0) return;
     check_kernel_size(K, "causal_conv1d_backward_bf16_cuda");
-    const void *rows[] = {dx, dout, x};
-    const bool vec = conv_vec_ok(C, rows, 3);
+    const void *rows[] = {dx, dout, silu_in, x};
+    const bool vec = conv_vec_ok(C, rows, 4);
     __nv_bfloat16 *d = (__nv_bfloat16 *)dx;
-    CONV_DISPATCH(K, vec, launch_backward_bf16, d, dweight, dbias, dout, x, weight, Bsz, T, C, stream)
+    CONV_DISPATCH(K, vec, launch_backward_bf16, d, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream)
 }

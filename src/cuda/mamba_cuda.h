@@ -29,15 +29,17 @@ extern "C" {
 void causal_conv1d_forward_cuda(float *out, const float *x, const float *weight, const float *bias,
                                 int Bsz, int T, int C, int K, cudaStream_t stream);
 /* dx += (gather of weight·dout); dweight[c,j] += Σ_{b,t} dout·x; dbias[c] += Σ_{b,t} dout.
- * The (b,t) sums have a fixed order (no atomics). */
+ * The (b,t) sums have a fixed order (no atomics). silu_in, when not NULL, is the conv's
+ * output a before Mamba's u = silu(a), and dout is du: the conv then takes du ⊙ silu'(a)
+ * as its output gradient (the silu's backward, done as the rows are loaded). */
 void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
-                                 const float *x, const float *weight, int Bsz, int T, int C, int K,
-                                 cudaStream_t stream);
+                                 const float *silu_in, const float *x, const float *weight, int Bsz, int T,
+                                 int C, int K, cudaStream_t stream);
 /* The same with dx WRITTEN as bf16 (not accumulated): in_proj's x1-half output gradient when
  * that product multiplies in bf16 (ops_cuda.h, matmul_bf16_operands_cuda); dx required. */
 void causal_conv1d_backward_bf16_cuda(uint16_t *dx, float *dweight, float *dbias, const float *dout,
-                                      const float *x, const float *weight, int Bsz, int T, int C, int K,
-                                      cudaStream_t stream);
+                                      const float *silu_in, const float *x, const float *weight, int Bsz,
+                                      int T, int C, int K, cudaStream_t stream);
 
 /* h_t = exp(δ_t A) ⊙ h_{t−1} + (δ_t u_t) B_t,  y_t = h_t·C_t + D u_t  (D may be NULL).
  * Writes y and chunk_states. */
@@ -59,13 +61,15 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
 /* The same, but du and ddelta are WRITTEN (every element, neither read nor needing zeroing
  * first); dA, dB, dC, dD still accumulate. The Mamba layer's du and dδ start from the
  * scan's, and zeroing them first and reading them back in the kernel cost ~10% of the
- * backward (docs/performance.md, "The scan's backward, part by part"). */
+ * backward (docs/performance.md, "The scan's backward, part by part").
+ * delta_softplus: δ is softplus(a) and ddelta gets da = dδ·σ(a) = dδ·(−expm1(−δ)) instead
+ * of dδ (the layer's next step, done as the values leave, not in a pass of its own). */
 void selective_scan_backward_write_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC,
                                         float *dD, const float *dy, const float *u, const float *delta,
                                         const float *A, const float *B, const float *C, const float *D,
                                         const float *chunk_states, int Bsz, int T, int channels, int N,
                                         int chunk, float *scratch, size_t scratch_floats,
-                                        cudaStream_t stream);
+                                        int delta_softplus, cudaStream_t stream);
 
 /* ---- the layer's elementwise glue (mamba_glue.cu), the loops of layers/mamba.c ----
  * n elements each; the same formulas as core/ops.h's silu_f/softplus_f (expf, log1pf,
@@ -96,13 +100,14 @@ void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const fl
 void mamba_gate_forward_bf16_cuda(uint16_t *gated, const float *y, const float *z, size_t n, cudaStream_t stream);
 void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const float *y, const float *z, size_t n,
                                    cudaStream_t stream);
+/* Both at once, from one read of dgated, y, z: gated and dz WRITTEN as bf16 and dgated
+ * turned into the scan's dy in place, the bits the two above give. For a backward whose
+ * out_proj's dweight reads gated in bf16; gated, dz, dgated must not overlap. */
+void mamba_gate_backward_and_forward_bf16_cuda(uint16_t *gated, uint16_t *dz, float *dgated, const float *y,
+                                               const float *z, size_t n, cudaStream_t stream);
 /* dA_log += dA ⊙ A   (A = −exp(A_log), so ∂A/∂A_log = A; ACCUMULATES) */
 void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
                                   cudaStream_t stream);
-/* ddelta ⊙= −expm1(−delta)   (softplus' = σ, from the saved δ) */
-void mamba_softplus_backward_cuda(float *ddelta, const float *delta, size_t n, cudaStream_t stream);
-/* du ⊙= silu'(conv)   (du becomes dconv) */
-void mamba_silu_backward_cuda(float *du, const float *conv, size_t n, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

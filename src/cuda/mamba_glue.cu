@@ -87,35 +87,41 @@ __global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y
     }
 }
 
+/* Both of the above in bf16, for a backward whose out_proj multiplies in bf16 (layers/mamba.c):
+ * out_proj's dweight wants gated = y ⊙ silu(z) as its bf16 operand, and its dinp dgated is
+ * what the gate's backward reads, so one pass writes gated and dz (bf16) and turns dgated
+ * into the scan's dy, from one read of dgated, y, z (20 bytes an element) where the
+ * forward kernel then the backward one read y and z twice (28 bytes, two launches):
+ *   gated = y ⊙ silu(z),   dz = g ⊙ y ⊙ silu'(z),   g ← g ⊙ silu(z)   (g = dgated on entry)
+ * The expressions are those of the two kernels above, so the bits are theirs (test_cuda_mamba
+ * compares them bit for bit). gated, dz, dgated must not overlap. */
+template <int W>
+__global__ void mamba_gate_backward_and_forward_kernel(__nv_bfloat16 *gated, __nv_bfloat16 *dz, float *dgated,
+                                                       const float *y, const float *z, size_t n) {
+    GRID_STRIDE(i, n / W) {
+        Lanes<W> g = load_lanes<W>(dgated + W * i), d, gt;
+        const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
+#pragma unroll
+        for (int e = 0; e < W; e++) {
+            const float s = glue_silu(zz[e]);
+            gt[e] = yy[e] * s;
+            d[e] = g[e] * yy[e] * glue_silu_grad(zz[e]);
+            g[e] = g[e] * s;
+        }
+        store_lanes<W>(gated + W * i, gt);
+        store_lanes<W>(dz + W * i, d);
+        store_lanes<W>(dgated + W * i, g);
+    }
+}
+
 /* A = −exp(A_log) ⇒ ∂A/∂A_log = A:  dA_log += dA ⊙ A (small, scalar) */
 __global__ void mamba_dA_log_kernel(float *dA_log, const float *dA, const float *A, size_t n) {
     GRID_STRIDE(i, n) dA_log[i] += dA[i] * A[i];
 }
 
-/* δ = softplus(a): ∂δ/∂a = σ(a) = 1 − exp(−δ) = −expm1(−δ); dδ ← dδ ⊙ σ(a) in place.
- * expm1f keeps the digits for small δ, where 1 − expf(−δ) would cancel. */
-template <int W>
-__global__ void mamba_softplus_backward_kernel(float *ddelta, const float *delta, size_t n) {
-    GRID_STRIDE(i, n / W) {
-        Lanes<W> g = load_lanes<W>(ddelta + W * i);
-        const Lanes<W> dl = load_lanes<W>(delta + W * i);
-#pragma unroll
-        for (int e = 0; e < W; e++) g[e] *= -expm1f(-dl[e]);
-        store_lanes<W>(ddelta + W * i, g);
-    }
-}
-
-/* u = silu(conv): du ← du ⊙ silu'(conv) in place (it becomes dconv) */
-template <int W>
-__global__ void mamba_silu_backward_kernel(float *du, const float *conv, size_t n) {
-    GRID_STRIDE(i, n / W) {
-        Lanes<W> g = load_lanes<W>(du + W * i);
-        const Lanes<W> c = load_lanes<W>(conv + W * i);
-#pragma unroll
-        for (int e = 0; e < W; e++) g[e] *= glue_silu_grad(c[e]);
-        store_lanes<W>(du + W * i, g);
-    }
-}
+/* (The softplus' and silu' of the backward have no kernels here: the scan writes dδ
+ * through the softplus, −expm1(−δ), and the conv's backward takes du through silu'(conv),
+ * as the values pass: scan.cu, conv1d.cu.) */
 
 /* x_proj's product [δr | B | C] (rows × (R + 2N), one row each) and its three arrays
  * (rows × R, rows × N, rows × N): the CUDA layer multiplies once with the whole W_x and
@@ -197,6 +203,15 @@ extern "C" void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const
     LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, d, dgated, y, z), d, dgated, y, z, n);
 }
 
+extern "C" void mamba_gate_backward_and_forward_bf16_cuda(uint16_t *gated, uint16_t *dz, float *dgated,
+                                                          const float *y, const float *z, size_t n,
+                                                          cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *g = (__nv_bfloat16 *)gated, *d = (__nv_bfloat16 *)dz;
+    LAUNCH_ELEMENTWISE(mamba_gate_backward_and_forward_kernel, n, stream, aligned16(n, g, d, dgated, y, z), g, d,
+                       dgated, y, z, n);
+}
+
 extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
                                              cudaStream_t stream) {
     if (n == 0) return;
@@ -204,16 +219,6 @@ extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, con
     CUDA_CHECK_LAUNCH();
 }
 
-extern "C" void mamba_softplus_backward_cuda(float *ddelta, const float *delta, size_t n,
-                                             cudaStream_t stream) {
-    if (n == 0) return;
-    LAUNCH_ELEMENTWISE(mamba_softplus_backward_kernel, n, stream, aligned16(n, ddelta, delta), ddelta, delta, n);
-}
-
-extern "C" void mamba_silu_backward_cuda(float *du, const float *conv, size_t n, cudaStream_t stream) {
-    if (n == 0) return;
-    LAUNCH_ELEMENTWISE(mamba_silu_backward_kernel, n, stream, aligned16(n, du, conv), du, conv, n);
-}
 
 extern "C" void mamba_x_proj_split_cuda(float *dtr, float *Bm, float *Cm, const float *xdbl, size_t rows, int R,
                                         int N, cudaStream_t stream) {

@@ -19,11 +19,11 @@
  *        others take the tf32 path. The weights come from one bf16 mirror of the whole
  *        parameter buffer that model_forward makes (one kernel instead of a conversion per
  *        product, forward and backward: 224 launches a jamba-small step), forgotten once
- *        the parameters may change; an input the caller holds (matmul_hold_input_cuda) is
- *        converted once for all the products that read it; an operand that the op which
- *        produces it wrote as bf16 itself (SwiGLU's output and gradients, the Mamba gate's
- *        output and dz, the conv's dx1, the cross-entropy's dlogits:
- *        matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda), or whose
+ *        the parameters may change; an input (or output gradient) the caller holds
+ *        (matmul_hold_input_cuda) is converted once for all the products that read it; an
+ *        operand that the op which produces it wrote as bf16 itself (SwiGLU's output and
+ *        gradients, the Mamba gate's output and dz, the conv's dx1, the cross-entropy's
+ *        dlogits: matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda), or whose
  *        bf16 copy it wrote beside the float32 values and offered (the RMSNorms' outputs:
  *        matmul_bf16_copy_cuda; Mamba's u is passed as an operand), is not converted at all;
  *        the rest at each call.
@@ -258,7 +258,8 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
         if ((uintptr_t)at % 16 == 0) return at;
     }
     if (role == BF16_INP && copy_src && src == copy_src && n == copy_n) return copy_of_src;
-    if (role == BF16_INP && held_src && src == held_src && n == held_n) {
+    /* the held array (matmul_hold_input_cuda), read as an input or as an output gradient */
+    if ((role == BF16_INP || role == BF16_DOUT) && held_src && src == held_src && n == held_n) {
         role = BF16_HELD;
         if (held_converted) return bf16_buffer[role];
         held_converted = 1;

@@ -134,10 +134,14 @@ __global__ void moe_combine_kernel(float *y, const float *eo, const float *weigh
 }
 
 /* One warp per pair q = n·k + j; the whole warp takes the same q, so an early return
- * leaves no lane of a live warp behind (warp_sum needs all 32). */
+ * leaves no lane of a live warp behind (warp_sum needs all 32). __restrict__ and the
+ * unrolled loop let a lane's loads of later pieces go out before its earlier stores (a
+ * warp has only d/(32W) pieces a lane: waiting on each load in turn left the kernel at
+ * 2.5× its memory floor). */
 template <int W>
-__global__ void moe_combine_backward_kernel(float *dweight, float *eo_then_deo, const float *dy,
-                                            const float *weight, const int *slot_of, int S, int k, int d) {
+__global__ void moe_combine_backward_kernel(float *__restrict__ dweight, float *__restrict__ eo_then_deo,
+                                            const float *__restrict__ dy, const float *__restrict__ weight,
+                                            const int *__restrict__ slot_of, int S, int k, int d) {
     const int lane = threadIdx.x % 32, dw = d / W;
     const size_t q = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (q >= (size_t)S) return;
@@ -145,6 +149,7 @@ __global__ void moe_combine_backward_kernel(float *dweight, float *eo_then_deo, 
     const float w = weight[q];
     const size_t dy_row = n * dw, row = (size_t)slot_of[q] * dw;
     float dot = 0.0f;
+#pragma unroll 4
     for (int c = lane; c < dw; c += 32) {
         const Lanes<W> g = load_lanes<W>(dy + W * (dy_row + c)), r = load_lanes<W>(eo_then_deo + W * (row + c));
         Lanes<W> out;

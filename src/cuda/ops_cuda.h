@@ -53,8 +53,10 @@ void matmul_backward_cuda(float *dinp, float *dweight, float *dbias, const float
  * every upload of parameters and model_free forget it, so it never outlives the values.
  * matmul_hold_input_cuda: inp[0..n) will not change until matmul_release_input_cuda, so
  * the products between them that read it as their input (forward or backward) share one
- * bf16 copy of it (q, k, v from x; gate and up; Mamba's two in_proj halves). One hold at a
- * time; holding again before the release aborts. */
+ * bf16 copy of it (q, k, v from x; gate and up; Mamba's two in_proj halves), and so do
+ * the products that read it as their output gradient (a backward whose dinp and dweight
+ * products are issued apart, with an op between them: the dense FFN's down projection,
+ * Mamba's out_proj). One hold at a time; holding again before the release aborts. */
 void matmul_mirror_weights_cuda(const float *params, size_t n, cudaStream_t stream);
 void matmul_forget_weights_cuda(void);
 void matmul_hold_input_cuda(const float *inp, size_t n);
@@ -127,6 +129,11 @@ void swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const flo
 void swiglu_forward_bf16_cuda(uint16_t *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
 void swiglu_backward_bf16_cuda(uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
                                const float *up, size_t n, cudaStream_t stream);
+/* Both at once, from one read of dout, gate, up: out (h), dgate and dup WRITTEN as bf16, the
+ * bits the two above write. For a backward whose down projection's dweight reads h in bf16
+ * (layers/ffn_dense.c); the three outputs must not overlap. */
+void swiglu_backward_and_forward_bf16_cuda(uint16_t *out, uint16_t *dgate, uint16_t *dup, const float *dout,
+                                           const float *gate, const float *up, size_t n, cudaStream_t stream);
 
 /* Bytes of device scratch cross_entropy_forward_backward_cuda needs for N rows. */
 size_t cross_entropy_cuda_scratch_bytes(int N);
@@ -183,9 +190,8 @@ void adamw_update_cuda(float *params, const float *grads, float *m, float *v,
 void global_grad_norm_cuda(double *norm, const float *grads, size_t n, double *partials,
                            cudaStream_t stream);
 
-/* y[i] += x[i] and x[i] *= s over n floats (elementwise.cu). */
+/* y[i] += x[i] over n floats (elementwise.cu). */
 void add_inplace_cuda(float *y, const float *x, size_t n, cudaStream_t stream);
-void scale_cuda(float *x, float s, size_t n, cudaStream_t stream);
 
 /* Zeroes n floats of device memory on the default stream (host code's memset). */
 #define CUDA_ZERO(ptr, n) CUDA_CHECK(cudaMemsetAsync((ptr), 0, (size_t)(n) * sizeof(float), 0))

@@ -45,7 +45,9 @@
  * where they fit in the 128 registers that four blocks leave a thread).
  * du and dδ go out at the end of each sub-tile, added into the caller's (the op contract)
  * or written over them (selective_scan_backward_write_cuda, the Mamba layer's call: one
- * block owns each element, so nothing needs zeroing first or reading back).
+ * block owns each element, so nothing needs zeroing first or reading back); there dδ can
+ * also leave already through δ = softplus(a) (da = dδ·(−expm1(−δ)), from the δ tile the
+ * sub-tile staged), which saves the layer a pass that reads dδ and δ and writes da.
  * dB_t, dC_t are sums over all channels: each step a warp adds its channels' 8 values per
  * thread (dB and dC for 4 n) with a butterfly reduce-scatter (7 shuffles where plain xor
  * sums would take 24), the block adds its warps in order after the sub-tile, and each
@@ -72,7 +74,11 @@
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 lets ptxas use 168 and ran 1.6× slower) */
 #define LOG2E 1.4426950408889634f
-#define SCAN_FWD_Y_ROUNDS 1   /* shuffle rounds over a channel's partial y before it is stored */
+#define SCAN_FWD_Y_ROUNDS 1
+/* the backward's flags: du and dδ WRITTEN (one block owns each element), not added into;
+ * and dδ taken through δ = softplus(a), written as da = dδ·σ(a) = dδ·(−expm1(−δ)) */
+#define SCAN_BWD_WRITE 1
+#define SCAN_BWD_DELTA_SOFTPLUS 2   /* shuffle rounds over a channel's partial y before it is stored */
 
 /* The partial sums of a channel's y_t the forward keeps in shared memory per step: its G
  * threads' sums over their 4 states, added pairwise SCAN_FWD_Y_ROUNDS times by shuffles
@@ -367,7 +373,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                                float *dA_part, float *dD_part, const float *dy, const float *u,
                                const float *delta, const float *A, const float *B, const float *C,
                                const float *D, const float *chunk_states, const float *carry_in,
-                               int Bsz, int T, int channels, int N, int chunk, int seg_len, int overwrite) {
+                               int Bsz, int T, int channels, int N, int chunk, int seg_len, int flags) {
     using S = ScanBackwardSmem<NP>;
     constexpr int G = NP / SCAN_NPT, CB = S::CB, L = S::L, V = 2 * SCAN_NPT;
     extern __shared__ __align__(16) float scan_smem[];
@@ -375,6 +381,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     const float *u_t = scan_smem + S::u, *dt_t = scan_smem + S::dt, *dy_t = scan_smem + S::dy;
     const float *B_t = scan_smem + S::B, *C_t = scan_smem + S::C;
     float *du_t = scan_smem + S::du, *ddt_t = scan_smem + S::ddt, *dBC = scan_smem + S::dBC;
+    const bool overwrite = flags & SCAN_BWD_WRITE, softplus = flags & SCAN_BWD_DELTA_SOFTPLUS;
 
     const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
     const int lane = tid % 32, warp = tid / 32;
@@ -596,12 +603,21 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     const int s = i / (CB / 4), jj = 4 * (i % (CB / 4));
                     if (c0 + jj >= channels) continue;
                     const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
+                    float4 gd = *(const float4 *)(ddt_t + s * CB + jj);
+                    if (softplus) {   /* the δ tile is still this sub-tile's */
+                        const float4 d = *(const float4 *)(dt_t + s * CB + jj);
+                        gd = make_float4(gd.x * -expm1f(-d.x), gd.y * -expm1f(-d.y), gd.z * -expm1f(-d.z),
+                                         gd.w * -expm1f(-d.w));
+                    }
                     if (overwrite) {   /* one block writes each element: nothing to read */
                         if (du) *(float4 *)(du + at) = *(const float4 *)(du_t + s * CB + jj);
-                        if (ddelta) *(float4 *)(ddelta + at) = *(const float4 *)(ddt_t + s * CB + jj);
+                        if (ddelta) *(float4 *)(ddelta + at) = gd;
                     } else {
                         if (du) add4(du + at, du_t + s * CB + jj);
-                        if (ddelta) add4(ddelta + at, ddt_t + s * CB + jj);
+                        if (ddelta) {
+                            const float4 o = *(const float4 *)(ddelta + at);
+                            *(float4 *)(ddelta + at) = make_float4(o.x + gd.x, o.y + gd.y, o.z + gd.z, o.w + gd.w);
+                        }
                     }
                 }
                 /* the block's Σ over its channels, warps in order */
@@ -624,8 +640,9 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     const int s = i / CB, jj = i % CB;
                     if (c0 + jj >= channels) continue;
                     const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
+                    const float gd = softplus ? ddt_t[i] * -expm1f(-dt_t[i]) : ddt_t[i];
                     if (du) du[at] = overwrite ? du_t[i] : du[at] + du_t[i];
-                    if (ddelta) ddelta[at] = overwrite ? ddt_t[i] : ddelta[at] + ddt_t[i];
+                    if (ddelta) ddelta[at] = overwrite ? gd : ddelta[at] + gd;
                 }
                 for (int i = tid; i < len * N; i += SCAN_THREADS) {
                     const int s = i / N, m = i % N;
@@ -929,7 +946,7 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
                             const float *dy, const float *u, const float *delta,
                             const float *A, const float *B, const float *C, const float *D,
                             const float *chunk_states, int Bsz, int T, int channels, int N, int chunk,
-                            int overwrite, cudaStream_t stream) {
+                            int flags, cudaStream_t stream) {
     const size_t smem_bytes = ScanBackwardSmem<NP>::total * sizeof(float);
     /* above 48 KiB a kernel must opt in to the larger shared memory */
     CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel<NP, VEC>,
@@ -956,16 +973,16 @@ static void launch_backward(float *du, float *ddelta, float *dB_part, float *dC_
     selective_scan_backward_kernel<NP, VEC>
         <<<dim3((unsigned)cblocks, (unsigned)Bsz, (unsigned)n_seg), SCAN_THREADS, smem_bytes, stream>>>(
             du, ddelta, dB_part, dC_part, dA_part, dD_part, dy, u, delta, A, B, C, D, chunk_states, carry,
-            Bsz, T, channels, N, chunk, seg_len, overwrite);
+            Bsz, T, channels, N, chunk, seg_len, flags);
     CUDA_CHECK_LAUNCH();
 }
 
-/* overwrite: du and dδ written, not accumulated (selective_scan_backward_write_cuda); who:
+/* flags: SCAN_BWD_WRITE, SCAN_BWD_DELTA_SOFTPLUS (selective_scan_backward_write_cuda); who:
  * the entry point, for the error messages */
 static void scan_backward(const char *who, float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, const float *dy,
                           const float *u, const float *delta, const float *A, const float *B, const float *C,
                           const float *D, const float *chunk_states, int Bsz, int T, int channels, int N,
-                          int chunk, float *scratch, size_t scratch_floats, int overwrite, cudaStream_t stream) {
+                          int chunk, float *scratch, size_t scratch_floats, int flags, cudaStream_t stream) {
     check_scan_shape(N, chunk, who);
     if (Bsz == 0 || T == 0 || channels == 0) return;
     const size_t need = selective_scan_backward_cuda_scratch_floats(Bsz, T, channels, N);
@@ -983,9 +1000,9 @@ static void scan_backward(const char *who, float *du, float *ddelta, float *dA, 
     int n_seg = 1;
 #define SCAN_BACKWARD(NP)                                                                            \
     (vec ? launch_backward<NP, true>(du, ddelta, dB_part, dC_part, dA_part, dD_part, carry, dt_sum, &n_seg, \
-                                     dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, overwrite, stream) \
+                                     dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, flags, stream) \
          : launch_backward<NP, false>(du, ddelta, dB_part, dC_part, dA_part, dD_part, carry, dt_sum, &n_seg, \
-                                      dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, overwrite, stream))
+                                      dy, u, delta, A, B, C, D, chunk_states, Bsz, T, channels, N, chunk, flags, stream))
     switch (padded_state(N)) {
     case 4: SCAN_BACKWARD(4); break;
     case 8: SCAN_BACKWARD(8); break;
@@ -1020,7 +1037,8 @@ extern "C" void selective_scan_backward_write_cuda(float *du, float *ddelta, flo
                                                    const float *A, const float *B, const float *C, const float *D,
                                                    const float *chunk_states, int Bsz, int T, int channels, int N,
                                                    int chunk, float *scratch, size_t scratch_floats,
-                                                   cudaStream_t stream) {
+                                                   int delta_softplus, cudaStream_t stream) {
     scan_backward("selective_scan_backward_write_cuda", du, ddelta, dA, dB, dC, dD, dy, u, delta, A, B, C, D,
-                  chunk_states, Bsz, T, channels, N, chunk, scratch, scratch_floats, 1, stream);
+                  chunk_states, Bsz, T, channels, N, chunk, scratch, scratch_floats,
+                  SCAN_BWD_WRITE | (delta_softplus ? SCAN_BWD_DELTA_SOFTPLUS : 0), stream);
 }

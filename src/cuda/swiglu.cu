@@ -41,6 +41,33 @@ __global__ void swiglu_backward_kernel(Out *dgate, Out *dup, const float *dout, 
     }
 }
 
+/* The bf16 backward of a SwiGLU whose down projection multiplies in bf16 (layers/ffn_dense.c):
+ * that product's dweight wants h = silu(g) ⊙ u as its bf16 operand, and its dinp dh is
+ * what the gate's backward reads, so one pass writes all three from one read of dh, g, u
+ * (18 bytes an element) where swiglu_forward then swiglu_backward read g and u twice
+ * (26 bytes, two launches):
+ *   h = g·σ(g)·u,   dup = dh·g·σ(g),   dgate = dh·u·σ(g)·(1 + g·(1 − σ(g)))
+ * The expressions are those of the two kernels above, so the bits are theirs
+ * (test_cuda_ops compares them bit for bit). h, dgate, dup must not overlap. */
+template <int W>
+__global__ void swiglu_backward_and_forward_kernel(__nv_bfloat16 *h, __nv_bfloat16 *dgate, __nv_bfloat16 *dup,
+                                                   const float *dout, const float *gate, const float *up, size_t n) {
+    GRID_STRIDE(i, n / W) {
+        const Lanes<W> g = load_lanes<W>(gate + W * i), u = load_lanes<W>(up + W * i), dy = load_lanes<W>(dout + W * i);
+        Lanes<W> hv, dg, du;
+#pragma unroll
+        for (int e = 0; e < W; e++) {
+            const float s = sigmoid_device(g[e]);
+            hv[e] = g[e] * s * u[e];
+            du[e] = dy[e] * g[e] * s;
+            dg[e] = dy[e] * u[e] * s * (1.0f + g[e] * (1.0f - s));
+        }
+        store_lanes<W>(h + W * i, hv);
+        store_lanes<W>(dup + W * i, du);
+        store_lanes<W>(dgate + W * i, dg);
+    }
+}
+
 extern "C" void swiglu_forward_cuda(float *out, const float *gate, const float *up, size_t n,
                                     cudaStream_t stream) {
     if (n == 0) return;
@@ -69,4 +96,13 @@ extern "C" void swiglu_backward_bf16_cuda(uint16_t *dgate, uint16_t *dup, const 
     __nv_bfloat16 *dg = (__nv_bfloat16 *)dgate, *du = (__nv_bfloat16 *)dup;
     LAUNCH_ELEMENTWISE(swiglu_backward_kernel, n, stream, aligned16(n, dg, du, dout, gate, up), dg, du, dout, gate,
                        up, n);
+}
+
+extern "C" void swiglu_backward_and_forward_bf16_cuda(uint16_t *out, uint16_t *dgate, uint16_t *dup,
+                                                      const float *dout, const float *gate, const float *up,
+                                                      size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    __nv_bfloat16 *h16 = (__nv_bfloat16 *)out, *dg = (__nv_bfloat16 *)dgate, *du = (__nv_bfloat16 *)dup;
+    LAUNCH_ELEMENTWISE(swiglu_backward_and_forward_kernel, n, stream, aligned16(n, h16, dg, du, dout, gate, up), h16,
+                       dg, du, dout, gate, up, n);
 }

@@ -5,7 +5,8 @@
  *   y = h Wdᵀ                      [N,d]           Wd: (d, hidden)
  * hidden = config_ffn_hidden (8/3·d rounded up to 8 unless set). No biases.
  * Saved: g and u; backward recomputes h (one elementwise pass) rather than keeping a
- * third [N,hidden] tensor per layer in the arena. Scratch: h/dg, dh, du. */
+ * third [N,hidden] tensor per layer in the arena. Scratch: h/dg, dh, du (in bf16 on CUDA
+ * four arrays in the same 3·nh floats: above ffn_dense_forward_cuda). */
 #include <math.h>
 #include <string.h>
 #include "layer.h"
@@ -71,9 +72,15 @@ static void ffn_dense_backward(Layer *layer, float *dx, const float *dy, const f
 #ifdef BRAID_HAVE_CUDA
 /* In bf16 (matmul_bf16_operands_cuda), SwiGLU writes h, and in the backward dgate and dup,
  * straight as the bf16 operands of the products that read them, which then convert
- * nothing (ops_cuda.h): h and dgate/dup share the first nh floats of the scratch (each a
- * bf16 [N,hidden] is nh/2 floats; nh is a multiple of 8, so the second starts 16-byte
- * aligned), dh follows. The bits are those of converting the float32 values. */
+ * nothing (ops_cuda.h). The bits are those of converting the float32 values. The forward
+ * writes h16 at the scratch's start. The backward issues the down projection's two
+ * products apart: dh (its dinp) first, then one SwiGLU kernel reads dh, g, u once and
+ * writes h16, dgate16 and dup16 (swiglu_backward_and_forward_bf16_cuda: g and u read once,
+ * not once to recompute h before the product and again for the gradients after it), then
+ * the dweight product from h16. The three bf16 [N,hidden] arrays (nh/2 floats each; nh a
+ * multiple of 64 in bf16, so every one starts 128-byte aligned) must not overlap, in the
+ * 3·nh floats of scratch (in floats):
+ *   [0, nh/2) h16   [nh/2, nh) dgate16   [nh, 2nh) dh (float32)   [2nh, 5nh/2) dup16 */
 static void ffn_dense_forward_cuda(Layer *layer, float *y, const float *x, int B, int T, Ctx *ctx) {
     int N = B * T, d = layer->d_model, hidden = config_ffn_hidden(layer->cfg);
     size_t nh = (size_t)N * hidden;
@@ -103,11 +110,14 @@ static void ffn_dense_backward_cuda(Layer *layer, float *dx, const float *dy, co
     float *h_then_dgate = ctx->scratch, *dh = h_then_dgate + nh, *dup = dh + nh;
     /* dh starts from the down projection's product: written (β = 0), not zeroed first */
     if (matmul_bf16_operands_cuda(N, hidden, d)) {
-        uint16_t *h16 = (uint16_t *)h_then_dgate, *dgate16 = h16, *dup16 = h16 + nh;
-        swiglu_forward_bf16_cuda(h16, gate, up, nh, 0);
-        matmul_backward_bf16_operands_write_dinp_cuda(dh, layer->grads[PARAM_DOWN], dy, NULL, NULL, h16,
-                                                      layer->params[PARAM_DOWN], N, hidden, d, 0);
-        swiglu_backward_bf16_cuda(dgate16, dup16, dh, gate, up, nh, 0);
+        uint16_t *h16 = (uint16_t *)h_then_dgate, *dgate16 = h16 + nh, *dup16 = (uint16_t *)(dh + nh);
+        matmul_hold_input_cuda(dy, (size_t)N * d);   /* dy converted once for both products */
+        matmul_backward_bf16_operands_write_dinp_cuda(dh, NULL, dy, NULL, NULL, NULL, layer->params[PARAM_DOWN], N,
+                                                      hidden, d, 0);
+        swiglu_backward_and_forward_bf16_cuda(h16, dgate16, dup16, dh, gate, up, nh, 0);
+        matmul_backward_bf16_operands_cuda(NULL, layer->grads[PARAM_DOWN], dy, NULL, NULL, h16,
+                                           layer->params[PARAM_DOWN], N, hidden, d, 0);
+        matmul_release_input_cuda();
         matmul_hold_input_cuda(x, (size_t)N * d);
         matmul_backward_bf16_operands_cuda(dx, layer->grads[PARAM_GATE], NULL, dgate16, x, NULL,
                                            layer->params[PARAM_GATE], N, d, hidden, 0);

@@ -432,13 +432,20 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     /* out = gated W_outᵀ, gated = y ⊙ silu(z) (recomputed: scratch does not survive). In
      * bf16 (ops_cuda.h) the gate writes gated and dz as the bf16 operands of out_proj and of
      * in_proj's z half, into the first half of their float32 buffers. dgated starts from
-     * out_proj's product: written, not zeroed and accumulated into. */
+     * out_proj's product: written, not zeroed and accumulated into. In bf16 out_proj's two
+     * products are issued apart, dinp first: one gate kernel then reads dgated, y, z once for
+     * gated, dz and the scan's dy, where a gate forward before the products and a backward
+     * after them read y and z twice; dout is held so both products share its conversion. */
     const int bf16 = matmul_bf16_operands_cuda(BT, di, d);
     if (bf16) {
-        mamba_gate_forward_bf16_cuda((uint16_t *)w.gated, v.y, v.z, n_inner, 0);
-        matmul_backward_bf16_operands_write_dinp_cuda(w.dgated, G[P_OUT_PROJ], dout, NULL, NULL,
-                                                      (const uint16_t *)w.gated, P[P_OUT_PROJ], BT, di, d, 0);
-        mamba_gate_backward_bf16_cuda((uint16_t *)w.dz, w.dgated, v.y, v.z, n_inner, 0);
+        uint16_t *gated16 = (uint16_t *)w.gated, *dz16 = (uint16_t *)w.dz;
+        matmul_hold_input_cuda(dout, (size_t)BT * d);
+        matmul_backward_bf16_operands_write_dinp_cuda(w.dgated, NULL, dout, NULL, NULL, NULL, P[P_OUT_PROJ], BT, di,
+                                                      d, 0);
+        mamba_gate_backward_and_forward_bf16_cuda(gated16, dz16, w.dgated, v.y, v.z, n_inner, 0);
+        matmul_backward_bf16_operands_cuda(NULL, G[P_OUT_PROJ], dout, NULL, NULL, gated16, P[P_OUT_PROJ], BT, di, d,
+                                           0);
+        matmul_release_input_cuda();
     } else {
         mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
         matmul_backward_write_dinp_cuda(w.dgated, G[P_OUT_PROJ], dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
@@ -454,13 +461,11 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     CUDA_ZERO(w.dA, (size_t)di * N);
     CUDA_ZERO(w.dBm, (size_t)BT * N);
     CUDA_ZERO(w.dCm, (size_t)BT * N);
+    /* δ = softplus(a): the scan writes da = dδ ⊙ (1 − exp(−δ)) into w.ddelta directly */
     selective_scan_backward_write_cuda(w.du, w.ddelta, w.dA, w.dBm, w.dCm, G[P_D], w.dgated, v.u, v.delta,
                                        w.A, v.Bm, v.Cm, P[P_D], v.chunk_states, B, T, di, N, s.chunk,
-                                       w.scan, w.scan_floats, 0);
+                                       w.scan, w.scan_floats, 1, 0);
     mamba_dA_log_accumulate_cuda(G[P_A_LOG], w.dA, w.A, (size_t)di * N, 0);
-
-    /* δ = softplus(a): da = dδ ⊙ (1 − exp(−δ)), in place */
-    mamba_softplus_backward_cuda(w.ddelta, v.delta, n_inner, 0);
     CUDA_ZERO(w.ddtr, (size_t)BT * R);
     matmul_backward_cuda(w.ddtr, G[P_DT_W], G[P_DT_B], w.ddelta, v.dtr, P[P_DT_W], BT, R, di, 0);
     if (s.inner_norms) {
@@ -480,14 +485,14 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     else
         matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.xdbl, v.u, W_x, BT, di, R + 2 * N, 0);
 
-    /* u = silu(conv): du becomes dconv in place */
-    mamba_silu_backward_cuda(w.du, v.conv, n_inner, 0);
+    /* u = silu(conv): the conv's backward takes du and conv and applies silu'(conv) itself */
     if (bf16) {   /* dx1 written as in_proj's bf16 output gradient */
-        causal_conv1d_backward_bf16_cuda((uint16_t *)w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B,
-                                         T, di, s.k, 0);
+        causal_conv1d_backward_bf16_cuda((uint16_t *)w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.conv, v.x1,
+                                         P[P_CONV_W], B, T, di, s.k, 0);
     } else {
         CUDA_ZERO(w.dx1, n_inner);
-        causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.x1, P[P_CONV_W], B, T, di, s.k, 0);
+        causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.conv, v.x1, P[P_CONV_W], B, T, di,
+                                    s.k, 0);
     }
     /* x is the input of both in_proj halves; dx gets dz's part first, as on the CPU */
     matmul_hold_input_cuda(x, (size_t)BT * d);

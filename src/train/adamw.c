@@ -1,5 +1,6 @@
 /* adamw.c — AdamW, global-norm clipping and the warm-up + cosine schedule.
  *
+ *   g = grad · grad_scale (the clipping factor, folded in: adamw.h)
  *   m ← β₁m + (1−β₁)g;   v ← β₂v + (1−β₂)g²
  *   m̂ = m/(1−β₁ᵗ);       v̂ = v/(1−β₂ᵗ)
  *   θ ← θ − lr·(m̂/(√v̂ + ε) + λθ)      (λ = 0 for tensors declared no_decay) */
@@ -17,7 +18,7 @@ void adamw_update(float *params, const float *grads, float *m, float *v, const P
         size_t lo = pd->offset, hi = pd->offset + pd->numel;
         #pragma omp parallel for if (pd->numel > 32768)
         for (size_t i = lo; i < hi; i++) {
-            float g = grads[i];
+            float g = grads[i] * s->grad_scale;
             m[i] = s->beta1 * m[i] + (1.0f - s->beta1) * g;
             v[i] = s->beta2 * v[i] + (1.0f - s->beta2) * g * g;
             float mhat = m[i] / bc1, vhat = v[i] / bc2;
@@ -36,13 +37,6 @@ double global_grad_norm(const float *grads, size_t n) {
 float clip_grad_scale(double norm, float max_norm) {
     if (max_norm <= 0.0f || !(norm > max_norm)) return 1.0f;
     return (float)(max_norm / (norm + 1e-6));
-}
-
-float clip_grad_norm(float *grads, size_t n, double norm, float max_norm) {
-    float scale = clip_grad_scale(norm, max_norm);
-    if (scale == 1.0f) return scale;
-    for (size_t i = 0; i < n; i++) grads[i] *= scale;
-    return scale;
 }
 
 float lr_schedule(long step, long warmup, long total, float lr, float min_ratio) {

@@ -216,7 +216,6 @@ int trainer_step(Trainer *t, StepStats *st, BraidError *err) {
     const TrainConfig *tc = &t->cfg.train;
     Model *m = &t->model;
     int B = tc->batch_size, T = t->cfg.task.seq_len;
-    size_t P = m->params.total;
     long step = t->state.step;
     memset(st, 0, sizeof *st);
     st->lr = lr_schedule(step, tc->warmup_steps, tc->steps, tc->lr, tc->min_lr_ratio);
@@ -250,15 +249,15 @@ int trainer_step(Trainer *t, StepStats *st, BraidError *err) {
                          t->consecutive_skips ? " after 10 consecutive skipped steps" : "");
     }
     t->consecutive_skips = 0;
-    AdamWSettings opt = {st->lr, tc->beta1, tc->beta2, tc->adam_eps, tc->weight_decay};
+    /* clipping is the update's grad_scale: the gradients are read once, by the update */
+    AdamWSettings opt = {.lr = st->lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->adam_eps,
+                         .weight_decay = tc->weight_decay,
+                         .grad_scale = clip_grad_scale(st->grad_norm, tc->grad_clip)};
     if (m->device == DEVICE_CUDA) {
 #ifdef BRAID_HAVE_CUDA
-        float scale = clip_grad_scale(st->grad_norm, tc->grad_clip);
-        if (scale != 1.0f) scale_cuda(m->dev_grads, scale, P, 0);
         adamw_update_cuda(m->dev_params, m->dev_grads, m->dev_m, m->dev_v, &m->params, &opt, step + 1, 0);
 #endif
     } else {
-        clip_grad_norm(m->grad_data, P, st->grad_norm, tc->grad_clip);
         adamw_update(m->param_data, m->grad_data, m->adam_m, m->adam_v, &m->params, &opt, step + 1);
     }
     t->state.step++;
