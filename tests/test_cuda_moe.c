@@ -8,12 +8,16 @@
  *  - the router backward (load-balancing and z-loss terms included).
  * Outputs a kernel writes are poisoned first (bytes 0xFF: NaN, or −1 for ints), so an
  * element it forgets fails.
+ * The combine's backward also in its bf16 form (deo as bf16 bits), on float4 and scalar paths,
+ * with eo left unchanged.
  * Layer level, with cuda_layer_check_prepared (tests/cuda_harness.h): y, dx, every
  * parameter gradient and aux_loss within tolerance, expert_load exactly, at experts 4 and 8,
  * top_k 1 and 2, renormalize on and off, z-loss on and off, T = 1, 7, 64, 129, B 1–3,
  * d 16–128, and cases where an expert receives no token at all.
  * Tolerances, relative to each tensor's largest element: 1e-4 forward, 1e-3 backward, as
- * for the other layers (cuBLAS and OpenBLAS sum in other orders).
+ * for the other layers (cuBLAS and OpenBLAS sum in other orders). And, on the device alone:
+ * a backward run twice on one forward gives the same bits and leaves the saved activations
+ * untouched, in float32 and bf16; in bf16 the producers on and off give the same bits.
  * No GPU: prints that it skipped and exits 77. Check runs in-process (CK_NOFORK): a CUDA
  * context does not survive fork(). */
 #include <check.h>
@@ -327,41 +331,74 @@ START_TEST(test_combine_matches_reference) {
 }
 END_TEST
 
-/* dweight[n,j] = dy[n]·eo[s] and eo[s] ← w·dy[n] in place; every slot row is rewritten. */
+/* bfloat16 bits of f rounded to nearest even (f finite): what __float2bfloat16_rn gives. */
+static uint16_t bf16_rn(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* dweight[n,j] = dy[n]·eo[s] and deo[s] = w·dy[n] into its own buffer, as float32 or (the
+ * _bf16 launcher) as bf16 bits; eo must come back unchanged (the layer's saved expert
+ * outputs, read again by a second backward). Variants over the DISPATCH_CASES, _i / n:
+ * 0 float32, 1 float32 with deo one element off 16-byte alignment (the scalar path even
+ * where d % 4 == 0), 2 bf16, 3 bf16 one element off. d = 33 takes the scalar path anyway.
+ * dy, w never zero, so a deo element left poisoned (0xFF: NaN) or zeroed fails. */
 START_TEST(test_combine_backward_matches_reference) {
+    const int n_cases = (int)(sizeof DISPATCH_CASES / sizeof *DISPATCH_CASES);
+    const int variant = _i / n_cases, bf16 = variant >= 2, skew = variant % 2;
     Rng rng;
     rng_seed(&rng, 700 + (uint64_t)_i);
-    Dispatch D = dispatch_make(&DISPATCH_CASES[_i], &rng);
+    Dispatch D = dispatch_make(&DISPATCH_CASES[_i % n_cases], &rng);
     size_t ny = (size_t)D.N * D.d, ne = (size_t)D.S * D.d;
+    const size_t elem = bf16 ? sizeof(uint16_t) : sizeof(float);
     float *eo = malloc(ne * sizeof(float)), *w = malloc((size_t)D.S * sizeof(float));
-    float *dy = malloc(ny * sizeof(float)), *deo = malloc(ne * sizeof(float));
+    float *dy = malloc(ny * sizeof(float)), *eo_after = malloc(ne * sizeof(float));
     float *dw = malloc((size_t)D.S * sizeof(float));
+    unsigned char *deo = malloc((ne + 1) * elem);
     double *dw_ref = calloc((size_t)D.S, sizeof(double));
     rng_fill_normal(&rng, eo, ne, 1.0f);
-    rng_fill_normal(&rng, dy, ny, 1.0f);
+    rng_fill_uniform(&rng, dy, ny, 0.1f, 1.0f);
+    for (size_t i = 0; i < ny; i += 2) dy[i] = -dy[i];   /* both signs, |dy| ≥ 0.1 */
     rng_fill_uniform(&rng, w, (size_t)D.S, 0.05f, 1.0f);
     for (int q = 0; q < D.S; q++)
         for (int c = 0; c < D.d; c++)
             dw_ref[q] += (double)dy[(size_t)(q / D.k) * D.d + c] * eo[(size_t)D.slot_of[q] * D.d + c];
     float *d_eo = to_device(eo, ne * sizeof(float)), *d_w = to_device(w, (size_t)D.S * sizeof(float));
     float *d_dy = to_device(dy, ny * sizeof(float)), *d_dw = poisoned_device((size_t)D.S * sizeof(float));
-    moe_combine_backward_cuda(d_dw, d_eo, d_dy, d_w, D.d_slot_of, D.N, D.k, D.d, 0);
+    unsigned char *d_deo_buf = poisoned_device((ne + 1) * elem), *d_deo = d_deo_buf + (skew ? elem : 0);
+    if (bf16)
+        moe_combine_backward_bf16_cuda(d_dw, (uint16_t *)d_deo, d_eo, d_dy, d_w, D.d_slot_of, D.N, D.k, D.d, 0);
+    else
+        moe_combine_backward_cuda(d_dw, (float *)d_deo, d_eo, d_dy, d_w, D.d_slot_of, D.N, D.k, D.d, 0);
     from_device(dw, d_dw, (size_t)D.S * sizeof(float));
-    from_device(deo, d_eo, ne * sizeof(float));
-    char what[64];
-    snprintf(what, sizeof what, "dweight (N%d k%d d%d)", D.N, D.k, D.d);
+    from_device(deo, d_deo, ne * elem);
+    from_device(eo_after, d_eo, ne * sizeof(float));
+    char what[80];
+    snprintf(what, sizeof what, "dweight (N%d k%d d%d, %s%s)", D.N, D.k, D.d, bf16 ? "bf16" : "fp32",
+             skew ? ", deo misaligned" : "");
     assert_close(what, dw, dw_ref, (size_t)D.S, 1e-5);
-    /* one float product per element on both sides: equal to the bit */
+    ck_assert_msg(memcmp(eo, eo_after, ne * sizeof(float)) == 0, "%s: eo changed", what);
+    /* one float product per element on both sides (and one rounding to bf16): equal to the bit */
     for (int q = 0; q < D.S; q++)
         for (int c = 0; c < D.d; c++) {
-            float want = w[q] * dy[(size_t)(q / D.k) * D.d + c];
-            float got = deo[(size_t)D.slot_of[q] * D.d + c];
-            ck_assert_msg(got == want, "N%d k%d d%d: deo[slot %d, %d] = %.9g, expected %.9g", D.N, D.k,
-                          D.d, D.slot_of[q], c, got, want);
+            const float want = w[q] * dy[(size_t)(q / D.k) * D.d + c];
+            const size_t at = (size_t)D.slot_of[q] * D.d + c;
+            if (bf16) {
+                uint16_t got;
+                memcpy(&got, deo + at * elem, sizeof got);
+                ck_assert_msg(got == bf16_rn(want), "%s: deo16[slot %d, %d] = 0x%04x, expected 0x%04x (bf16 of %.9g)",
+                              what, D.slot_of[q], c, got, bf16_rn(want), want);
+            } else {
+                float got;
+                memcpy(&got, deo + at * elem, sizeof got);
+                ck_assert_msg(got == want, "%s: deo[slot %d, %d] = %.9g, expected %.9g", what, D.slot_of[q], c,
+                              got, want);
+            }
         }
     device_free(DEVICE_CUDA, d_eo); device_free(DEVICE_CUDA, d_w);
-    device_free(DEVICE_CUDA, d_dy); device_free(DEVICE_CUDA, d_dw);
-    free(eo); free(w); free(dy); free(deo); free(dw); free(dw_ref);
+    device_free(DEVICE_CUDA, d_dy); device_free(DEVICE_CUDA, d_dw); device_free(DEVICE_CUDA, d_deo_buf);
+    free(eo); free(w); free(dy); free(eo_after); free(deo); free(dw); free(dw_ref);
     dispatch_free(&D);
 }
 END_TEST
@@ -661,6 +698,118 @@ START_TEST(test_layer_reused_at_a_smaller_batch_matches_cpu) {
 }
 END_TEST
 
+/* One forward and backward of a device copy of h's layer at the current matmul precision
+ * and producers' setting, the backward run TWICE on that forward (dx and gradients from
+ * zero each time). Returns y, dx and the gradients of the second backward in y, dx, g
+ * (host, n, n, P floats), after asserting that the two backwards gave the same bits and
+ * that neither wrote a bit of layer->saved (the saved eo is what both read). */
+static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, float *y, float *dx, float *g,
+                                          const char *what) {
+    const int B = h->B, T = h->T, d = h->d;
+    const size_t n = (size_t)B * T * d, P = h->params.total;
+    Layer L;
+    memset(&L, 0, sizeof L);
+    L.kind = &moe_kind; L.cfg = cfg; L.d_model = d; L.device = DEVICE_CUDA;
+    snprintf(L.prefix, sizeof L.prefix, "%s", h->layer.prefix);
+    moe_kind.init(&L);
+    ParamList pl = {0};
+    moe_kind.declare_params(&L, &pl);
+    ck_assert_int_eq(pl.total, P);
+    float *d_params = to_device(h->param_data, P * sizeof(float));
+    float *d_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "grads");
+    L.n_params = pl.count;
+    L.params = calloc((size_t)pl.count, sizeof(float *));
+    L.grads = calloc((size_t)pl.count, sizeof(float *));
+    for (int i = 0; i < pl.count; i++) {
+        L.params[i] = d_params + pl.items[i].offset;
+        L.grads[i] = d_grads + pl.items[i].offset;
+    }
+    const size_t saved = moe_kind.saved_floats(&L, B, T), scratch = moe_kind.scratch_floats(&L, B, T);
+    L.saved = poisoned_device(saved * sizeof(float));
+    Ctx ctx = {.device = DEVICE_CUDA, .scratch_floats = scratch, .training = 1, .aux_grad_scale = 1.0f};
+    ctx.scratch = poisoned_device(scratch * sizeof(float));
+    float *d_x = to_device(h->x, n * sizeof(float)), *d_dy = to_device(h->dy, n * sizeof(float));
+    float *d_y = poisoned_device(n * sizeof(float)), *d_dx = device_alloc(DEVICE_CUDA, n * sizeof(float), "dx");
+    float *sv0 = malloc(saved * sizeof(float)), *sv1 = malloc(saved * sizeof(float));
+    float *dx1 = malloc(n * sizeof(float)), *g1 = malloc(P * sizeof(float));
+
+    moe_kind.forward_cuda(&L, d_y, d_x, B, T, &ctx);
+    from_device(y, d_y, n * sizeof(float));
+    from_device(sv0, L.saved, saved * sizeof(float));
+    for (int pass = 0; pass < 2; pass++) {
+        CUDA_CHECK(cudaMemset(d_dx, 0, n * sizeof(float)));
+        CUDA_CHECK(cudaMemset(d_grads, 0, P * sizeof(float)));
+        moe_kind.backward_cuda(&L, d_dx, d_dy, d_x, B, T, &ctx);
+        from_device(pass ? dx : dx1, d_dx, n * sizeof(float));
+        from_device(pass ? g : g1, d_grads, P * sizeof(float));
+        from_device(sv1, L.saved, saved * sizeof(float));
+        ck_assert_msg(memcmp(sv0, sv1, saved * sizeof(float)) == 0, "%s: backward %d wrote into the saved activations",
+                      what, pass + 1);
+    }
+    ck_assert_msg(memcmp(dx, dx1, n * sizeof(float)) == 0, "%s: a second backward of one forward changed dx", what);
+    for (int i = 0; i < pl.count; i++)
+        ck_assert_msg(memcmp(g + pl.items[i].offset, g1 + pl.items[i].offset, pl.items[i].numel * sizeof(float)) == 0,
+                      "%s: a second backward of one forward changed d %s", what, pl.items[i].name);
+
+    device_free(DEVICE_CUDA, d_params); device_free(DEVICE_CUDA, d_grads);
+    device_free(DEVICE_CUDA, L.saved); device_free(DEVICE_CUDA, ctx.scratch);
+    device_free(DEVICE_CUDA, d_x); device_free(DEVICE_CUDA, d_dy);
+    device_free(DEVICE_CUDA, d_y); device_free(DEVICE_CUDA, d_dx);
+    moe_kind.destroy(&L);
+    free(L.params); free(L.grads); param_list_free(&pl);
+    free(sv0); free(sv1); free(dx1); free(g1);
+}
+
+/* The backward reads the forward's saved expert outputs and writes nothing saved: a second
+ * backward of one forward gives the same bits (_i = 0: float32 matmuls). _i = 1: bf16
+ * matmuls, with the sizes bf16 takes (d, H multiples of 8, ≥ 64; expert blocks padded to
+ * 64 rows), run with the bf16 producers on (deo16 from the combine's backward, h16, dgate16,
+ * dup16 from the fused SwiGLU) and off (float32 operands converted by the matmuls): y, dx
+ * and every gradient must agree to the bit (as test_cuda_model's
+ * bf16_operands_from_their_producers_change_no_bit, here for the layer alone). */
+START_TEST(test_layer_backward_twice_and_bf16_producers_agree) {
+    const LayerCase c = {2, 64, 64, 4, 2, 128, 1, 0.01f, 0.01f, -1, 1010};
+    const int bf16 = _i == 1;
+    Config cfg = layer_config(&c);
+    LayerHarness *h = harness_create(&moe_kind, &cfg, c.B, c.T, c.seed, 0.05f);
+    const size_t n = (size_t)c.B * c.T * c.d, P = h->params.total;
+    Rng rng;
+    rng_seed(&rng, c.seed + 17);
+    rng_fill_normal(&rng, h->dy, n, 1.0f);
+    float *y[2], *dx[2], *g[2];
+    for (int r = 0; r < 2; r++) {
+        y[r] = malloc(n * sizeof(float)); dx[r] = malloc(n * sizeof(float)); g[r] = malloc(P * sizeof(float));
+    }
+    ck_assert_int_eq(matmul_set_precision_cuda(bf16 ? "bf16" : "fp32"), 0);
+    const int runs = bf16 ? 2 : 1;
+    for (int r = 0; r < runs; r++) {
+        char what[64];
+        snprintf(what, sizeof what, "moe %s%s", bf16 ? "bf16" : "fp32",
+                 bf16 ? (r == 0 ? ", producers on" : ", producers off") : "");
+        if (bf16) {
+            matmul_set_bf16_producers_cuda(r == 0);
+            ck_assert_msg(matmul_bf16_operands_cuda(64, c.hidden, c.d) == (r == 0),
+                          "%s: the expert products do not take the path under test", what);
+        }
+        moe_device_run_backward_twice(h, &cfg, y[r], dx[r], g[r], what);
+    }
+    matmul_set_bf16_producers_cuda(-1);
+    ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
+    if (bf16) {
+        ck_assert_msg(memcmp(y[0], y[1], n * sizeof(float)) == 0, "bf16: y differs with the producers on and off");
+        ck_assert_msg(memcmp(dx[0], dx[1], n * sizeof(float)) == 0, "bf16: dx differs with the producers on and off");
+        for (int i = 0; i < h->params.count; i++) {
+            const ParamDecl *pd = &h->params.items[i];
+            ck_assert_msg(memcmp(g[0] + pd->offset, g[1] + pd->offset, pd->numel * sizeof(float)) == 0,
+                          "bf16: d %s differs with the producers on and off", pd->name);
+        }
+        printf("  moe bf16: backward twice, producers on and off: the same bits\n");
+    }
+    for (int r = 0; r < 2; r++) { free(y[r]); free(dx[r]); free(g[r]); }
+    harness_free(h);
+}
+END_TEST
+
 static Suite *cuda_moe_suite(void) {
     Suite *s = suite_create("cuda_moe");
     TCase *tk = tcase_create("kernels");
@@ -671,7 +820,7 @@ static Suite *cuda_moe_suite(void) {
     tcase_add_loop_test(tk, test_route_sums_match_reference, 0, (int)(sizeof SUMS_CASES / sizeof *SUMS_CASES));
     tcase_add_loop_test(tk, test_gather_copies_token_rows, 0, n_dispatch);
     tcase_add_loop_test(tk, test_combine_matches_reference, 0, n_dispatch);
-    tcase_add_loop_test(tk, test_combine_backward_matches_reference, 0, n_dispatch);
+    tcase_add_loop_test(tk, test_combine_backward_matches_reference, 0, 4 * n_dispatch);
     tcase_add_loop_test(tk, test_scatter_add_accumulates_like_reference, 0, n_dispatch);
     tcase_add_loop_test(tk, test_route_backward_matches_reference, 0, n_route);
     suite_add_tcase(s, tk);
@@ -679,6 +828,7 @@ static Suite *cuda_moe_suite(void) {
     tcase_set_timeout(tl, 120);
     tcase_add_loop_test(tl, test_layer_matches_cpu, 0, (int)(sizeof LAYER_CASES / sizeof *LAYER_CASES));
     tcase_add_test(tl, test_layer_reused_at_a_smaller_batch_matches_cpu);
+    tcase_add_loop_test(tl, test_layer_backward_twice_and_bf16_producers_agree, 0, 2);
     suite_add_tcase(s, tl);
     return s;
 }

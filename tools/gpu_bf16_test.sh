@@ -8,6 +8,7 @@
 #      checks an offered bf16 copy is read, and forgotten once withdrawn
 #   4. test_cuda_model under compute-sanitizer memcheck (skipped with NO_SANITIZERS=1)
 #   5. with --mutants: plant bugs in the producers one at a time; the model test must catch each
+#      (and three in the MoE layer's saved expert outputs, which test_cuda_moe must catch)
 # A short summary is printed last. Logs go to $OUT, else runs/gpu_bf16_test.
 #
 #   run(command="bash tools/gpu_bf16_test.sh --mutants", carry=[".deps"], timeout_s=600)
@@ -62,7 +63,20 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "x_proj backward reads u16 8 values off"
     mutant mamba_glue.cu 's/store_lanes<W>(out16 + W \* i, x);/store_lanes<W>(out16 + W * i, x); if (i == 0) out16[0] = __float2bfloat16_rn(0.5f);/' \
         "silu's bf16 copy wrong in its first value"
+    mutant moe.cu 's/out\[e\] = w \* g\[e\];/out[e] = sizeof(Out) == 2 ? w * g[e] * 1.001953125f : w * g[e];/' \
+        "moe: bf16 deo is not bf16_rn of w*dy"
+    mutant ../layers/moe.c 's/(uint16_t \*)sc.deo, \*h16 = (uint16_t \*)sc.dup;/(uint16_t *)sc.deo, *h16 = (uint16_t *)sc.deo;/' \
+        "moe: bf16 h16 written over deo16 before dW_down reads it"
     cmake --build "$build" -j"$jobs" --target test_cuda_model >>"$out/mutants.log" 2>&1   # the real one again
+    # the MoE layer's saved expert outputs and its combine backward (test_cuda_moe)
+    MUTANT_TARGET=test_cuda_moe
+    mutant moe.cu 's/store_lanes<W>(deo + W \* (row + c), out);/store_lanes<W>(deo + W * (dy_row + c), out);/' \
+        "moe: combine backward writes deo to the token row, not the slot row"
+    mutant ../layers/moe.c 's/moe_combine_backward_cuda(sc.dweight, sc.deo, sv.eo,/moe_combine_backward_cuda(sc.dweight, sv.eo, sv.eo,/' \
+        "moe: backward overwrites the saved eo (the old in-place deo)"
+    mutant ../layers/moe.c 's/float \*eo = sv->eo + (size_t)o \* d;/float *eo = sc->deo + (size_t)o * d;/' \
+        "moe: forward writes eo into scratch, not the saved eo"
+    cmake --build "$build" -j"$jobs" --target test_cuda_moe >>"$out/mutants.log" 2>&1
 fi
 
 print_summary || status=1

@@ -11,7 +11,8 @@
  *  - gather, combine, scatter-add: one thread per output element (four, as a float4, where
  *    d is a multiple of 4 and the rows aligned), grid-stride; a token sums its k slots in
  *    rank order in a register, so there are no atomics;
- *  - the combine's backward: one warp per slot pair (a dot product of two rows of d).
+ *  - the combine's backward: one warp per slot pair (a dot product of two rows of d), its
+ *    ∂L/∂eo written as float32 or, for a bf16 down projection, as bf16.
  * expf/logf, not the fast intrinsics, and IEEE division (nvcc's default): the router's
  * probabilities should match the CPU to a few ulp. */
 #include "cuda_check.h"
@@ -137,11 +138,14 @@ __global__ void moe_combine_kernel(float *y, const float *eo, const float *weigh
  * leaves no lane of a live warp behind (warp_sum needs all 32). __restrict__ and the
  * unrolled loop let a lane's loads of later pieces go out before its earlier stores (a
  * warp has only d/(32W) pieces a lane: waiting on each load in turn left the kernel at
- * 2.5× its memory floor). */
-template <int W>
-__global__ void moe_combine_backward_kernel(float *__restrict__ dweight, float *__restrict__ eo_then_deo,
-                                            const float *__restrict__ dy, const float *__restrict__ weight,
-                                            const int *__restrict__ slot_of, int S, int k, int d) {
+ * 2.5× its memory floor). Out is float, or __nv_bfloat16 for the bf16 down projection's
+ * dout: store_lanes rounds the same float w·g to nearest even, the bits the matmul's own
+ * conversion of the float32 deo would give. */
+template <int W, typename Out>
+__global__ void moe_combine_backward_kernel(float *__restrict__ dweight, Out *__restrict__ deo,
+                                            const float *__restrict__ eo, const float *__restrict__ dy,
+                                            const float *__restrict__ weight, const int *__restrict__ slot_of,
+                                            int S, int k, int d) {
     const int lane = threadIdx.x % 32, dw = d / W;
     const size_t q = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (q >= (size_t)S) return;
@@ -151,14 +155,14 @@ __global__ void moe_combine_backward_kernel(float *__restrict__ dweight, float *
     float dot = 0.0f;
 #pragma unroll 4
     for (int c = lane; c < dw; c += 32) {
-        const Lanes<W> g = load_lanes<W>(dy + W * (dy_row + c)), r = load_lanes<W>(eo_then_deo + W * (row + c));
+        const Lanes<W> g = load_lanes<W>(dy + W * (dy_row + c)), r = load_lanes<W>(eo + W * (row + c));
         Lanes<W> out;
 #pragma unroll
         for (int e = 0; e < W; e++) {
             dot += g[e] * r[e];
             out[e] = w * g[e];
         }
-        store_lanes<W>(eo_then_deo + W * (row + c), out);
+        store_lanes<W>(deo + W * (row + c), out);
     }
     dot = warp_sum(dot);
     if (lane == 0) dweight[q] = dot;
@@ -211,19 +215,34 @@ extern "C" void moe_combine_cuda(float *y, const float *eo, const float *weight,
                        d);
 }
 
-extern "C" void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, const float *dy,
-                                          const float *weight, const int *slot_of, int N, int k,
-                                          int d, cudaStream_t stream) {
+/* Both launchers: W = 4 where d is a multiple of 4 and eo, dy, deo are 16-byte aligned
+ * (a bf16 deo needs only 8 for its 4-value stores; 16 keeps one test for both). */
+template <typename Out>
+static void moe_combine_backward_launch(float *dweight, Out *deo, const float *eo, const float *dy,
+                                        const float *weight, const int *slot_of, int N, int k, int d,
+                                        cudaStream_t stream) {
     const int S = N * k, warps_per_block = MOE_ROW_THREADS / 32;
     if (S <= 0) return;
     const unsigned blocks = (unsigned)((S + warps_per_block - 1) / warps_per_block);
-    if (d % 4 == 0 && aligned16((size_t)S * d, eo_then_deo, dy))
-        moe_combine_backward_kernel<4><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, eo_then_deo, dy, weight,
-                                                                                slot_of, S, k, d);
+    if (d % 4 == 0 && aligned16((size_t)S * d, eo, dy, deo))
+        moe_combine_backward_kernel<4, Out><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, deo, eo, dy, weight,
+                                                                                     slot_of, S, k, d);
     else
-        moe_combine_backward_kernel<1><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, eo_then_deo, dy, weight,
-                                                                                slot_of, S, k, d);
+        moe_combine_backward_kernel<1, Out><<<blocks, MOE_ROW_THREADS, 0, stream>>>(dweight, deo, eo, dy, weight,
+                                                                                     slot_of, S, k, d);
     CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void moe_combine_backward_cuda(float *dweight, float *deo, const float *eo, const float *dy,
+                                          const float *weight, const int *slot_of, int N, int k, int d,
+                                          cudaStream_t stream) {
+    moe_combine_backward_launch(dweight, deo, eo, dy, weight, slot_of, N, k, d, stream);
+}
+
+extern "C" void moe_combine_backward_bf16_cuda(float *dweight, uint16_t *deo16, const float *eo, const float *dy,
+                                               const float *weight, const int *slot_of, int N, int k, int d,
+                                               cudaStream_t stream) {
+    moe_combine_backward_launch(dweight, (__nv_bfloat16 *)deo16, eo, dy, weight, slot_of, N, k, d, stream);
 }
 
 extern "C" void moe_scatter_add_rows_cuda(float *dx, const float *dxg, const int *slot_of, int N,

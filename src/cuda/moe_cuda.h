@@ -11,6 +11,7 @@
 #ifndef BRAID_MOE_CUDA_H
 #define BRAID_MOE_CUDA_H
 #include <stddef.h>
+#include <stdint.h>
 #include <cuda_runtime_api.h>
 
 #ifdef __cplusplus
@@ -41,11 +42,21 @@ void moe_combine_cuda(float *y, const float *eo, const float *weight, const int 
 
 /* The combine's backward, one warp per (n, j), s = slot_of[n,j]:
  *   dweight[n,j] = dy[n,:] · eo[s,:]     (WRITTEN)
- *   eo[s,:]      ← weight[n,j] · dy[n,:] (in place: the expert output becomes ∂L/∂eo)
- * Every slot belongs to exactly one (n, j), so no two warps touch the same row. */
-void moe_combine_backward_cuda(float *dweight, float *eo_then_deo, const float *dy,
+ *   deo[s,:]     = weight[n,j] · dy[n,:] (WRITTEN)
+ * eo is only read: it is the forward's saved expert output (moe.c's MoeSaved), which a
+ * second backward of the same forward reads again, so deo must not alias it. Every slot
+ * belongs to exactly one (n, j), so no two warps touch the same row; rows of deo that no
+ * pair maps to (the CUDA layer's padding rows) are left as they were.
+ * The _bf16 variant writes deo as bfloat16 bits (uint16_t), rounded to nearest even from
+ * the same float w·dy: the bits the matmul's conversion of the float32 deo gives, so the
+ * bf16 down projection reads it as its dout (ops_cuda.h, "bf16 operands") unchanged.
+ * dweight is the same in both. */
+void moe_combine_backward_cuda(float *dweight, float *deo, const float *eo, const float *dy,
                                const float *weight, const int *slot_of, int N, int k, int d,
                                cudaStream_t stream);
+void moe_combine_backward_bf16_cuda(float *dweight, uint16_t *deo16, const float *eo, const float *dy,
+                                    const float *weight, const int *slot_of, int N, int k, int d,
+                                    cudaStream_t stream);
 
 /* dx[n,:] += Σ_j dxg[slot_of[n,j],:], j in order (the gather's backward, per token). */
 void moe_scatter_add_rows_cuda(float *dx, const float *dxg, const int *slot_of, int N, int k,

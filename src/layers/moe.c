@@ -18,10 +18,12 @@
  * depend on the thread count. No capacity limit: no token is ever dropped.
  *
  * Memory: forward keeps the routing (probabilities, logsumexp, expert ids, weights,
- * slot maps) and the gate/up pre-activations of every slot (worst case N·k slots).
- * Backward re-gathers x rows and recomputes silu(gate)⊙up and the expert outputs
- * (needed for ∂L/∂w_e) instead of storing them: one extra down matmul per expert
- * saves N·k·(H + 2d) floats of arena.
+ * slot maps), the gate/up pre-activations and the expert outputs eo of every slot (worst
+ * case N·k slots). eo is what ∂L/∂w_e reads; recomputing it cost a down matmul per expert
+ * (~0.9 ms of a 46 ms jamba-small H100 step) against N·k·d floats of arena. Backward
+ * re-gathers x rows and recomputes silu(gate)⊙up (elementwise: cheap) instead of storing
+ * them, saving N·k·(H + d) floats. Backward only reads what forward saved, so a second
+ * backward of the same forward gives the same gradients.
  *
  * CUDA (layer->device == DEVICE_CUDA): the same saved and scratch layouts, in device
  * memory, except that each expert's block is padded with zero rows to a multiple of 64
@@ -91,12 +93,14 @@ typedef struct MoeSaved {
                          *        slots offset[e] .. offset[e+1]−1 (on CUDA: moe_pad_slots) */
     float *gate_pre;    /* (R, H) x W_gateᵀ per slot */
     float *up_pre;      /* (R, H) x W_upᵀ per slot */
+    float *eo;          /* (R, d) expert outputs FFN_e(x) per slot (on CUDA the padding rows
+                         *        are zero: products of zero rows); read by ∂L/∂w */
 } MoeSaved;
 
 /* S = N·k slots; R = moe_slot_rows (S on the CPU) rows in the slot-indexed buffers */
 static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
     size_t N = (size_t)m.N, S = (size_t)m.N * m.k, R = moe_slot_rows(m), o = 0;
-    size_t at[7];
+    size_t at[8];
     at[0] = layout_take(&o, N * m.E);
     at[1] = layout_take(&o, N);
     at[2] = layout_take(&o, S);
@@ -104,6 +108,7 @@ static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
     at[4] = layout_take(&o, S + R + (size_t)m.E + 1);   /* slot_of, slot_token, offset: adjacent */
     at[5] = layout_take(&o, R * m.H);
     at[6] = layout_take(&o, R * m.H);
+    at[7] = layout_take(&o, R * m.d);
     if (s) {
         s->probs = base + at[0];
         s->lse = base + at[1];
@@ -114,17 +119,20 @@ static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
         s->offset = s->slot_token + R;
         s->gate_pre = base + at[5];
         s->up_pre = base + at[6];
+        s->eo = base + at[7];
     }
     return o;
 }
 
-/* Temporaries in ctx->scratch. Forward uses xg, act, eo, cursor, sums; backward all but
+/* Temporaries in ctx->scratch. Forward uses xg, act, cursor, sums; backward all but
  * cursor and sums. On CUDA the cursor is a host array (MoeCudaHost) and its slot here
- * goes unused (E floats): one layout for both devices keeps the sizes in one place. */
+ * goes unused (E floats): one layout for both devices keeps the sizes in one place.
+ * In bf16 (moe_backward_cuda) the same regions hold bf16 arrays of half the floats:
+ * deo16 at deo's start, h16 at dup's, dgate16 and dup16 in act (moe_bf16_operands). */
 typedef struct MoeScratch {   /* R rows as in MoeSaved */
     float *xg;          /* (R, d) gathered input rows */
     float *act;         /* (R, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
-    float *eo;          /* (R, d) expert outputs; in backward then ∂L/∂eo, then ∂L/∂xg */
+    float *deo;         /* (R, d) backward: ∂L/∂eo, then (once the down products are done) ∂L/∂xg */
     float *dact;        /* (R, H) ∂L/∂act */
     float *dup;         /* (R, H) ∂L/∂up_pre */
     float *dlogits;     /* (N, E) */
@@ -149,7 +157,7 @@ static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
     if (s) {
         s->xg = base + at[0];
         s->act = base + at[1];
-        s->eo = base + at[2];
+        s->deo = base + at[2];
         s->dact = base + at[3];
         s->dup = base + at[4];
         s->dlogits = base + at[5];
@@ -490,7 +498,7 @@ static void moe_forward(Layer *layer, float *y, const float *x, int B, int T, Ct
         matmul_forward(gate, xg, layer->params[moe_param_gate(e)], NULL, count, d, H, 0);
         matmul_forward(up, xg, layer->params[moe_param_up(e)], NULL, count, d, H, 0);
         swiglu_forward(act, gate, up, (size_t)count * H);
-        matmul_forward(sc.eo + (size_t)o * d, act, layer->params[moe_param_down(e)], NULL,
+        matmul_forward(sv.eo + (size_t)o * d, act, layer->params[moe_param_down(e)], NULL,
                        count, H, d, 0);
     }
 
@@ -501,7 +509,7 @@ static void moe_forward(Layer *layer, float *y, const float *x, int B, int T, Ct
         for (int i = 0; i < d; i++) yn[i] = 0.0f;
         for (int j = 0; j < k; j++) {
             float w = sv.weight[n * k + j];
-            const float *eo = sc.eo + (size_t)sv.slot_of[n * k + j] * d;
+            const float *eo = sv.eo + (size_t)sv.slot_of[n * k + j] * d;
             for (int i = 0; i < d; i++) yn[i] += w * eo[i];
         }
     }
@@ -510,7 +518,7 @@ static void moe_forward(Layer *layer, float *y, const float *x, int B, int T, Ct
     moe_set_stats(layer, sv.offset, E, S);
 }
 
-/* Backward, with act = silu(gate_pre)⊙up_pre and eo = act W_downᵀ recomputed:
+/* Backward, with act = silu(gate_pre)⊙up_pre recomputed and eo saved by forward:
  *   dw[n,j]    = dy[n] · eo[s]                    s = slot_of[n,j]
  *   deo[s]     = w[n,j] dy[n]
  *   dact, dW_down  from deo (matmul_backward);  dgate, dup = swiglu_backward(dact)
@@ -528,21 +536,17 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
 
     moe_gather_rows(sc.xg, x, sv.slot_token, S, d);
     swiglu_forward(sc.act, sv.gate_pre, sv.up_pre, (size_t)S * H);
-    for (int e = 0; e < E; e++) {
-        int o = sv.offset[e], count = sv.offset[e + 1] - o;
-        if (count == 0) continue;
-        matmul_forward(sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
-                       layer->params[moe_param_down(e)], NULL, count, H, d, 0);
-    }
 
-    /* dw from the expert outputs, then eo is overwritten in place by deo = w·dy */
+    /* dw from the saved expert outputs (read only), deo = w·dy */
     #pragma omp parallel for schedule(static) if ((size_t)S * d >= MOE_PARALLEL_MIN_FLOATS)
     for (int n = 0; n < N; n++) {
         const float *dyn = dy + (size_t)n * d;
         for (int j = 0; j < k; j++) {
-            float *eo = sc.eo + (size_t)sv.slot_of[n * k + j] * d;
+            const size_t row = (size_t)sv.slot_of[n * k + j] * d;
+            const float *eo = sv.eo + row;
+            float *deo = sc.deo + row;
             float w = sv.weight[n * k + j], dot = 0.0f;
-            for (int i = 0; i < d; i++) { dot += dyn[i] * eo[i]; eo[i] = w * dyn[i]; }
+            for (int i = 0; i < d; i++) { dot += dyn[i] * eo[i]; deo[i] = w * dyn[i]; }
             sc.dweight[n * k + j] = dot;
         }
     }
@@ -553,14 +557,14 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
         int o = sv.offset[e], count = sv.offset[e + 1] - o;
         if (count == 0) continue;
         matmul_backward(sc.dact + (size_t)o * H, layer->grads[moe_param_down(e)], NULL,
-                        sc.eo + (size_t)o * d, sc.act + (size_t)o * H,
+                        sc.deo + (size_t)o * d, sc.act + (size_t)o * H,
                         layer->params[moe_param_down(e)], count, H, d);
     }
     float *dgate = sc.act;
     swiglu_backward(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)S * H);
 
-    /* gate and up projections; eo's buffer becomes dxg */
-    float *dxg = sc.eo;
+    /* gate and up projections; deo's buffer becomes dxg */
+    float *dxg = sc.deo;
     memset(dxg, 0, (size_t)S * d * sizeof(float));
     for (int e = 0; e < E; e++) {
         int o = sv.offset[e], count = sv.offset[e + 1] - o;
@@ -590,10 +594,16 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
 
 #ifdef BRAID_HAVE_CUDA
 /* Whether every expert with rows multiplies in bf16 and so takes its SwiGLU activations (and
- * their gradients) as bf16 written by the SwiGLU kernels themselves (ops_cuda.h): in the
- * act buffer, act then dgate at its start and dup R·H bf16 values in (each an (R, H) bf16
- * array is half the floats; a block's offset o·H is a multiple of 8 values, 16 bytes). The
- * blocks of one layer all take one path. */
+ * their gradients) and ∂L/∂eo as bf16 written by the kernels that make them (ops_cuda.h,
+ * "bf16 operands"); the blocks of one layer all take one path. Each (R, H) or (R, d) bf16
+ * array is half the floats of its scratch region, and a block's offset o·H or o·d (o a
+ * multiple of 64) is a multiple of 64 values, 128 bytes. Where the bf16 arrays live:
+ *   forward:  act16 = h at act's start
+ *   backward: deo16 at deo's start; h16 at dup's start (dup itself is bf16 here, below);
+ *             dgate16 at act's start, dup16 R·H values in; dact float32 in dact.
+ * h16, dgate16 and dup16 are written together (swiglu_backward_and_forward_bf16_cuda) and
+ * must not overlap; deo16 is read by the down products before anything is written over it
+ * (dxg, by the gate and up products, issued after them on the same stream). */
 static int moe_bf16_operands(const int *start, int E, int d, int H) {
     for (int e = 0; e < E; e++) {
         const int count = start[e + 1] - start[e];
@@ -603,10 +613,10 @@ static int moe_bf16_operands(const int *start, int E, int d, int H) {
 }
 
 /* act = silu(gate_pre) ⊙ up_pre over the rows in use (the experts' blocks tile them, so
- * one elementwise pass covers them), then each expert's down projection into eo. Returns
- * whether it ran in bf16 operands (moe_bf16_operands: act written as bf16). */
-static int moe_experts_down_cuda(Layer *layer, MoeDims m, const MoeSaved *sv, const MoeScratch *sc,
-                                 const int *start, int rows) {
+ * one elementwise pass covers them), then each expert's down projection into the saved eo
+ * (in bf16 operands, moe_bf16_operands: act written as bf16). */
+static void moe_experts_down_cuda(Layer *layer, MoeDims m, const MoeSaved *sv, const MoeScratch *sc,
+                                  const int *start, int rows) {
     const int E = m.E, d = m.d, H = m.H;
     const int bf16 = moe_bf16_operands(start, E, d, H);
     uint16_t *act16 = (uint16_t *)sc->act;
@@ -615,12 +625,22 @@ static int moe_experts_down_cuda(Layer *layer, MoeDims m, const MoeSaved *sv, co
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
-        float *eo = sc->eo + (size_t)o * d;
+        float *eo = sv->eo + (size_t)o * d;
         const float *w_down = layer->params[moe_param_down(e)];
         if (bf16) matmul_forward_bf16_input_cuda(eo, act16 + (size_t)o * H, w_down, count, H, d, 0, 0);
         else matmul_forward_cuda(eo, sc->act + (size_t)o * H, w_down, NULL, count, H, d, 0, 0);
     }
-    return bf16;
+}
+
+/* The combine's backward writes deo only on rows that hold a slot; the padding rows after
+ * each expert's slots (moe_pad_slots) are zeroed here, so the down products read zeros
+ * there and add nothing to dW_down or, through dact, to dW_gate and dW_up (a stale NaN row
+ * would: NaN · 0 is NaN). At most align − 1 rows an expert. */
+static void moe_zero_padding_rows_cuda(void *buf, size_t row_bytes, const int *start, const int *offset, int E) {
+    for (int e = 0; e < E; e++) {
+        const int used = start[e] + offset[e + 1] - offset[e], pad = start[e + 1] - used;
+        if (pad > 0) CUDA_CHECK(cudaMemsetAsync((char *)buf + (size_t)used * row_bytes, 0, (size_t)pad * row_bytes, 0));
+    }
 }
 
 /* moe_forward on the device (see the file comment). Pointers named h_* are host memory
@@ -685,7 +705,7 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
     }
     /* the experts' blocks tile all rows in use, so one elementwise pass covers them */
     moe_experts_down_cuda(layer, m, &sv, &sc, start, rows);
-    moe_combine_cuda(y, sc.eo, sv.weight, sv.slot_of, N, k, d, 0);
+    moe_combine_cuda(y, sv.eo, sv.weight, sv.slot_of, N, k, d, 0);
 
     /* host values, from the host copies: counts exactly the CPU's, sums in double */
     layer->aux_loss = moe_aux_from_sums(hs->sums, h_offset, m);
@@ -709,34 +729,54 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     const int *start = hs->start, rows = start[E];   /* the forward's padded expert blocks */
 
     moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
-    const int bf16 = moe_experts_down_cuda(layer, m, &sv, &sc, start, rows);
-    const uint16_t *act16 = (const uint16_t *)sc.act;
+    const int bf16 = moe_bf16_operands(start, E, d, H);
+    moe_zero_padding_rows_cuda(sc.deo, (size_t)d * (bf16 ? sizeof(uint16_t) : sizeof(float)), start, hs->offset,
+                               E);
 
-    /* dw from the expert outputs, then eo is overwritten in place by deo = w·dy */
-    moe_combine_backward_cuda(sc.dweight, sc.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
-
-    /* down projection, then the SwiGLU gate (act's buffer becomes dgate, and in bf16 dup) */
-    /* each expert's rows of dact (and below of dxg) start from its own product: written
-     * (β = 0), not zeroed and accumulated into; the experts' row ranges cover all rows */
-    for (int e = 0; e < E; e++) {
-        const int o = start[e], count = start[e + 1] - o;
-        if (count == 0) continue;
-        float *dact = sc.dact + (size_t)o * H, *deo = sc.eo + (size_t)o * d;
-        const float *w_down = layer->params[moe_param_down(e)];
-        if (bf16)
-            matmul_backward_bf16_operands_write_dinp_cuda(dact, layer->grads[moe_param_down(e)], deo, NULL, NULL,
-                                                          act16 + (size_t)o * H, w_down, count, H, d, 0);
-        else
-            matmul_backward_write_dinp_cuda(dact, layer->grads[moe_param_down(e)], deo, sc.act + (size_t)o * H,
-                                            w_down, count, H, d, 0);
-    }
+    /* dw from the saved expert outputs (only read), deo = w·dy; then the down projection and
+     * the SwiGLU gate. Each expert's rows of dact (and below of dxg) start from its own
+     * product: written (β = 0), not zeroed and accumulated into; the blocks cover all rows. */
     float *dgate = sc.act;
     uint16_t *dgate16 = (uint16_t *)sc.act, *dup16 = dgate16 + (size_t)rows * H;
-    if (bf16) swiglu_backward_bf16_cuda(dgate16, dup16, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
-    else swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
+    if (bf16) {
+        /* deo written as bf16 by the combine's backward; dact from it (the dinp product only),
+         * then one SwiGLU pass over g, u writes h16 (for dW_down), dgate16 and dup16, then the
+         * dW_down products read deo16 and h16: no float32 act, nothing converted */
+        uint16_t *deo16 = (uint16_t *)sc.deo, *h16 = (uint16_t *)sc.dup;
+        moe_combine_backward_bf16_cuda(sc.dweight, deo16, sv.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
+        for (int e = 0; e < E; e++) {
+            const int o = start[e], count = start[e + 1] - o;
+            if (count == 0) continue;
+            matmul_backward_bf16_operands_write_dinp_cuda(sc.dact + (size_t)o * H, NULL, NULL, deo16 + (size_t)o * d,
+                                                          NULL, NULL, layer->params[moe_param_down(e)], count, H,
+                                                          d, 0);
+        }
+        swiglu_backward_and_forward_bf16_cuda(h16, dgate16, dup16, sc.dact, sv.gate_pre, sv.up_pre,
+                                              (size_t)rows * H, 0);
+        for (int e = 0; e < E; e++) {
+            const int o = start[e], count = start[e + 1] - o;
+            if (count == 0) continue;
+            matmul_backward_bf16_operands_cuda(NULL, layer->grads[moe_param_down(e)], NULL, deo16 + (size_t)o * d,
+                                               NULL, h16 + (size_t)o * H, layer->params[moe_param_down(e)], count,
+                                               H, d, 0);
+        }
+    } else {
+        /* act recomputed in float32 for dW_down (elementwise; eo itself is saved) */
+        swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
+        moe_combine_backward_cuda(sc.dweight, sc.deo, sv.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
+        for (int e = 0; e < E; e++) {
+            const int o = start[e], count = start[e + 1] - o;
+            if (count == 0) continue;
+            matmul_backward_write_dinp_cuda(sc.dact + (size_t)o * H, layer->grads[moe_param_down(e)],
+                                            sc.deo + (size_t)o * d, sc.act + (size_t)o * H,
+                                            layer->params[moe_param_down(e)], count, H, d, 0);
+        }
+        swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
+    }
 
-    /* gate and up projections; eo's buffer becomes dxg */
-    float *dxg = sc.eo;
+    /* gate and up projections; deo's buffer becomes dxg (every down product, the last
+     * reader of deo, is queued before on the same stream) */
+    float *dxg = sc.deo;
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
