@@ -614,6 +614,30 @@ START_TEST(test_layer_matches_cpu) {
 }
 END_TEST
 
+/* A device copy of h's MoE layer in *L (initialised, its parameter list in *pl): the
+ * parameters copied from h, the gradients zeroed in *d_grads. Returns the device
+ * parameters (free them, *d_grads, L->params, L->grads and *pl; moe_kind.destroy(L)). */
+static float *moe_device_layer(Layer *L, ParamList *pl, const LayerHarness *h, const Config *cfg, float **d_grads) {
+    const size_t P = h->params.total;
+    memset(L, 0, sizeof *L);
+    L->kind = &moe_kind; L->cfg = cfg; L->d_model = h->d; L->device = DEVICE_CUDA;
+    snprintf(L->prefix, sizeof L->prefix, "%s", h->layer.prefix);
+    moe_kind.init(L);
+    memset(pl, 0, sizeof *pl);
+    moe_kind.declare_params(L, pl);
+    ck_assert_int_eq(pl->total, P);
+    float *d_params = to_device(h->param_data, P * sizeof(float));
+    *d_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "grads");   /* zeroed */
+    L->n_params = pl->count;
+    L->params = calloc((size_t)pl->count, sizeof(float *));
+    L->grads = calloc((size_t)pl->count, sizeof(float *));
+    for (int i = 0; i < pl->count; i++) {
+        L->params[i] = d_params + pl->items[i].offset;
+        L->grads[i] = *d_grads + pl->items[i].offset;
+    }
+    return d_params;
+}
+
 /* As a model uses the layer: saved and scratch sized for the largest batch, a forward at
  * that size first, then a forward and backward at a smaller one (the host staging keeps
  * its larger capacity, and backward must size its matmuls from the forward just before
@@ -634,22 +658,8 @@ START_TEST(test_layer_reused_at_a_smaller_batch_matches_cpu) {
     harness_backward(h);   /* dx and grads from zero */
 
     Layer L;
-    memset(&L, 0, sizeof L);
-    L.kind = &moe_kind; L.cfg = &cfg; L.d_model = c.d; L.device = DEVICE_CUDA;
-    snprintf(L.prefix, sizeof L.prefix, "%s", h->layer.prefix);
-    moe_kind.init(&L);
-    ParamList pl = {0};
-    moe_kind.declare_params(&L, &pl);
-    ck_assert_int_eq(pl.total, P);
-    float *d_params = to_device(h->param_data, P * sizeof(float));
-    float *d_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "grads");   /* zeroed */
-    L.n_params = pl.count;
-    L.params = calloc((size_t)pl.count, sizeof(float *));
-    L.grads = calloc((size_t)pl.count, sizeof(float *));
-    for (int i = 0; i < pl.count; i++) {
-        L.params[i] = d_params + pl.items[i].offset;
-        L.grads[i] = d_grads + pl.items[i].offset;
-    }
+    ParamList pl;
+    float *d_grads, *d_params = moe_device_layer(&L, &pl, h, &cfg, &d_grads);
     size_t saved = moe_kind.saved_floats(&L, big_B, big_T), scratch = moe_kind.scratch_floats(&L, big_B, big_T);
     L.saved = poisoned_device(saved * sizeof(float));
     Ctx ctx = {.device = DEVICE_CUDA, .scratch_floats = scratch, .training = 1, .aux_grad_scale = 1.0f};
@@ -708,22 +718,8 @@ static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, fl
     const int B = h->B, T = h->T, d = h->d;
     const size_t n = (size_t)B * T * d, P = h->params.total;
     Layer L;
-    memset(&L, 0, sizeof L);
-    L.kind = &moe_kind; L.cfg = cfg; L.d_model = d; L.device = DEVICE_CUDA;
-    snprintf(L.prefix, sizeof L.prefix, "%s", h->layer.prefix);
-    moe_kind.init(&L);
-    ParamList pl = {0};
-    moe_kind.declare_params(&L, &pl);
-    ck_assert_int_eq(pl.total, P);
-    float *d_params = to_device(h->param_data, P * sizeof(float));
-    float *d_grads = device_alloc(DEVICE_CUDA, P * sizeof(float), "grads");
-    L.n_params = pl.count;
-    L.params = calloc((size_t)pl.count, sizeof(float *));
-    L.grads = calloc((size_t)pl.count, sizeof(float *));
-    for (int i = 0; i < pl.count; i++) {
-        L.params[i] = d_params + pl.items[i].offset;
-        L.grads[i] = d_grads + pl.items[i].offset;
-    }
+    ParamList pl;
+    float *d_grads, *d_params = moe_device_layer(&L, &pl, h, cfg, &d_grads);
     const size_t saved = moe_kind.saved_floats(&L, B, T), scratch = moe_kind.scratch_floats(&L, B, T);
     L.saved = poisoned_device(saved * sizeof(float));
     Ctx ctx = {.device = DEVICE_CUDA, .scratch_floats = scratch, .training = 1, .aux_grad_scale = 1.0f};
