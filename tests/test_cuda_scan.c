@@ -59,24 +59,54 @@ static const ConvShape conv_shapes[] = {
 };
 #define N_CONV_SHAPES (sizeof conv_shapes / sizeof conv_shapes[0])
 
+/* The bf16 value nearest x (ties to even), as float bits: what the kernels' bf16 stores
+ * round to (finite x). */
+static uint16_t bf16_nearest_even(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+/* Every shape, plain and with Mamba's silu written beside the output
+ * (causal_conv1d_silu_forward_cuda: u = silu(out) against the CPU's, and its bf16 copy
+ * exactly the CUDA u rounded to nearest even); outputs poisoned first. */
 START_TEST(test_conv1d_forward_matches_cpu) {
-    for (size_t s = 0; s < N_CONV_SHAPES; s++) {
-        const ConvShape m = conv_shapes[s];
+    for (size_t s = 0; s < 2 * N_CONV_SHAPES; s++) {
+        const ConvShape m = conv_shapes[s / 2];
+        const int with_silu = s % 2;
         char shape[96];
-        snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d bias=%d", m.Bsz, m.T, m.C, m.K, m.use_bias);
+        snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d bias=%d%s", m.Bsz, m.T, m.C, m.K, m.use_bias,
+                 with_silu ? " with silu" : "");
         const size_t n = (size_t)m.Bsz * m.T * m.C, nw = (size_t)m.C * m.K;
         float *x = cuda_test_host_normal(&rng, n, 1.0f), *w = cuda_test_host_normal(&rng, nw, 0.5f);
         float *bias = cuda_test_host_normal(&rng, m.C, 1.0f);
         float *out = braid_malloc(n * sizeof(float), "out");
         float *d_x = cuda_test_device_copy(x, n), *d_w = cuda_test_device_copy(w, nw);
         float *d_bias = cuda_test_device_copy(bias, m.C);
-        float *d_out = cuda_test_device_poisoned(n);
+        float *d_out = cuda_test_device_poisoned(n), *d_u = cuda_test_device_poisoned(n);
+        uint16_t *d_u16 = cuda_test_device_poisoned_bytes(n * sizeof(uint16_t));
         causal_conv1d_forward(out, x, w, m.use_bias ? bias : NULL, m.Bsz, m.T, m.C, m.K);
-        causal_conv1d_forward_cuda(d_out, d_x, d_w, m.use_bias ? d_bias : NULL, m.Bsz, m.T, m.C, m.K, stream);
+        if (with_silu)
+            causal_conv1d_silu_forward_cuda(d_out, d_u, d_u16, d_x, d_w, m.use_bias ? d_bias : NULL, m.Bsz, m.T, m.C,
+                                            m.K, stream);
+        else
+            causal_conv1d_forward_cuda(d_out, d_x, d_w, m.use_bias ? d_bias : NULL, m.Bsz, m.T, m.C, m.K, stream);
         cuda_test_check_device_close("causal_conv1d_forward", shape, d_out, out, n, FORWARD_TOL);
+        if (with_silu) {
+            for (size_t i = 0; i < n; i++) out[i] = out[i] / (1.0f + expf(-out[i]));
+            cuda_test_check_device_close("causal_conv1d_silu_forward u", shape, d_u, out, n, FORWARD_TOL);
+            float *u = cuda_test_host_from_device(d_u, n);
+            uint16_t *u16 = braid_malloc(n * sizeof(uint16_t), "u16");
+            CUDA_CHECK(cudaMemcpy(u16, d_u16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+            for (size_t i = 0; i < n; i++)
+                ck_assert_msg(u16[i] == bf16_nearest_even(u[i]), "%s: u16[%zu] = 0x%04x, bf16 of u %g is 0x%04x", shape,
+                              i, u16[i], (double)u[i], bf16_nearest_even(u[i]));
+            free(u); free(u16);
+        }
         free(x); free(w); free(bias); free(out);
         CUDA_CHECK(cudaFree(d_x)); CUDA_CHECK(cudaFree(d_w));
         CUDA_CHECK(cudaFree(d_bias)); CUDA_CHECK(cudaFree(d_out));
+        CUDA_CHECK(cudaFree(d_u)); CUDA_CHECK(cudaFree(d_u16));
     }
 }
 END_TEST

@@ -61,7 +61,7 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "forward offers norm1's copy for norm2's output"
     mutant ../layers/mamba.c 's/NULL, v.u16, W_x, BT, di, R + 2 \* N, 0);/NULL, v.u16 + 8, W_x, BT, di, R + 2 * N, 0);/' \
         "x_proj backward reads u16 8 values off"
-    mutant mamba_glue.cu 's/store_lanes<W>(out16 + W \* i, x);/store_lanes<W>(out16 + W * i, x); if (i == 0) out16[0] = __float2bfloat16_rn(0.5f);/' \
+    mutant conv1d.cu 's/if (u16) store_lanes<P>(u16 + at, y);/if (u16) { store_lanes<P>(u16 + at, y); if (at == 0) u16[0] = __float2bfloat16_rn(0.5f); }/' \
         "silu's bf16 copy wrong in its first value"
     mutant moe.cu 's/out\[e\] = w \* g\[e\];/out[e] = sizeof(Out) == 2 ? w * g[e] * 1.001953125f : w * g[e];/' \
         "moe: bf16 deo is not bf16_rn of w*dy"

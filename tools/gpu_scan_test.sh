@@ -104,6 +104,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[i\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
     mutant scan.cu 's/g\[i\] = ex2(dt \* A2\[i\]) \* (g\[i\] + dyv \* Cn\[i\]);/g[i] = ex2(dt * A2[i]) * g[i] + dyv * Cn[i];/' "scan carry pass decays one step late"
     mutant scan.cu 's/dA, dD, dA_part, dD_part, n_seg \* Bsz, channels, N);/dA, dD, dA_part, dD_part, Bsz, channels, N);/' "scan dA/dD sum misses the segments' partials"
+    mutant conv1d.cu 's/y.v\[p\] = y.v\[p\] \/ (1.0f + expf(-y.v\[p\]));/y.v[p] = y.v[p] \/ (1.0f + expf(y.v[p]));/' "conv forward's silu takes e^+a"
     mutant conv1d.cu 's/g.v\[p\] \*= conv_silu_grad(a.v\[p\]);/g.v[p] *= conv_silu_grad(a.v[0]);/' "conv through silu: every lane takes the first lane's silu'"
     mutant conv1d.cu 's/win\[i\] = t < T ? dout_row(t) : zero_lanes<P>();/win[i] = t < T ? load_lanes<P>(dout + base + (size_t)t * C) : zero_lanes<P>();/' "conv through silu: the first window rows skip the silu'"
     mutant scan.cu 's/gd.w \* -expm1f(-d.w));/gd.w);/' "scan softplus: one lane of four left as dδ (float4 path)"

@@ -6,6 +6,8 @@
  * x, out, dout, dx are (Bsz,T,C); w (C,K). In Mamba the conv's output a goes through
  * u = silu(a), and the backward can take du with a (silu_in) and use dout = du ⊙ silu'(a) as
  * each row is loaded, instead of a pass of its own that reads du and a and writes dout.
+ * Likewise the forward can write u = silu(a) (and its bf16 copy, x_proj's operand) beside a
+ * from the registers that hold a, instead of a pass that reads a back.
  *
  * Both kernels: a thread owns P adjacent channels (P = 4, one float4, where C is a multiple
  * of 4 and the tensors 16-byte aligned; else 1) and CONV_STEPS consecutive time steps of one
@@ -68,10 +70,12 @@ struct ConvWalk {
     }
 };
 
+/* u (or NULL): also u = silu(out) = out/(1 + e^−out), mamba_glue.cu's formula; u16 (or
+ * NULL, only with u): u again in bf16, rounded to nearest even as matmul.cu would */
 template <int K, int P>
 __global__ void __launch_bounds__(32 * CONV_WALKS)
-causal_conv1d_forward_kernel(float *out, const float *x, const float *weight, const float *bias, int Bsz,
-                             int T, int C) {
+causal_conv1d_forward_kernel(float *out, float *u, __nv_bfloat16 *u16, const float *x, const float *weight,
+                             const float *bias, int Bsz, int T, int C) {
     const ConvWalk w(T, P);
     if (w.c >= C || w.b >= Bsz) return;
     float tap[P][K], bias_c[P];
@@ -104,6 +108,13 @@ causal_conv1d_forward_kernel(float *out, const float *x, const float *weight, co
             y.v[p] = acc;
         }
         store_lanes<P>(os + (size_t)t * C, y);
+        if (u) {
+            const size_t at = (size_t)w.b * T * C + w.c + (size_t)t * C;
+#pragma unroll
+            for (int p = 0; p < P; p++) y.v[p] = y.v[p] / (1.0f + expf(-y.v[p]));
+            store_lanes<P>(u + at, y);
+            if (u16) store_lanes<P>(u16 + at, y);
+        }
     }
 }
 
@@ -225,10 +236,10 @@ static dim3 conv_grid(int Bsz, int T, int C, int P) {
 }
 
 template <int K, int P>
-static void launch_forward(float *out, const float *x, const float *weight, const float *bias, int Bsz,
-                           int T, int C, cudaStream_t stream) {
+static void launch_forward(float *out, float *u, __nv_bfloat16 *u16, const float *x, const float *weight,
+                           const float *bias, int Bsz, int T, int C, cudaStream_t stream) {
     causal_conv1d_forward_kernel<K, P><<<conv_grid(Bsz, T, C, P), dim3(32, CONV_WALKS), 0, stream>>>(
-        out, x, weight, bias, Bsz, T, C);
+        out, u, u16, x, weight, bias, Bsz, T, C);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -281,7 +292,19 @@ extern "C" void causal_conv1d_forward_cuda(float *out, const float *x, const flo
     check_kernel_size(K, "causal_conv1d_forward_cuda");
     const void *rows[] = {out, x};
     const bool vec = conv_vec_ok(C, rows, 2);
-    CONV_DISPATCH(K, vec, launch_forward, out, x, weight, bias, Bsz, T, C, stream)
+    __nv_bfloat16 *none = NULL;
+    CONV_DISPATCH(K, vec, launch_forward, out, NULL, none, x, weight, bias, Bsz, T, C, stream)
+}
+
+extern "C" void causal_conv1d_silu_forward_cuda(float *out, float *u, uint16_t *u16, const float *x,
+                                                const float *weight, const float *bias, int Bsz, int T, int C,
+                                                int K, cudaStream_t stream) {
+    if ((size_t)Bsz * T * C == 0) return;
+    check_kernel_size(K, "causal_conv1d_silu_forward_cuda");
+    const void *rows[] = {out, u, u16, x};
+    const bool vec = conv_vec_ok(C, rows, 4);
+    __nv_bfloat16 *b16 = (__nv_bfloat16 *)u16;
+    CONV_DISPATCH(K, vec, launch_forward, out, u, b16, x, weight, bias, Bsz, T, C, stream)
 }
 
 extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,

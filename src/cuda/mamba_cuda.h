@@ -28,6 +28,10 @@ extern "C" {
 /* out[b,t,c] = bias[c] + Σ_j weight[c,j] x[b,t−K+1+j,c]; weight (C,K), bias (C) or NULL. */
 void causal_conv1d_forward_cuda(float *out, const float *x, const float *weight, const float *bias,
                                 int Bsz, int T, int C, int K, cudaStream_t stream);
+/* The same, and Mamba's u = silu(out) (silu_f's formula) into u, and into u16 as bf16 (x_proj's
+ * operand, ops_cuda.h) unless NULL: from the registers holding out, not a pass reading it. */
+void causal_conv1d_silu_forward_cuda(float *out, float *u, uint16_t *u16, const float *x, const float *weight,
+                                     const float *bias, int Bsz, int T, int C, int K, cudaStream_t stream);
 /* dx += (gather of weight·dout); dweight[c,j] += Σ_{b,t} dout·x; dbias[c] += Σ_{b,t} dout.
  * The (b,t) sums have a fixed order (no atomics). silu_in, when not NULL, is the conv's
  * output a before Mamba's u = silu(a), and dout is du: the conv then takes du ⊙ silu'(a)
@@ -75,11 +79,7 @@ void selective_scan_backward_write_cuda(float *du, float *ddelta, float *dA, flo
  * n elements each; the same formulas as core/ops.h's silu_f/softplus_f (expf, log1pf,
  * expm1f: no fast intrinsics). In place where the CPU loop is in place. */
 
-/* out = silu(in)   (u from the conv output; out may be in) */
-void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream);
-/* The same, written twice: out float32 and out16 bf16 (the scan reads one, x_proj's bf16
- * product the other: ops_cuda.h, matmul_bf16_operands_cuda) */
-void mamba_silu_dual_cuda(float *out, uint16_t *out16, const float *in, size_t n, cudaStream_t stream);
+/* (u = silu(conv) comes out of the conv itself: causal_conv1d_silu_forward_cuda) */
 /* x[r][c] = softplus(x[r][c] + bias[c])   (δ from dt_proj's product and its bias; rows × cols) */
 void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream);
 /* x_proj's [δr | B | C] rows (xdbl, rows × (R+2N)) into the three arrays, and back (join) */

@@ -26,17 +26,6 @@ __device__ __forceinline__ float glue_softplus(float x) { return x > 20.0f ? x :
 /* The layer's big elementwise steps run W elements a thread and step (float4 where the
  * arrays are aligned, grid.cuh); a step is f applied to the lanes of its inputs. */
 
-/* u = silu(conv) */
-template <int W>
-__global__ void mamba_silu_kernel(float *out, const float *in, size_t n) {
-    GRID_STRIDE(i, n / W) {
-        Lanes<W> x = load_lanes<W>(in + W * i);
-#pragma unroll
-        for (int e = 0; e < W; e++) x[e] = glue_silu(x[e]);
-        store_lanes<W>(out + W * i, x);
-    }
-}
-
 /* δ = softplus(a + b_dt), in place on dt_proj's product a (rows × cols, cols = di): the
  * bias add folded in (one pass over δ instead of the matmul's bias kernel and this one) */
 template <int W>
@@ -140,29 +129,7 @@ __global__ void mamba_x_proj_columns_kernel(float *xdbl, float *dtr, float *Bm, 
     }
 }
 
-/* Enough blocks to fill any current GPU several times over; the loop takes the rest. */
-extern "C" void mamba_silu_cuda(float *out, const float *in, size_t n, cudaStream_t stream) {
-    if (n == 0) return;
-    LAUNCH_ELEMENTWISE(mamba_silu_kernel, n, stream, aligned16(n, out, in), out, in, n);
-}
-
-/* u = silu(conv) twice: float32 (the scan's input) and bf16 (x_proj's operand) */
-template <int W>
-__global__ void mamba_silu_dual_kernel(float *out, __nv_bfloat16 *out16, const float *in, size_t n) {
-    GRID_STRIDE(i, n / W) {
-        Lanes<W> x = load_lanes<W>(in + W * i);
-#pragma unroll
-        for (int e = 0; e < W; e++) x[e] = glue_silu(x[e]);
-        store_lanes<W>(out + W * i, x);
-        store_lanes<W>(out16 + W * i, x);
-    }
-}
-
-extern "C" void mamba_silu_dual_cuda(float *out, uint16_t *out16, const float *in, size_t n, cudaStream_t stream) {
-    if (n == 0) return;
-    __nv_bfloat16 *o16 = (__nv_bfloat16 *)out16;
-    LAUNCH_ELEMENTWISE(mamba_silu_dual_kernel, n, stream, aligned16(n, out, o16, in), out, o16, in, n);
-}
+/* (u = silu(conv) comes out of the conv's forward: conv1d.cu, causal_conv1d_silu_forward_cuda) */
 
 extern "C" void mamba_bias_softplus_cuda(float *x, const float *bias, size_t rows, int cols, cudaStream_t stream) {
     const size_t n = rows * (size_t)cols;

@@ -384,14 +384,14 @@ static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, 
     matmul_forward_cuda(v.x1, x, W_in, NULL, BT, d, di, 0, 0);
     matmul_forward_cuda(v.z, x, W_in + (size_t)di * d, NULL, BT, d, di, 0, 0);
     matmul_release_input_cuda();
-    causal_conv1d_forward_cuda(v.conv, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
-    /* one product with the whole W_x, then split: u is read once, not three times; in bf16
-     * the silu writes u's bf16 copy too, which this product and its backward read */
+    /* the conv writes u = silu(conv) beside conv; one product with the whole W_x, then
+     * split: u is read once, not three times; in bf16 the conv writes u's bf16 copy too,
+     * which this product and its backward read */
     if (v.u16 && matmul_bf16_operands_cuda(BT, di, R + 2 * N)) {
-        mamba_silu_dual_cuda(v.u, v.u16, v.conv, n_inner, 0);
+        causal_conv1d_silu_forward_cuda(v.conv, v.u, v.u16, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
         matmul_forward_bf16_input_cuda(w.xdbl, v.u16, W_x, BT, di, R + 2 * N, 0, 0);
     } else {
-        mamba_silu_cuda(v.u, v.conv, n_inner, 0);
+        causal_conv1d_silu_forward_cuda(v.conv, v.u, NULL, v.x1, P[P_CONV_W], P[P_CONV_B], B, T, di, s.k, 0);
         matmul_forward_cuda(w.xdbl, v.u, W_x, NULL, BT, di, R + 2 * N, 0, 0);
     }
     mamba_x_proj_split_cuda(v.dtr_raw, v.B_raw, v.C_raw, w.xdbl, (size_t)BT, R, N, 0);
