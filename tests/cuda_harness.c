@@ -172,6 +172,13 @@ float *cuda_test_host_normal(Rng *rng, size_t n, float scale) {
     return p;
 }
 
+float *cuda_test_host_normal_nonzero(Rng *rng, size_t n, float scale) {
+    float *x = cuda_test_host_normal(rng, n, scale);
+    for (size_t i = 0; i < n; i++)
+        if (fabsf(x[i]) < 1e-3f) x[i] = x[i] < 0.0f ? -1e-3f : 1e-3f;
+    return x;
+}
+
 float *cuda_test_host_uniform(Rng *rng, size_t n, float lo, float hi) {
     float *p = braid_malloc(n * sizeof(float), "test tensor");
     rng_fill_uniform(rng, p, n, lo, hi);
@@ -200,6 +207,12 @@ float *cuda_test_device_poisoned(size_t n) {
     float *p = cuda_test_device_alloc(n * sizeof(float));
     CUDA_CHECK(cudaMemset(p, 0xFF, n * sizeof(float)));
     return p;
+}
+
+uint16_t cuda_test_bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);   /* half the dropped unit, then keep the top */
 }
 
 void *cuda_test_device_poisoned_bytes(size_t bytes) {

@@ -19,6 +19,7 @@
 #ifndef BRAID_CUDA_HARNESS_H
 #define BRAID_CUDA_HARNESS_H
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/rng.h"
 #include "layers/layer.h"
@@ -58,6 +59,10 @@ int cuda_test_main(const char *test, struct Suite *(*make_suite)(void));
 /* n floats, normal with standard deviation `scale`, drawn from rng. */
 float *cuda_test_host_normal(Rng *rng, size_t n, float scale);
 
+/* The same, every value at least 1e-3 from 0 (moved out, keeping its sign): inputs where a
+ * zero would zero an output whatever the kernel computed (a gradient times a zero dout). */
+float *cuda_test_host_normal_nonzero(Rng *rng, size_t n, float scale);
+
 /* n floats, uniform in [lo, hi), drawn from rng. */
 float *cuda_test_host_uniform(Rng *rng, size_t n, float lo, float hi);
 
@@ -75,6 +80,10 @@ float *cuda_test_device_copy(const float *x, size_t n);
 /* n device floats, every one NaN (bytes 0xFF): what a kernel WRITES starts from this, so
  * an element it never wrote reads back as NaN and fails cuda_test_check_close. */
 float *cuda_test_device_poisoned(size_t n);
+
+/* The bits of x rounded to the nearest bfloat16, ties to even (x finite): what
+ * __float2bfloat16_rn and the kernels' bf16 stores give. */
+uint16_t cuda_test_bf16_bits(float x);
 
 /* `bytes` bytes on the device, every one 0xFF (as bf16 or float32: NaN) */
 void *cuda_test_device_poisoned_bytes(size_t bytes);

@@ -331,13 +331,6 @@ START_TEST(test_combine_matches_reference) {
 }
 END_TEST
 
-/* bfloat16 bits of f rounded to nearest even (f finite): what __float2bfloat16_rn gives. */
-static uint16_t bf16_rn(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 /* dweight[n,j] = dy[n]·eo[s] and deo[s] = w·dy[n] into its own buffer, as float32 or (the
  * _bf16 launcher) as bf16 bits; eo must come back unchanged (the layer's saved expert
  * outputs, read again by a second backward). Variants over the DISPATCH_CASES, _i / n:
@@ -387,8 +380,8 @@ START_TEST(test_combine_backward_matches_reference) {
             if (bf16) {
                 uint16_t got;
                 memcpy(&got, deo + at * elem, sizeof got);
-                ck_assert_msg(got == bf16_rn(want), "%s: deo16[slot %d, %d] = 0x%04x, expected 0x%04x (bf16 of %.9g)",
-                              what, D.slot_of[q], c, got, bf16_rn(want), want);
+                ck_assert_msg(got == cuda_test_bf16_bits(want), "%s: deo16[slot %d, %d] = 0x%04x, expected 0x%04x (bf16 of %.9g)",
+                              what, D.slot_of[q], c, got, cuda_test_bf16_bits(want), want);
             } else {
                 float got;
                 memcpy(&got, deo + at * elem, sizeof got);

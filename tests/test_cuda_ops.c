@@ -239,13 +239,9 @@ START_TEST(test_matmul_reduced_precision_within_rounding) {
 }
 END_TEST
 
-/* x rounded to the nearest bfloat16 (ties to even), as __float2bfloat16_rn does: keep the
- * top 16 bits of the float32 after adding half of the dropped part's unit */
+/* x rounded to the nearest bfloat16 (ties to even), as __float2bfloat16_rn does, as a float */
 static float round_to_bf16(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
+    const uint32_t u = (uint32_t)cuda_test_bf16_bits(x) << 16;
     memcpy(&x, &u, sizeof x);
     return x;
 }
@@ -776,7 +772,6 @@ START_TEST(test_swiglu_backward_matches_cpu) {
 }
 END_TEST
 
-/* n bytes on the device, every one 0xFF (as bf16: NaN), a value an op never writes here */
 /* swiglu_backward_and_forward_bf16_cuda writes the bits that swiglu_forward_bf16_cuda (h)
  * and swiglu_backward_bf16_cuda (dgate, dup) write for the same inputs: the dense FFN's
  * bf16 backward swapped the two for the one (layers/ffn_dense.c), and its products must not
@@ -795,9 +790,7 @@ START_TEST(test_swiglu_backward_and_forward_bf16_matches_separate_kernels) {
         float *in[3];   /* gate, up, dout */
         float *d_in_base[3], *d_in[3];
         for (int a = 0; a < 3; a++) {
-            in[a] = cuda_test_host_normal(&rng, n, a == 0 ? 3.0f : 1.0f);
-            for (size_t i = 0; i < n; i++)
-                if (fabsf(in[a][i]) < 1e-3f) in[a][i] = in[a][i] < 0.0f ? -1e-3f : 1e-3f;
+            in[a] = cuda_test_host_normal_nonzero(&rng, n, a == 0 ? 3.0f : 1.0f);
             d_in_base[a] = cuda_test_device_alloc((n + 1) * sizeof(float));
             d_in[a] = d_in_base[a] + shift;
             CUDA_CHECK(cudaMemcpy(d_in[a], in[a], n * sizeof(float), cudaMemcpyHostToDevice));

@@ -59,14 +59,6 @@ static const ConvShape conv_shapes[] = {
 };
 #define N_CONV_SHAPES (sizeof conv_shapes / sizeof conv_shapes[0])
 
-/* The bf16 value nearest x (ties to even), as float bits: what the kernels' bf16 stores
- * round to (finite x). */
-static uint16_t bf16_nearest_even(float x) {
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    return (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
-}
-
 /* Every shape, plain and with Mamba's silu written beside the output
  * (causal_conv1d_silu_forward_cuda: u = silu(out) against the CPU's, and its bf16 copy
  * exactly the CUDA u rounded to nearest even); outputs poisoned first. */
@@ -99,8 +91,8 @@ START_TEST(test_conv1d_forward_matches_cpu) {
             uint16_t *u16 = braid_malloc(n * sizeof(uint16_t), "u16");
             CUDA_CHECK(cudaMemcpy(u16, d_u16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost));
             for (size_t i = 0; i < n; i++)
-                ck_assert_msg(u16[i] == bf16_nearest_even(u[i]), "%s: u16[%zu] = 0x%04x, bf16 of u %g is 0x%04x", shape,
-                              i, u16[i], (double)u[i], bf16_nearest_even(u[i]));
+                ck_assert_msg(u16[i] == cuda_test_bf16_bits(u[i]), "%s: u16[%zu] = 0x%04x, bf16 of u %g is 0x%04x", shape,
+                              i, u16[i], (double)u[i], cuda_test_bf16_bits(u[i]));
             free(u); free(u16);
         }
         free(x); free(w); free(bias); free(out);

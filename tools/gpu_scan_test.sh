@@ -90,12 +90,12 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/const bool save_at_tiles = chunk % L == 0;/const bool save_at_tiles = chunk % 8 == 0;/' \
         "scan forward saves chunk states only at tile starts, chunks not tile-aligned"
     mutant scan.cu 's/if (du) du\[at\] = overwrite ? du_t\[i\] : du\[at\] + du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
-    mutant scan.cu 's/if (du) \*(float4 \*)(du + at) = \*(const float4 \*)(du_t + s \* CB + jj);/if (du) add4(du + at, du_t + s * CB + jj);/' \
+    mutant scan.cu 's/if (du) \*(float4 \*)(du + at) = \*(const float4 \*)(du_t + s \* CB + jj);/if (du) add4(du + at, *(const float4 *)(du_t + s * CB + jj));/' \
         "scan write variant accumulates du onto what was there"
     mutant scan.cu 's/if (ddelta) ddelta\[at\] = overwrite ? gd : ddelta\[at\] + gd;/if (ddelta \&\& !overwrite) ddelta[at] += gd;/' \
         "scan write variant leaves ddelta unwritten (4-byte path)"
-    mutant scan.cu 's/    d.x += a.x;/    d.x = a.x;/' "scan float4 du overwritten, not accumulated"
-    mutant scan.cu 's/make_float4(o.x + gd.x, o.y + gd.y,/make_float4(gd.x, o.y + gd.y,/' "scan float4 ddelta overwritten, not accumulated"
+    mutant scan.cu 's/    d.x += a.x;/    d.x = a.x;/' "scan float4 du, ddelta overwritten, not accumulated"
+    mutant scan.cu 's/if (ddelta) add4(ddelta + at, gd);/if (ddelta) *(float4 *)(ddelta + at) = gd;/' "scan float4 ddelta overwritten, not accumulated"
     mutant scan.cu 's/if (s < len \&\& col0 + j < cols) cp_async16/if (s < len \&\& col0 + j + 4 < cols) cp_async16/' "scan 16-byte staging drops a row's last piece"
     mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"
     mutant scan.cu 's/for (int i = 0; i < SCAN_NPT; i++) h\[i\] = ck\[i\];/;/' "scan sub-tile ignores its checkpointed state"
@@ -104,8 +104,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[i\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
     mutant scan.cu 's/g\[i\] = ex2(dt \* A2\[i\]) \* (g\[i\] + dyv \* Cn\[i\]);/g[i] = ex2(dt * A2[i]) * g[i] + dyv * Cn[i];/' "scan carry pass decays one step late"
     mutant scan.cu 's/dA, dD, dA_part, dD_part, n_seg \* Bsz, channels, N);/dA, dD, dA_part, dD_part, Bsz, channels, N);/' "scan dA/dD sum misses the segments' partials"
-    mutant conv1d.cu 's/y.v\[p\] = y.v\[p\] \/ (1.0f + expf(-y.v\[p\]));/y.v[p] = y.v[p] \/ (1.0f + expf(y.v[p]));/' "conv forward's silu takes e^+a"
-    mutant conv1d.cu 's/g.v\[p\] \*= conv_silu_grad(a.v\[p\]);/g.v[p] *= conv_silu_grad(a.v[0]);/' "conv through silu: every lane takes the first lane's silu'"
+    mutant conv1d.cu 's/y.v\[p\] = device_silu(y.v\[p\]);/y.v[p] = device_silu(-y.v[p]);/' "conv forward's silu of −a"
+    mutant conv1d.cu 's/g.v\[p\] \*= device_silu_grad(a.v\[p\]);/g.v[p] *= device_silu_grad(a.v[0]);/' "conv through silu: every lane takes the first lane's silu'"
     mutant conv1d.cu 's/win\[i\] = t < T ? dout_row(t) : zero_lanes<P>();/win[i] = t < T ? load_lanes<P>(dout + base + (size_t)t * C) : zero_lanes<P>();/' "conv through silu: the first window rows skip the silu'"
     mutant scan.cu 's/gd.w \* -expm1f(-d.w));/gd.w);/' "scan softplus: one lane of four left as dδ (float4 path)"
     mutant scan.cu 's/softplus ? ddt_t\[i\] \* -expm1f(-dt_t\[i\])/softplus ? ddt_t[i] * -expm1f(-dt_t[i + 1])/' "scan softplus takes the next step's δ (4-byte path)"

@@ -39,16 +39,12 @@
 #include "mamba_cuda.h"
 #include "column_sum.cuh"
 #include "grid.cuh"
+#include "activations.cuh"
 
 #define CONV_MAX_K 8
 #define CONV_STEPS 16   /* time steps a thread walks */
 #define CONV_WALKS 8    /* walks along time per block (blockDim.y) */
 
-/* d/da silu(a) = σ(a)(1 + a(1 − σ(a))), with expf as mamba_glue.cu's (the CPU's formula) */
-__device__ __forceinline__ float conv_silu_grad(float a) {
-    const float s = 1.0f / (1.0f + expf(-a));
-    return s * (1.0f + a * (1.0f - s));
-}
 
 /* One step of a walk: the window's rows move down one and `next` enters at the top. */
 template <int K, int P>
@@ -70,7 +66,7 @@ struct ConvWalk {
     }
 };
 
-/* u (or NULL): also u = silu(out) = out/(1 + e^−out), mamba_glue.cu's formula; u16 (or
+/* u (or NULL): also u = silu(out) (activations.cuh); u16 (or
  * NULL, only with u): u again in bf16, rounded to nearest even as matmul.cu would */
 template <int K, int P>
 __global__ void __launch_bounds__(32 * CONV_WALKS)
@@ -111,7 +107,7 @@ causal_conv1d_forward_kernel(float *out, float *u, __nv_bfloat16 *u16, const flo
         if (u) {
             const size_t at = (size_t)w.b * T * C + w.c + (size_t)t * C;
 #pragma unroll
-            for (int p = 0; p < P; p++) y.v[p] = y.v[p] / (1.0f + expf(-y.v[p]));
+            for (int p = 0; p < P; p++) y.v[p] = device_silu(y.v[p]);
             store_lanes<P>(u + at, y);
             if (u16) store_lanes<P>(u16 + at, y);
         }
@@ -146,7 +142,7 @@ causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const f
             if (silu_in) {
                 const Lanes<P> a = load_lanes<P>(silu_in + base + (size_t)t * C);
 #pragma unroll
-                for (int p = 0; p < P; p++) g.v[p] *= conv_silu_grad(a.v[p]);
+                for (int p = 0; p < P; p++) g.v[p] *= device_silu_grad(a.v[p]);
             }
             return g;
         };

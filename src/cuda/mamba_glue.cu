@@ -9,16 +9,10 @@
 #include "cuda_check.h"
 #include "mamba_cuda.h"
 #include "grid.cuh"
+#include "activations.cuh"
 
 #include <cuda_bf16.h>
 
-__device__ __forceinline__ float glue_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float glue_silu(float x) { return x / (1.0f + expf(-x)); }
-/* d/da silu(a) = σ(a)(1 + a(1 − σ(a))) */
-__device__ __forceinline__ float glue_silu_grad(float x) {
-    const float s = glue_sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
-}
 /* softplus(a) = log(1 + e^a); above 20 it is a to float precision (and e^a would
  * overflow soon after), the same cut as the CPU's softplus_f. */
 __device__ __forceinline__ float glue_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
@@ -52,7 +46,7 @@ __global__ void mamba_gate_forward_kernel(Out *gated, const float *y, const floa
         const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
         Lanes<W> g;
 #pragma unroll
-        for (int e = 0; e < W; e++) g[e] = yy[e] * glue_silu(zz[e]);
+        for (int e = 0; e < W; e++) g[e] = yy[e] * device_silu(zz[e]);
         store_lanes<W>(gated + W * i, g);
     }
 }
@@ -68,8 +62,8 @@ __global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y
         const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
 #pragma unroll
         for (int e = 0; e < W; e++) {
-            d[e] = g[e] * yy[e] * glue_silu_grad(zz[e]);
-            g[e] = g[e] * glue_silu(zz[e]);
+            d[e] = g[e] * yy[e] * device_silu_grad(zz[e]);
+            g[e] = g[e] * device_silu(zz[e]);
         }
         store_lanes<W>(dz + W * i, d);
         store_lanes<W>(dgated + W * i, g);
@@ -92,9 +86,9 @@ __global__ void mamba_gate_backward_and_forward_kernel(__nv_bfloat16 *gated, __n
         const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
 #pragma unroll
         for (int e = 0; e < W; e++) {
-            const float s = glue_silu(zz[e]);
+            const float s = device_silu(zz[e]);
             gt[e] = yy[e] * s;
-            d[e] = g[e] * yy[e] * glue_silu_grad(zz[e]);
+            d[e] = g[e] * yy[e] * device_silu_grad(zz[e]);
             g[e] = g[e] * s;
         }
         store_lanes<W>(gated + W * i, gt);

@@ -4,11 +4,17 @@
 #ifndef BRAID_REDUCE_CUH
 #define BRAID_REDUCE_CUH
 
-template <typename T>
-__device__ __forceinline__ T warp_sum(T x) {
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+/* Σ x over each aligned group of L lanes (L a power of two ≤ 32); every lane of the group
+ * gets its group's sum. All 32 lanes must call it; groups never mix. */
+template <int L, typename T>
+__device__ __forceinline__ T group_sum(T x) {
+#pragma unroll
+    for (int offset = L / 2; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
     return x;
 }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) { return group_sum<32>(x); }
 
 __device__ __forceinline__ float warp_max(float x) {
     for (int offset = 16; offset > 0; offset >>= 1)

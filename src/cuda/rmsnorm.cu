@@ -47,15 +47,6 @@
 
 /* ---------------------------------------------------------------- row kernels (fast path) */
 
-/* Σ x over each aligned group of L lanes (L a power of two ≤ 32); every lane of the group
- * gets the sum. Lanes of other groups take part in the shuffles but never mix in. */
-template <int L>
-__device__ __forceinline__ float group_sum(float x) {
-#pragma unroll
-    for (int offset = L / 2; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-    return x;
-}
-
 /* forward, L lanes a row, V float4 a lane:
  *   ss = Σ_c x[c]²  (each lane its own columns, then the group's lanes)
  *   r = 1/sqrt(ss/C + eps);  y[c] = x[c]·r·w[c];  y16[c] = bf16_rn(y[c])
@@ -191,19 +182,19 @@ rmsnorm_backward_rows_kernel(float *dinp, float *partial, const float *dout, con
  * s ≡ y (mod RMSNORM_FINISH_GROUPS) of column 32·bx + x in order (a warp reads 32 adjacent
  * floats of a partial row); the groups are then added in order through shared memory. */
 __global__ void rmsnorm_dweight_finish_kernel(float *dweight, const float *partial, int S, int C) {
-    __shared__ float group_sum[RMSNORM_FINISH_GROUPS][32 + 1];
+    __shared__ float group_total[RMSNORM_FINISH_GROUPS][32 + 1];
     const int c = blockIdx.x * 32 + threadIdx.x;
     float sum = 0.0f;
     if (c < C) {
 #pragma unroll 4
         for (int s = threadIdx.y; s < S; s += RMSNORM_FINISH_GROUPS) sum += partial[(size_t)s * C + c];
     }
-    group_sum[threadIdx.y][threadIdx.x] = sum;
+    group_total[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float total = 0.0f;
 #pragma unroll
-        for (int g = 0; g < RMSNORM_FINISH_GROUPS; g++) total += group_sum[g][threadIdx.x];
+        for (int g = 0; g < RMSNORM_FINISH_GROUPS; g++) total += group_total[g][threadIdx.x];
         dweight[c] += total;
     }
 }

@@ -159,10 +159,9 @@ struct RowRegs {
     }
 };
 
-/* *dst += *src for 4 floats (dst global, src shared; both 16-byte aligned) */
-__device__ __forceinline__ void add4(float *dst, const float *src) {
+/* *dst += a for 4 floats (dst global, 16-byte aligned) */
+__device__ __forceinline__ void add4(float *dst, const float4 a) {
     float4 d = *(float4 *)dst;
-    const float4 a = *(const float4 *)src;
     d.x += a.x;
     d.y += a.y;
     d.z += a.z;
@@ -613,11 +612,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                         if (du) *(float4 *)(du + at) = *(const float4 *)(du_t + s * CB + jj);
                         if (ddelta) *(float4 *)(ddelta + at) = gd;
                     } else {
-                        if (du) add4(du + at, du_t + s * CB + jj);
-                        if (ddelta) {
-                            const float4 o = *(const float4 *)(ddelta + at);
-                            *(float4 *)(ddelta + at) = make_float4(o.x + gd.x, o.y + gd.y, o.z + gd.z, o.w + gd.w);
-                        }
+                        if (du) add4(du + at, *(const float4 *)(du_t + s * CB + jj));
+                        if (ddelta) add4(ddelta + at, gd);
                     }
                 }
                 /* the block's Σ over its channels, warps in order */

@@ -6,10 +6,10 @@
 #include "cuda_check.h"
 #include "ops_cuda.h"
 #include "grid.cuh"
+#include "activations.cuh"
 
 #include <cuda_bf16.h>
 
-__device__ __forceinline__ float sigmoid_device(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* out = silu(gate) ⊙ up, W elements a thread and step (grid.cuh); Out float, or
  * __nv_bfloat16 where out is a bf16 matmul operand (rounded as matmul.cu would) */
@@ -19,7 +19,7 @@ __global__ void swiglu_forward_kernel(Out *out, const float *gate, const float *
         const Lanes<W> g = load_lanes<W>(gate + W * i), u = load_lanes<W>(up + W * i);
         Lanes<W> o;
 #pragma unroll
-        for (int e = 0; e < W; e++) o[e] = g[e] * sigmoid_device(g[e]) * u[e];
+        for (int e = 0; e < W; e++) o[e] = g[e] * device_sigmoid(g[e]) * u[e];
         store_lanes<W>(out + W * i, o);
     }
 }
@@ -32,7 +32,7 @@ __global__ void swiglu_backward_kernel(Out *dgate, Out *dup, const float *dout, 
         Lanes<W> dg, du;
 #pragma unroll
         for (int e = 0; e < W; e++) {
-            const float s = sigmoid_device(g[e]);
+            const float s = device_sigmoid(g[e]);
             du[e] = dy[e] * g[e] * s;
             dg[e] = dy[e] * u[e] * s * (1.0f + g[e] * (1.0f - s));
         }
@@ -57,7 +57,7 @@ __global__ void swiglu_backward_and_forward_kernel(__nv_bfloat16 *h, __nv_bfloat
         Lanes<W> hv, dg, du;
 #pragma unroll
         for (int e = 0; e < W; e++) {
-            const float s = sigmoid_device(g[e]);
+            const float s = device_sigmoid(g[e]);
             hv[e] = g[e] * s * u[e];
             du[e] = dy[e] * g[e] * s;
             dg[e] = dy[e] * u[e] * s * (1.0f + g[e] * (1.0f - s));

@@ -185,8 +185,9 @@ typedef struct RunSummary {
  * against cost: parameters, the activations' memory (model_activation_bytes: arena and
  * scratch for the batch shapes the model was built for), model FLOPs per token
  * (model_flops_per_token at task.seq_len), mean training tokens/s (tokens / time inside
- * the steps, evaluation excluded), wall time, and the final evaluation per sequence length. Written to a temporary name and
- * renamed, so a sweep that sees summary.json sees a finished run. */
+ * the steps, evaluation excluded), wall time, and the final evaluation per sequence
+ * length. Written to a temporary name and renamed, so a sweep that sees summary.json sees
+ * a finished run. */
 static int write_summary(Trainer *t, const RunSummary *s, BraidError *err) {
     if (!t->cfg.train.run_dir[0]) return 0;
     char path[CONFIG_STR + 32], tmp[CONFIG_STR + 48];
