@@ -825,8 +825,14 @@ static bool scan_vec_ok(int channels, int N, const void *const *ptrs, int n_ptrs
  * (`blocks_per_sm`: what the SMs hold of this kernel at once):
  *   forward: S = (SMs·blocks_per_sm) / base, but 1 where that is under 3 (a split in two
  *     pays the end-state pass over half of T for too little);
- *   backward: the S ≤ SCAN_MAX_SEGMENTS whose blocks fill their last wave best (blocks over
- *     waves × slots), the smallest S where several tie (the carry pass grows with S).
+ *   backward: 1 where one segment's blocks fill at least half the slots; else the
+ *     S ≤ SCAN_MAX_SEGMENTS whose blocks fill their last wave best (blocks over waves ×
+ *     slots), the smallest S where several tie (the carry pass grows with S). The first
+ *     rule is the whole step's measurement: at jamba-small's shape (384 blocks, 528 slots)
+ *     the best fill is S = 4, which the backward alone liked by 2% in the tenth session,
+ *     but the jamba-small bf16 step ran 0.3 ms faster with S = 1 (H100, seventeenth
+ *     session: 44.62 / 44.90 against 44.99 / 45.09 ms at chunk 64, 43.45 / 43.77 against
+ *     44.00 / 44.25 at chunk 16): the carry pass reads δ, dy and C over 3/4 of T.
  * Segments are at least SCAN_MIN_SEGMENT steps; BRAID_SCAN_SEGMENTS overrides (tests and
  * measurements). */
 #define SCAN_MAX_SEGMENTS 8
@@ -855,6 +861,8 @@ static int scan_segments(enum SegmentPolicy policy, int base_blocks, int blocks_
             S = (int)(slots / base_blocks);
             if (S < 3) S = 1;
             if (S > most) S = most;
+        } else if (2 * (long)base_blocks >= slots) {
+            S = 1;
         } else {
             double best = 0.0;
             for (int s = 1; s <= most; s++) {
