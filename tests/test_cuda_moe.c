@@ -9,7 +9,8 @@
  * Outputs a kernel writes are poisoned first (bytes 0xFF: NaN, or −1 for ints), so an
  * element it forgets fails.
  * The combine's backward also in its bf16 form (deo as bf16 bits), on float4 and scalar paths,
- * with eo left unchanged.
+ * with eo left unchanged; the gather also in its bf16 form (from x or from its bf16 copy x16),
+ * on 8-wide and scalar paths, bit for bit.
  * Layer level, with cuda_layer_check_prepared (tests/cuda_harness.h): y, dx, every
  * parameter gradient and aux_loss within tolerance, expert_load exactly, at experts 4 and 8,
  * top_k 1 and 2, renormalize on and off, z-loss on and off, T = 1, 7, 64, 129, B 1–3,
@@ -17,7 +18,9 @@
  * Tolerances, relative to each tensor's largest element: 1e-4 forward, 1e-3 backward, as
  * for the other layers (cuBLAS and OpenBLAS sum in other orders). And, on the device alone:
  * a backward run twice on one forward gives the same bits and leaves the saved activations
- * untouched, in float32 and bf16; in bf16 the producers on and off give the same bits.
+ * untouched, in float32 and bf16; in bf16 the producers on and off give the same bits, with
+ * x's bf16 copy offered or not, and the producers' path converts nothing (the weights read
+ * from their bf16 mirror).
  * No GPU: prints that it skipped and exits 77. Check runs in-process (CK_NOFORK): a CUDA
  * context does not survive fork(). */
 #include <check.h>
@@ -299,6 +302,52 @@ START_TEST(test_gather_copies_token_rows) {
         }
     device_free(DEVICE_CUDA, d_x); device_free(DEVICE_CUDA, d_xg); device_free(DEVICE_CUDA, d_token);
     free(x); free(xg); free(token);
+    dispatch_free(&D);
+}
+END_TEST
+
+/* The bf16 gather (the experts' gate and up operand), bit for bit: xg16[s] = x16[token] where
+ * x16 is given, else bf16_rn(x[token]); a padding slot (token −1, every fifth here) a zero row
+ * (0x0000, the bits of the float32 gather's zero converted). Variants over the DISPATCH_CASES,
+ * _i / n: 0 from x, 1 from x16, 2 and 3 the same with xg16 one element off 16-byte alignment
+ * (the scalar path even where d % 8 == 0; d = 33 and 300 take it anyway). x16 is the bf16 of
+ * OTHER random values, so a kernel that rounds x where it should copy x16 fails; |x| ≥ 1e-3,
+ * so a data row written as zeros fails, and about half the values round differently to
+ * nearest and toward zero. The element after the output (before it, skewed) must keep its
+ * poison. */
+START_TEST(test_gather_bf16_matches_reference) {
+    const int n_cases = (int)(sizeof DISPATCH_CASES / sizeof *DISPATCH_CASES);
+    const int from16 = (_i / n_cases) % 2, skew = _i / n_cases / 2;
+    Rng rng;
+    rng_seed(&rng, 550 + (uint64_t)_i);
+    Dispatch D = dispatch_make(&DISPATCH_CASES[_i % n_cases], &rng);
+    const size_t nx = (size_t)D.N * D.d, ng = (size_t)D.S * D.d;
+    int *token = malloc((size_t)D.S * sizeof(int));
+    for (int s = 0; s < D.S; s++) token[s] = s % 5 == 4 ? -1 : D.slot_token[s];
+    float *x = cuda_test_host_normal_nonzero(&rng, nx, 1.0f), *other = cuda_test_host_normal_nonzero(&rng, nx, 1.0f);
+    uint16_t *x16 = malloc(nx * sizeof(uint16_t)), *got = malloc((ng + 1) * sizeof(uint16_t));
+    for (size_t i = 0; i < nx; i++) x16[i] = cuda_test_bf16_bits(other[i]);
+    int *d_token = to_device(token, (size_t)D.S * sizeof(int));
+    float *d_x = to_device(x, nx * sizeof(float));
+    uint16_t *d_x16 = to_device(x16, nx * sizeof(uint16_t));
+    uint16_t *d_buf = poisoned_device((ng + 1) * sizeof(uint16_t)), *d_xg16 = d_buf + skew;
+    moe_gather_rows_bf16_cuda(d_xg16, d_x, from16 ? d_x16 : NULL, d_token, D.S, D.d, 0);
+    from_device(got, d_buf, (ng + 1) * sizeof(uint16_t));
+    char what[80];
+    snprintf(what, sizeof what, "gather bf16 (N%d k%d d%d, from %s%s)", D.N, D.k, D.d, from16 ? "x16" : "x",
+             skew ? ", xg16 misaligned" : "");
+    ck_assert_msg(got[skew ? 0 : ng] == 0xFFFF, "%s: wrote 0x%04x outside its output", what, got[skew ? 0 : ng]);
+    const uint16_t *xg16 = got + skew;
+    for (int s = 0; s < D.S; s++)
+        for (int c = 0; c < D.d; c++) {
+            const size_t from = (size_t)token[s] * D.d + c;
+            const uint16_t want = token[s] < 0 ? 0 : from16 ? x16[from] : cuda_test_bf16_bits(x[from]);
+            ck_assert_msg(xg16[(size_t)s * D.d + c] == want, "%s: xg16[%d,%d] = 0x%04x, want 0x%04x (token %d)", what,
+                          s, c, xg16[(size_t)s * D.d + c], want, token[s]);
+        }
+    device_free(DEVICE_CUDA, d_token); device_free(DEVICE_CUDA, d_x);
+    device_free(DEVICE_CUDA, d_x16); device_free(DEVICE_CUDA, d_buf);
+    free(token); free(x); free(other); free(x16); free(got);
     dispatch_free(&D);
 }
 END_TEST
@@ -705,9 +754,13 @@ END_TEST
  * and producers' setting, the backward run TWICE on that forward (dx and gradients from
  * zero each time). Returns y, dx and the gradients of the second backward in y, dx, g
  * (host, n, n, P floats), after asserting that the two backwards gave the same bits and
- * that neither wrote a bit of layer->saved (the saved eo is what both read). */
-static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, float *y, float *dx, float *g,
-                                          const char *what) {
+ * that neither wrote a bit of layer->saved (the saved eo is what both read).
+ * offer_x16: x's bf16 copy (bf16_rn of x, made here) is offered around each call of the layer
+ * (matmul_bf16_copy_cuda), as model.c offers RMSNorm's. mirror: the weights are read from the
+ * parameters' bf16 mirror, as model_forward makes it. *conversions: the float-to-bf16
+ * conversions the forward and both backwards made (matmul_bf16_conversions_cuda). */
+static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, int offer_x16, int mirror, float *y,
+                                          float *dx, float *g, size_t *conversions, const char *what) {
     const int B = h->B, T = h->T, d = h->d;
     const size_t n = (size_t)B * T * d, P = h->params.total;
     Layer L;
@@ -721,14 +774,23 @@ static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, fl
     float *d_y = poisoned_device(n * sizeof(float)), *d_dx = device_alloc(DEVICE_CUDA, n * sizeof(float), "dx");
     float *sv0 = malloc(saved * sizeof(float)), *sv1 = malloc(saved * sizeof(float));
     float *dx1 = malloc(n * sizeof(float)), *g1 = malloc(P * sizeof(float));
+    uint16_t *x16 = malloc(n * sizeof(uint16_t)), *d_x16 = NULL;
+    for (size_t i = 0; i < n; i++) x16[i] = cuda_test_bf16_bits(h->x[i]);
+    if (offer_x16) d_x16 = to_device(x16, n * sizeof(uint16_t));
+    if (mirror) matmul_mirror_weights_cuda(d_params, P, 0);
+    const size_t conversions_before = matmul_bf16_conversions_cuda();
 
+    matmul_bf16_copy_cuda(d_x, n, d_x16);   /* d_x16 NULL: none offered */
     moe_kind.forward_cuda(&L, d_y, d_x, B, T, &ctx);
+    matmul_bf16_copy_cuda(NULL, 0, NULL);
     from_device(y, d_y, n * sizeof(float));
     from_device(sv0, L.saved, saved * sizeof(float));
     for (int pass = 0; pass < 2; pass++) {
         CUDA_CHECK(cudaMemset(d_dx, 0, n * sizeof(float)));
         CUDA_CHECK(cudaMemset(d_grads, 0, P * sizeof(float)));
+        matmul_bf16_copy_cuda(d_x, n, d_x16);
         moe_kind.backward_cuda(&L, d_dx, d_dy, d_x, B, T, &ctx);
+        matmul_bf16_copy_cuda(NULL, 0, NULL);
         from_device(pass ? dx : dx1, d_dx, n * sizeof(float));
         from_device(pass ? g : g1, d_grads, P * sizeof(float));
         from_device(sv1, L.saved, saved * sizeof(float));
@@ -739,21 +801,23 @@ static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, fl
     for (int i = 0; i < pl.count; i++)
         ck_assert_msg(memcmp(g + pl.items[i].offset, g1 + pl.items[i].offset, pl.items[i].numel * sizeof(float)) == 0,
                       "%s: a second backward of one forward changed d %s", what, pl.items[i].name);
+    *conversions = matmul_bf16_conversions_cuda() - conversions_before;
+    matmul_forget_weights_cuda();
 
-    device_free(DEVICE_CUDA, d_params); device_free(DEVICE_CUDA, d_grads);
+    device_free(DEVICE_CUDA, d_params); device_free(DEVICE_CUDA, d_x16); device_free(DEVICE_CUDA, d_grads);
     device_free(DEVICE_CUDA, L.saved); device_free(DEVICE_CUDA, ctx.scratch);
     device_free(DEVICE_CUDA, d_x); device_free(DEVICE_CUDA, d_dy);
     device_free(DEVICE_CUDA, d_y); device_free(DEVICE_CUDA, d_dx);
     moe_kind.destroy(&L);
     free(L.params); free(L.grads); param_list_free(&pl);
-    free(sv0); free(sv1); free(dx1); free(g1);
+    free(sv0); free(sv1); free(dx1); free(g1); free(x16);
 }
 
 /* The backward reads the forward's saved expert outputs and writes nothing saved: a second
  * backward of one forward gives the same bits (_i = 0: float32 matmuls). _i = 1: bf16
  * matmuls, with the sizes bf16 takes (d, H multiples of 8, ≥ 64; expert blocks padded to
- * 64 rows), run with the bf16 producers on (deo16 from the combine's backward, h16, dgate16,
- * dup16 from the fused SwiGLU) and off (float32 operands converted by the matmuls): y, dx
+ * 64 rows), run with the bf16 producers on (xg16 from the bf16 gather, deo16 from the
+ * combine's backward, h16, dgate16, dup16 from the fused SwiGLU) and off (float32 operands converted by the matmuls): y, dx
  * and every gradient must agree to the bit (as test_cuda_model's
  * bf16_operands_from_their_producers_change_no_bit, here for the layer alone). */
 START_TEST(test_layer_backward_twice_and_bf16_producers_agree) {
@@ -780,7 +844,8 @@ START_TEST(test_layer_backward_twice_and_bf16_producers_agree) {
             ck_assert_msg(matmul_bf16_operands_cuda(64, c.hidden, c.d) == (r == 0),
                           "%s: the expert products do not take the path under test", what);
         }
-        moe_device_run_backward_twice(h, &cfg, y[r], dx[r], g[r], what);
+        size_t conversions;
+        moe_device_run_backward_twice(h, &cfg, 0, 0, y[r], dx[r], g[r], &conversions, what);
     }
     matmul_set_bf16_producers_cuda(-1);
     ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
@@ -799,6 +864,56 @@ START_TEST(test_layer_backward_twice_and_bf16_producers_agree) {
 }
 END_TEST
 
+/* The bf16 gather's two sources at the layer: in bf16 with the producers on, the experts' input
+ * rows are copied from x's bf16 copy where one is offered (RMSNorm's in the model) and rounded
+ * from x where none is; runs 0 and 1. Both must give the bits of run 2, the producers off
+ * (float32 rows, converted by the matmuls): y, dx and every gradient. With the weights read
+ * from the parameters' bf16 mirror (as model_forward makes it), runs 0 and 1 convert nothing
+ * in a forward and two backwards (the router's 4-wide products stay float32): no conversion
+ * of the gathered rows per expert is left; run 2 converts (the counter's own check). */
+START_TEST(test_layer_bf16_gather_from_offered_copy_changes_no_bit) {
+    const LayerCase c = {2, 64, 64, 4, 2, 128, 1, 0.01f, 0.01f, -1, 1010};
+    Config cfg = layer_config(&c);
+    LayerHarness *h = harness_create(&moe_kind, &cfg, c.B, c.T, c.seed, 0.05f);
+    const size_t n = (size_t)c.B * c.T * c.d, P = h->params.total;
+    Rng rng;
+    rng_seed(&rng, c.seed + 17);
+    rng_fill_normal(&rng, h->dy, n, 1.0f);
+    static const char *names[3] = {"producers on, no copy offered", "producers on, x's copy offered",
+                                   "producers off"};
+    float *y[3], *dx[3], *g[3];
+    size_t conversions[3];
+    ck_assert_int_eq(matmul_set_precision_cuda("bf16"), 0);
+    for (int r = 0; r < 3; r++) {
+        y[r] = malloc(n * sizeof(float)); dx[r] = malloc(n * sizeof(float)); g[r] = malloc(P * sizeof(float));
+        char what[64];
+        snprintf(what, sizeof what, "moe bf16, %s", names[r]);
+        matmul_set_bf16_producers_cuda(r < 2);
+        ck_assert_msg(matmul_bf16_operands_cuda(64, c.d, c.hidden) == (r < 2),
+                      "%s: the expert products do not take the path under test", what);
+        moe_device_run_backward_twice(h, &cfg, r == 1, 1, y[r], dx[r], g[r], &conversions[r], what);
+    }
+    matmul_set_bf16_producers_cuda(-1);
+    ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
+    for (int r = 0; r < 2; r++) {
+        ck_assert_msg(memcmp(y[r], y[2], n * sizeof(float)) == 0, "%s: y differs from the producers off", names[r]);
+        ck_assert_msg(memcmp(dx[r], dx[2], n * sizeof(float)) == 0, "%s: dx differs from the producers off",
+                      names[r]);
+        for (int i = 0; i < h->params.count; i++) {
+            const ParamDecl *pd = &h->params.items[i];
+            ck_assert_msg(memcmp(g[r] + pd->offset, g[2] + pd->offset, pd->numel * sizeof(float)) == 0,
+                          "%s: d %s differs from the producers off", names[r], pd->name);
+        }
+        ck_assert_msg(conversions[r] == 0, "%s: %zu bf16 conversions, expected none", names[r], conversions[r]);
+    }
+    ck_assert_msg(conversions[2] > 0, "producers off: no bf16 conversion counted (is the counter read?)");
+    printf("  moe bf16: gather from x and from its offered copy, the same bits as the producers off; "
+           "conversions %zu, %zu / %zu\n", conversions[0], conversions[1], conversions[2]);
+    for (int r = 0; r < 3; r++) { free(y[r]); free(dx[r]); free(g[r]); }
+    harness_free(h);
+}
+END_TEST
+
 static Suite *cuda_moe_suite(void) {
     Suite *s = suite_create("cuda_moe");
     TCase *tk = tcase_create("kernels");
@@ -808,6 +923,7 @@ static Suite *cuda_moe_suite(void) {
     tcase_add_loop_test(tk, test_route_forward_matches_reference, 0, n_route);
     tcase_add_loop_test(tk, test_route_sums_match_reference, 0, (int)(sizeof SUMS_CASES / sizeof *SUMS_CASES));
     tcase_add_loop_test(tk, test_gather_copies_token_rows, 0, n_dispatch);
+    tcase_add_loop_test(tk, test_gather_bf16_matches_reference, 0, 4 * n_dispatch);
     tcase_add_loop_test(tk, test_combine_matches_reference, 0, n_dispatch);
     tcase_add_loop_test(tk, test_combine_backward_matches_reference, 0, 4 * n_dispatch);
     tcase_add_loop_test(tk, test_scatter_add_accumulates_like_reference, 0, n_dispatch);
@@ -818,6 +934,7 @@ static Suite *cuda_moe_suite(void) {
     tcase_add_loop_test(tl, test_layer_matches_cpu, 0, (int)(sizeof LAYER_CASES / sizeof *LAYER_CASES));
     tcase_add_test(tl, test_layer_reused_at_a_smaller_batch_matches_cpu);
     tcase_add_loop_test(tl, test_layer_backward_twice_and_bf16_producers_agree, 0, 2);
+    tcase_add_test(tl, test_layer_bf16_gather_from_offered_copy_changes_no_bit);
     suite_add_tcase(s, tl);
     return s;
 }

@@ -8,7 +8,8 @@
 #      checks an offered bf16 copy is read, and forgotten once withdrawn
 #   4. test_cuda_model under compute-sanitizer memcheck (skipped with NO_SANITIZERS=1)
 #   5. with --mutants: plant bugs in the producers one at a time; the model test must catch each
-#      (and three in the MoE layer's saved expert outputs, which test_cuda_moe must catch)
+#      (and six in the MoE layer's saved expert outputs and its bf16 gather, which test_cuda_moe
+#      must catch)
 # A short summary is printed last. Logs go to $OUT, else runs/gpu_bf16_test.
 #
 #   run(command="bash tools/gpu_bf16_test.sh --mutants", carry=[".deps"], timeout_s=600)
@@ -37,7 +38,7 @@ MUTANT_TARGET=test_cuda_model MUTANT_TIMEOUT=200
 if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
     mutant grid.cuh 's/__floats2bfloat162_rn(r.v\[0\], r.v\[1\])/__floats2bfloat162_rn(r.v[1], r.v[0])/' \
         "bf16 store_lanes swaps two lanes"
-    mutant ../layers/moe.c 's/dup16 + (size_t)o \* H, xg, NULL, w_up/dgate16 + (size_t)o * H, xg, NULL, w_up/' \
+    mutant ../layers/moe.c 's/dup16 + (size_t)o \* H, NULL, xg16_rows, w_up/dgate16 + (size_t)o * H, NULL, xg16_rows, w_up/' \
         "moe: up projection reads dgate as its bf16 dout"
     mutant ../layers/mamba.c 's/(gated16, dz16, w.dgated/(gated16, dz16 + 8, w.dgated/' \
         "mamba: bf16 dz written 8 values off"
@@ -76,6 +77,14 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "moe: backward overwrites the saved eo (the old in-place deo)"
     mutant ../layers/moe.c 's/float \*eo = sv->eo + (size_t)o \* d;/float *eo = sc->deo + (size_t)o * d;/' \
         "moe: forward writes eo into scratch, not the saved eo"
+    # the bf16 gather of the experts' input rows (test_gather_bf16_matches_reference, and the
+    # layer's producers-on against producers-off bits)
+    mutant moe.cu 's/const int token = slot_token\[s\];/const int token = slot_token[(s + 1) % S];/' \
+        "moe: bf16 gather copies the token row of the next slot"
+    mutant moe.cu 's/: __float2bfloat16_rn(x\[from\]);/: __float2bfloat16_rz(x[from]);/' \
+        "moe: bf16 gather's scalar path truncates x, not rounds to nearest even"
+    mutant ../layers/moe.c '0,/const uint16_t \*xg16_rows = xg16 + (size_t)o \* d;/s//const uint16_t *xg16_rows = xg16 + 2 * (size_t)o * d;/' \
+        "moe: forward reads an expert's bf16 rows at the float32 gather's offset"
     cmake --build "$build" -j"$jobs" --target test_cuda_moe >>"$out/mutants.log" 2>&1
 fi
 

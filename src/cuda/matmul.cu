@@ -23,9 +23,10 @@
  *        (matmul_hold_input_cuda) is converted once for all the products that read it; an
  *        operand that the op which produces it wrote as bf16 itself (SwiGLU's output and
  *        gradients, the Mamba gate's output and dz, the conv's dx1, the cross-entropy's
- *        dlogits: matmul_forward_bf16_input_cuda, matmul_backward_bf16_operands_cuda), or whose
- *        bf16 copy it wrote beside the float32 values and offered (the RMSNorms' outputs:
- *        matmul_bf16_copy_cuda; Mamba's u is passed as an operand), is not converted at all;
+ *        dlogits, the MoE experts' gathered input rows: matmul_forward_bf16_input_cuda,
+ *        matmul_backward_bf16_operands_cuda), or whose bf16 copy it wrote beside the
+ *        float32 values and offered (the RMSNorms' outputs: matmul_bf16_copy_cuda, which the
+ *        MoE gather copies from; Mamba's u is passed as an operand), is not converted at all;
  *        the rest at each call.
  *        The float32 values stay the layers' saved activations and the master weights;
  *        gradients, AdamW and every non-matmul op stay float32 (the mirror adds 2 bytes a
@@ -246,6 +247,10 @@ extern "C" void matmul_bf16_copy_cuda(const float *src, size_t n, const uint16_t
     copy_src = copy ? src : NULL;
     copy_n = copy ? n : 0;
     copy_of_src = (const __nv_bfloat16 *)copy;
+}
+
+extern "C" const uint16_t *matmul_bf16_copy_of_cuda(const float *src, size_t n) {
+    return copy_src && src == copy_src && n == copy_n ? (const uint16_t *)copy_of_src : NULL;
 }
 
 static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {

@@ -9,8 +9,8 @@
  *  - the aux-loss sums: one block per expert (and one for Σ lse²), double accumulation,
  *    block_sum's fixed tree;
  *  - gather, combine, scatter-add: one thread per output element (four, as a float4, where
- *    d is a multiple of 4 and the rows aligned), grid-stride; a token sums its k slots in
- *    rank order in a register, so there are no atomics;
+ *    d is a multiple of 4 and the rows aligned; the bf16 gather eight, 16 bytes), grid-stride;
+ *    a token sums its k slots in rank order in a register, so there are no atomics;
  *  - the combine's backward: one warp per slot pair (a dot product of two rows of d), its
  *    ∂L/∂eo written as float32 or, for a bf16 down projection, as bf16.
  * expf/logf, not the fast intrinsics, and IEEE division (nvcc's default): the router's
@@ -116,6 +116,46 @@ __global__ void moe_gather_rows_kernel(float *xg, const float *x, const int *slo
     }
 }
 
+/* The gather as the bf16 operand of the experts' gate and up products, W values a piece:
+ *   xg16[s,:] = x16[n,:]          where the op that made x wrote x16 = bf16(x) (RMSNorm's copy)
+ *             = bf16_rn(x[n,:])   else, rounded here to nearest even
+ *   n = slot_token[s];  a padding slot (n = −1) gets a zero row (bf16 +0 is 0x0000)
+ * Either way the bits are those matmul.cu's conversion of moe_gather_rows_kernel's float32 xg
+ * gives (its zero rows included), so no product changes; the float32 xg and one conversion
+ * per expert, forward and backward, are saved. W = 8 (one 16-byte load from x16, or two
+ * float4s from x, and one 16-byte store) where d is a multiple of 8 and the arrays 16-byte
+ * aligned, else W = 1. x16 is the same for every thread: the branch on it never diverges. */
+__device__ __forceinline__ unsigned bf16x2_rn_bits(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned *>(&v);
+}
+
+template <int W>
+__global__ void moe_gather_rows_bf16_kernel(__nv_bfloat16 *__restrict__ xg16, const float *__restrict__ x,
+                                            const __nv_bfloat16 *__restrict__ x16,
+                                            const int *__restrict__ slot_token, int S, int d) {
+    const int dw = d / W;
+    GRID_STRIDE(i, (size_t)S * dw) {
+        const size_t s = i / dw, c = i % dw;
+        const int token = slot_token[s];
+        const size_t from = W * ((size_t)token * dw + c);
+        if constexpr (W == 8) {
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (token >= 0 && x16) {
+                v = *reinterpret_cast<const uint4 *>(x16 + from);
+            } else if (token >= 0) {
+                const float4 a = *reinterpret_cast<const float4 *>(x + from);
+                const float4 b = *reinterpret_cast<const float4 *>(x + from + 4);
+                v = make_uint4(bf16x2_rn_bits(a.x, a.y), bf16x2_rn_bits(a.z, a.w), bf16x2_rn_bits(b.x, b.y),
+                               bf16x2_rn_bits(b.z, b.w));
+            }
+            reinterpret_cast<uint4 *>(xg16)[i] = v;
+        } else {
+            xg16[i] = token < 0 ? __float2bfloat16_rn(0.0f) : x16 ? x16[from] : __float2bfloat16_rn(x[from]);
+        }
+    }
+}
+
 template <int W>
 __global__ void moe_combine_kernel(float *y, const float *eo, const float *weight, const int *slot_of, int N,
                                    int k, int d) {
@@ -205,6 +245,19 @@ extern "C" void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_
     const size_t n = (size_t)S * d;
     if (n == 0) return;
     LAUNCH_ELEMENTWISE(moe_gather_rows_kernel, n, stream, d % 4 == 0 && aligned16(n, xg, x), xg, x, slot_token, S, d);
+}
+
+extern "C" void moe_gather_rows_bf16_cuda(uint16_t *xg16, const float *x, const uint16_t *x16, const int *slot_token,
+                                          int S, int d, cudaStream_t stream) {
+    const size_t n = (size_t)S * d;
+    if (n == 0) return;
+    __nv_bfloat16 *out = (__nv_bfloat16 *)xg16;
+    const __nv_bfloat16 *in16 = (const __nv_bfloat16 *)x16;
+    if (d % 8 == 0 && aligned16(n, xg16) && (x16 ? aligned16(n, x16) : aligned16(n, x)))
+        moe_gather_rows_bf16_kernel<8><<<grid_stride_blocks(n / 8), 256, 0, stream>>>(out, x, in16, slot_token, S, d);
+    else
+        moe_gather_rows_bf16_kernel<1><<<grid_stride_blocks(n), 256, 0, stream>>>(out, x, in16, slot_token, S, d);
+    CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void moe_combine_cuda(float *y, const float *eo, const float *weight, const int *slot_of,

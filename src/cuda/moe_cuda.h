@@ -35,6 +35,13 @@ void moe_route_sums_cuda(double *sums, const float *probs, const float *lse, int
  * after an expert's slots, moe.c) is zero. */
 void moe_gather_rows_cuda(float *xg, const float *x, const int *slot_token, int S, int d,
                           cudaStream_t stream);
+/* The same gather written as bfloat16 bits (uint16_t), the bf16 operand of the experts' gate
+ * and up products: xg16[s,:] = x16[slot_token[s],:] where x16 (N,d), the bf16 copy of x its
+ * producer wrote (matmul_bf16_copy_of_cuda), is given, else bf16(x[slot_token[s],:]) rounded
+ * to nearest even; a padding row is zero. The bits matmul's conversion of moe_gather_rows_cuda's
+ * xg gives, so the products read them unchanged. */
+void moe_gather_rows_bf16_cuda(uint16_t *xg16, const float *x, const uint16_t *x16, const int *slot_token, int S,
+                               int d, cudaStream_t stream);
 
 /* y[n,:] = Σ_j weight[n,j] · eo[slot_of[n,j],:], j = 0..k−1 in order; y is WRITTEN. */
 void moe_combine_cuda(float *y, const float *eo, const float *weight, const int *slot_of, int N,

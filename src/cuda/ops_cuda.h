@@ -102,6 +102,10 @@ void matmul_backward_bf16_operands_write_dinp_cuda(float *dinp, float *dweight, 
  * next call (src NULL: none), a product whose input is exactly src[0..n) — held or not —
  * reads copy instead of converting src. */
 void matmul_bf16_copy_cuda(const float *src, size_t n, const uint16_t *copy);
+/* The copy offered for exactly src[0..n) (matmul_bf16_copy_cuda), else NULL: for an op that
+ * reads src to write a bf16 operand itself (the MoE layer's gather of its experts' rows),
+ * which can then copy bits instead of rounding floats. */
+const uint16_t *matmul_bf16_copy_of_cuda(const float *src, size_t n);
 
 /* out[n,:] = table[tokens[n],:];  dtable[tokens[n],:] += dout[n,:] (atomic: rows repeat). */
 void embedding_forward_cuda(float *out, const int *tokens, const float *table, int N, int C,

@@ -127,8 +127,9 @@ static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
 /* Temporaries in ctx->scratch. Forward uses xg, act, cursor, sums; backward all but
  * cursor and sums. On CUDA the cursor is a host array (MoeCudaHost) and its slot here
  * goes unused (E floats): one layout for both devices keeps the sizes in one place.
- * In bf16 (moe_backward_cuda) the same regions hold bf16 arrays of half the floats:
- * deo16 at deo's start, h16 at dup's, dgate16 and dup16 in act (moe_bf16_operands). */
+ * In bf16 (moe_forward_cuda, moe_backward_cuda) the same regions hold bf16 arrays of half the
+ * floats: xg16 at xg's start, deo16 at deo's, h16 at dup's, dgate16 and dup16 in act
+ * (moe_bf16_operands). */
 typedef struct MoeScratch {   /* R rows as in MoeSaved */
     float *xg;          /* (R, d) gathered input rows */
     float *act;         /* (R, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
@@ -593,21 +594,26 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
 }
 
 #ifdef BRAID_HAVE_CUDA
-/* Whether every expert with rows multiplies in bf16 and so takes its SwiGLU activations (and
- * their gradients) and ∂L/∂eo as bf16 written by the kernels that make them (ops_cuda.h,
- * "bf16 operands"); the blocks of one layer all take one path. Each (R, H) or (R, d) bf16
- * array is half the floats of its scratch region, and a block's offset o·H or o·d (o a
- * multiple of 64) is a multiple of 64 values, 128 bytes. Where the bf16 arrays live:
- *   forward:  act16 = h at act's start
- *   backward: deo16 at deo's start; h16 at dup's start (dup itself is bf16 here, below);
- *             dgate16 at act's start, dup16 R·H values in; dact float32 in dact.
+/* Whether every expert with rows multiplies in bf16, its gate and up products (d → H) and its
+ * down product (H → d) alike, and so takes its gathered input rows, its SwiGLU activations
+ * (and their gradients) and ∂L/∂eo as bf16 written by the kernels that make them (ops_cuda.h,
+ * "bf16 operands"); the blocks of one layer all take one path. Both shapes are asked:
+ * matmul_bf16_operands_cuda is symmetric in C and OC today, but the backward's gate and up
+ * products read the bf16 dgate16, dup16 that the down decision makes, so one flag must cover
+ * both. Each (R, H) or (R, d) bf16 array is half the floats of its scratch region, and a
+ * block's offset o·H or o·d (o a multiple of 64) is a multiple of 64 values, 128 bytes.
+ * Where the bf16 arrays live:
+ *   forward:  xg16 at xg's start; act16 = h at act's start
+ *   backward: xg16 at xg's start; deo16 at deo's start; h16 at dup's start (dup itself is
+ *             bf16 here, below); dgate16 at act's start, dup16 R·H values in; dact float32
+ *             in dact.
  * h16, dgate16 and dup16 are written together (swiglu_backward_and_forward_bf16_cuda) and
  * must not overlap; deo16 is read by the down products before anything is written over it
  * (dxg, by the gate and up products, issued after them on the same stream). */
 static int moe_bf16_operands(const int *start, int E, int d, int H) {
     for (int e = 0; e < E; e++) {
         const int count = start[e + 1] - start[e];
-        if (count && !matmul_bf16_operands_cuda(count, H, d)) return 0;
+        if (count && !(matmul_bf16_operands_cuda(count, d, H) && matmul_bf16_operands_cuda(count, H, d))) return 0;
     }
     return 1;
 }
@@ -689,12 +695,24 @@ static void moe_forward_cuda(Layer *layer, float *y, const float *x, int B, int 
     hs->offset = h_offset;
     hs->N = N;
 
-    /* each expert on its padded block of rows start[e] ..; an expert with no slots is skipped */
-    const int rows = start[E];
-    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
+    /* each expert on its padded block of rows start[e] ..; an expert with no slots is skipped.
+     * In bf16 the rows are gathered as bf16 (copied from x's offered bf16 copy where there is
+     * one) and both products read them as they are: nothing converted */
+    const int rows = start[E], bf16 = moe_bf16_operands(start, E, d, H);
+    uint16_t *xg16 = (uint16_t *)sc.xg;
+    if (bf16) moe_gather_rows_bf16_cuda(xg16, x, matmul_bf16_copy_of_cuda(x, (size_t)N * d), sv.slot_token, rows, d, 0);
+    else moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
+        if (bf16) {
+            const uint16_t *xg16_rows = xg16 + (size_t)o * d;
+            matmul_forward_bf16_input_cuda(sv.gate_pre + (size_t)o * H, xg16_rows, layer->params[moe_param_gate(e)],
+                                           count, d, H, 0, 0);
+            matmul_forward_bf16_input_cuda(sv.up_pre + (size_t)o * H, xg16_rows, layer->params[moe_param_up(e)],
+                                           count, d, H, 0, 0);
+            continue;
+        }
         const float *xg = sc.xg + (size_t)o * d;
         matmul_hold_input_cuda(xg, (size_t)count * d);   /* in bf16: converted once for both */
         matmul_forward_cuda(sv.gate_pre + (size_t)o * H, xg, layer->params[moe_param_gate(e)], NULL,
@@ -728,8 +746,10 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
                 "moe backward (cuda): no forward of %d tokens to differentiate", N);
     const int *start = hs->start, rows = start[E];   /* the forward's padded expert blocks */
 
-    moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
     const int bf16 = moe_bf16_operands(start, E, d, H);
+    uint16_t *xg16 = (uint16_t *)sc.xg;   /* in bf16: gathered as bf16, as in the forward */
+    if (bf16) moe_gather_rows_bf16_cuda(xg16, x, matmul_bf16_copy_of_cuda(x, (size_t)N * d), sv.slot_token, rows, d, 0);
+    else moe_gather_rows_cuda(sc.xg, x, sv.slot_token, rows, d, 0);
     moe_zero_padding_rows_cuda(sc.deo, (size_t)d * (bf16 ? sizeof(uint16_t) : sizeof(float)), start, hs->offset,
                                E);
 
@@ -780,21 +800,22 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
-        const float *xg = sc.xg + (size_t)o * d;
         const float *w_gate = layer->params[moe_param_gate(e)], *w_up = layer->params[moe_param_up(e)];
-        matmul_hold_input_cuda(xg, (size_t)count * d);
-        if (bf16) {
+        if (bf16) {   /* every operand bf16 already: nothing to hold or convert */
+            const uint16_t *xg16_rows = xg16 + (size_t)o * d;
             matmul_backward_bf16_operands_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
-                                                          NULL, dgate16 + (size_t)o * H, xg, NULL, w_gate, count, d,
-                                                          H, 0);
+                                                          NULL, dgate16 + (size_t)o * H, NULL, xg16_rows, w_gate,
+                                                          count, d, H, 0);
             matmul_backward_bf16_operands_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
-                                               dup16 + (size_t)o * H, xg, NULL, w_up, count, d, H, 0);
-        } else {
-            matmul_backward_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
-                                            dgate + (size_t)o * H, xg, w_gate, count, d, H, 0);
-            matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL, sc.dup + (size_t)o * H,
-                                 xg, w_up, count, d, H, 0);
+                                               dup16 + (size_t)o * H, NULL, xg16_rows, w_up, count, d, H, 0);
+            continue;
         }
+        const float *xg = sc.xg + (size_t)o * d;
+        matmul_hold_input_cuda(xg, (size_t)count * d);
+        matmul_backward_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
+                                        dgate + (size_t)o * H, xg, w_gate, count, d, H, 0);
+        matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL, sc.dup + (size_t)o * H,
+                             xg, w_up, count, d, H, 0);
         matmul_release_input_cuda();
     }
 
