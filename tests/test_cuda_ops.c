@@ -646,6 +646,97 @@ START_TEST(test_rmsnorm_backward_accumulates_like_cpu) {
 }
 END_TEST
 
+/* The residual stream's forward (rmsnorm_residual_forward_cuda): x ← x + residual, written
+ * back bit for bit as the CPU's float sum, then the norm of the sum, with and without the
+ * bf16 copy; every output poisoned. shift 3 here puts the residual alone off alignment. */
+START_TEST(test_rmsnorm_residual_forward_matches_cpu) {
+    for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
+        const RowsShape r = rmsnorm_shapes[s];
+        const int row_shift = r.shift == 1, weight_shift = r.shift == 2, res_shift = r.shift == 1 || r.shift == 3;
+        const size_t n = (size_t)r.N * r.C;
+        float *inp = cuda_test_host_normal(&rng, n, 2.0f), *res = cuda_test_host_normal(&rng, n, 1.0f);
+        float *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
+        float *sum = braid_malloc(n * sizeof(float), "sum"), *out = braid_malloc(n * sizeof(float), "out");
+        float *rstd = braid_malloc(r.N * sizeof(float), "rstd");
+        for (size_t i = 0; i < n; i++) sum[i] = inp[i] + res[i];
+        rmsnorm_forward(out, rstd, sum, weight, r.N, r.C, 1e-6f);
+        float *base[6];
+        float *d_res = rmsnorm_device_floats(res, n, res_shift, &base[0]);
+        float *d_weight = rmsnorm_device_floats(weight, r.C, weight_shift, &base[1]);
+        for (int copy = 0; copy <= 1; copy++) {
+            char shape[128];
+            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift, copy ? " bf16 copy" : "");
+            float *d_x = rmsnorm_device_floats(inp, n, row_shift, &base[2]);
+            float *d_out = rmsnorm_device_floats(NULL, n, row_shift, &base[3]);
+            float *d_rstd = rmsnorm_device_floats(NULL, r.N, 0, &base[4]);
+            uint16_t *base16 = cuda_test_device_alloc((n + 1) * sizeof(uint16_t)), *d_out16 = base16 + row_shift;
+            CUDA_CHECK(cudaMemset(base16, 0xFF, (n + 1) * sizeof(uint16_t)));
+            rmsnorm_residual_forward_cuda(d_out, copy ? d_out16 : NULL, d_rstd, d_x, d_res, d_weight, r.N, r.C, 1e-6f,
+                                          stream);
+            float *got_sum = cuda_test_host_from_device(d_x, n), *got = cuda_test_host_from_device(d_out, n);
+            size_t first_off = n;
+            for (size_t i = 0; i < n && first_off == n; i++)
+                if (memcmp(&got_sum[i], &sum[i], sizeof(float))) first_off = i;
+            ck_assert_msg(first_off == n, "rmsnorm residual forward %s: x[%zu] is %.9g after the add, x + residual is %.9g",
+                          shape, first_off, first_off < n ? got_sum[first_off] : 0.0f,
+                          first_off < n ? sum[first_off] : 0.0f);
+            cuda_test_check_close("rmsnorm_residual_forward out", shape, got, out, n, ELEMENTWISE_TOL);
+            cuda_test_check_device_close("rmsnorm_residual_forward rstd", shape, d_rstd, rstd, r.N, ELEMENTWISE_TOL);
+            if (copy) check_rmsnorm_bf16_copy(shape, d_out16, got, out, n);
+            free(got_sum); free(got);
+            for (int b = 2; b < 5; b++) CUDA_CHECK(cudaFree(base[b]));
+            CUDA_CHECK(cudaFree(base16));
+        }
+        free(inp); free(res); free(weight); free(sum); free(out); free(rstd);
+        CUDA_CHECK(cudaFree(base[0])); CUDA_CHECK(cudaFree(base[1]));
+    }
+}
+END_TEST
+
+/* rmsnorm_backward_onto_cuda: dinp (poisoned) WRITTEN as dbase + the CPU's gradient, or
+ * from zero with dbase NULL; dweight accumulates onto random values. shift 3 puts dinp
+ * alone off alignment, as in the accumulating test. */
+START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
+    for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
+        const RowsShape r = rmsnorm_shapes[s];
+        const int row_shift = r.shift == 1, weight_shift = r.shift == 2, out_shift = r.shift == 1 || r.shift == 3;
+        const size_t n = (size_t)r.N * r.C;
+        float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
+        float *dout = cuda_test_host_normal(&rng, n, 1.0f), *dbase = cuda_test_host_normal(&rng, n, 1.0f);
+        float *out = braid_malloc(n * sizeof(float), "out"), *rstd = braid_malloc(r.N * sizeof(float), "rstd");
+        rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
+        float *dweight0 = cuda_test_host_normal(&rng, r.C, 1.0f);
+        float *base[5];
+        float *d_inp = rmsnorm_device_floats(inp, n, row_shift, &base[0]);
+        float *d_weight = rmsnorm_device_floats(weight, r.C, weight_shift, &base[1]);
+        float *d_dout = rmsnorm_device_floats(dout, n, row_shift, &base[2]);
+        float *d_rstd = rmsnorm_device_floats(rstd, r.N, 0, &base[3]);
+        float *d_dbase = rmsnorm_device_floats(dbase, n, row_shift, &base[4]);
+        for (int from_zero = 0; from_zero <= 1; from_zero++) {
+            char shape[128];
+            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift, from_zero ? " from zero" : "");
+            float *dinp = braid_calloc(n, sizeof(float), "dinp");
+            if (!from_zero) memcpy(dinp, dbase, n * sizeof(float));
+            float *dweight = braid_malloc(r.C * sizeof(float), "dweight");
+            memcpy(dweight, dweight0, r.C * sizeof(float));
+            rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, r.N, r.C);
+            float *dinp_base, *dweight_base;
+            float *d_dinp = rmsnorm_device_floats(NULL, n, out_shift, &dinp_base);
+            float *d_dweight = rmsnorm_device_floats(dweight0, r.C, 0, &dweight_base);
+            rmsnorm_backward_onto_cuda(d_dinp, from_zero ? NULL : d_dbase, d_dweight, d_dout, d_inp, d_weight, d_rstd,
+                                       r.N, r.C, stream);
+            cuda_test_check_device_close("rmsnorm_backward_onto dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
+            cuda_test_check_device_close("rmsnorm_backward_onto dweight", shape, d_dweight, dweight, r.C,
+                                         ELEMENTWISE_TOL);
+            free(dinp); free(dweight);
+            CUDA_CHECK(cudaFree(dinp_base)); CUDA_CHECK(cudaFree(dweight_base));
+        }
+        free(inp); free(weight); free(dout); free(dbase); free(out); free(rstd); free(dweight0);
+        for (int b = 0; b < 5; b++) CUDA_CHECK(cudaFree(base[b]));
+    }
+}
+END_TEST
+
 /* Same bits on every run (the dw partials are added in a fixed order, no atomics), and
  * dinp or dweight alone (NULL for the other) the same bits as both together: jamba-small's
  * width over enough rows for one block per slot of the GPU. */
@@ -1246,6 +1337,8 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_embedding_backward_is_deterministic);
     tcase_add_test(tc, test_rmsnorm_forward_matches_cpu);
     tcase_add_test(tc, test_rmsnorm_backward_accumulates_like_cpu);
+    tcase_add_test(tc, test_rmsnorm_residual_forward_matches_cpu);
+    tcase_add_test(tc, test_rmsnorm_backward_onto_matches_cpu);
     tcase_add_test(tc, test_rmsnorm_backward_is_deterministic);
     tcase_add_test(tc, test_swiglu_forward_matches_cpu);
     tcase_add_test(tc, test_swiglu_backward_matches_cpu);

@@ -120,9 +120,21 @@ void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float
  * (matmul_bf16_copy_cuda). */
 void rmsnorm_forward_bf16_copy_cuda(float *out, uint16_t *out16, float *rstd, const float *inp, const float *weight,
                                     int N, int C, float eps, cudaStream_t stream);
+/* The residual stream's norm: x ← x + residual first (written back; the sum is the norm's
+ * input, as the backward reads it), then the norm of x, out16 = bf16(out) where not NULL.
+ * residual NULL: the plain norm of x (x not written). One pass instead of an add and a norm. */
+void rmsnorm_residual_forward_cuda(float *out, uint16_t *out16, float *rstd, float *x, const float *residual,
+                                   const float *weight, int N, int C, float eps, cudaStream_t stream);
+/* dinp += the input gradient; dweight += its gradient (either may be NULL). */
 void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
                            const float *weight, const float *rstd, int N, int C,
                            cudaStream_t stream);
+/* The same with dinp WRITTEN as dbase + the input gradient (dbase NULL: from zero; dbase ==
+ * dinp: rmsnorm_backward_cuda): the residual stream's gradient passes through the norm
+ * without a copy into dinp first. */
+void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, float *dweight, const float *dout,
+                                const float *inp, const float *weight, const float *rstd, int N, int C,
+                                cudaStream_t stream);
 
 /* out = silu(gate) ⊙ up; backward WRITES dgate, dup (as the CPU op does). */
 void swiglu_forward_cuda(float *out, const float *gate, const float *up, size_t n,

@@ -4,6 +4,12 @@
  * backward: with g = dy ⊙ w,
  *           dx += r · (g − x · r² · mean(g ⊙ x))
  *           dw += Σ_rows dy ⊙ x · r
+ * and the two forms the model's residual stream uses (rmsnorm_residual_forward_cuda,
+ * rmsnorm_backward_onto_cuda): the forward first adds a residual into x (x ← x + res,
+ * written back: the block's sum, which the backward reads as the norm's input), the
+ * backward writes dx = base + (the term above) instead of adding into dx. Each saves a
+ * separate pass over the [N, C] stream: the add (read two, write one) and the copy of the
+ * residual gradient (read one, write one).
  *
  * Both are memory-bound: per row, the forward reads x and writes y (and its bf16 copy),
  * the backward reads dy, x and dx and writes dx. The fast path ("row" kernels) moves only
@@ -48,14 +54,15 @@
 /* ---------------------------------------------------------------- row kernels (fast path) */
 
 /* forward, L lanes a row, V float4 a lane:
+ *   x = inp (+ residual, then stored to sum, where residual is not NULL)
  *   ss = Σ_c x[c]²  (each lane its own columns, then the group's lanes)
  *   r = 1/sqrt(ss/C + eps);  y[c] = x[c]·r·w[c];  y16[c] = bf16_rn(y[c])
  * x stays in registers between the two. Rows past N still join the shuffles (all 32
  * lanes must), then leave. */
 template <int V, int L>
 __global__ void __launch_bounds__(RMSNORM_THREADS)
-rmsnorm_forward_rows_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp,
-                            const float *weight, int N, int C, float eps) {
+rmsnorm_forward_rows_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp, const float *residual,
+                            float *sum, const float *weight, int N, int C, float eps) {
     const int n = blockIdx.x * (RMSNORM_THREADS / L) + threadIdx.x / L, sub = threadIdx.x % L;
     const int C4 = C / 4;
     const bool in_rows = n < N;
@@ -65,7 +72,15 @@ rmsnorm_forward_rows_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const
     for (int k = 0; k < V; k++) {
         const int i = sub + k * L;
         x[k] = zero_lanes<4>();
-        if (in_rows && i < C4) x[k] = load_lanes<4>(inp + (size_t)n * C + 4 * i);
+        if (in_rows && i < C4) {
+            x[k] = load_lanes<4>(inp + (size_t)n * C + 4 * i);
+            if (residual) {   /* sum may be inp itself: each lane rewrites only what it read */
+                const Lanes<4> add = load_lanes<4>(residual + (size_t)n * C + 4 * i);
+#pragma unroll
+                for (int e = 0; e < 4; e++) x[k][e] += add[e];
+                store_lanes<4>(sum + (size_t)n * C + 4 * i, x[k]);
+            }
+        }
 #pragma unroll
         for (int e = 0; e < 4; e++) ss += x[k][e] * x[k][e];
     }
@@ -88,14 +103,15 @@ rmsnorm_forward_rows_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const
 }
 
 /* backward over rows [n0, n1) = this block's slice, L lanes a row, V float4 a lane:
- *   dot = Σ_c dy[c]·w[c]·x[c];  k = dot/C · r²;  dx[c] += r·(dy[c]·w[c] − x[c]·k)
+ *   dot = Σ_c dy[c]·w[c]·x[c];  k = dot/C · r²;  dx[c] = base[c] + r·(dy[c]·w[c] − x[c]·k)
+ * (base = dinp: the op contract's accumulate; NULL: from zero)
  *   acc[c] += dy[c]·x[c]·r        (this lane's columns, over its rows)
  * then partial[blockIdx.x][c] = Σ over the block's row groups of acc[c], in a fixed order.
  * A warp's rows advance together (n_warp), so every lane reaches every shuffle. dinp NULL:
  * no dx; partial NULL: no dw. */
 template <int V, int L>
 __global__ void __launch_bounds__(RMSNORM_THREADS)
-rmsnorm_backward_rows_kernel(float *dinp, float *partial, const float *dout, const float *inp,
+rmsnorm_backward_rows_kernel(float *dinp, const float *dbase, float *partial, const float *dout, const float *inp,
                              const float *weight, const float *rstd, int N, int C, int rows_per_slice) {
     constexpr int ROWS_PER_WARP = 32 / L;
     __shared__ Lanes<4> half_sum[RMSNORM_WARPS / 2][V][32];
@@ -135,12 +151,12 @@ rmsnorm_backward_rows_kernel(float *dinp, float *partial, const float *dout, con
             for (int k = 0; k < V; k++) {
                 const int i = sub + k * L;
                 if (i < C4) {
-                    float *dx = dinp + (size_t)n * C + 4 * i;
+                    const size_t at = (size_t)n * C + 4 * i;
                     const Lanes<4> w = load_lanes<4>(weight + 4 * i);
-                    Lanes<4> d = load_lanes<4>(dx);
+                    Lanes<4> d = dbase ? load_lanes<4>(dbase + at) : zero_lanes<4>();
 #pragma unroll
                     for (int e = 0; e < 4; e++) d[e] += r * (dy[k][e] * w[e] - x[k][e] * kx);
-                    store_lanes<4>(dx, d);
+                    store_lanes<4>(dinp + at, d);
                 }
             }
         }
@@ -263,15 +279,23 @@ static int backward_slices(int N, int *rows_per_slice) {
 /* ---------------------------------------------------------------- general kernels */
 
 /* The fallback, any C and alignment: one warp a row, the row read twice (the sum of
- * squares, then the output). out16, when not NULL, gets the same values in bf16 (the
- * matmuls' operand: ops_cuda.h) */
+ * squares, then the output); with a residual, three times (the sum written first). out16,
+ * when not NULL, gets the same values in bf16 (the matmuls' operand: ops_cuda.h) */
 __global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp,
-                                       const float *weight, int N, int C, float eps) {
+                                       const float *residual, float *sum, const float *weight, int N, int C,
+                                       float eps) {
     const int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *x = inp + (size_t)n * C;
     float *y = out + (size_t)n * C;
     float ss = 0.0f;
+    if (residual) {   /* x ← inp + residual into sum (which may be inp), then x is sum's row */
+        const float *res = residual + (size_t)n * C;
+        float *s = sum + (size_t)n * C;
+        for (int c = lane; c < C; c += 32) s[c] = x[c] + res[c];
+        __syncwarp();
+        x = s;
+    }
     for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
     ss = warp_sum(ss);
     const float r = 1.0f / sqrtf(ss / C + eps);
@@ -284,8 +308,8 @@ __global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *
     }
 }
 
-/* The fallback's dx (dw is a column_sums pass below) */
-__global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
+/* The fallback's dx = base + term (dw is a column_sums pass below) */
+__global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dbase, const float *dout, const float *inp,
                                               const float *weight, const float *rstd, int N, int C) {
     const int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
@@ -296,7 +320,8 @@ __global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, co
     for (int c = lane; c < C; c += 32) dot += dy[c] * weight[c] * x[c];
     dot = warp_sum(dot);
     const float k = dot / C * r * r;
-    for (int c = lane; c < C; c += 32) dx[c] += r * (dy[c] * weight[c] - x[c] * k);
+    const float *base = dbase ? dbase + (size_t)n * C : NULL;
+    for (int c = lane; c < C; c += 32) dx[c] = (base ? base[c] : 0.0f) + r * (dy[c] * weight[c] - x[c] * k);
 }
 
 /* dweight[c] += Σ_n dout[n,c] · inp[n,c] · rstd[n], through column_sum.cuh */
@@ -313,47 +338,55 @@ struct RmsnormWeightTerm {
 
 static bool aligned8(const void *p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
 
-static void launch_forward(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp, const float *weight,
-                           int N, int C, float eps, cudaStream_t stream) {
+/* residual NULL: the plain norm of inp (sum unused); else of inp + residual, stored to sum */
+static void launch_forward(float *out, __nv_bfloat16 *out16, float *rstd, const float *inp, const float *residual,
+                           float *sum, const float *weight, int N, int C, float eps, cudaStream_t stream) {
     if (N <= 0) return;
-    if (aligned16((size_t)C, out, inp, weight) && (!out16 || aligned8(out16)) &&
+    if (aligned16((size_t)C, out, inp, weight, residual, sum) && (!out16 || aligned8(out16)) &&
         with_row_shape(C / 4, [&](auto shape) {
             constexpr int V = decltype(shape)::V, L = decltype(shape)::L, rows = RMSNORM_THREADS / L;
             rmsnorm_forward_rows_kernel<V, L><<<(N + rows - 1) / rows, RMSNORM_THREADS, 0, stream>>>(
-                out, out16, rstd, inp, weight, N, C, eps);
+                out, out16, rstd, inp, residual, sum, weight, N, C, eps);
             CUDA_CHECK_LAUNCH();
         }))
         return;
     const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, out16, rstd, inp, weight, N, C, eps);
+    rmsnorm_forward_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(out, out16, rstd, inp, residual, sum, weight,
+                                                                       N, C, eps);
     CUDA_CHECK_LAUNCH();
 }
 
 extern "C" void rmsnorm_forward_cuda(float *out, float *rstd, const float *inp, const float *weight,
                                      int N, int C, float eps, cudaStream_t stream) {
-    launch_forward(out, NULL, rstd, inp, weight, N, C, eps, stream);
+    launch_forward(out, NULL, rstd, inp, NULL, NULL, weight, N, C, eps, stream);
 }
 
 extern "C" void rmsnorm_forward_bf16_copy_cuda(float *out, uint16_t *out16, float *rstd, const float *inp,
                                                const float *weight, int N, int C, float eps, cudaStream_t stream) {
-    launch_forward(out, (__nv_bfloat16 *)out16, rstd, inp, weight, N, C, eps, stream);
+    launch_forward(out, (__nv_bfloat16 *)out16, rstd, inp, NULL, NULL, weight, N, C, eps, stream);
+}
+
+extern "C" void rmsnorm_residual_forward_cuda(float *out, uint16_t *out16, float *rstd, float *x,
+                                              const float *residual, const float *weight, int N, int C, float eps,
+                                              cudaStream_t stream) {
+    launch_forward(out, (__nv_bfloat16 *)out16, rstd, x, residual, residual ? x : NULL, weight, N, C, eps, stream);
 }
 
 /* Fast path: the row kernel (dx, and dw's partials in column_sum.cuh's scratch buffer,
  * which no other column sum uses between the two launches: one stream, in order), then
  * the ordered finish. */
-extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
-                                      const float *weight, const float *rstd, int N, int C,
-                                      cudaStream_t stream) {
+extern "C" void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, float *dweight, const float *dout,
+                                           const float *inp, const float *weight, const float *rstd, int N, int C,
+                                           cudaStream_t stream) {
     if (N <= 0 || (!dinp && !dweight)) return;
-    if (aligned16((size_t)C, dout, inp, weight) && (!dinp || aligned16(0, dinp)) &&
+    if (aligned16((size_t)C, dout, inp, weight, dbase) && (!dinp || aligned16(0, dinp)) &&
         with_row_shape(C / 4, [&](auto shape) {
             constexpr int V = decltype(shape)::V, L = decltype(shape)::L;
             int rows_per_slice = 0;
             const int slices = backward_slices<V, L>(N, &rows_per_slice);
             float *partial = dweight ? column_sum_partials((size_t)slices * C) : NULL;
             rmsnorm_backward_rows_kernel<V, L><<<slices, RMSNORM_THREADS, 0, stream>>>(
-                dinp, partial, dout, inp, weight, rstd, N, C, rows_per_slice);
+                dinp, dbase, partial, dout, inp, weight, rstd, N, C, rows_per_slice);
             CUDA_CHECK_LAUNCH();
             if (dweight) {
                 rmsnorm_dweight_finish_kernel<<<(C + 31) / 32, dim3(32, RMSNORM_FINISH_GROUPS), 0, stream>>>(
@@ -365,10 +398,16 @@ extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *
     if (dinp) {
         const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
         rmsnorm_backward_input_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
-            dinp, dout, inp, weight, rstd, N, C);
+            dinp, dbase, dout, inp, weight, rstd, N, C);
         CUDA_CHECK_LAUNCH();
     }
     if (dweight) {
         column_sums<1>(RmsnormWeightTerm{dout, inp, rstd, C}, ColumnAccumulate{dweight}, N, C, stream);
     }
+}
+
+extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
+                                      const float *weight, const float *rstd, int N, int C,
+                                      cudaStream_t stream) {
+    rmsnorm_backward_onto_cuda(dinp, dinp, dweight, dout, inp, weight, rstd, N, C, stream);
 }

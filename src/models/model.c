@@ -338,9 +338,13 @@ typedef struct StepOps {
     int cuda;   /* the layers' forward_cuda/backward_cuda, and the batch on the device */
     void (*embedding_forward)(float *out, const int *tokens, const float *table, int N, int C);
     void (*embedding_backward)(float *dtable, const float *dout, const int *tokens, int N, int C);
-    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
-                            float eps);
-    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp,
+    /* out = norm(x), after x += residual where residual is not NULL: the residual stream's
+     * add rides on the norm that reads the sum (on the GPU one pass, not two) */
+    void (*rmsnorm_forward)(float *out, float *rstd, float *x, const float *residual, const float *weight, int N,
+                            int C, float eps);
+    /* dinp = dbase + the input gradient (dbase NULL: from zero; dbase == dinp: accumulate);
+     * the residual stream's gradient passes through without a copy into dinp first */
+    void (*rmsnorm_backward)(float *dinp, const float *dbase, float *dweight, const float *dout, const float *inp,
                              const float *weight, const float *rstd, int N, int C);
     void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias, int N, int C,
                            int OC, int accumulate);
@@ -360,6 +364,21 @@ static void add_inplace_cpu(float *y, const float *x, size_t n) {
     for (size_t j = 0; j < n; j++) y[j] += x[j];
 }
 
+static void rmsnorm_forward_cpu(float *out, float *rstd, float *x, const float *residual, const float *weight,
+                                int N, int C, float eps) {
+    if (residual) add_inplace_cpu(x, residual, (size_t)N * C);
+    rmsnorm_forward(out, rstd, x, weight, N, C, eps);
+}
+
+static void rmsnorm_backward_cpu(float *dinp, const float *dbase, float *dweight, const float *dout,
+                                 const float *inp, const float *weight, const float *rstd, int N, int C) {
+    if (dinp && dbase != dinp) {
+        if (dbase) memcpy(dinp, dbase, (size_t)N * C * sizeof(float));
+        else memset(dinp, 0, (size_t)N * C * sizeof(float));
+    }
+    rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C);
+}
+
 static double cross_entropy_cpu(Model *m, float *dlogits, const int *targets, int N, float grad_scale,
                                 int *valid, int *correct) {
     return cross_entropy_forward_backward(dlogits, m->logits, targets, N, m->vocab, grad_scale, valid, correct);
@@ -372,7 +391,7 @@ static void lm_head_backward_cpu(Model *m, const int *targets, int N, float grad
 }
 
 static const StepOps cpu_step_ops = {
-    0, embedding_forward, embedding_backward, rmsnorm_forward, rmsnorm_backward, matmul_forward,
+    0, embedding_forward, embedding_backward, rmsnorm_forward_cpu, rmsnorm_backward_cpu, matmul_forward,
     matmul_backward, cross_entropy_cpu, add_inplace_cpu, lm_head_backward_cpu,
 };
 
@@ -383,13 +402,13 @@ static void embedding_forward_gpu(float *out, const int *tokens, const float *ta
 static void embedding_backward_gpu(float *dtable, const float *dout, const int *tokens, int N, int C) {
     embedding_backward_cuda(dtable, dout, tokens, N, C, 0);
 }
-static void rmsnorm_forward_gpu(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
-                                float eps) {
-    rmsnorm_forward_cuda(out, rstd, inp, weight, N, C, eps, 0);
+static void rmsnorm_forward_gpu(float *out, float *rstd, float *x, const float *residual, const float *weight, int N,
+                                int C, float eps) {
+    rmsnorm_residual_forward_cuda(out, NULL, rstd, x, residual, weight, N, C, eps, 0);
 }
-static void rmsnorm_backward_gpu(float *dinp, float *dweight, const float *dout, const float *inp,
-                                 const float *weight, const float *rstd, int N, int C) {
-    rmsnorm_backward_cuda(dinp, dweight, dout, inp, weight, rstd, N, C, 0);
+static void rmsnorm_backward_gpu(float *dinp, const float *dbase, float *dweight, const float *dout,
+                                 const float *inp, const float *weight, const float *rstd, int N, int C) {
+    rmsnorm_backward_onto_cuda(dinp, dbase, dweight, dout, inp, weight, rstd, N, C, 0);
 }
 static void matmul_forward_gpu(float *out, const float *inp, const float *weight, const float *bias, int N, int C,
                                int OC, int accumulate) {
@@ -448,17 +467,17 @@ static const StepOps *step_ops(const Model *m) {
  * (m->norm_copies_written), and they are offered to the matmuls around each call that
  * reads that output (matmul_bf16_copy_cuda), which then convert nothing: the blocks' inputs
  * are read by each layer's first products forward and backward. Same bits as converting. */
-static void norm_forward(Model *m, const StepOps *ops, float *out, uint16_t *copy, float *rstd, const float *inp,
-                         const float *weight, int N) {
+static void norm_forward(Model *m, const StepOps *ops, float *out, uint16_t *copy, float *rstd, float *x,
+                         const float *residual, const float *weight, int N) {
 #ifdef BRAID_HAVE_CUDA
     if (ops->cuda && m->norm_copies_written) {
-        rmsnorm_forward_bf16_copy_cuda(out, copy, rstd, inp, weight, N, m->d, m->cfg.model.norm_eps, 0);
+        rmsnorm_residual_forward_cuda(out, copy, rstd, x, residual, weight, N, m->d, m->cfg.model.norm_eps, 0);
         return;
     }
 #else
     (void)copy;
 #endif
-    ops->rmsnorm_forward(out, rstd, inp, weight, N, m->d, m->cfg.model.norm_eps);
+    ops->rmsnorm_forward(out, rstd, x, residual, weight, N, m->d, m->cfg.model.norm_eps);
 }
 
 /* copy NULL: none offered any more */
@@ -504,29 +523,35 @@ double model_forward(Model *m, const int *tokens, const int *targets, int B, int
 #endif
     ops->embedding_forward(x, tok, P(m, m->embed), N, d);
     m->last_aux_loss = 0.0;
+    /* The residual adds ride on the norms that read their sums: a block's output (the next
+     * block's x_in) is its FFN's output plus `pending` (its h), added by the next norm,
+     * which writes the sum back into x_in; h = mixer output + x_in by the block's norm2. */
+    const float *pending = NULL;
     for (int i = 0; i < m->n_blocks; i++) {
         Block *b = &m->blocks[i];
         float *out = (i + 1 < m->n_blocks) ? m->blocks[i + 1].x_in : m->x_final;
-        norm_forward(m, ops, b->norm1_out, b->norm1_bf16, b->rstd1, b->x_in, P(m, b->norm1), N);
+        norm_forward(m, ops, b->norm1_out, b->norm1_bf16, b->rstd1, b->x_in, pending, P(m, b->norm1), N);
         b->mixer.aux_loss = 0.0;
         offer_bf16_copy(m, ops, b->norm1_out, Nd, b->norm1_bf16);
         layer_forward(ops, &b->mixer, b->h, b->norm1_out, B, T, &m->ctx);
         offer_bf16_copy(m, ops, NULL, 0, NULL);
         m->last_aux_loss += b->mixer.aux_loss;
-        ops->add_inplace(b->h, b->x_in, Nd);
         if (b->ffn.kind) {
-            norm_forward(m, ops, b->norm2_out, b->norm2_bf16, b->rstd2, b->h, P(m, b->norm2), N);
+            norm_forward(m, ops, b->norm2_out, b->norm2_bf16, b->rstd2, b->h, b->x_in, P(m, b->norm2), N);
             b->ffn.aux_loss = 0.0;
             offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);
             layer_forward(ops, &b->ffn, out, b->norm2_out, B, T, &m->ctx);
             offer_bf16_copy(m, ops, NULL, 0, NULL);
             m->last_aux_loss += b->ffn.aux_loss;
-            ops->add_inplace(out, b->h, Nd);
+            pending = b->h;
         } else {
+            ops->add_inplace(b->h, b->x_in, Nd);
             device_copy(m->device, out, b->h, Nd * sizeof(float));
+            pending = NULL;
         }
     }
-    norm_forward(m, ops, m->final_norm_out, m->final_norm_bf16, m->final_rstd, m->x_final, P(m, m->final_norm), N);
+    norm_forward(m, ops, m->final_norm_out, m->final_norm_bf16, m->final_rstd, m->x_final, pending,
+                 P(m, m->final_norm), N);
     offer_bf16_copy(m, ops, m->final_norm_out, Nd, m->final_norm_bf16);
     ops->matmul_forward(m->logits, m->final_norm_out, P(m, m->lm_head), NULL, N, d, m->vocab, 0);
     offer_bf16_copy(m, ops, NULL, 0, NULL);
@@ -553,28 +578,28 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     offer_bf16_copy(m, ops, m->final_norm_out, Nd, m->final_norm_bf16);
     ops->lm_head_backward(m, tgt, N, loss_scale / (float)valid);
     offer_bf16_copy(m, ops, NULL, 0, NULL);
-    /* dx: gradient w.r.t. the current residual stream (block output). */
-    device_zero(m->device, m->dx, Nd * sizeof(float));
-    ops->rmsnorm_backward(m->dx, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm), m->final_rstd, N,
-                          d);
+    /* dx: gradient w.r.t. the current residual stream (block output), written by the norm */
+    ops->rmsnorm_backward(m->dx, NULL, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm),
+                          m->final_rstd, N, d);
     for (int i = m->n_blocks - 1; i >= 0; i--) {
         Block *b = &m->blocks[i];
-        /* out = h + ffn(norm2(h)) ⇒ dh = dx + norm2ᵀ(ffnᵀ(dx)) */
-        device_copy(m->device, m->dh, m->dx, Nd * sizeof(float));
+        /* out = h + ffn(norm2(h)) ⇒ dh = dx + norm2ᵀ(ffnᵀ(dx)), written by the norm; without
+         * an FFN, dh = dx */
+        const float *dh = m->dx;
         if (b->ffn.kind) {
             device_zero(m->device, m->dtmp, Nd * sizeof(float));
             offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);
             layer_backward(ops, &b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
             offer_bf16_copy(m, ops, NULL, 0, NULL);
-            ops->rmsnorm_backward(m->dh, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
+            ops->rmsnorm_backward(m->dh, m->dx, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
+            dh = m->dh;
         }
         /* h = x + mixer(norm1(x)) ⇒ dx = dh + norm1ᵀ(mixerᵀ(dh)) */
-        device_copy(m->device, m->dx, m->dh, Nd * sizeof(float));
         device_zero(m->device, m->dtmp, Nd * sizeof(float));
         offer_bf16_copy(m, ops, b->norm1_out, Nd, b->norm1_bf16);
-        layer_backward(ops, &b->mixer, m->dtmp, m->dh, b->norm1_out, B, T, &m->ctx);
+        layer_backward(ops, &b->mixer, m->dtmp, dh, b->norm1_out, B, T, &m->ctx);
         offer_bf16_copy(m, ops, NULL, 0, NULL);
-        ops->rmsnorm_backward(m->dx, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
+        ops->rmsnorm_backward(m->dx, dh, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
     }
     ops->embedding_backward(G(m, m->embed), m->dx, tok, N, d);
     forget_weight_mirror(m);   /* the optimizer changes the weights next */
