@@ -694,7 +694,8 @@ START_TEST(test_rmsnorm_residual_forward_matches_cpu) {
 END_TEST
 
 /* rmsnorm_backward_onto_cuda: dinp (poisoned) WRITTEN as dbase + the CPU's gradient, or
- * from zero with dbase NULL; dweight accumulates onto random values. shift 3 puts dinp
+ * from zero with dbase NULL, and (variant 2) with dinp's bf16 copy, bit for bit bf16_rn of
+ * the CUDA dinp; dweight accumulates onto random values. shift 3 puts dinp (and its copy)
  * alone off alignment, as in the accumulating test. */
 START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
     for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
@@ -712,9 +713,11 @@ START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
         float *d_dout = rmsnorm_device_floats(dout, n, row_shift, &base[2]);
         float *d_rstd = rmsnorm_device_floats(rstd, r.N, 0, &base[3]);
         float *d_dbase = rmsnorm_device_floats(dbase, n, row_shift, &base[4]);
-        for (int from_zero = 0; from_zero <= 1; from_zero++) {
+        for (int variant = 0; variant < 3; variant++) {
+            const int from_zero = variant == 1, copy = variant == 2;
             char shape[128];
-            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift, from_zero ? " from zero" : "");
+            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift,
+                     from_zero ? " from zero" : copy ? " bf16 copy" : "");
             float *dinp = braid_calloc(n, sizeof(float), "dinp");
             if (!from_zero) memcpy(dinp, dbase, n * sizeof(float));
             float *dweight = braid_malloc(r.C * sizeof(float), "dweight");
@@ -723,9 +726,17 @@ START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
             float *dinp_base, *dweight_base;
             float *d_dinp = rmsnorm_device_floats(NULL, n, out_shift, &dinp_base);
             float *d_dweight = rmsnorm_device_floats(dweight0, r.C, 0, &dweight_base);
-            rmsnorm_backward_onto_cuda(d_dinp, from_zero ? NULL : d_dbase, d_dweight, d_dout, d_inp, d_weight, d_rstd,
-                                       r.N, r.C, stream);
+            uint16_t *base16 = cuda_test_device_alloc((n + 1) * sizeof(uint16_t)), *d_dinp16 = base16 + out_shift;
+            CUDA_CHECK(cudaMemset(base16, 0xFF, (n + 1) * sizeof(uint16_t)));
+            rmsnorm_backward_onto_cuda(d_dinp, from_zero ? NULL : d_dbase, copy ? d_dinp16 : NULL, d_dweight, d_dout,
+                                       d_inp, d_weight, d_rstd, r.N, r.C, stream);
             cuda_test_check_device_close("rmsnorm_backward_onto dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
+            if (copy) {
+                float *got = cuda_test_host_from_device(d_dinp, n);
+                check_rmsnorm_bf16_copy(shape, d_dinp16, got, dinp, n);
+                free(got);
+            }
+            CUDA_CHECK(cudaFree(base16));
             cuda_test_check_device_close("rmsnorm_backward_onto dweight", shape, d_dweight, dweight, r.C,
                                          ELEMENTWISE_TOL);
             free(dinp); free(dweight);

@@ -42,6 +42,8 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
         "moe: up projection reads dgate as its bf16 dout"
     mutant ../layers/mamba.c 's/(gated16, dz16, w.dgated/(gated16, dz16 + 8, w.dgated/' \
         "mamba: bf16 dz written 8 values off"
+    mutant ../models/model.c 's/offer_bf16_grad_copy(m, ops, dh, Nd, dh_copy);/offer_bf16_grad_copy(m, ops, dh, Nd, dx16);/' \
+        "model: the mixer's backward offered dx's bf16 copy for dh"
     mutant ../layers/ffn_dense.c 's/\*dup16 = (uint16_t \*)(dh + nh);/*dup16 = dgate16;/' \
         "dense: dup written over dgate"
     mutant ../layers/ffn_dense.c 's/\*dgate16 = h16 + nh,/*dgate16 = h16,/' \

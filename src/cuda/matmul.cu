@@ -238,19 +238,40 @@ static const float *mirror_src;
 static size_t mirror_n, mirror_bytes;
 static __nv_bfloat16 *mirror;
 
-/* An input's bf16 copy written by the op that made it (matmul_bf16_copy_cuda) */
-static const float *copy_src;
-static size_t copy_n;
-static const __nv_bfloat16 *copy_of_src;
+/* bf16 copies written by the ops that made the arrays: an input's (matmul_bf16_copy_cuda,
+ * the norms' outputs) and a gradient's (matmul_bf16_grad_copy_cuda, the residual stream's
+ * gradient as the norms' backward writes it). Either is read wherever its array is a
+ * product's input or output gradient, held or not. */
+enum { OFFER_INPUT, OFFER_GRAD, OFFERS };
+static struct {
+    const float *src;
+    size_t n;
+    const __nv_bfloat16 *copy;
+} offered[OFFERS];
+
+static void offer_copy(int which, const float *src, size_t n, const uint16_t *copy) {
+    offered[which].src = copy ? src : NULL;
+    offered[which].n = copy ? n : 0;
+    offered[which].copy = (const __nv_bfloat16 *)copy;
+}
 
 extern "C" void matmul_bf16_copy_cuda(const float *src, size_t n, const uint16_t *copy) {
-    copy_src = copy ? src : NULL;
-    copy_n = copy ? n : 0;
-    copy_of_src = (const __nv_bfloat16 *)copy;
+    offer_copy(OFFER_INPUT, src, n, copy);
+}
+
+extern "C" void matmul_bf16_grad_copy_cuda(const float *src, size_t n, const uint16_t *copy) {
+    offer_copy(OFFER_GRAD, src, n, copy);
+}
+
+/* the copy offered for exactly src[0..n), else NULL */
+static const __nv_bfloat16 *offered_copy(const float *src, size_t n) {
+    for (int i = 0; i < OFFERS; i++)
+        if (offered[i].src && src == offered[i].src && n == offered[i].n) return offered[i].copy;
+    return NULL;
 }
 
 extern "C" const uint16_t *matmul_bf16_copy_of_cuda(const float *src, size_t n) {
-    return copy_src && src == copy_src && n == copy_n ? (const uint16_t *)copy_of_src : NULL;
+    return (const uint16_t *)offered_copy(src, n);
 }
 
 static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaStream_t stream) {
@@ -262,7 +283,10 @@ static const __nv_bfloat16 *to_bf16(int role, const float *src, size_t n, cudaSt
          * is not a multiple of 8 is converted on its own, as without the mirror */
         if ((uintptr_t)at % 16 == 0) return at;
     }
-    if (role == BF16_INP && copy_src && src == copy_src && n == copy_n) return copy_of_src;
+    if (role == BF16_INP || role == BF16_DOUT) {
+        const __nv_bfloat16 *copy = offered_copy(src, n);
+        if (copy) return copy;
+    }
     /* the held array (matmul_hold_input_cuda), read as an input or as an output gradient */
     if ((role == BF16_INP || role == BF16_DOUT) && held_src && src == held_src && n == held_n) {
         role = BF16_HELD;

@@ -106,6 +106,10 @@ void matmul_bf16_copy_cuda(const float *src, size_t n, const uint16_t *copy);
  * reads src to write a bf16 operand itself (the MoE layer's gather of its experts' rows),
  * which can then copy bits instead of rounding floats. */
 const uint16_t *matmul_bf16_copy_of_cuda(const float *src, size_t n);
+/* A second offer beside matmul_bf16_copy_cuda's, the same rules, for a gradient: the residual
+ * stream's gradient as a layer's backward reads it (its output gradient, or a held array),
+ * whose bf16 copy the RMSNorm backward that made it wrote (rmsnorm_backward_onto_cuda). */
+void matmul_bf16_grad_copy_cuda(const float *src, size_t n, const uint16_t *copy);
 
 /* out[n,:] = table[tokens[n],:];  dtable[tokens[n],:] += dout[n,:] (atomic: rows repeat). */
 void embedding_forward_cuda(float *out, const int *tokens, const float *table, int N, int C,
@@ -131,8 +135,9 @@ void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const
                            cudaStream_t stream);
 /* The same with dinp WRITTEN as dbase + the input gradient (dbase NULL: from zero; dbase ==
  * dinp: rmsnorm_backward_cuda): the residual stream's gradient passes through the norm
- * without a copy into dinp first. */
-void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, float *dweight, const float *dout,
+ * without a copy into dinp first. dinp16, where not NULL, gets bf16(dinp): the copy the next
+ * layer's backward reads as its bf16 output gradient (matmul_bf16_grad_copy_cuda). */
+void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, uint16_t *dinp16, float *dweight, const float *dout,
                                 const float *inp, const float *weight, const float *rstd, int N, int C,
                                 cudaStream_t stream);
 

@@ -104,15 +104,17 @@ rmsnorm_forward_rows_kernel(float *out, __nv_bfloat16 *out16, float *rstd, const
 
 /* backward over rows [n0, n1) = this block's slice, L lanes a row, V float4 a lane:
  *   dot = Σ_c dy[c]·w[c]·x[c];  k = dot/C · r²;  dx[c] = base[c] + r·(dy[c]·w[c] − x[c]·k)
- * (base = dinp: the op contract's accumulate; NULL: from zero)
+ * (base = dinp: the op contract's accumulate; NULL: from zero), and dinp16 = bf16(dx) where
+ * not NULL: the next layer's backward reads dx as its output gradient, a bf16 operand
  *   acc[c] += dy[c]·x[c]·r        (this lane's columns, over its rows)
  * then partial[blockIdx.x][c] = Σ over the block's row groups of acc[c], in a fixed order.
  * A warp's rows advance together (n_warp), so every lane reaches every shuffle. dinp NULL:
  * no dx; partial NULL: no dw. */
 template <int V, int L>
 __global__ void __launch_bounds__(RMSNORM_THREADS)
-rmsnorm_backward_rows_kernel(float *dinp, const float *dbase, float *partial, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int N, int C, int rows_per_slice) {
+rmsnorm_backward_rows_kernel(float *dinp, const float *dbase, __nv_bfloat16 *dinp16, float *partial,
+                             const float *dout, const float *inp, const float *weight, const float *rstd, int N,
+                             int C, int rows_per_slice) {
     constexpr int ROWS_PER_WARP = 32 / L;
     __shared__ Lanes<4> half_sum[RMSNORM_WARPS / 2][V][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % L;
@@ -157,6 +159,7 @@ rmsnorm_backward_rows_kernel(float *dinp, const float *dbase, float *partial, co
 #pragma unroll
                     for (int e = 0; e < 4; e++) d[e] += r * (dy[k][e] * w[e] - x[k][e] * kx);
                     store_lanes<4>(dinp + at, d);
+                    if (dinp16) store_lanes<4>(dinp16 + at, d);   /* bf16_rn of the dx just stored */
                 }
             }
         }
@@ -309,8 +312,9 @@ __global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *
 }
 
 /* The fallback's dx = base + term (dw is a column_sums pass below) */
-__global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dbase, const float *dout, const float *inp,
-                                              const float *weight, const float *rstd, int N, int C) {
+__global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dbase, __nv_bfloat16 *dinp16,
+                                              const float *dout, const float *inp, const float *weight,
+                                              const float *rstd, int N, int C) {
     const int n = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
@@ -321,7 +325,11 @@ __global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dbase, c
     dot = warp_sum(dot);
     const float k = dot / C * r * r;
     const float *base = dbase ? dbase + (size_t)n * C : NULL;
-    for (int c = lane; c < C; c += 32) dx[c] = (base ? base[c] : 0.0f) + r * (dy[c] * weight[c] - x[c] * k);
+    __nv_bfloat16 *dx16 = dinp16 ? dinp16 + (size_t)n * C : NULL;
+    for (int c = lane; c < C; c += 32) {
+        dx[c] = (base ? base[c] : 0.0f) + r * (dy[c] * weight[c] - x[c] * k);
+        if (dx16) dx16[c] = __float2bfloat16_rn(dx[c]);
+    }
 }
 
 /* dweight[c] += Σ_n dout[n,c] · inp[n,c] · rstd[n], through column_sum.cuh */
@@ -375,18 +383,20 @@ extern "C" void rmsnorm_residual_forward_cuda(float *out, uint16_t *out16, float
 /* Fast path: the row kernel (dx, and dw's partials in column_sum.cuh's scratch buffer,
  * which no other column sum uses between the two launches: one stream, in order), then
  * the ordered finish. */
-extern "C" void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, float *dweight, const float *dout,
-                                           const float *inp, const float *weight, const float *rstd, int N, int C,
-                                           cudaStream_t stream) {
+extern "C" void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, uint16_t *dinp16_bits, float *dweight,
+                                           const float *dout, const float *inp, const float *weight,
+                                           const float *rstd, int N, int C, cudaStream_t stream) {
     if (N <= 0 || (!dinp && !dweight)) return;
+    __nv_bfloat16 *dinp16 = dinp ? (__nv_bfloat16 *)dinp16_bits : NULL;
     if (aligned16((size_t)C, dout, inp, weight, dbase) && (!dinp || aligned16(0, dinp)) &&
+        (!dinp16 || aligned8(dinp16)) &&
         with_row_shape(C / 4, [&](auto shape) {
             constexpr int V = decltype(shape)::V, L = decltype(shape)::L;
             int rows_per_slice = 0;
             const int slices = backward_slices<V, L>(N, &rows_per_slice);
             float *partial = dweight ? column_sum_partials((size_t)slices * C) : NULL;
             rmsnorm_backward_rows_kernel<V, L><<<slices, RMSNORM_THREADS, 0, stream>>>(
-                dinp, dbase, partial, dout, inp, weight, rstd, N, C, rows_per_slice);
+                dinp, dbase, dinp16, partial, dout, inp, weight, rstd, N, C, rows_per_slice);
             CUDA_CHECK_LAUNCH();
             if (dweight) {
                 rmsnorm_dweight_finish_kernel<<<(C + 31) / 32, dim3(32, RMSNORM_FINISH_GROUPS), 0, stream>>>(
@@ -398,7 +408,7 @@ extern "C" void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, floa
     if (dinp) {
         const int blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
         rmsnorm_backward_input_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, stream>>>(
-            dinp, dbase, dout, inp, weight, rstd, N, C);
+            dinp, dbase, dinp16, dout, inp, weight, rstd, N, C);
         CUDA_CHECK_LAUNCH();
     }
     if (dweight) {
@@ -409,5 +419,5 @@ extern "C" void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, floa
 extern "C" void rmsnorm_backward_cuda(float *dinp, float *dweight, const float *dout, const float *inp,
                                       const float *weight, const float *rstd, int N, int C,
                                       cudaStream_t stream) {
-    rmsnorm_backward_onto_cuda(dinp, dinp, dweight, dout, inp, weight, rstd, N, C, stream);
+    rmsnorm_backward_onto_cuda(dinp, dinp, NULL, dweight, dout, inp, weight, rstd, N, C, stream);
 }

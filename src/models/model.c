@@ -209,6 +209,8 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
     size_t o_nf16 = norm_copies ? layout_take(&arena_used, (BTd + 1) / 2) : 0;
     size_t o_logits = layout_take(&arena_used, BT * (size_t)m->vocab), o_dlogits = layout_take(&arena_used, BT * (size_t)m->vocab);
     size_t o_dx = layout_take(&arena_used, BTd), o_dh = layout_take(&arena_used, BTd), o_dtmp = layout_take(&arena_used, BTd);
+    size_t o_dx16 = norm_copies ? layout_take(&arena_used, (BTd + 1) / 2) : 0;
+    size_t o_dh16 = norm_copies ? layout_take(&arena_used, (BTd + 1) / 2) : 0;
     m->arena_floats = arena_used;
     m->arena = device_alloc(m->device, arena_used * sizeof(float), "activation arena");
     m->scratch_floats = scratch;
@@ -241,6 +243,8 @@ int model_build_shapes(Model *m, const Config *cfg, const ModelShape *shapes, in
     m->dx = m->arena + o_dx;
     m->dh = m->arena + o_dh;
     m->dtmp = m->arena + o_dtmp;
+    m->dx_bf16 = norm_copies ? (uint16_t *)(m->arena + o_dx16) : NULL;
+    m->dh_bf16 = norm_copies ? (uint16_t *)(m->arena + o_dh16) : NULL;
     m->ctx = (Ctx){.device = m->device, .scratch = m->scratch, .scratch_floats = scratch, .training = 1,
                   .aux_grad_scale = 1.0f};
     model_init_params(m, (unsigned long)cfg->train.seed);
@@ -343,9 +347,10 @@ typedef struct StepOps {
     void (*rmsnorm_forward)(float *out, float *rstd, float *x, const float *residual, const float *weight, int N,
                             int C, float eps);
     /* dinp = dbase + the input gradient (dbase NULL: from zero; dbase == dinp: accumulate);
-     * the residual stream's gradient passes through without a copy into dinp first */
-    void (*rmsnorm_backward)(float *dinp, const float *dbase, float *dweight, const float *dout, const float *inp,
-                             const float *weight, const float *rstd, int N, int C);
+     * the residual stream's gradient passes through without a copy into dinp first. dinp16
+     * (CUDA only; NULL on the CPU): bf16(dinp) too */
+    void (*rmsnorm_backward)(float *dinp, const float *dbase, uint16_t *dinp16, float *dweight, const float *dout,
+                             const float *inp, const float *weight, const float *rstd, int N, int C);
     void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias, int N, int C,
                            int OC, int accumulate);
     void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
@@ -370,8 +375,10 @@ static void rmsnorm_forward_cpu(float *out, float *rstd, float *x, const float *
     rmsnorm_forward(out, rstd, x, weight, N, C, eps);
 }
 
-static void rmsnorm_backward_cpu(float *dinp, const float *dbase, float *dweight, const float *dout,
-                                 const float *inp, const float *weight, const float *rstd, int N, int C) {
+static void rmsnorm_backward_cpu(float *dinp, const float *dbase, uint16_t *dinp16, float *dweight,
+                                 const float *dout, const float *inp, const float *weight, const float *rstd, int N,
+                                 int C) {
+    (void)dinp16;   /* the CPU's matmuls read float32 */
     if (dinp && dbase != dinp) {
         if (dbase) memcpy(dinp, dbase, (size_t)N * C * sizeof(float));
         else memset(dinp, 0, (size_t)N * C * sizeof(float));
@@ -406,9 +413,10 @@ static void rmsnorm_forward_gpu(float *out, float *rstd, float *x, const float *
                                 int C, float eps) {
     rmsnorm_residual_forward_cuda(out, NULL, rstd, x, residual, weight, N, C, eps, 0);
 }
-static void rmsnorm_backward_gpu(float *dinp, const float *dbase, float *dweight, const float *dout,
-                                 const float *inp, const float *weight, const float *rstd, int N, int C) {
-    rmsnorm_backward_onto_cuda(dinp, dbase, dweight, dout, inp, weight, rstd, N, C, 0);
+static void rmsnorm_backward_gpu(float *dinp, const float *dbase, uint16_t *dinp16, float *dweight,
+                                 const float *dout, const float *inp, const float *weight, const float *rstd, int N,
+                                 int C) {
+    rmsnorm_backward_onto_cuda(dinp, dbase, dinp16, dweight, dout, inp, weight, rstd, N, C, 0);
 }
 static void matmul_forward_gpu(float *out, const float *inp, const float *weight, const float *bias, int N, int C,
                                int OC, int accumulate) {
@@ -484,6 +492,16 @@ static void norm_forward(Model *m, const StepOps *ops, float *out, uint16_t *cop
 static void offer_bf16_copy(const Model *m, const StepOps *ops, const float *src, size_t n, const uint16_t *copy) {
 #ifdef BRAID_HAVE_CUDA
     if (ops->cuda && m->norm_copies_written) matmul_bf16_copy_cuda(src, n, copy);
+#else
+    (void)m; (void)ops; (void)src; (void)n; (void)copy;
+#endif
+}
+
+/* The same for the residual stream's gradient, whose copy the norms' backward writes */
+static void offer_bf16_grad_copy(const Model *m, const StepOps *ops, const float *src, size_t n,
+                                 const uint16_t *copy) {
+#ifdef BRAID_HAVE_CUDA
+    if (ops->cuda && m->norm_copies_written) matmul_bf16_grad_copy_cuda(src, n, copy);
 #else
     (void)m; (void)ops; (void)src; (void)n; (void)copy;
 #endif
@@ -578,28 +596,36 @@ void model_backward(Model *m, const int *tokens, const int *targets, int B, int 
     offer_bf16_copy(m, ops, m->final_norm_out, Nd, m->final_norm_bf16);
     ops->lm_head_backward(m, tgt, N, loss_scale / (float)valid);
     offer_bf16_copy(m, ops, NULL, 0, NULL);
-    /* dx: gradient w.r.t. the current residual stream (block output), written by the norm */
-    ops->rmsnorm_backward(m->dx, NULL, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm),
+    /* dx: gradient w.r.t. the current residual stream (block output), written by the norm,
+     * with its bf16 copy for the products that read it (in bf16) */
+    uint16_t *dx16 = m->norm_copies_written ? m->dx_bf16 : NULL, *dh16 = m->norm_copies_written ? m->dh_bf16 : NULL;
+    ops->rmsnorm_backward(m->dx, NULL, dx16, G(m, m->final_norm), m->dtmp, m->x_final, P(m, m->final_norm),
                           m->final_rstd, N, d);
     for (int i = m->n_blocks - 1; i >= 0; i--) {
         Block *b = &m->blocks[i];
         /* out = h + ffn(norm2(h)) ⇒ dh = dx + norm2ᵀ(ffnᵀ(dx)), written by the norm; without
          * an FFN, dh = dx */
         const float *dh = m->dx;
+        const uint16_t *dh_copy = dx16;
         if (b->ffn.kind) {
             device_zero(m->device, m->dtmp, Nd * sizeof(float));
             offer_bf16_copy(m, ops, b->norm2_out, Nd, b->norm2_bf16);
+            offer_bf16_grad_copy(m, ops, m->dx, Nd, dx16);
             layer_backward(ops, &b->ffn, m->dtmp, m->dx, b->norm2_out, B, T, &m->ctx);
             offer_bf16_copy(m, ops, NULL, 0, NULL);
-            ops->rmsnorm_backward(m->dh, m->dx, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
+            offer_bf16_grad_copy(m, ops, NULL, 0, NULL);
+            ops->rmsnorm_backward(m->dh, m->dx, dh16, G(m, b->norm2), m->dtmp, b->h, P(m, b->norm2), b->rstd2, N, d);
             dh = m->dh;
+            dh_copy = dh16;
         }
         /* h = x + mixer(norm1(x)) ⇒ dx = dh + norm1ᵀ(mixerᵀ(dh)) */
         device_zero(m->device, m->dtmp, Nd * sizeof(float));
         offer_bf16_copy(m, ops, b->norm1_out, Nd, b->norm1_bf16);
+        offer_bf16_grad_copy(m, ops, dh, Nd, dh_copy);
         layer_backward(ops, &b->mixer, m->dtmp, dh, b->norm1_out, B, T, &m->ctx);
         offer_bf16_copy(m, ops, NULL, 0, NULL);
-        ops->rmsnorm_backward(m->dx, dh, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
+        offer_bf16_grad_copy(m, ops, NULL, 0, NULL);
+        ops->rmsnorm_backward(m->dx, dh, dx16, G(m, b->norm1), m->dtmp, b->x_in, P(m, b->norm1), b->rstd1, N, d);
     }
     ops->embedding_backward(G(m, m->embed), m->dx, tok, N, d);
     forget_weight_mirror(m);   /* the optimizer changes the weights next */

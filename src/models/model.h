@@ -71,6 +71,8 @@ typedef struct Model {
     uint16_t *final_norm_bf16;   /* as the blocks' norm*_bf16: the LM head's bf16 input, or NULL */
     int norm_copies_written;     /* the last forward wrote those copies (they are current) */
     float *dx, *dh, *dtmp;           /* (B,T,d) gradient buffers */
+    uint16_t *dx_bf16, *dh_bf16;     /* with the norm copies: bf16(dx), bf16(dh) as the norms'
+                                      * backward writes them, the next layer's output gradient */
     float *scratch;
     size_t scratch_floats;
     Ctx ctx;
