@@ -813,6 +813,20 @@ static void moe_device_run_backward_twice(LayerHarness *h, const Config *cfg, in
     free(sv0); free(sv1); free(dx1); free(g1); free(x16);
 }
 
+/* Two runs of the layer gave the same bits: y and dx (n floats) and every parameter's
+ * gradient; a failure names the tensor, what the first run was and how the second differs. */
+static void check_same_layer_bits(const LayerHarness *h, size_t n, const float *y, const float *dx, const float *g,
+                                  const float *y_ref, const float *dx_ref, const float *g_ref, const char *what,
+                                  const char *against) {
+    ck_assert_msg(memcmp(y, y_ref, n * sizeof(float)) == 0, "%s: y differs %s", what, against);
+    ck_assert_msg(memcmp(dx, dx_ref, n * sizeof(float)) == 0, "%s: dx differs %s", what, against);
+    for (int i = 0; i < h->params.count; i++) {
+        const ParamDecl *pd = &h->params.items[i];
+        ck_assert_msg(memcmp(g + pd->offset, g_ref + pd->offset, pd->numel * sizeof(float)) == 0,
+                      "%s: d %s differs %s", what, pd->name, against);
+    }
+}
+
 /* The backward reads the forward's saved expert outputs and writes nothing saved: a second
  * backward of one forward gives the same bits (_i = 0: float32 matmuls). _i = 1: bf16
  * matmuls, with the sizes bf16 takes (d, H multiples of 8, ≥ 64; expert blocks padded to
@@ -850,13 +864,7 @@ START_TEST(test_layer_backward_twice_and_bf16_producers_agree) {
     matmul_set_bf16_producers_cuda(-1);
     ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
     if (bf16) {
-        ck_assert_msg(memcmp(y[0], y[1], n * sizeof(float)) == 0, "bf16: y differs with the producers on and off");
-        ck_assert_msg(memcmp(dx[0], dx[1], n * sizeof(float)) == 0, "bf16: dx differs with the producers on and off");
-        for (int i = 0; i < h->params.count; i++) {
-            const ParamDecl *pd = &h->params.items[i];
-            ck_assert_msg(memcmp(g[0] + pd->offset, g[1] + pd->offset, pd->numel * sizeof(float)) == 0,
-                          "bf16: d %s differs with the producers on and off", pd->name);
-        }
+        check_same_layer_bits(h, n, y[0], dx[0], g[0], y[1], dx[1], g[1], "bf16", "with the producers on and off");
         printf("  moe bf16: backward twice, producers on and off: the same bits\n");
     }
     for (int r = 0; r < 2; r++) { free(y[r]); free(dx[r]); free(g[r]); }
@@ -896,14 +904,7 @@ START_TEST(test_layer_bf16_gather_from_offered_copy_changes_no_bit) {
     matmul_set_bf16_producers_cuda(-1);
     ck_assert_int_eq(matmul_set_precision_cuda("fp32"), 0);
     for (int r = 0; r < 2; r++) {
-        ck_assert_msg(memcmp(y[r], y[2], n * sizeof(float)) == 0, "%s: y differs from the producers off", names[r]);
-        ck_assert_msg(memcmp(dx[r], dx[2], n * sizeof(float)) == 0, "%s: dx differs from the producers off",
-                      names[r]);
-        for (int i = 0; i < h->params.count; i++) {
-            const ParamDecl *pd = &h->params.items[i];
-            ck_assert_msg(memcmp(g[r] + pd->offset, g[2] + pd->offset, pd->numel * sizeof(float)) == 0,
-                          "%s: d %s differs from the producers off", names[r], pd->name);
-        }
+        check_same_layer_bits(h, n, y[r], dx[r], g[r], y[2], dx[2], g[2], names[r], "from the producers off");
         ck_assert_msg(conversions[r] == 0, "%s: %zu bf16 conversions, expected none", names[r], conversions[r]);
     }
     ck_assert_msg(conversions[2] > 0, "producers off: no bf16 conversion counted (is the counter read?)");

@@ -616,36 +616,6 @@ START_TEST(test_rmsnorm_forward_matches_cpu) {
 }
 END_TEST
 
-START_TEST(test_rmsnorm_backward_accumulates_like_cpu) {
-    for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
-        const RowsShape r = rmsnorm_shapes[s];
-        const int row_shift = r.shift == 1, weight_shift = r.shift == 2, out_shift = r.shift == 1 || r.shift == 3;
-        char shape[128];
-        snprintf(shape, sizeof shape, "N=%d C=%d shift=%d", r.N, r.C, r.shift);
-        const size_t n = (size_t)r.N * r.C;
-        float *inp = cuda_test_host_normal(&rng, n, 2.0f), *weight = cuda_test_host_normal(&rng, r.C, 1.0f);
-        float *dout = cuda_test_host_normal(&rng, n, 1.0f);
-        float *out = braid_malloc(n * sizeof(float), "out"), *rstd = braid_malloc(r.N * sizeof(float), "rstd");
-        rmsnorm_forward(out, rstd, inp, weight, r.N, r.C, 1e-6f);
-        float *dinp = cuda_test_host_normal(&rng, n, 1.0f), *dweight = cuda_test_host_normal(&rng, r.C, 1.0f);
-        float *base[6];
-        float *d_inp = rmsnorm_device_floats(inp, n, row_shift, &base[0]);
-        float *d_weight = rmsnorm_device_floats(weight, r.C, weight_shift, &base[1]);
-        float *d_dout = rmsnorm_device_floats(dout, n, row_shift, &base[2]);
-        float *d_rstd = rmsnorm_device_floats(rstd, r.N, 0, &base[3]);
-        float *d_dinp = rmsnorm_device_floats(dinp, n, out_shift, &base[4]);
-        float *d_dweight = rmsnorm_device_floats(dweight, r.C, 0, &base[5]);
-        rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, r.N, r.C);
-        rmsnorm_backward_cuda(d_dinp, d_dweight, d_dout, d_inp, d_weight, d_rstd, r.N, r.C, stream);
-        cuda_test_check_device_close("rmsnorm_backward dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
-        cuda_test_check_device_close("rmsnorm_backward dweight", shape, d_dweight, dweight, r.C,
-                                     ELEMENTWISE_TOL);
-        free(inp); free(weight); free(dout); free(out); free(rstd); free(dinp); free(dweight);
-        for (int b = 0; b < 6; b++) CUDA_CHECK(cudaFree(base[b]));
-    }
-}
-END_TEST
-
 /* The residual stream's forward (rmsnorm_residual_forward_cuda): x ← x + residual, written
  * back bit for bit as the CPU's float sum, then the norm of the sum, with and without the
  * bf16 copy; every output poisoned. shift 3 here puts the residual alone off alignment. */
@@ -693,11 +663,18 @@ START_TEST(test_rmsnorm_residual_forward_matches_cpu) {
 }
 END_TEST
 
-/* rmsnorm_backward_onto_cuda: dinp (poisoned) WRITTEN as dbase + the CPU's gradient, or
- * from zero with dbase NULL, and (variant 2) with dinp's bf16 copy, bit for bit bf16_rn of
- * the CUDA dinp; dweight accumulates onto random values. shift 3 puts dinp (and its copy)
- * alone off alignment, as in the accumulating test. */
-START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
+/* The backward's entries against the CPU's rmsnorm_backward on every shape; dweight
+ * accumulates onto random values in each. The variants:
+ *   RMSNORM_BWD_ACCUMULATE  rmsnorm_backward_cuda: dinp starts random and is added into
+ *   RMSNORM_BWD_ONTO        rmsnorm_backward_onto_cuda: dinp (poisoned) WRITTEN as dbase +
+ *                           the gradient
+ *   RMSNORM_BWD_FROM_ZERO   the same with dbase NULL
+ *   RMSNORM_BWD_ONTO_COPY   ONTO with dinp's bf16 copy, bit for bit bf16_rn of the CUDA dinp
+ * shift 3 puts dinp (and its copy) alone off alignment. */
+enum { RMSNORM_BWD_ACCUMULATE, RMSNORM_BWD_ONTO, RMSNORM_BWD_FROM_ZERO, RMSNORM_BWD_ONTO_COPY };
+
+static void check_rmsnorm_backward_every_shape(const int *variants, int n_variants) {
+    static const char *names[] = {"", " onto a base", " from zero", " onto a base, bf16 copy"};
     for (size_t s = 0; s < N_RMSNORM_SHAPES; s++) {
         const RowsShape r = rmsnorm_shapes[s];
         const int row_shift = r.shift == 1, weight_shift = r.shift == 2, out_shift = r.shift == 1 || r.shift == 3;
@@ -713,31 +690,35 @@ START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
         float *d_dout = rmsnorm_device_floats(dout, n, row_shift, &base[2]);
         float *d_rstd = rmsnorm_device_floats(rstd, r.N, 0, &base[3]);
         float *d_dbase = rmsnorm_device_floats(dbase, n, row_shift, &base[4]);
-        for (int variant = 0; variant < 3; variant++) {
-            const int from_zero = variant == 1, copy = variant == 2;
+        for (int v = 0; v < n_variants; v++) {
+            const int variant = variants[v], from_zero = variant == RMSNORM_BWD_FROM_ZERO;
+            const int copy = variant == RMSNORM_BWD_ONTO_COPY;
             char shape[128];
-            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift,
-                     from_zero ? " from zero" : copy ? " bf16 copy" : "");
+            snprintf(shape, sizeof shape, "N=%d C=%d shift=%d%s", r.N, r.C, r.shift, names[variant]);
             float *dinp = braid_calloc(n, sizeof(float), "dinp");
             if (!from_zero) memcpy(dinp, dbase, n * sizeof(float));
             float *dweight = braid_malloc(r.C * sizeof(float), "dweight");
             memcpy(dweight, dweight0, r.C * sizeof(float));
             rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, r.N, r.C);
             float *dinp_base, *dweight_base;
-            float *d_dinp = rmsnorm_device_floats(NULL, n, out_shift, &dinp_base);
+            float *d_dinp = rmsnorm_device_floats(variant == RMSNORM_BWD_ACCUMULATE ? dbase : NULL, n, out_shift,
+                                                  &dinp_base);
             float *d_dweight = rmsnorm_device_floats(dweight0, r.C, 0, &dweight_base);
             uint16_t *base16 = cuda_test_device_alloc((n + 1) * sizeof(uint16_t)), *d_dinp16 = base16 + out_shift;
             CUDA_CHECK(cudaMemset(base16, 0xFF, (n + 1) * sizeof(uint16_t)));
-            rmsnorm_backward_onto_cuda(d_dinp, from_zero ? NULL : d_dbase, copy ? d_dinp16 : NULL, d_dweight, d_dout,
-                                       d_inp, d_weight, d_rstd, r.N, r.C, stream);
-            cuda_test_check_device_close("rmsnorm_backward_onto dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
+            if (variant == RMSNORM_BWD_ACCUMULATE)
+                rmsnorm_backward_cuda(d_dinp, d_dweight, d_dout, d_inp, d_weight, d_rstd, r.N, r.C, stream);
+            else
+                rmsnorm_backward_onto_cuda(d_dinp, from_zero ? NULL : d_dbase, copy ? d_dinp16 : NULL, d_dweight,
+                                           d_dout, d_inp, d_weight, d_rstd, r.N, r.C, stream);
+            cuda_test_check_device_close("rmsnorm_backward dinp", shape, d_dinp, dinp, n, ELEMENTWISE_TOL);
             if (copy) {
                 float *got = cuda_test_host_from_device(d_dinp, n);
                 check_rmsnorm_bf16_copy(shape, d_dinp16, got, dinp, n);
                 free(got);
             }
             CUDA_CHECK(cudaFree(base16));
-            cuda_test_check_device_close("rmsnorm_backward_onto dweight", shape, d_dweight, dweight, r.C,
+            cuda_test_check_device_close("rmsnorm_backward dweight", shape, d_dweight, dweight, r.C,
                                          ELEMENTWISE_TOL);
             free(dinp); free(dweight);
             CUDA_CHECK(cudaFree(dinp_base)); CUDA_CHECK(cudaFree(dweight_base));
@@ -745,6 +726,17 @@ START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
         free(inp); free(weight); free(dout); free(dbase); free(out); free(rstd); free(dweight0);
         for (int b = 0; b < 5; b++) CUDA_CHECK(cudaFree(base[b]));
     }
+}
+
+START_TEST(test_rmsnorm_backward_accumulates_like_cpu) {
+    const int variants[] = {RMSNORM_BWD_ACCUMULATE};
+    check_rmsnorm_backward_every_shape(variants, 1);
+}
+END_TEST
+
+START_TEST(test_rmsnorm_backward_onto_matches_cpu) {
+    const int variants[] = {RMSNORM_BWD_ONTO, RMSNORM_BWD_FROM_ZERO, RMSNORM_BWD_ONTO_COPY};
+    check_rmsnorm_backward_every_shape(variants, 3);
 }
 END_TEST
 

@@ -292,11 +292,11 @@ __global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *
     const float *x = inp + (size_t)n * C;
     float *y = out + (size_t)n * C;
     float ss = 0.0f;
-    if (residual) {   /* x ← inp + residual into sum (which may be inp), then x is sum's row */
+    if (residual) {   /* x ← inp + residual into sum (which may be inp), then x is sum's row;
+                       * each lane reads back only the columns it wrote, so no sync */
         const float *res = residual + (size_t)n * C;
         float *s = sum + (size_t)n * C;
         for (int c = lane; c < C; c += 32) s[c] = x[c] + res[c];
-        __syncwarp();
         x = s;
     }
     for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
