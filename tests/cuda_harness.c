@@ -230,7 +230,7 @@ void cuda_test_check_same_bits(const char *op, const char *shape, const void *d_
     size_t first = 0;
     while (first < bytes && got[first] == want[first]) first++;
     printf("  %-40s %-34s %s\n", op, shape, first == bytes ? "same bits" : "DIFFERENT BITS");
-    ck_assert_msg(first == bytes, "%s (%s): byte %zu of %zu is 0x%02x, the separate kernels wrote 0x%02x", op, shape,
+    ck_assert_msg(first == bytes, "%s (%s): byte %zu of %zu is 0x%02x, the reference's is 0x%02x", op, shape,
                   first, bytes, first < bytes ? got[first] : 0, first < bytes ? want[first] : 0);
     free(got); free(want);
 }

@@ -89,7 +89,8 @@ uint16_t cuda_test_bf16_bits(float x);
 void *cuda_test_device_poisoned_bytes(size_t bytes);
 /* Whether two device byte ranges hold the same bits (pass whole allocations, so a write past
  * the values, into the poison around them, counts too); prints one line, fails the test at
- * the first differing byte (a fused kernel against the separate kernels it replaces). */
+ * the first differing byte (a fused kernel against the separate kernels it replaces, a strided
+ * output against the flat one placed in its rows). */
 void cuda_test_check_same_bits(const char *op, const char *shape, const void *d_got, const void *d_want,
                                size_t bytes);
 

@@ -13,8 +13,10 @@
  * Tolerances, relative to each tensor's largest element: 1e-4 forward, 1e-3 backward
  * (cuBLAS, the scan's shuffles and the conv's wgrad sum in other orders than OpenBLAS
  * and the CPU loops; the scan's exp is exp2f).
- * Then one glue kernel on its own: the gate's fused bf16 backward against the two kernels
- * it replaced, bit for bit.
+ * Then kernels on their own, bit for bit: the gate's fused bf16 backward against the two
+ * kernels it replaced; and the producers of in_proj's output gradient (the gate's backward
+ * writing dz, the conv's backward writing dx1, float32 and bf16), which the layer has write
+ * into the halves of one (BT, 2di) array, against their flat calls.
  * No GPU: prints that it skipped and exits 77. Check runs in-process (CK_NOFORK): a CUDA
  * context does not survive fork(). */
 #include <check.h>
@@ -110,7 +112,7 @@ START_TEST(mamba_gate_backward_and_forward_bf16_matches_separate_kernels) {
         mamba_gate_forward_bf16_cuda(want_gated + shift, d_y + shift, d_z + shift, n, 0);
         mamba_gate_backward_bf16_cuda(want_dz + shift, want_dg + shift, d_y + shift, d_z + shift, n, 0);
         mamba_gate_backward_and_forward_bf16_cuda(got_gated + shift, got_dz + shift, got_dg + shift, d_y + shift,
-                                                  d_z + shift, n, 0);
+                                                  d_z + shift, 1, (int)n, (int)n, 0);
         cuda_test_check_same_bits("mamba_gate_bwd_and_fwd_bf16 gated", shape, got_gated, want_gated, hbytes);
         cuda_test_check_same_bits("mamba_gate_bwd_and_fwd_bf16 dz", shape, got_dz, want_dz, hbytes);
         cuda_test_check_same_bits("mamba_gate_bwd_and_fwd_bf16 dgated", shape, got_dg, want_dg, fbytes);
@@ -121,15 +123,151 @@ START_TEST(mamba_gate_backward_and_forward_bf16_matches_separate_kernels) {
 }
 END_TEST
 
+/* ---- in_proj's output gradient, rows interleaved: row r = [dx1[r] | dz[r]], ld = 2·cols ----
+ * Each producer is called twice on the same inputs: flat (ld = cols) and into its half of an
+ * interleaved array that starts poisoned (bytes 0xFF) with a guard after it. The expected
+ * interleaved array is the same poison with the flat output copied into that half's columns
+ * (copy_rows_strided), so one whole-allocation bits check finds both a value that differs
+ * from the flat call's and a write into the other half, between the rows or past the end. */
+
+/* rows × cols elements of `size` bytes from the flat device array src into dst, whose rows lie
+ * ld elements apart (dst[r·ld + c]); the rest of dst is left as it is */
+static void copy_rows_strided(void *dst, int ld, const void *src, size_t rows, int cols, size_t size) {
+    CUDA_CHECK(cudaMemcpy2D(dst, (size_t)ld * size, src, (size_t)cols * size, (size_t)cols * size, rows,
+                            cudaMemcpyDeviceToDevice));
+}
+
+/* The gate's backward in the layer's two precisions: float32 writes dz; bf16, the fused
+ * kernel, writes gated and dz as bf16. dz's rows ld apart. */
+static void gate_backward(int bf16, void *gated, void *dz, float *dgated, const float *y, const float *z, size_t rows,
+                          int cols, int ld) {
+    if (bf16) mamba_gate_backward_and_forward_bf16_cuda(gated, dz, dgated, y, z, rows, cols, ld, 0);
+    else mamba_gate_backward_cuda(dz, dgated, y, z, rows, cols, ld, 0);
+}
+
+/* dz into the second half of each row (dz_ld = 2·cols) gives the flat call's bits there and
+ * leaves the rest of the array as it was; dgated (and bf16's gated, flat) the same bits too.
+ * The float4 path (cols a multiple of 4, arrays aligned), the scalar one (cols ragged, or
+ * every array one element off), and a shape whose flat call takes float4 pieces (n = 28)
+ * where the strided one cannot (cols 7). */
+START_TEST(mamba_gate_backward_strided_dz_matches_flat) {
+    const struct { size_t rows; int cols, shift; } cases[] = {
+        {1, 1, 0}, {4, 7, 0}, {7, 6, 0}, {5, 33, 0}, {1, 4, 0}, {3, 64, 0}, {129, 256, 0}, {3, 64, 1},
+    };
+    const size_t guard = 8;
+    Rng rng;
+    rng_seed(&rng, 37);
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            const size_t rows = cases[c].rows, n = rows * cases[c].cols;
+            const int cols = cases[c].cols, ld = 2 * cols, shift = cases[c].shift;
+            const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);   /* dz's and gated's element */
+            char op[64], shape[64];
+            snprintf(op, sizeof op, "mamba_gate_backward%s dz, ld 2·cols", bf16 ? "_and_forward_bf16" : "");
+            snprintf(shape, sizeof shape, "%zu x %d%s", rows, cols, shift ? ", arrays 1 element off" : "");
+            float *in[3];   /* y, z, dgated */
+            for (int a = 0; a < 3; a++) in[a] = cuda_test_host_normal_nonzero(&rng, n, a == 1 ? 3.0f : 1.0f);
+            const size_t fbytes = (shift + n + guard) * sizeof(float);
+            const size_t flat_bytes = (shift + n + guard) * es, rows_bytes = (shift + rows * ld + guard) * es;
+            float *d_y = cuda_test_device_poisoned_bytes(fbytes), *d_z = cuda_test_device_poisoned_bytes(fbytes);
+            float *flat_dg = cuda_test_device_poisoned_bytes(fbytes);
+            float *rows_dg = cuda_test_device_poisoned_bytes(fbytes);
+            CUDA_CHECK(cudaMemcpy(d_y + shift, in[0], n * sizeof(float), cudaMemcpyHostToDevice));
+            CUDA_CHECK(cudaMemcpy(d_z + shift, in[1], n * sizeof(float), cudaMemcpyHostToDevice));
+            CUDA_CHECK(cudaMemcpy(flat_dg + shift, in[2], n * sizeof(float), cudaMemcpyHostToDevice));
+            CUDA_CHECK(cudaMemcpy(rows_dg + shift, in[2], n * sizeof(float), cudaMemcpyHostToDevice));
+            char *flat_gated = cuda_test_device_poisoned_bytes(flat_bytes);
+            char *rows_gated = cuda_test_device_poisoned_bytes(flat_bytes);
+            char *flat_dz = cuda_test_device_poisoned_bytes(flat_bytes);
+            char *got = cuda_test_device_poisoned_bytes(rows_bytes);
+            char *want = cuda_test_device_poisoned_bytes(rows_bytes);
+            gate_backward(bf16, flat_gated + shift * es, flat_dz + shift * es, flat_dg + shift, d_y + shift,
+                          d_z + shift, rows, cols, cols);
+            gate_backward(bf16, rows_gated + shift * es, got + (shift + cols) * es, rows_dg + shift, d_y + shift,
+                          d_z + shift, rows, cols, ld);
+            copy_rows_strided(want + (shift + cols) * es, ld, flat_dz + shift * es, rows, cols, es);
+            cuda_test_check_same_bits(op, shape, got, want, rows_bytes);
+            cuda_test_check_same_bits("gate backward, strided dz: dgated", shape, rows_dg, flat_dg, fbytes);
+            if (bf16)
+                cuda_test_check_same_bits("gate backward, strided dz: gated", shape, rows_gated, flat_gated,
+                                          flat_bytes);
+            for (int a = 0; a < 3; a++) free(in[a]);
+            void *dev[] = {d_y, d_z, flat_dg, rows_dg, flat_gated, rows_gated, flat_dz, got, want};
+            for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) CUDA_CHECK(cudaFree(dev[i]));
+        }
+}
+END_TEST
+
+/* The conv's backward through the silu, as the layer calls it, with dx1 into the first half
+ * of each row (dx_ld = 2C): the flat call's bits there, float32 (ACCUMULATED: both start
+ * from the same values, the strided one's other half poisoned) and bf16 (written), the rest
+ * of the array as it was; dweight and dbias (accumulated from the same values) the same
+ * bits. The float4 path (C a multiple of 4) and the scalar one (C 33, and C 38, whose
+ * stride 76 alone would allow float4); T from 1 to 300, shorter than the kernel too. */
+START_TEST(conv1d_backward_strided_dx_matches_flat) {
+    const struct { int Bsz, T, C, K; } cases[] = {
+        {1, 1, 16, 4}, {2, 7, 48, 4}, {3, 64, 100, 2}, {2, 300, 33, 8}, {3, 129, 38, 4}, {8, 250, 40, 4},
+    };
+    const size_t guard = 8;
+    Rng rng;
+    rng_seed(&rng, 41);
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            const int Bsz = cases[c].Bsz, T = cases[c].T, C = cases[c].C, K = cases[c].K, ld = 2 * C;
+            const size_t rows = (size_t)Bsz * T, n = rows * C, nw = (size_t)C * K;
+            const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);   /* dx's element */
+            char op[64], shape[64];
+            snprintf(op, sizeof op, "causal_conv1d_backward%s dx, ld 2C", bf16 ? "_bf16" : "");
+            snprintf(shape, sizeof shape, "B=%d T=%d C=%d K=%d", Bsz, T, C, K);
+            float *x = cuda_test_host_normal(&rng, n, 1.0f), *w = cuda_test_host_normal(&rng, nw, 0.5f);
+            float *dout = cuda_test_host_normal(&rng, n, 1.0f), *pre = cuda_test_host_normal(&rng, n, 2.0f);
+            float *dx = cuda_test_host_normal(&rng, n, 1.0f), *dw = cuda_test_host_normal(&rng, nw, 1.0f);
+            float *dbias = cuda_test_host_normal(&rng, C, 1.0f);
+            float *d_x = cuda_test_device_copy(x, n), *d_w = cuda_test_device_copy(w, nw);
+            float *d_dout = cuda_test_device_copy(dout, n), *d_pre = cuda_test_device_copy(pre, n);
+            float *flat_dw = cuda_test_device_copy(dw, nw), *rows_dw = cuda_test_device_copy(dw, nw);
+            float *flat_dbias = cuda_test_device_copy(dbias, C), *rows_dbias = cuda_test_device_copy(dbias, C);
+            const size_t flat_bytes = (n + guard) * es, rows_bytes = (rows * ld + guard) * es;
+            char *flat_dx = cuda_test_device_poisoned_bytes(flat_bytes);
+            char *got = cuda_test_device_poisoned_bytes(rows_bytes);
+            char *want = cuda_test_device_poisoned_bytes(rows_bytes);
+            if (bf16) {
+                causal_conv1d_backward_bf16_cuda((uint16_t *)flat_dx, flat_dw, flat_dbias, d_dout, d_pre, d_x, d_w, Bsz,
+                                                 T, C, C, K, 0);
+                causal_conv1d_backward_bf16_cuda((uint16_t *)got, rows_dw, rows_dbias, d_dout, d_pre, d_x, d_w, Bsz, T,
+                                                 C, ld, K, 0);
+            } else {   /* dx starts from the same values in both layouts */
+                CUDA_CHECK(cudaMemcpy(flat_dx, dx, n * sizeof(float), cudaMemcpyHostToDevice));
+                copy_rows_strided(got, ld, flat_dx, rows, C, es);
+                causal_conv1d_backward_cuda((float *)flat_dx, flat_dw, flat_dbias, d_dout, d_pre, d_x, d_w, Bsz, T, C,
+                                            C, K, 0);
+                causal_conv1d_backward_cuda((float *)got, rows_dw, rows_dbias, d_dout, d_pre, d_x, d_w, Bsz, T, C, ld,
+                                            K, 0);
+            }
+            copy_rows_strided(want, ld, flat_dx, rows, C, es);
+            cuda_test_check_same_bits(op, shape, got, want, rows_bytes);
+            cuda_test_check_same_bits("conv backward, strided dx: dweight", shape, rows_dw, flat_dw,
+                                      nw * sizeof(float));
+            cuda_test_check_same_bits("conv backward, strided dx: dbias", shape, rows_dbias, flat_dbias,
+                                      C * sizeof(float));
+            free(x); free(w); free(dout); free(pre); free(dx); free(dw); free(dbias);
+            void *dev[] = {d_x, d_w, d_dout, d_pre, flat_dw, rows_dw, flat_dbias, rows_dbias, flat_dx, got, want};
+            for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) CUDA_CHECK(cudaFree(dev[i]));
+        }
+}
+END_TEST
+
 static Suite *cuda_mamba_suite(void) {
     Suite *s = suite_create("cuda_mamba");
     TCase *tc = tcase_create("layer");
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, mamba_layer_matches_cpu, 0, (int)(sizeof CASES / sizeof *CASES));
     suite_add_tcase(s, tc);
-    TCase *ops = tcase_create("gate");
+    TCase *ops = tcase_create("kernels");
     tcase_set_timeout(ops, 60);
     tcase_add_test(ops, mamba_gate_backward_and_forward_bf16_matches_separate_kernels);
+    tcase_add_test(ops, mamba_gate_backward_strided_dz_matches_flat);
+    tcase_add_test(ops, conv1d_backward_strided_dx_matches_flat);
     suite_add_tcase(s, ops);
     return s;
 }

@@ -818,6 +818,103 @@ START_TEST(test_add_inplace_matches_cpu) {
 }
 END_TEST
 
+/* What the SwiGLU backward writes with dgate and dup as rows ld = 2H apart, dup = dgate + H
+ * (the FFNs' one [rows, 2H] gradient array, layers/ffn_dense.c), made without the kernel under
+ * test: the flat [rows, H] dgate and dup (elements of es bytes, from element `shift` on)
+ * copied into want's rows as [dgate | dup] (2H elements a row, from element `shift` on). */
+/* The three SwiGLU inputs (gate, up, dout) of n random non-zero values on the host (in) and on
+ * the device (d_in, `shift` floats past the aligned d_in_base: 1 makes every float4 path
+ * unusable); the caller frees both. */
+static void swiglu_inputs_on_device(float *in[3], float *d_in_base[3], float *d_in[3], size_t n, size_t shift) {
+    for (int a = 0; a < 3; a++) {
+        in[a] = cuda_test_host_normal_nonzero(&rng, n, a == 0 ? 3.0f : 1.0f);
+        d_in_base[a] = cuda_test_device_alloc((n + 1) * sizeof(float));
+        d_in[a] = d_in_base[a] + shift;
+        CUDA_CHECK(cudaMemcpy(d_in[a], in[a], n * sizeof(float), cudaMemcpyHostToDevice));
+    }
+}
+
+static void interleave_rows(void *want, const void *dgate, const void *dup, size_t rows, size_t H, size_t ld,
+                            size_t up_col, size_t es, size_t shift) {
+    char *at = (char *)want + shift * es;
+    const char *g = (const char *)dgate + shift * es, *u = (const char *)dup + shift * es;
+    CUDA_CHECK(cudaMemcpy2DAsync(at, ld * es, g, H * es, H * es, rows, cudaMemcpyDeviceToDevice, stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(at + up_col * es, ld * es, u, H * es, H * es, rows, cudaMemcpyDeviceToDevice,
+                                 stream));
+}
+
+/* The SwiGLU backward with its gradients as rows ld apart (ld = 2H, dup = dgate + H: the layers'
+ * [dg | du] rows) writes in every element of both halves the bits of the flat call (ld = H),
+ * and nothing past the array or between the halves (its outputs start poisoned, a guard of
+ * poison after them): swiglu_backward_cuda, swiglu_backward_bf16_cuda, and
+ * swiglu_backward_and_forward_bf16_cuda (whose h stays flat: the bits of
+ * swiglu_forward_bf16_cuda). The float4 path: H = 8, 64 and, in float32, 12 and 100 (in bf16
+ * those two put dup = dgate + H off 16-byte alignment: scalar). The scalar path: H = 6 with
+ * n = 36, H = 5, H = 16 with every array one element off, and H = 6 in rows of 16 with dup at
+ * column 8: n = 24 a multiple of 4 and every array and row 16-byte aligned, so only the rule
+ * that a piece of 4 must not straddle a row (H % 4) keeps it scalar. Ragged row counts. */
+START_TEST(test_swiglu_backward_rows_apart_match_flat) {
+    /* ld, up_col 0: the layers' layout, 2H and H */
+    const struct { size_t rows, H, ld, up_col; int shift; } cases[] = {
+        {1, 8, 0, 0, 0},    {6, 6, 0, 0, 0},   {7, 5, 0, 0, 0},   {129, 64, 0, 0, 0},
+        {300, 12, 0, 0, 0}, {33, 100, 0, 0, 0}, {50, 16, 0, 0, 1}, {4, 6, 16, 8, 0}};
+    const size_t guard = 8;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const size_t rows = cases[c].rows, H = cases[c].H, n = rows * H, shift = (size_t)cases[c].shift;
+        const size_t ld_z = cases[c].ld ? cases[c].ld : 2 * H, up_col = cases[c].up_col ? cases[c].up_col : H;
+        const int row = (int)H, ld = (int)ld_z;
+        char shape[80];
+        snprintf(shape, sizeof shape, "rows=%zu H=%zu ld=%zu dup at column %zu%s", rows, H, ld_z, up_col,
+                 shift ? ", arrays 1 element off" : "");
+        float *in[3], *d_in_base[3], *d_in[3];   /* gate, up, dout */
+        swiglu_inputs_on_device(in, d_in_base, d_in, n, (size_t)shift);
+        const float *gate = d_in[0], *up = d_in[1], *dout = d_in[2];
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
+            const size_t flat_bytes = (shift + n + guard) * es, rows_bytes = (shift + rows * ld_z + guard) * es;
+            void *flat[2];   /* dgate, dup as the flat call writes them */
+            void *want = cuda_test_device_poisoned_bytes(rows_bytes);
+            void *got = cuda_test_device_poisoned_bytes(rows_bytes);
+            for (int o = 0; o < 2; o++) flat[o] = cuda_test_device_poisoned_bytes(flat_bytes);
+            char what[80];
+            snprintf(what, sizeof what, "swiglu_backward%s rows apart", bf16 ? "_bf16" : "");
+            if (bf16) {
+                uint16_t *g16 = (uint16_t *)got + shift;
+                swiglu_backward_bf16_cuda((uint16_t *)flat[0] + shift, (uint16_t *)flat[1] + shift, dout, gate, up, n,
+                                          row, row, stream);
+                swiglu_backward_bf16_cuda(g16, g16 + up_col, dout, gate, up, n, row, ld, stream);
+            } else {
+                float *g32 = (float *)got + shift;
+                swiglu_backward_cuda((float *)flat[0] + shift, (float *)flat[1] + shift, dout, gate, up, n, row, row,
+                                     stream);
+                swiglu_backward_cuda(g32, g32 + up_col, dout, gate, up, n, row, ld, stream);
+            }
+            interleave_rows(want, flat[0], flat[1], rows, H, ld_z, up_col, es, shift);
+            cuda_test_check_same_bits(what, shape, got, want, rows_bytes);
+            if (bf16) {   /* the fused kernel: its gradients rows apart, h flat */
+                const size_t h_bytes = (shift + n + guard) * sizeof(uint16_t);
+                uint16_t *h_want = cuda_test_device_poisoned_bytes(h_bytes);
+                uint16_t *h_got = cuda_test_device_poisoned_bytes(h_bytes);
+                uint16_t *fused = cuda_test_device_poisoned_bytes(rows_bytes), *f16 = fused + shift;
+                swiglu_forward_bf16_cuda(h_want + shift, gate, up, n, stream);
+                swiglu_backward_and_forward_bf16_cuda(h_got + shift, f16, f16 + up_col, dout, gate, up, n, row, ld,
+                                                      stream);
+                cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 rows apart", shape, fused, want,
+                                          rows_bytes);
+                cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 h", shape, h_got, h_want, h_bytes);
+                CUDA_CHECK(cudaFree(h_want)); CUDA_CHECK(cudaFree(h_got)); CUDA_CHECK(cudaFree(fused));
+            }
+            for (int o = 0; o < 2; o++) CUDA_CHECK(cudaFree(flat[o]));
+            CUDA_CHECK(cudaFree(want)); CUDA_CHECK(cudaFree(got));
+        }
+        for (int a = 0; a < 3; a++) {
+            free(in[a]);
+            CUDA_CHECK(cudaFree(d_in_base[a]));
+        }
+    }
+}
+END_TEST
+
 /* The elementwise kernels take float4 pieces only where n is a multiple of 4 AND every
  * array is 16-byte aligned (grid.cuh, aligned16): arrays one float past an aligned start,
  * with n = 1000, must take the scalar path and still match (a float4 access there would be
@@ -856,7 +953,7 @@ START_TEST(test_swiglu_backward_matches_cpu) {
         /* swiglu_backward WRITES its gradients (layer-owned intermediates): poison them */
         float *d_dgate = cuda_test_device_poisoned(n), *d_dup = cuda_test_device_poisoned(n);
         swiglu_backward(dgate, dup, dout, gate, up, n);
-        swiglu_backward_cuda(d_dgate, d_dup, d_dout, d_gate, d_up, n, stream);
+        swiglu_backward_cuda(d_dgate, d_dup, d_dout, d_gate, d_up, n, (int)n, (int)n, stream);   /* one row: flat */
         cuda_test_check_device_close("swiglu_backward dgate", shape, d_dgate, dgate, n, ELEMENTWISE_TOL);
         cuda_test_check_device_close("swiglu_backward dup", shape, d_dup, dup, n, ELEMENTWISE_TOL);
         free(gate); free(up); free(dout); free(dgate); free(dup);
@@ -881,14 +978,8 @@ START_TEST(test_swiglu_backward_and_forward_bf16_matches_separate_kernels) {
         const int shift = cases[c].shift;
         char shape[64];
         snprintf(shape, sizeof shape, "n=%zu%s", n, shift ? ", arrays 1 element off" : "");
-        float *in[3];   /* gate, up, dout */
-        float *d_in_base[3], *d_in[3];
-        for (int a = 0; a < 3; a++) {
-            in[a] = cuda_test_host_normal_nonzero(&rng, n, a == 0 ? 3.0f : 1.0f);
-            d_in_base[a] = cuda_test_device_alloc((n + 1) * sizeof(float));
-            d_in[a] = d_in_base[a] + shift;
-            CUDA_CHECK(cudaMemcpy(d_in[a], in[a], n * sizeof(float), cudaMemcpyHostToDevice));
-        }
+        float *in[3], *d_in_base[3], *d_in[3];   /* gate, up, dout */
+        swiglu_inputs_on_device(in, d_in_base, d_in, n, (size_t)shift);
         const size_t bytes = (shift + n + guard) * sizeof(uint16_t);
         uint16_t *want[3], *got[3];   /* h, dgate, dup */
         for (int o = 0; o < 3; o++) {
@@ -896,9 +987,10 @@ START_TEST(test_swiglu_backward_and_forward_bf16_matches_separate_kernels) {
             got[o] = cuda_test_device_poisoned_bytes(bytes);
         }
         swiglu_forward_bf16_cuda(want[0] + shift, d_in[0], d_in[1], n, stream);
-        swiglu_backward_bf16_cuda(want[1] + shift, want[2] + shift, d_in[2], d_in[0], d_in[1], n, stream);
+        swiglu_backward_bf16_cuda(want[1] + shift, want[2] + shift, d_in[2], d_in[0], d_in[1], n, (int)n, (int)n,
+                                  stream);
         swiglu_backward_and_forward_bf16_cuda(got[0] + shift, got[1] + shift, got[2] + shift, d_in[2], d_in[0],
-                                              d_in[1], n, stream);
+                                              d_in[1], n, (int)n, (int)n, stream);
         cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 h", shape, got[0], want[0], bytes);
         cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 dgate", shape, got[1], want[1], bytes);
         cuda_test_check_same_bits("swiglu_backward_and_forward_bf16 dup", shape, got[2], want[2], bytes);
@@ -1346,6 +1438,7 @@ static Suite *cuda_ops_suite(void) {
     tcase_add_test(tc, test_swiglu_forward_matches_cpu);
     tcase_add_test(tc, test_swiglu_backward_matches_cpu);
     tcase_add_test(tc, test_swiglu_backward_and_forward_bf16_matches_separate_kernels);
+    tcase_add_test(tc, test_swiglu_backward_rows_apart_match_flat);
     tcase_add_test(tc, test_elementwise_on_unaligned_arrays_matches_cpu);
     tcase_add_test(tc, test_add_inplace_matches_cpu);
     tcase_add_test(tc, test_cross_entropy_matches_cpu);

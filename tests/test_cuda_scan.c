@@ -129,7 +129,7 @@ START_TEST(test_conv1d_backward_accumulates_like_cpu) {
             }
         causal_conv1d_backward(dx, dw, dbias, dout, x, w, m.Bsz, m.T, m.C, m.K);
         causal_conv1d_backward_cuda(d_dx, d_dw, d_dbias, d_dout, through_silu ? d_pre : NULL, d_x, d_w, m.Bsz, m.T,
-                                    m.C, m.K, stream);
+                                    m.C, m.C, m.K, stream);
         cuda_test_check_device_close("causal_conv1d_backward dx", shape, d_dx, dx, n, BACKWARD_TOL);
         cuda_test_check_device_close("causal_conv1d_backward dweight", shape, d_dw, dw, nw, BACKWARD_TOL);
         cuda_test_check_device_close("causal_conv1d_backward dbias", shape, d_dbias, dbias, m.C,

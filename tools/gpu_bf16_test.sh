@@ -38,16 +38,16 @@ MUTANT_TARGET=test_cuda_model MUTANT_TIMEOUT=200
 if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
     mutant grid.cuh 's/__floats2bfloat162_rn(r.v\[0\], r.v\[1\])/__floats2bfloat162_rn(r.v[1], r.v[0])/' \
         "bf16 store_lanes swaps two lanes"
-    mutant ../layers/moe.c 's/dup16 + (size_t)o \* H, NULL, xg16_rows, w_up/dgate16 + (size_t)o * H, NULL, xg16_rows, w_up/' \
-        "moe: up projection reads dgate as its bf16 dout"
+    mutant ../layers/moe.c 's/(h16, dgate_up16, dgate_up16 + H,/(h16, dgate_up16, dgate_up16,/' \
+        "moe: bf16 dup written over dgate (the up half never written)"
     mutant ../layers/mamba.c 's/(gated16, dz16, w.dgated/(gated16, dz16 + 8, w.dgated/' \
         "mamba: bf16 dz written 8 values off"
     mutant ../models/model.c 's/offer_bf16_grad_copy(m, ops, dh, Nd, dh_copy);/offer_bf16_grad_copy(m, ops, dh, Nd, dx16);/' \
         "model: the mixer's backward offered dx's bf16 copy for dh"
-    mutant ../layers/ffn_dense.c 's/\*dup16 = (uint16_t \*)(dh + nh);/*dup16 = dgate16;/' \
-        "dense: dup written over dgate"
-    mutant ../layers/ffn_dense.c 's/\*dgate16 = h16 + nh,/*dgate16 = h16,/' \
-        "dense: dgate written over h (the old aliasing)"
+    mutant ../layers/ffn_dense.c 's/(h16, dgate_up16, dgate_up16 + hidden, dh,/(h16, dgate_up16, dgate_up16, dh,/' \
+        "dense: dup written over dgate (the up half never written)"
+    mutant ../layers/ffn_dense.c 's/\*h16 = (uint16_t \*)(dgate_up + nh);/*h16 = (uint16_t *)dgate_up;/' \
+        "dense: h16 written over the gate and up gradients"
     mutant swiglu.cu 's/hv\[e\] = g\[e\] \* s \* u\[e\];/hv[e] = g[e] * s;/' \
         "swiglu fused bf16: h = silu(gate), missing the up factor"
     mutant mamba_glue.cu 's/gt\[e\] = yy\[e\] \* s;/gt[e] = yy[e] * zz[e];/' \
@@ -88,6 +88,13 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
     mutant ../layers/moe.c '0,/const uint16_t \*xg16_rows = xg16 + (size_t)o \* d;/s//const uint16_t *xg16_rows = xg16 + 2 * (size_t)o * d;/' \
         "moe: forward reads an expert's bf16 rows at the float32 gather's offset"
     cmake --build "$build" -j"$jobs" --target test_cuda_moe >>"$out/mutants.log" 2>&1
+    # in_proj's output gradient written as one [dx1 | dz] array (test_cuda_mamba's strided tests)
+    MUTANT_TARGET=test_cuda_mamba
+    mutant mamba_glue.cu 's/if (ld == cols) return W \* i;/return W * i;/' \
+        "mamba gate: dz written flat whatever its row stride"
+    mutant conv1d.cu 's/DX \*dx_t = dx + ((size_t)w.b \* T + t) \* dx_ld + w.c;/DX *dx_t = dx + ((size_t)w.b * T + t) * C + w.c;/' \
+        "conv1d: dx rows C apart whatever dx_ld"
+    cmake --build "$build" -j"$jobs" --target test_cuda_mamba >>"$out/mutants.log" 2>&1
 fi
 
 print_summary || status=1

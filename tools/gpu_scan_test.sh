@@ -110,7 +110,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/gd.w \* -expm1f(-d.w));/gd.w);/' "scan softplus: one lane of four left as dδ (float4 path)"
     mutant scan.cu 's/softplus ? ddt_t\[i\] \* -expm1f(-dt_t\[i\])/softplus ? ddt_t[i] * -expm1f(-dt_t[i + 1])/' "scan softplus takes the next step's δ (4-byte path)"
     mutant scan.cu 's/SCAN_BWD_WRITE | (delta_softplus ? SCAN_BWD_DELTA_SOFTPLUS : 0)/SCAN_BWD_WRITE/' "scan write ignores delta_softplus"
-    mutant conv1d.cu 's/if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx + base + (size_t)t \* C);/if constexpr (std::is_same_v<DX, float>) d = zero_lanes<P>();/' "conv1d dx overwritten, not accumulated"
+    mutant conv1d.cu 's/if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx_t);/if constexpr (std::is_same_v<DX, float>) d = zero_lanes<P>();/' "conv1d dx overwritten, not accumulated"
     mutant conv1d.cu 's/for (int g = 0; g < CONV_WALKS; g++) sum +=/for (int g = 1; g < CONV_WALKS; g++) sum +=/' "conv1d dweight misses a walk"
     mutant conv1d.cu 's/win\[j\] = t >= 0 ? load_lanes<P>(xs + (size_t)t \* C) : zero_lanes<P>();/win[j] = zero_lanes<P>();/' "conv1d forward walk ignores the rows before it"
     mutant conv1d.cu 's/const int t = w.t0 + i - 1;/const int t = w.t0 + i;/' "conv1d backward window starts a row late"

@@ -60,6 +60,8 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant column_sum.cuh 's/for (int s = 0; s < slices; s++) sum +=/for (int s = 0; s < 1; s++) sum +=/' "column sums keep only the first row slice"
     mutant column_sum.cuh 's/n1 = min(N, n0 + rows_per_slice)/n1 = min(N - 1, n0 + rows_per_slice)/' "column sums drop the last row"
     mutant swiglu.cu 's/GRID_STRIDE(i, n \/ W) {/GRID_STRIDE(i, n \/ 4) {/' "swiglu kernels cover a quarter (scalar path)"
+    mutant swiglu.cu 's/return ld == H ? j : j \/ H \* ld + j % H;/return j;/' "swiglu: gradients written flat whatever their row stride"
+    mutant swiglu.cu 's/return ld == H || (H % 4 == 0 \&\& ld % 4 == 0);/return true;/' "swiglu: float4 pieces across rows"
     mutant grid.cuh 's/make_float4(r.v\[0\], r.v\[1\], r.v\[2\], r.v\[3\])/make_float4(r.v[0], r.v[2], r.v[1], r.v[3])/' "float4 stores swap two lanes"
     mutant grid.cuh 's/% 16 == 0)/% 4 == 0)/' "float4 path taken on unaligned arrays"
     mutant cross_entropy.cu 's/put_dlogit(drow + v, 0.0f);/;/' "cross_entropy ignored rows left unwritten"

@@ -559,7 +559,7 @@ static void conv_fwd(void *a) {
 static void conv_bwd(void *a) {
     ConvRun *r = a;
     causal_conv1d_backward_cuda(r->dx, r->dw, r->dbias, r->dout, NULL, r->x, r->w, r->B, r->T, r->C,
-                                r->K, 0);
+                                r->C, r->K, 0);
 }
 static void conv_both(void *a) { conv_fwd(a); conv_bwd(a); }
 

@@ -7,7 +7,8 @@
  * u = silu(a), and the backward can take du with a (silu_in) and use dout = du ⊙ silu'(a) as
  * each row is loaded, instead of a pass of its own that reads du and a and writes dout.
  * Likewise the forward can write u = silu(a) (and its bf16 copy, x_proj's operand) beside a
- * from the registers that hold a, instead of a pass that reads a back.
+ * from the registers that hold a, instead of a pass that reads a back. dx's rows lie dx_ld
+ * elements apart: Mamba's dx1 is half of each row of in_proj's output gradient, beside dz.
  *
  * Both kernels: a thread owns P adjacent channels (P = 4, one float4, where C is a multiple
  * of 4 and the tensors 16-byte aligned; else 1) and CONV_STEPS consecutive time steps of one
@@ -117,11 +118,12 @@ causal_conv1d_forward_kernel(float *out, float *u, __nv_bfloat16 *u16, const flo
 /* partial[row][v][c], v < K: tap v, v = K: bias; row = the block's walk index (blockIdx.x).
  * DX float: dx accumulated; __nv_bfloat16: dx WRITTEN as bf16 (in_proj's output gradient
  * in bf16, ops_cuda.h), its sum started from 0 as the float path's from a zeroed dx, so the
- * value rounded is the same. silu_in (or NULL): the rows of dout are du ⊙ silu'(silu_in). */
+ * value rounded is the same. dx's rows are dx_ld apart (dx_ld = C: the layout of the others).
+ * silu_in (or NULL): the rows of dout are du ⊙ silu'(silu_in). */
 template <int K, int P, typename DX>
 __global__ void __launch_bounds__(32 * CONV_WALKS)
-causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const float *silu_in, const float *x,
-                              const float *weight, int Bsz, int T, int C, bool weight_grads) {
+causal_conv1d_backward_kernel(DX *dx, int dx_ld, float *partial, const float *dout, const float *silu_in,
+                              const float *x, const float *weight, int Bsz, int T, int C, bool weight_grads) {
     __shared__ float walk_sum[CONV_WALKS][K + 1][32 * P];
     const ConvWalk w(T, P);
     const bool active = w.c < C && w.b < Bsz;
@@ -161,14 +163,15 @@ causal_conv1d_backward_kernel(DX *dx, float *partial, const float *dout, const f
             slide_window<K, P>(win, t + K - 1 < T ? dout_row(t + K - 1) : zero_lanes<P>());
             /* tap j joins x[t] and dout[t+K−1−j] = win[K−1−j] */
             if (dx) {
+                DX *dx_t = dx + ((size_t)w.b * T + t) * dx_ld + w.c;
                 Lanes<P> d;
-                if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx + base + (size_t)t * C);
+                if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx_t);
                 else d = zero_lanes<P>();
 #pragma unroll
                 for (int p = 0; p < P; p++)
 #pragma unroll
                     for (int j = 0; j < K; j++) d.v[p] += tap[p][j] * win[K - 1 - j].v[p];
-                store_lanes<P>(dx + base + (size_t)t * C, d);
+                store_lanes<P>(dx_t, d);
             }
             if (weight_grads) {
                 const Lanes<P> xt = load_lanes<P>(x + base + (size_t)t * C);
@@ -217,9 +220,10 @@ static void check_kernel_size(int K, const char *who) {
     }
 }
 
-/* float4 lanes when every row the kernels touch starts 16-byte aligned */
-static bool conv_vec_ok(int C, const void *const *ptrs, int n) {
-    if (C % 4 != 0) return false;
+/* float4 lanes when every row the kernels touch starts 16-byte aligned (ld: dx's row stride,
+ * C elsewhere; a bf16 dx's rows then start 8-byte aligned, as its 4-lane stores need) */
+static bool conv_vec_ok(int C, int ld, const void *const *ptrs, int n) {
+    if (C % 4 != 0 || ld % 4 != 0) return false;
     for (int i = 0; i < n; i++)
         if (ptrs[i] && ((uintptr_t)ptrs[i] & 15u) != 0) return false;
     return true;
@@ -240,13 +244,14 @@ static void launch_forward(float *out, float *u, __nv_bfloat16 *u16, const float
 }
 
 template <int K, int P, typename DX>
-static void launch_backward_to(DX *dx, float *dweight, float *dbias, const float *dout, const float *silu_in,
-                               const float *x, const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
+static void launch_backward_to(DX *dx, int dx_ld, float *dweight, float *dbias, const float *dout,
+                               const float *silu_in, const float *x, const float *weight, int Bsz, int T, int C,
+                               cudaStream_t stream) {
     const dim3 grid = conv_grid(Bsz, T, C, P);
     const bool weight_grads = dweight || dbias;
     float *partial = weight_grads ? column_sum_partials((size_t)grid.x * (K + 1) * C) : NULL;
     causal_conv1d_backward_kernel<K, P, DX><<<grid, dim3(32, CONV_WALKS), 0, stream>>>(
-        dx, partial, dout, silu_in, x, weight, Bsz, T, C, weight_grads);
+        dx, dx_ld, partial, dout, silu_in, x, weight, Bsz, T, C, weight_grads);
     CUDA_CHECK_LAUNCH();
     if (weight_grads) {
         column_finish_kernel<K + 1><<<grid_stride_blocks((size_t)(K + 1) * C), 256, 0, stream>>>(
@@ -256,16 +261,18 @@ static void launch_backward_to(DX *dx, float *dweight, float *dbias, const float
 }
 
 template <int K, int P>
-static void launch_backward(float *dx, float *dweight, float *dbias, const float *dout, const float *silu_in,
-                            const float *x, const float *weight, int Bsz, int T, int C, cudaStream_t stream) {
-    launch_backward_to<K, P, float>(dx, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream);
+static void launch_backward(float *dx, int dx_ld, float *dweight, float *dbias, const float *dout,
+                            const float *silu_in, const float *x, const float *weight, int Bsz, int T, int C,
+                            cudaStream_t stream) {
+    launch_backward_to<K, P, float>(dx, dx_ld, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream);
 }
 
 template <int K, int P>
-static void launch_backward_bf16(__nv_bfloat16 *dx, float *dweight, float *dbias, const float *dout,
+static void launch_backward_bf16(__nv_bfloat16 *dx, int dx_ld, float *dweight, float *dbias, const float *dout,
                                  const float *silu_in, const float *x, const float *weight, int Bsz, int T,
                                  int C, cudaStream_t stream) {
-    launch_backward_to<K, P, __nv_bfloat16>(dx, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream);
+    launch_backward_to<K, P, __nv_bfloat16>(dx, dx_ld, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C,
+                                            stream);
 }
 
 /* the kernel size and the lane width as template arguments */
@@ -287,7 +294,7 @@ extern "C" void causal_conv1d_forward_cuda(float *out, const float *x, const flo
     if ((size_t)Bsz * T * C == 0) return;
     check_kernel_size(K, "causal_conv1d_forward_cuda");
     const void *rows[] = {out, x};
-    const bool vec = conv_vec_ok(C, rows, 2);
+    const bool vec = conv_vec_ok(C, C, rows, 2);
     __nv_bfloat16 *none = NULL;
     CONV_DISPATCH(K, vec, launch_forward, out, NULL, none, x, weight, bias, Bsz, T, C, stream)
 }
@@ -298,28 +305,29 @@ extern "C" void causal_conv1d_silu_forward_cuda(float *out, float *u, uint16_t *
     if ((size_t)Bsz * T * C == 0) return;
     check_kernel_size(K, "causal_conv1d_silu_forward_cuda");
     const void *rows[] = {out, u, u16, x};
-    const bool vec = conv_vec_ok(C, rows, 4);
+    const bool vec = conv_vec_ok(C, C, rows, 4);
     __nv_bfloat16 *b16 = (__nv_bfloat16 *)u16;
     CONV_DISPATCH(K, vec, launch_forward, out, u, b16, x, weight, bias, Bsz, T, C, stream)
 }
 
 extern "C" void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
                                             const float *silu_in, const float *x, const float *weight, int Bsz,
-                                            int T, int C, int K, cudaStream_t stream) {
+                                            int T, int C, int dx_ld, int K, cudaStream_t stream) {
     if ((size_t)Bsz * T * C == 0 || (!dx && !dweight && !dbias)) return;
     check_kernel_size(K, "causal_conv1d_backward_cuda");
     const void *rows[] = {dx, dout, silu_in, x};
-    const bool vec = conv_vec_ok(C, rows, 4);
-    CONV_DISPATCH(K, vec, launch_backward, dx, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream)
+    const bool vec = conv_vec_ok(C, dx_ld, rows, 4);
+    CONV_DISPATCH(K, vec, launch_backward, dx, dx_ld, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream)
 }
 
 extern "C" void causal_conv1d_backward_bf16_cuda(uint16_t *dx, float *dweight, float *dbias, const float *dout,
                                                  const float *silu_in, const float *x, const float *weight, int Bsz,
-                                                 int T, int C, int K, cudaStream_t stream) {
+                                                 int T, int C, int dx_ld, int K, cudaStream_t stream) {
     if ((size_t)Bsz * T * C == 0) return;
     check_kernel_size(K, "causal_conv1d_backward_bf16_cuda");
     const void *rows[] = {dx, dout, silu_in, x};
-    const bool vec = conv_vec_ok(C, rows, 4);
+    const bool vec = conv_vec_ok(C, dx_ld, rows, 4);
     __nv_bfloat16 *d = (__nv_bfloat16 *)dx;
-    CONV_DISPATCH(K, vec, launch_backward_bf16, d, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C, stream)
+    CONV_DISPATCH(K, vec, launch_backward_bf16, d, dx_ld, dweight, dbias, dout, silu_in, x, weight, Bsz, T, C,
+                  stream)
 }

@@ -11,6 +11,8 @@
  *    selective_scan_backward_cuda_scratch_floats(...) floats (per-block partial sums of dB,
  *    dC, dA and dD, added up in a fixed order: the result is the same bits on every run);
  *    its size depends on the channel count, not on a thread count as the CPU's does;
+ *  - causal_conv1d_backward_cuda takes dx's row stride too (dx_ld, after C): the Mamba
+ *    layer's dx1 lies beside dz in each row of one array (below);
  *  - limits: d_state N ≤ 32 for the scan, kernel K ≤ 8 for the conv (both abort beyond).
  * Tested against the CPU kernels in tests/test_cuda_scan.c; design in docs/gpu-scan.md.
  * The layer's elementwise steps (mamba_glue.cu) are declared at the end; the whole layer
@@ -35,15 +37,18 @@ void causal_conv1d_silu_forward_cuda(float *out, float *u, uint16_t *u16, const 
 /* dx += (gather of weight·dout); dweight[c,j] += Σ_{b,t} dout·x; dbias[c] += Σ_{b,t} dout.
  * The (b,t) sums have a fixed order (no atomics). silu_in, when not NULL, is the conv's
  * output a before Mamba's u = silu(a), and dout is du: the conv then takes du ⊙ silu'(a)
- * as its output gradient (the silu's backward, done as the rows are loaded). */
+ * as its output gradient (the silu's backward, done as the rows are loaded).
+ * dx's rows lie dx_ld ≥ C elements apart, element (b,t,c) at dx[(b·T + t)·dx_ld + c]
+ * (dx_ld = C: the others' layout): Mamba's dx1 is the first half of each row of in_proj's
+ * (BT, 2di) output gradient, dx_ld = 2di; what lies between the rows is not touched. */
 void causal_conv1d_backward_cuda(float *dx, float *dweight, float *dbias, const float *dout,
                                  const float *silu_in, const float *x, const float *weight, int Bsz, int T,
-                                 int C, int K, cudaStream_t stream);
+                                 int C, int dx_ld, int K, cudaStream_t stream);
 /* The same with dx WRITTEN as bf16 (not accumulated): in_proj's x1-half output gradient when
  * that product multiplies in bf16 (ops_cuda.h, matmul_bf16_operands_cuda); dx required. */
 void causal_conv1d_backward_bf16_cuda(uint16_t *dx, float *dweight, float *dbias, const float *dout,
                                       const float *silu_in, const float *x, const float *weight, int Bsz,
-                                      int T, int C, int K, cudaStream_t stream);
+                                      int T, int C, int dx_ld, int K, cudaStream_t stream);
 
 /* h_t = exp(δ_t A) ⊙ h_{t−1} + (δ_t u_t) B_t,  y_t = h_t·C_t + D u_t  (D may be NULL).
  * Writes y and chunk_states. */
@@ -92,9 +97,12 @@ void mamba_neg_exp_cuda(float *A, const float *A_log, size_t n, cudaStream_t str
 /* gated = y ⊙ silu(z) */
 void mamba_gate_forward_cuda(float *gated, const float *y, const float *z, size_t n,
                              cudaStream_t stream);
-/* dz = dgated ⊙ y ⊙ silu'(z) (WRITTEN), then dgated ⊙= silu(z) (the scan's dy) */
-void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z, size_t n,
-                              cudaStream_t stream);
+/* dz = dgated ⊙ y ⊙ silu'(z) (WRITTEN), then dgated ⊙= silu(z) (the scan's dy); rows × cols
+ * elements, dz's rows dz_ld ≥ cols apart (element (r,c) at dz[r·dz_ld + c]; dz_ld = cols: flat
+ * like the others): in_proj's (BT, 2di) output gradient holds dz in the second half of each
+ * row, dz_ld = 2di, and what lies between the rows is not touched. */
+void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z, size_t rows, int cols,
+                              int dz_ld, cudaStream_t stream);
 /* The same writing gated / dz as bf16: out_proj's input and in_proj's z-half output
  * gradient when those products multiply in bf16 (ops_cuda.h, matmul_bf16_operands_cuda). */
 void mamba_gate_forward_bf16_cuda(uint16_t *gated, const float *y, const float *z, size_t n, cudaStream_t stream);
@@ -102,9 +110,11 @@ void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const float *y, 
                                    cudaStream_t stream);
 /* Both at once, from one read of dgated, y, z: gated and dz WRITTEN as bf16 and dgated
  * turned into the scan's dy in place, the bits the two above give. For a backward whose
- * out_proj's dweight reads gated in bf16; gated, dz, dgated must not overlap. */
+ * out_proj's dweight reads gated in bf16; gated, dz, dgated must not overlap. rows × cols
+ * elements, dz's rows dz_ld apart as in mamba_gate_backward_cuda (gated's flat). */
 void mamba_gate_backward_and_forward_bf16_cuda(uint16_t *gated, uint16_t *dz, float *dgated, const float *y,
-                                               const float *z, size_t n, cudaStream_t stream);
+                                               const float *z, size_t rows, int cols, int dz_ld,
+                                               cudaStream_t stream);
 /* dA_log += dA ⊙ A   (A = −exp(A_log), so ∂A/∂A_log = A; ACCUMULATES) */
 void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,
                                   cudaStream_t stream);

@@ -51,12 +51,24 @@ __global__ void mamba_gate_forward_kernel(Out *gated, const float *y, const floa
     }
 }
 
+/* Where piece i (W elements from element W·i of a flat rows × cols array) goes in dz, whose
+ * rows are ld elements apart: in_proj's output gradient holds dz beside dx1 in each row
+ * (layers/mamba.c). ld == cols is the flat layout (mamba_gate_backward_bf16_cuda, only ever
+ * flat, passes 0, 0), a branch uniform over the grid; else W divides cols, so a piece never
+ * crosses a row. */
+template <int W>
+__device__ __forceinline__ size_t dz_piece_at(size_t i, int cols, int ld) {
+    if (ld == cols) return W * i;
+    const size_t cw = cols / W;
+    return i / cw * ld + W * (i % cw);
+}
+
 /* With g = dgated on entry:  dz = g ⊙ y ⊙ silu'(z) (written);  g ← g ⊙ silu(z), the
  * gradient reaching the scan's y. Both from the one read of g, z. DZ float, or
- * __nv_bfloat16 where dz is in_proj's bf16 output gradient. */
+ * __nv_bfloat16 where dz is in_proj's bf16 output gradient; dz's rows ld apart. */
 template <int W, typename DZ>
 __global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y, const float *z,
-                                           size_t n) {
+                                           size_t n, int cols, int ld) {
     GRID_STRIDE(i, n / W) {
         Lanes<W> g = load_lanes<W>(dgated + W * i), d;
         const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
@@ -65,7 +77,7 @@ __global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y
             d[e] = g[e] * yy[e] * device_silu_grad(zz[e]);
             g[e] = g[e] * device_silu(zz[e]);
         }
-        store_lanes<W>(dz + W * i, d);
+        store_lanes<W>(dz + dz_piece_at<W>(i, cols, ld), d);
         store_lanes<W>(dgated + W * i, g);
     }
 }
@@ -77,10 +89,10 @@ __global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y
  * forward kernel then the backward one read y and z twice (28 bytes, two launches):
  *   gated = y ⊙ silu(z),   dz = g ⊙ y ⊙ silu'(z),   g ← g ⊙ silu(z)   (g = dgated on entry)
  * The expressions are those of the two kernels above, so the bits are theirs (test_cuda_mamba
- * compares them bit for bit). gated, dz, dgated must not overlap. */
+ * compares them bit for bit). gated, dz, dgated must not overlap; dz's rows ld apart. */
 template <int W>
 __global__ void mamba_gate_backward_and_forward_kernel(__nv_bfloat16 *gated, __nv_bfloat16 *dz, float *dgated,
-                                                       const float *y, const float *z, size_t n) {
+                                                       const float *y, const float *z, size_t n, int cols, int ld) {
     GRID_STRIDE(i, n / W) {
         Lanes<W> g = load_lanes<W>(dgated + W * i), d, gt;
         const Lanes<W> yy = load_lanes<W>(y + W * i), zz = load_lanes<W>(z + W * i);
@@ -92,7 +104,7 @@ __global__ void mamba_gate_backward_and_forward_kernel(__nv_bfloat16 *gated, __n
             g[e] = g[e] * s;
         }
         store_lanes<W>(gated + W * i, gt);
-        store_lanes<W>(dz + W * i, d);
+        store_lanes<W>(dz + dz_piece_at<W>(i, cols, ld), d);
         store_lanes<W>(dgated + W * i, g);
     }
 }
@@ -144,10 +156,17 @@ extern "C" void mamba_gate_forward_cuda(float *gated, const float *y, const floa
     LAUNCH_ELEMENTWISE(mamba_gate_forward_kernel, n, stream, aligned16(n, gated, y, z), gated, y, z, n);
 }
 
-extern "C" void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z,
-                                         size_t n, cudaStream_t stream) {
+/* float4 pieces for a dz whose rows are ld apart: the flat test, and pieces that stay inside a
+ * row and start 16-byte aligned in it (as bf16, 8-byte: grid.cuh's store_lanes) */
+static bool dz_rows_vec_ok(int cols, int ld) { return ld == cols || (cols % 4 == 0 && ld % 4 == 0); }
+
+extern "C" void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z, size_t rows,
+                                         int cols, int dz_ld, cudaStream_t stream) {
+    const size_t n = rows * (size_t)cols;
     if (n == 0) return;
-    LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, dz, dgated, y, z), dz, dgated, y, z, n);
+    LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream,
+                       dz_rows_vec_ok(cols, dz_ld) && aligned16(n, dz, dgated, y, z), dz, dgated, y, z, n, cols,
+                       dz_ld);
 }
 
 extern "C" void mamba_gate_forward_bf16_cuda(uint16_t *gated, const float *y, const float *z, size_t n,
@@ -161,16 +180,19 @@ extern "C" void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const
                                               size_t n, cudaStream_t stream) {
     if (n == 0) return;
     __nv_bfloat16 *d = (__nv_bfloat16 *)dz;
-    LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, d, dgated, y, z), d, dgated, y, z, n);
+    LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, d, dgated, y, z), d, dgated, y, z, n, 0,
+                       0);
 }
 
 extern "C" void mamba_gate_backward_and_forward_bf16_cuda(uint16_t *gated, uint16_t *dz, float *dgated,
-                                                          const float *y, const float *z, size_t n,
-                                                          cudaStream_t stream) {
+                                                          const float *y, const float *z, size_t rows, int cols,
+                                                          int dz_ld, cudaStream_t stream) {
+    const size_t n = rows * (size_t)cols;
     if (n == 0) return;
     __nv_bfloat16 *g = (__nv_bfloat16 *)gated, *d = (__nv_bfloat16 *)dz;
-    LAUNCH_ELEMENTWISE(mamba_gate_backward_and_forward_kernel, n, stream, aligned16(n, g, d, dgated, y, z), g, d,
-                       dgated, y, z, n);
+    LAUNCH_ELEMENTWISE(mamba_gate_backward_and_forward_kernel, n, stream,
+                       dz_rows_vec_ok(cols, dz_ld) && aligned16(n, g, d, dgated, y, z), g, d, dgated, y, z, n, cols,
+                       dz_ld);
 }
 
 extern "C" void mamba_dA_log_accumulate_cuda(float *dA_log, const float *dA, const float *A, size_t n,

@@ -141,20 +141,29 @@ void rmsnorm_backward_onto_cuda(float *dinp, const float *dbase, uint16_t *dinp1
                                 const float *inp, const float *weight, const float *rstd, int N, int C,
                                 cudaStream_t stream);
 
-/* out = silu(gate) ⊙ up; backward WRITES dgate, dup (as the CPU op does). */
+/* out = silu(gate) ⊙ up; backward WRITES dgate, dup (as the CPU op does). gate, up, dout
+ * (and out) are flat [n/H, H]; dgate and dup are rows of H values ld ≥ H apart: element i
+ * goes to dgate[(i / H)·ld + i % H], and the same in dup (ld == H: flat, as the CPU op).
+ * The FFNs' backward passes dup = dgate + H, ld = 2H: one [rows, 2H] array whose row r is
+ * [dgate[r, 0..H) | dup[r, 0..H)]: the output gradient of the gate and up projections taken
+ * as ONE product with OC = 2H, their weights ([H, C] each, consecutive in the parameter
+ * buffer) being one [2H, C] weight (layers/ffn_dense.c, layers/moe.c). Float4 pieces need H
+ * and ld multiples of 4 where ld ≠ H; else the scalar path. */
 void swiglu_forward_cuda(float *out, const float *gate, const float *up, size_t n,
                          cudaStream_t stream);
 void swiglu_backward_cuda(float *dgate, float *dup, const float *dout, const float *gate,
-                          const float *up, size_t n, cudaStream_t stream);
+                          const float *up, size_t n, int H, int ld, cudaStream_t stream);
 /* The same writing bf16 out / dgate, dup: operands of bf16 matmuls (matmul_bf16_operands_cuda). */
 void swiglu_forward_bf16_cuda(uint16_t *out, const float *gate, const float *up, size_t n, cudaStream_t stream);
 void swiglu_backward_bf16_cuda(uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
-                               const float *up, size_t n, cudaStream_t stream);
-/* Both at once, from one read of dout, gate, up: out (h), dgate and dup WRITTEN as bf16, the
- * bits the two above write. For a backward whose down projection's dweight reads h in bf16
- * (layers/ffn_dense.c); the three outputs must not overlap. */
+                               const float *up, size_t n, int H, int ld, cudaStream_t stream);
+/* Both at once, from one read of dout, gate, up: out (h, flat), dgate and dup (rows ld apart,
+ * as above) WRITTEN as bf16, the bits the two above write. For a backward whose down
+ * projection's dweight reads h in bf16 (layers/ffn_dense.c, layers/moe.c); the three outputs
+ * must not overlap. */
 void swiglu_backward_and_forward_bf16_cuda(uint16_t *out, uint16_t *dgate, uint16_t *dup, const float *dout,
-                                           const float *gate, const float *up, size_t n, cudaStream_t stream);
+                                           const float *gate, const float *up, size_t n, int H, int ld,
+                                           cudaStream_t stream);
 
 /* Bytes of device scratch cross_entropy_forward_backward_cuda needs for N rows. */
 size_t cross_entropy_cuda_scratch_bytes(int N);

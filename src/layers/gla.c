@@ -396,7 +396,7 @@ static void gla_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
 
     /* z = silu(g) ⊙ normed:  dg = dz ⊙ normed ⊙ σ(g)(1 + g(1 − σ(g))) → buf4,
      * dnormed = dz ⊙ silu(g) → buf2 (z is dead) */
-    swiglu_backward_cuda(buf4, buf2, buf3, s.g, buf1, nv, 0);
+    swiglu_backward_cuda(buf4, buf2, buf3, s.g, buf1, nv, p->Dv, p->Dv, 0);
     float *dg = buf4, *dnormed = buf2, *d_o = buf3;   /* dz is dead */
     CUDA_ZERO(d_o, nv);
     rmsnorm_backward_cuda(d_o, layer->grads[p->p_norm], dnormed, s.o, w_norm, s.rstd, (int)(N * p->H),

@@ -16,7 +16,9 @@
  *    contiguous (B·T, width) buffer and the kernels need no strides. The CUDA path
  *    multiplies x_proj once with the whole weight into scratch and splits the columns
  *    (and joins their gradients for one backward product): at jamba-small's shape three
- *    narrow products each read all of u, the memory-bound part of them.
+ *    narrow products each read all of u, the memory-bound part of them. Its in_proj
+ *    backward is one product too: the gate's backward and the conv's write dz and dx1
+ *    side by side in the rows of one (B·T, 2di) array, their one strided output.
  *  - Saved activations are O(B·T·di) plus the scan's chunk-start states,
  *    O(B·⌈T/chunk⌉·di·N): never the B·T·di·N states of every step, which at long T
  *    would dwarf the rest of the model's arena. Backward recomputes each chunk's states
@@ -118,7 +120,9 @@ static MambaSaved mamba_saved_layout(const MambaDims *s, float *base, int B, int
 typedef struct MambaScratch {
     float *A, *dA;                 /* (di, N) */
     float *gated, *dgated;         /* (BT, di) y ⊙ silu(z) and its gradient */
-    float *dz, *du, *ddelta, *dx1; /* (BT, di) */
+    float *dxz;                    /* (BT, 2di) CUDA: in_proj's output gradient, row r = [dx1[r] | dz[r]] */
+    float *dz, *dx1;               /* (BT, di) the CPU path's, flat: dxz's first and second BT·di floats */
+    float *du, *ddelta;            /* (BT, di) */
     float *dBm, *dCm;              /* (BT, N) */
     float *ddtr;                   /* (BT, R) */
     float *ddtr_raw, *dB_raw, *dC_raw;  /* inner norms only, else aliases */
@@ -138,10 +142,11 @@ static MambaScratch mamba_scratch_layout(const MambaDims *s, float *base, size_t
     v.dA = TAKE((size_t)s->di * s->N);
     v.gated = TAKE(BT * s->di);
     v.dgated = TAKE(BT * s->di);
-    v.dz = TAKE(BT * s->di);
+    v.dxz = TAKE(2 * BT * s->di);
+    v.dz = v.dxz;
+    v.dx1 = base ? v.dxz + BT * s->di : NULL;
     v.du = TAKE(BT * s->di);
     v.ddelta = TAKE(BT * s->di);
-    v.dx1 = TAKE(BT * s->di);
     v.dBm = TAKE(BT * s->N);
     v.dCm = TAKE(BT * s->N);
     v.ddtr = TAKE(BT * s->R);
@@ -364,11 +369,12 @@ static void mamba_backward(Layer *layer, float *dx, const float *dout, const flo
 }
 
 #ifdef BRAID_HAVE_CUDA
-/* The same steps on the GPU, line for line (but for dz's in_proj product, moved to the end
- * beside dx1's so that x is converted to bf16 once): every pointer a device pointer, the work on
- * the default stream, the saved and scratch layouts those of the CPU path (so backward
- * finds what forward left, and the two paths can be read side by side). The CPU's
- * elementwise loops are the launchers of cuda/mamba_glue.cu; its memsets are CUDA_ZERO. */
+/* The same steps on the GPU, line for line (but for in_proj's backward: one product over both
+ * halves at the end, from dz and dx1 written side by side): every pointer a device pointer,
+ * the work on the default stream, the saved and scratch layouts those of the CPU path (so
+ * backward finds what forward left, and the two paths can be read side by side). The CPU's
+ * elementwise loops are the launchers of cuda/mamba_glue.cu; its memsets are CUDA_ZERO (and
+ * for dx1, a cudaMemset2DAsync of its columns). */
 static void mamba_forward_cuda(Layer *layer, float *out, const float *x, int B, int T, Ctx *ctx) {
     MambaDims s = mamba_dims(layer);
     MambaSaved v = mamba_saved_layout(&s, layer->saved, B, T);
@@ -429,20 +435,30 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     int BT = B * T, d = s.d, di = s.di, N = s.N, R = s.R;
     size_t n_inner = (size_t)BT * di;
 
+    /* in_proj's output gradient is one (BT, 2di) array, row r = [dx1[r] | dz[r]] as the
+     * weight stacks x1's rows over z's, so that ONE backward product (OC = 2di) gives
+     * dx = dx1·W_x1 + dz·W_z and both row blocks of dW_in: on the H100 at BT 16384, d 768,
+     * di 1536 in bf16, dinp 0.113 ms and dweight 0.110 against 0.153 and 0.138 for the two
+     * halves' products. The gate's backward writes the dz half first (below), the conv's
+     * backward the dx1 half at the end; nothing else touches the array in between. In bf16
+     * it holds bf16 values (2di a row, the first half of w.dxz), both written by their
+     * producers. */
+    const int bf16 = matmul_bf16_operands_cuda(BT, di, d);
+    uint16_t *const dxz16 = (uint16_t *)w.dxz;
+
     /* out = gated W_outᵀ, gated = y ⊙ silu(z) (recomputed: scratch does not survive). In
      * bf16 (ops_cuda.h) the gate writes gated and dz as the bf16 operands of out_proj and of
-     * in_proj's z half, into the first half of their float32 buffers. dgated starts from
+     * in_proj, gated into the first half of its float32 buffer. dgated starts from
      * out_proj's product: written, not zeroed and accumulated into. In bf16 out_proj's two
      * products are issued apart, dinp first: one gate kernel then reads dgated, y, z once for
      * gated, dz and the scan's dy, where a gate forward before the products and a backward
      * after them read y and z twice; dout is held so both products share its conversion. */
-    const int bf16 = matmul_bf16_operands_cuda(BT, di, d);
     if (bf16) {
-        uint16_t *gated16 = (uint16_t *)w.gated, *dz16 = (uint16_t *)w.dz;
+        uint16_t *gated16 = (uint16_t *)w.gated, *dz16 = dxz16 + di;
         matmul_hold_input_cuda(dout, (size_t)BT * d);
         matmul_backward_bf16_operands_write_dinp_cuda(w.dgated, NULL, dout, NULL, NULL, NULL, P[P_OUT_PROJ], BT, di,
                                                       d, 0);
-        mamba_gate_backward_and_forward_bf16_cuda(gated16, dz16, w.dgated, v.y, v.z, n_inner, 0);
+        mamba_gate_backward_and_forward_bf16_cuda(gated16, dz16, w.dgated, v.y, v.z, (size_t)BT, di, 2 * di, 0);
         matmul_backward_bf16_operands_cuda(NULL, G[P_OUT_PROJ], dout, NULL, NULL, gated16, P[P_OUT_PROJ], BT, di, d,
                                            0);
         matmul_release_input_cuda();
@@ -450,9 +466,8 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
         mamba_gate_forward_cuda(w.gated, v.y, v.z, n_inner, 0);
         matmul_backward_write_dinp_cuda(w.dgated, G[P_OUT_PROJ], dout, w.gated, P[P_OUT_PROJ], BT, di, d, 0);
         /* dz = dgated ⊙ y ⊙ silu'(z) (written); then dgated becomes dy of the scan */
-        mamba_gate_backward_cuda(w.dz, w.dgated, v.y, v.z, n_inner, 0);
+        mamba_gate_backward_cuda(w.dxz + di, w.dgated, v.y, v.z, (size_t)BT, di, 2 * di, 0);
     }
-    /* (dz's in_proj product waits for dx1's at the end, so that x is converted once) */
 
     /* the scan writes du and dδ and accumulates the other four: they start at zero here,
      * except dD, which goes straight into the gradient; dA comes back summed over the
@@ -485,28 +500,23 @@ static void mamba_backward_cuda(Layer *layer, float *dx, const float *dout, cons
     else
         matmul_backward_cuda(w.du, G[P_X_PROJ], NULL, w.xdbl, v.u, W_x, BT, di, R + 2 * N, 0);
 
-    /* u = silu(conv): the conv's backward takes du and conv and applies silu'(conv) itself */
+    /* u = silu(conv): the conv's backward takes du and conv and applies silu'(conv) itself,
+     * and writes dx1 into the first half of dxz's rows */
     if (bf16) {   /* dx1 written as in_proj's bf16 output gradient */
-        causal_conv1d_backward_bf16_cuda((uint16_t *)w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.conv, v.x1,
-                                         P[P_CONV_W], B, T, di, s.k, 0);
-    } else {
-        CUDA_ZERO(w.dx1, n_inner);
-        causal_conv1d_backward_cuda(w.dx1, G[P_CONV_W], G[P_CONV_B], w.du, v.conv, v.x1, P[P_CONV_W], B, T, di,
-                                    s.k, 0);
+        causal_conv1d_backward_bf16_cuda(dxz16, G[P_CONV_W], G[P_CONV_B], w.du, v.conv, v.x1, P[P_CONV_W], B, T, di,
+                                         2 * di, s.k, 0);
+    } else {   /* dx1 accumulated: its columns zeroed first (the dz half holds the gate's dz) */
+        CUDA_CHECK(cudaMemset2DAsync(w.dxz, 2 * (size_t)di * sizeof(float), 0, (size_t)di * sizeof(float),
+                                     (size_t)BT, 0));
+        causal_conv1d_backward_cuda(w.dxz, G[P_CONV_W], G[P_CONV_B], w.du, v.conv, v.x1, P[P_CONV_W], B, T, di,
+                                    2 * di, s.k, 0);
     }
-    /* x is the input of both in_proj halves; dx gets dz's part first, as on the CPU */
-    matmul_hold_input_cuda(x, (size_t)BT * d);
-    if (bf16) {   /* (BT, d, di): in_proj's halves have out_proj's dimensions, so bf16 agrees */
-        matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, (const uint16_t *)w.dz, x,
-                                           NULL, W_in + (size_t)di * d, BT, d, di, 0);
-        matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ], NULL, (const uint16_t *)w.dx1, x, NULL, W_in, BT, d, di,
-                                           0);
-    } else {
-        matmul_backward_cuda(dx, G[P_IN_PROJ] + (size_t)di * d, NULL, w.dz, x, W_in + (size_t)di * d, BT, d,
-                             di, 0);
-        matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dx1, x, W_in, BT, d, di, 0);
-    }
-    matmul_release_input_cuda();
+    /* [x1, z] = x W_inᵀ: one product over both halves (OC = 2di) from [dx1 | dz]. In bf16 the
+     * precision's shape rule holds for it wherever it held for out_proj's (BT, di, d). */
+    if (bf16)
+        matmul_backward_bf16_operands_cuda(dx, G[P_IN_PROJ], NULL, dxz16, x, NULL, W_in, BT, d, 2 * di, 0);
+    else
+        matmul_backward_cuda(dx, G[P_IN_PROJ], NULL, w.dxz, x, W_in, BT, d, 2 * di, 0);
 }
 #define MAMBA_CUDA .forward_cuda = mamba_forward_cuda, .backward_cuda = mamba_backward_cuda,
 #else

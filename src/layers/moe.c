@@ -127,15 +127,17 @@ static size_t moe_saved_layout(MoeSaved *s, float *base, MoeDims m) {
 /* Temporaries in ctx->scratch. Forward uses xg, act, cursor, sums; backward all but
  * cursor and sums. On CUDA the cursor is a host array (MoeCudaHost) and its slot here
  * goes unused (E floats): one layout for both devices keeps the sizes in one place.
+ * act and dup are adjacent regions: the CUDA backward writes ∂L/∂gate_pre and ∂L/∂up_pre side
+ * by side as one (R, 2H) array from act's start on, over both (moe_backward_cuda).
  * In bf16 (moe_forward_cuda, moe_backward_cuda) the same regions hold bf16 arrays of half the
- * floats: xg16 at xg's start, deo16 at deo's, h16 at dup's, dgate16 and dup16 in act
+ * floats: xg16 at xg's start, deo16 at deo's, the (R, 2H) gradients in act, h16 at dup's
  * (moe_bf16_operands). */
 typedef struct MoeScratch {   /* R rows as in MoeSaved */
     float *xg;          /* (R, d) gathered input rows */
     float *act;         /* (R, H) silu(gate)⊙up; in backward then ∂L/∂gate_pre */
+    float *dup;         /* (R, H) ∂L/∂up_pre */
     float *deo;         /* (R, d) backward: ∂L/∂eo, then (once the down products are done) ∂L/∂xg */
     float *dact;        /* (R, H) ∂L/∂act */
-    float *dup;         /* (R, H) ∂L/∂up_pre */
     float *dlogits;     /* (N, E) */
     float *dweight;     /* (N, k) ∂L/∂w */
     int   *cursor;      /* (E)    fill position per expert while grouping */
@@ -148,8 +150,8 @@ static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
     size_t at[9];
     at[0] = layout_take(&o, R * m.d);
     at[1] = layout_take(&o, R * m.H);
-    at[2] = layout_take(&o, R * m.d);
-    at[3] = layout_take(&o, R * m.H);
+    at[2] = layout_take(&o, R * m.H);
+    at[3] = layout_take(&o, R * m.d);
     at[4] = layout_take(&o, R * m.H);
     at[5] = layout_take(&o, N * m.E);
     at[6] = layout_take(&o, S);
@@ -158,9 +160,9 @@ static size_t moe_scratch_layout(MoeScratch *s, float *base, MoeDims m) {
     if (s) {
         s->xg = base + at[0];
         s->act = base + at[1];
-        s->deo = base + at[2];
-        s->dact = base + at[3];
-        s->dup = base + at[4];
+        s->dup = base + at[2];
+        s->deo = base + at[3];
+        s->dact = base + at[4];
         s->dlogits = base + at[5];
         s->dweight = base + at[6];
         s->cursor = (int *)(base + at[7]);
@@ -599,17 +601,17 @@ static void moe_backward(Layer *layer, float *dx, const float *dy, const float *
  * (and their gradients) and ∂L/∂eo as bf16 written by the kernels that make them (ops_cuda.h,
  * "bf16 operands"); the blocks of one layer all take one path. Both shapes are asked:
  * matmul_bf16_operands_cuda is symmetric in C and OC today, but the backward's gate and up
- * products read the bf16 dgate16, dup16 that the down decision makes, so one flag must cover
- * both. Each (R, H) or (R, d) bf16 array is half the floats of its scratch region, and a
- * block's offset o·H or o·d (o a multiple of 64) is a multiple of 64 values, 128 bytes.
+ * product (d → 2H, which multiplies in bf16 wherever d → H does) reads the bf16 gradients
+ * that the down decision makes, so one flag must cover both. Each (R, H) or (R, d) bf16
+ * array is half the floats of its scratch region, and a block's offset o·H, o·2H or o·d (o a
+ * multiple of 64) is a multiple of 64 values, 128 bytes.
  * Where the bf16 arrays live:
  *   forward:  xg16 at xg's start; act16 = h at act's start
- *   backward: xg16 at xg's start; deo16 at deo's start; h16 at dup's start (dup itself is
- *             bf16 here, below); dgate16 at act's start, dup16 R·H values in; dact float32
- *             in dact.
- * h16, dgate16 and dup16 are written together (swiglu_backward_and_forward_bf16_cuda) and
+ *   backward: xg16 at xg's start; deo16 at deo's start; h16 at dup's start; the (R, 2H)
+ *             [dgate | dup]16 filling act; dact float32 in dact.
+ * h16 and [dgate | dup]16 are written together (swiglu_backward_and_forward_bf16_cuda) and
  * must not overlap; deo16 is read by the down products before anything is written over it
- * (dxg, by the gate and up products, issued after them on the same stream). */
+ * (dxg, by the gate and up product, issued after them on the same stream). */
 static int moe_bf16_operands(const int *start, int E, int d, int H) {
     for (int e = 0; e < E; e++) {
         const int count = start[e + 1] - start[e];
@@ -755,12 +757,20 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
 
     /* dw from the saved expert outputs (only read), deo = w·dy; then the down projection and
      * the SwiGLU gate. Each expert's rows of dact (and below of dxg) start from its own
-     * product: written (β = 0), not zeroed and accumulated into; the blocks cover all rows. */
-    float *dgate = sc.act;
-    uint16_t *dgate16 = (uint16_t *)sc.act, *dup16 = dgate16 + (size_t)rows * H;
+     * product: written (β = 0), not zeroed and accumulated into; the blocks cover all rows.
+     * The gate's backward writes ∂L/∂gate_pre and ∂L/∂up_pre side by side, row r of one
+     * (rows, 2H) array being [dgate[r, :] | dup[r, :]], for the gate and up projections taken
+     * as one product (as in the dense FFN, layers/ffn_dense.c: an expert's up weight follows
+     * its gate weight, so they are one (2H, d) weight, and so are their gradients). Its
+     * padding rows are zeros, as g, u and dact are there (products of zero rows). */
+    const size_t two_H = 2 * (size_t)H;
+    BRAID_CHECK(sc.act + (size_t)rows * two_H <= sc.deo,
+                "moe backward (cuda): act and dup do not hold the (rows, 2H) gate and up gradients");
+    float *dgate_up = sc.act;
+    uint16_t *dgate_up16 = (uint16_t *)sc.act;
     if (bf16) {
         /* deo written as bf16 by the combine's backward; dact from it (the dinp product only),
-         * then one SwiGLU pass over g, u writes h16 (for dW_down), dgate16 and dup16, then the
+         * then one SwiGLU pass over g, u writes h16 (for dW_down) and [dgate | dup]16, then the
          * dW_down products read deo16 and h16: no float32 act, nothing converted */
         uint16_t *deo16 = (uint16_t *)sc.deo, *h16 = (uint16_t *)sc.dup;
         moe_combine_backward_bf16_cuda(sc.dweight, deo16, sv.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
@@ -771,8 +781,8 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
                                                           NULL, NULL, layer->params[moe_param_down(e)], count, H,
                                                           d, 0);
         }
-        swiglu_backward_and_forward_bf16_cuda(h16, dgate16, dup16, sc.dact, sv.gate_pre, sv.up_pre,
-                                              (size_t)rows * H, 0);
+        swiglu_backward_and_forward_bf16_cuda(h16, dgate_up16, dgate_up16 + H, sc.dact, sv.gate_pre, sv.up_pre,
+                                              (size_t)rows * H, H, 2 * H, 0);
         for (int e = 0; e < E; e++) {
             const int o = start[e], count = start[e + 1] - o;
             if (count == 0) continue;
@@ -781,7 +791,8 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
                                                H, d, 0);
         }
     } else {
-        /* act recomputed in float32 for dW_down (elementwise; eo itself is saved) */
+        /* act recomputed in float32 for dW_down (elementwise; eo itself is saved); the down
+         * products are its last readers, so the gradients may then be written over it */
         swiglu_forward_cuda(sc.act, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
         moe_combine_backward_cuda(sc.dweight, sc.deo, sv.eo, dy, sv.weight, sv.slot_of, N, k, d, 0);
         for (int e = 0; e < E; e++) {
@@ -791,32 +802,29 @@ static void moe_backward_cuda(Layer *layer, float *dx, const float *dy, const fl
                                             sc.deo + (size_t)o * d, sc.act + (size_t)o * H,
                                             layer->params[moe_param_down(e)], count, H, d, 0);
         }
-        swiglu_backward_cuda(dgate, sc.dup, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, 0);
+        swiglu_backward_cuda(dgate_up, dgate_up + H, sc.dact, sv.gate_pre, sv.up_pre, (size_t)rows * H, H, 2 * H, 0);
     }
 
-    /* gate and up projections; deo's buffer becomes dxg (every down product, the last
-     * reader of deo, is queued before on the same stream) */
+    /* the gate and up projections, one product of 2H outputs an expert; deo's buffer becomes
+     * dxg (every down product, the last reader of deo, is queued before on the same stream) */
     float *dxg = sc.deo;
     for (int e = 0; e < E; e++) {
         const int o = start[e], count = start[e + 1] - o;
         if (count == 0) continue;
-        const float *w_gate = layer->params[moe_param_gate(e)], *w_up = layer->params[moe_param_up(e)];
-        if (bf16) {   /* every operand bf16 already: nothing to hold or convert */
-            const uint16_t *xg16_rows = xg16 + (size_t)o * d;
-            matmul_backward_bf16_operands_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
-                                                          NULL, dgate16 + (size_t)o * H, NULL, xg16_rows, w_gate,
-                                                          count, d, H, 0);
-            matmul_backward_bf16_operands_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL,
-                                               dup16 + (size_t)o * H, NULL, xg16_rows, w_up, count, d, H, 0);
+        const float *w_gate = layer->params[moe_param_gate(e)];
+        float *dw_gate = layer->grads[moe_param_gate(e)];
+        BRAID_CHECK(layer->params[moe_param_up(e)] == w_gate + (size_t)H * d &&
+                        layer->grads[moe_param_up(e)] == dw_gate + (size_t)H * d,
+                    "moe backward (cuda): expert %d's up_proj.weight (or its gradient) does not directly follow "
+                    "its gate_proj.weight, which the one product over both reads as one (2H, d) weight", e);
+        if (bf16) {   /* every operand bf16 already: nothing to convert */
+            matmul_backward_bf16_operands_write_dinp_cuda(dxg + (size_t)o * d, dw_gate, NULL,
+                                                          dgate_up16 + (size_t)o * two_H, NULL, xg16 + (size_t)o * d,
+                                                          w_gate, count, d, 2 * H, 0);
             continue;
         }
-        const float *xg = sc.xg + (size_t)o * d;
-        matmul_hold_input_cuda(xg, (size_t)count * d);
-        matmul_backward_write_dinp_cuda(dxg + (size_t)o * d, layer->grads[moe_param_gate(e)],
-                                        dgate + (size_t)o * H, xg, w_gate, count, d, H, 0);
-        matmul_backward_cuda(dxg + (size_t)o * d, layer->grads[moe_param_up(e)], NULL, sc.dup + (size_t)o * H,
-                             xg, w_up, count, d, H, 0);
-        matmul_release_input_cuda();
+        matmul_backward_write_dinp_cuda(dxg + (size_t)o * d, dw_gate, dgate_up + (size_t)o * two_H,
+                                        sc.xg + (size_t)o * d, w_gate, count, d, 2 * H, 0);
     }
 
     /* back to tokens, ranks in order (deterministic, no atomics) */
