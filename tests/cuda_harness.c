@@ -221,6 +221,10 @@ void *cuda_test_device_poisoned_bytes(size_t bytes) {
     return p;
 }
 
+void cuda_test_copy_rows_strided(void *dst, size_t ld, const void *src, size_t rows, size_t cols, size_t size) {
+    CUDA_CHECK(cudaMemcpy2D(dst, ld * size, src, cols * size, cols * size, rows, cudaMemcpyDeviceToDevice));
+}
+
 void cuda_test_check_same_bits(const char *op, const char *shape, const void *d_got, const void *d_want,
                                size_t bytes) {
     unsigned char *got = braid_malloc(bytes, "got"), *want = braid_malloc(bytes, "want");

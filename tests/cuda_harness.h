@@ -93,6 +93,10 @@ void *cuda_test_device_poisoned_bytes(size_t bytes);
  * output against the flat one placed in its rows). */
 void cuda_test_check_same_bits(const char *op, const char *shape, const void *d_got, const void *d_want,
                                size_t bytes);
+/* rows × cols elements of `size` bytes from the flat device array src into the device array
+ * dst, whose rows lie ld elements apart (dst[r·ld + c]), waiting for the copy; the rest of dst
+ * is left as it is: a flat output placed where a strided call should have written it. */
+void cuda_test_copy_rows_strided(void *dst, size_t ld, const void *src, size_t rows, size_t cols, size_t size);
 
 /* Waits for the whole device, then copies n floats back into a new host buffer. The whole
  * device rather than one stream: some tests queue on their own stream, some on the default

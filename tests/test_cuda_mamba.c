@@ -127,15 +127,9 @@ END_TEST
  * Each producer is called twice on the same inputs: flat (ld = cols) and into its half of an
  * interleaved array that starts poisoned (bytes 0xFF) with a guard after it. The expected
  * interleaved array is the same poison with the flat output copied into that half's columns
- * (copy_rows_strided), so one whole-allocation bits check finds both a value that differs
- * from the flat call's and a write into the other half, between the rows or past the end. */
-
-/* rows × cols elements of `size` bytes from the flat device array src into dst, whose rows lie
- * ld elements apart (dst[r·ld + c]); the rest of dst is left as it is */
-static void copy_rows_strided(void *dst, int ld, const void *src, size_t rows, int cols, size_t size) {
-    CUDA_CHECK(cudaMemcpy2D(dst, (size_t)ld * size, src, (size_t)cols * size, (size_t)cols * size, rows,
-                            cudaMemcpyDeviceToDevice));
-}
+ * (cuda_test_copy_rows_strided), so one whole-allocation bits check finds both a value that
+ * differs from the flat call's and a write into the other half, between the rows or past the
+ * end. */
 
 /* The gate's backward in the layer's two precisions: float32 writes dz; bf16, the fused
  * kernel, writes gated and dz as bf16. dz's rows ld apart. */
@@ -185,7 +179,7 @@ START_TEST(mamba_gate_backward_strided_dz_matches_flat) {
                           d_z + shift, rows, cols, cols);
             gate_backward(bf16, rows_gated + shift * es, got + (shift + cols) * es, rows_dg + shift, d_y + shift,
                           d_z + shift, rows, cols, ld);
-            copy_rows_strided(want + (shift + cols) * es, ld, flat_dz + shift * es, rows, cols, es);
+            cuda_test_copy_rows_strided(want + (shift + cols) * es, (size_t)ld, flat_dz + shift * es, rows, cols, es);
             cuda_test_check_same_bits(op, shape, got, want, rows_bytes);
             cuda_test_check_same_bits("gate backward, strided dz: dgated", shape, rows_dg, flat_dg, fbytes);
             if (bf16)
@@ -238,13 +232,13 @@ START_TEST(conv1d_backward_strided_dx_matches_flat) {
                                                  C, ld, K, 0);
             } else {   /* dx starts from the same values in both layouts */
                 CUDA_CHECK(cudaMemcpy(flat_dx, dx, n * sizeof(float), cudaMemcpyHostToDevice));
-                copy_rows_strided(got, ld, flat_dx, rows, C, es);
+                cuda_test_copy_rows_strided(got, (size_t)ld, flat_dx, rows, (size_t)C, es);
                 causal_conv1d_backward_cuda((float *)flat_dx, flat_dw, flat_dbias, d_dout, d_pre, d_x, d_w, Bsz, T, C,
                                             C, K, 0);
                 causal_conv1d_backward_cuda((float *)got, rows_dw, rows_dbias, d_dout, d_pre, d_x, d_w, Bsz, T, C, ld,
                                             K, 0);
             }
-            copy_rows_strided(want, ld, flat_dx, rows, C, es);
+            cuda_test_copy_rows_strided(want, (size_t)ld, flat_dx, rows, (size_t)C, es);
             cuda_test_check_same_bits(op, shape, got, want, rows_bytes);
             cuda_test_check_same_bits("conv backward, strided dx: dweight", shape, rows_dw, flat_dw,
                                       nw * sizeof(float));

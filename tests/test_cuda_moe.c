@@ -827,6 +827,20 @@ static void check_same_layer_bits(const LayerHarness *h, size_t n, const float *
     }
 }
 
+/* The layer of the two bit-for-bit tests below: B 2 × T 64, d 64, 4 experts top-2 of hidden
+ * 128 (sizes bf16 takes: multiples of 8, ≥ 64); its config written to *cfg (the harness keeps
+ * a pointer to it), dy drawn. */
+static const LayerCase BITS_CASE = {2, 64, 64, 4, 2, 128, 1, 0.01f, 0.01f, -1, 1010};
+static LayerHarness *bits_harness(Config *cfg) {
+    const LayerCase *c = &BITS_CASE;
+    *cfg = layer_config(c);
+    LayerHarness *h = harness_create(&moe_kind, cfg, c->B, c->T, c->seed, 0.05f);
+    Rng rng;
+    rng_seed(&rng, c->seed + 17);
+    rng_fill_normal(&rng, h->dy, (size_t)c->B * c->T * c->d, 1.0f);
+    return h;
+}
+
 /* The backward reads the forward's saved expert outputs and writes nothing saved: a second
  * backward of one forward gives the same bits (_i = 0: float32 matmuls). _i = 1: bf16
  * matmuls, with the sizes bf16 takes (d, H multiples of 8, ≥ 64; expert blocks padded to
@@ -835,14 +849,11 @@ static void check_same_layer_bits(const LayerHarness *h, size_t n, const float *
  * and every gradient must agree to the bit (as test_cuda_model's
  * bf16_operands_from_their_producers_change_no_bit, here for the layer alone). */
 START_TEST(test_layer_backward_twice_and_bf16_producers_agree) {
-    const LayerCase c = {2, 64, 64, 4, 2, 128, 1, 0.01f, 0.01f, -1, 1010};
+    const LayerCase c = BITS_CASE;
     const int bf16 = _i == 1;
-    Config cfg = layer_config(&c);
-    LayerHarness *h = harness_create(&moe_kind, &cfg, c.B, c.T, c.seed, 0.05f);
+    Config cfg;
+    LayerHarness *h = bits_harness(&cfg);
     const size_t n = (size_t)c.B * c.T * c.d, P = h->params.total;
-    Rng rng;
-    rng_seed(&rng, c.seed + 17);
-    rng_fill_normal(&rng, h->dy, n, 1.0f);
     float *y[2], *dx[2], *g[2];
     for (int r = 0; r < 2; r++) {
         y[r] = malloc(n * sizeof(float)); dx[r] = malloc(n * sizeof(float)); g[r] = malloc(P * sizeof(float));
@@ -880,13 +891,10 @@ END_TEST
  * in a forward and two backwards (the router's 4-wide products stay float32): no conversion
  * of the gathered rows per expert is left; run 2 converts (the counter's own check). */
 START_TEST(test_layer_bf16_gather_from_offered_copy_changes_no_bit) {
-    const LayerCase c = {2, 64, 64, 4, 2, 128, 1, 0.01f, 0.01f, -1, 1010};
-    Config cfg = layer_config(&c);
-    LayerHarness *h = harness_create(&moe_kind, &cfg, c.B, c.T, c.seed, 0.05f);
+    const LayerCase c = BITS_CASE;
+    Config cfg;
+    LayerHarness *h = bits_harness(&cfg);
     const size_t n = (size_t)c.B * c.T * c.d, P = h->params.total;
-    Rng rng;
-    rng_seed(&rng, c.seed + 17);
-    rng_fill_normal(&rng, h->dy, n, 1.0f);
     static const char *names[3] = {"producers on, no copy offered", "producers on, x's copy offered",
                                    "producers off"};
     float *y[3], *dx[3], *g[3];

@@ -834,13 +834,13 @@ static void swiglu_inputs_on_device(float *in[3], float *d_in_base[3], float *d_
     }
 }
 
+/* want's rows ld apart = [dgate | … | dup at column up_col], from the flat outputs (the rest of
+ * want left as it is) */
 static void interleave_rows(void *want, const void *dgate, const void *dup, size_t rows, size_t H, size_t ld,
                             size_t up_col, size_t es, size_t shift) {
     char *at = (char *)want + shift * es;
-    const char *g = (const char *)dgate + shift * es, *u = (const char *)dup + shift * es;
-    CUDA_CHECK(cudaMemcpy2DAsync(at, ld * es, g, H * es, H * es, rows, cudaMemcpyDeviceToDevice, stream));
-    CUDA_CHECK(cudaMemcpy2DAsync(at + up_col * es, ld * es, u, H * es, H * es, rows, cudaMemcpyDeviceToDevice,
-                                 stream));
+    cuda_test_copy_rows_strided(at, ld, (const char *)dgate + shift * es, rows, H, es);
+    cuda_test_copy_rows_strided(at + up_col * es, ld, (const char *)dup + shift * es, rows, H, es);
 }
 
 /* The SwiGLU backward with its gradients as rows ld apart (ld = 2H, dup = dgate + H: the layers'

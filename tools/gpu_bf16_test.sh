@@ -90,8 +90,8 @@ if [ $status -eq 0 ] && [ $mutants -eq 1 ]; then
     cmake --build "$build" -j"$jobs" --target test_cuda_moe >>"$out/mutants.log" 2>&1
     # in_proj's output gradient written as one [dx1 | dz] array (test_cuda_mamba's strided tests)
     MUTANT_TARGET=test_cuda_mamba
-    mutant mamba_glue.cu 's/if (ld == cols) return W \* i;/return W * i;/' \
-        "mamba gate: dz written flat whatever its row stride"
+    mutant grid.cuh 's/return ld == row ? j : j \/ row \* ld + j % row;/return j;/' \
+        "mamba gate: dz written flat whatever its row stride (grid.cuh row_strided)"
     mutant conv1d.cu 's/DX \*dx_t = dx + ((size_t)w.b \* T + t) \* dx_ld + w.c;/DX *dx_t = dx + ((size_t)w.b * T + t) * C + w.c;/' \
         "conv1d: dx rows C apart whatever dx_ld"
     cmake --build "$build" -j"$jobs" --target test_cuda_mamba >>"$out/mutants.log" 2>&1

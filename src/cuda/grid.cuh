@@ -84,6 +84,17 @@ static inline bool aligned16(size_t n, P... ptrs) {
     return n % 4 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % 16 == 0) && ...);
 }
 
+/* Element j of a flat [rows, row] array in one whose rows lie ld apart (an output written
+ * beside another in the rows of one array: the layers' [dg | du] and [dx1 | dz]). ld == row
+ * (flat) is one uniform branch, no division. */
+__device__ __forceinline__ size_t row_strided(size_t j, size_t row, size_t ld) {
+    return ld == row ? j : j / row * ld + j % row;
+}
+
+/* Whether pieces of W = 4, which start at multiples of 4 in the flat order, stay inside one
+ * row of such an output and keep its 16-byte (bf16: 8-byte) alignment. */
+static inline bool lanes_fit_rows(size_t row, size_t ld) { return ld == row || (row % 4 == 0 && ld % 4 == 0); }
+
 /* kernel<4> over n / 4 pieces when vec (aligned16 of the kernel's arrays), else kernel<1>
  * over n: the launch of every elementwise kernel written over W (256 threads a block). */
 #define LAUNCH_ELEMENTWISE(kernel, n, stream, vec, ...)                                    \

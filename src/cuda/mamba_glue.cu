@@ -51,18 +51,6 @@ __global__ void mamba_gate_forward_kernel(Out *gated, const float *y, const floa
     }
 }
 
-/* Where piece i (W elements from element W·i of a flat rows × cols array) goes in dz, whose
- * rows are ld elements apart: in_proj's output gradient holds dz beside dx1 in each row
- * (layers/mamba.c). ld == cols is the flat layout (mamba_gate_backward_bf16_cuda, only ever
- * flat, passes 0, 0), a branch uniform over the grid; else W divides cols, so a piece never
- * crosses a row. */
-template <int W>
-__device__ __forceinline__ size_t dz_piece_at(size_t i, int cols, int ld) {
-    if (ld == cols) return W * i;
-    const size_t cw = cols / W;
-    return i / cw * ld + W * (i % cw);
-}
-
 /* With g = dgated on entry:  dz = g ⊙ y ⊙ silu'(z) (written);  g ← g ⊙ silu(z), the
  * gradient reaching the scan's y. Both from the one read of g, z. DZ float, or
  * __nv_bfloat16 where dz is in_proj's bf16 output gradient; dz's rows ld apart. */
@@ -77,7 +65,7 @@ __global__ void mamba_gate_backward_kernel(DZ *dz, float *dgated, const float *y
             d[e] = g[e] * yy[e] * device_silu_grad(zz[e]);
             g[e] = g[e] * device_silu(zz[e]);
         }
-        store_lanes<W>(dz + dz_piece_at<W>(i, cols, ld), d);
+        store_lanes<W>(dz + row_strided(W * i, cols, ld), d);
         store_lanes<W>(dgated + W * i, g);
     }
 }
@@ -104,7 +92,7 @@ __global__ void mamba_gate_backward_and_forward_kernel(__nv_bfloat16 *gated, __n
             g[e] = g[e] * s;
         }
         store_lanes<W>(gated + W * i, gt);
-        store_lanes<W>(dz + dz_piece_at<W>(i, cols, ld), d);
+        store_lanes<W>(dz + row_strided(W * i, cols, ld), d);
         store_lanes<W>(dgated + W * i, g);
     }
 }
@@ -156,16 +144,12 @@ extern "C" void mamba_gate_forward_cuda(float *gated, const float *y, const floa
     LAUNCH_ELEMENTWISE(mamba_gate_forward_kernel, n, stream, aligned16(n, gated, y, z), gated, y, z, n);
 }
 
-/* float4 pieces for a dz whose rows are ld apart: the flat test, and pieces that stay inside a
- * row and start 16-byte aligned in it (as bf16, 8-byte: grid.cuh's store_lanes) */
-static bool dz_rows_vec_ok(int cols, int ld) { return ld == cols || (cols % 4 == 0 && ld % 4 == 0); }
-
 extern "C" void mamba_gate_backward_cuda(float *dz, float *dgated, const float *y, const float *z, size_t rows,
                                          int cols, int dz_ld, cudaStream_t stream) {
     const size_t n = rows * (size_t)cols;
     if (n == 0) return;
     LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream,
-                       dz_rows_vec_ok(cols, dz_ld) && aligned16(n, dz, dgated, y, z), dz, dgated, y, z, n, cols,
+                       lanes_fit_rows(cols, dz_ld) && aligned16(n, dz, dgated, y, z), dz, dgated, y, z, n, cols,
                        dz_ld);
 }
 
@@ -180,6 +164,7 @@ extern "C" void mamba_gate_backward_bf16_cuda(uint16_t *dz, float *dgated, const
                                               size_t n, cudaStream_t stream) {
     if (n == 0) return;
     __nv_bfloat16 *d = (__nv_bfloat16 *)dz;
+    /* only ever flat: row = ld = 0 takes row_strided's flat branch */
     LAUNCH_ELEMENTWISE(mamba_gate_backward_kernel, n, stream, aligned16(n, d, dgated, y, z), d, dgated, y, z, n, 0,
                        0);
 }
@@ -191,7 +176,7 @@ extern "C" void mamba_gate_backward_and_forward_bf16_cuda(uint16_t *gated, uint1
     if (n == 0) return;
     __nv_bfloat16 *g = (__nv_bfloat16 *)gated, *d = (__nv_bfloat16 *)dz;
     LAUNCH_ELEMENTWISE(mamba_gate_backward_and_forward_kernel, n, stream,
-                       dz_rows_vec_ok(cols, dz_ld) && aligned16(n, g, d, dgated, y, z), g, d, dgated, y, z, n, cols,
+                       lanes_fit_rows(cols, dz_ld) && aligned16(n, g, d, dgated, y, z), g, d, dgated, y, z, n, cols,
                        dz_ld);
 }
 

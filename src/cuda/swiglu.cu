@@ -26,16 +26,6 @@ __global__ void swiglu_forward_kernel(Out *out, const float *gate, const float *
     }
 }
 
-/* Where element j of a flat [rows, H] array lies in one whose rows are ld apart. ld == H
- * (flat) is one uniform branch, no division. */
-__device__ __forceinline__ size_t row_strided(size_t j, size_t H, size_t ld) {
-    return ld == H ? j : j / H * ld + j % H;
-}
-
-/* Whether W = 4 lanes, which start at multiples of 4 in the flat order, stay inside one row
- * of the strided output and keep its 16-byte (bf16: 8-byte) alignment. */
-static inline bool lanes_fit_rows(size_t H, size_t ld) { return ld == H || (H % 4 == 0 && ld % 4 == 0); }
-
 template <int W, typename Out>
 __global__ void swiglu_backward_kernel(Out *dgate, Out *dup, const float *dout, const float *gate,
                                        const float *up, size_t n, size_t H, size_t ld) {
