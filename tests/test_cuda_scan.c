@@ -4,10 +4,10 @@
  * Inputs are seeded random, never zeros: u, B, C, dy normal; δ uniform in [0.001, 0.5]
  * (softplus outputs of a trained Mamba live around there); A = −(n+1)·U[0.5, 1.5] (the
  * init's −exp(A_log) = −(n+1), jittered), so exp(δA) spans 0.0003 … 1. Shapes cover
- * B 1…4, T 1, 7, 64, 129, 300, di 16…256, N 4, 5 (not a power of two), 16, 32 and chunk 8,
- * 24, 64, 300 (and chunk ≥ T), channel counts that leave a block half full; both staging paths of
- * the kernels (16-byte pieces where channels and N are multiples of 4, else 4-byte: the
- * N = 5 and 38-channel shapes).
+ * B 1…4, T 1, 7, 64, 129, 160, 200, 300, di 16…256, N 4, 5 (not a power of two), 8, 16, 32
+ * and chunk 8, 16, 24, 32, 48, 64, 300 (and chunk ≥ T), channel counts that leave a block
+ * half full; both staging paths of the kernels (16-byte pieces where channels and N are
+ * multiples of 4, else 4-byte: the N = 5 and 38-channel shapes).
  * Outputs a kernel WRITES (y, chunk_states, conv out) are poisoned first (bytes 0xFF, a
  * NaN), so an unwritten element fails; gradients a kernel ACCUMULATES into start from the
  * same random values on both sides, so adding (not overwriting) is what gets checked.
@@ -156,6 +156,8 @@ static const ScanShape scan_shapes[] = {
     {1, 300, 32, 16, 300, 1}, /* one chunk of 19 sub-tiles: long walks from the checkpoint */
     {2, 50, 38, 16, 8, 1},    /* channels not a multiple of 4: the kernels' 4-byte staging */
     {2, 200, 64, 8, 32, 1},   /* N = 8 (2 threads a channel), chunk = the forward's tile, ragged */
+    {2, 160, 64, 16, 16, 1},  /* chunk 16 (jamba-small's): two saves in each full forward tile */
+    {1, 200, 40, 16, 48, 1},  /* chunk 48: a multiple of the forward's save group, not its tile */
 };
 #define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
 

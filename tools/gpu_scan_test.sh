@@ -82,13 +82,22 @@ MUTANT_TARGET=test_cuda_scan MUTANT_TIMEOUT=60
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     # patterns for the scan kernels as they are (4 states a thread, sub-tile checkpoints, the
     # forward's y partials summed after each tile)
-    mutant scan.cu 's/= fmaf(Dq, uu, p_y);/= p_y;/' "scan forward drops D·u"
+    mutant scan.cu 's/return fmaf(Dq, uu, p_y);/return p_y;/' "scan forward drops D·u"
     mutant scan.cu 's/for (int e = 0; e < 4; e++) out\[(4 \* k + e) \/ YP\] += w\[e\];/for (int e = 0; e < 4; e++) out[(4 * k + e) \/ YP] = w[e];/' \
         "scan forward y keeps one of a channel's partials"
     mutant scan.cu 's/for (int off = 1; off < PER; off \*= 2) p_y +=/for (int off = 2; off < PER; off *= 2) p_y +=/' \
         "scan forward y partial misses its pair's sum"
-    mutant scan.cu 's/const bool save_at_tiles = chunk % L == 0;/const bool save_at_tiles = chunk % 8 == 0;/' \
-        "scan forward saves chunk states only at tile starts, chunks not tile-aligned"
+    mutant scan.cu 's/const bool save_at_groups = chunk % SCAN_FWD_GROUP == 0;/const bool save_at_groups = chunk % 8 == 0;/' \
+        "scan forward checks chunk saves once a group, chunks not group-aligned"
+    mutant scan.cu 's/if (!ENDS \&\& t0 + g == next_save) save_state();/if (!ENDS \&\& g == 0 \&\& t0 + g == next_save) save_state();/' \
+        "scan forward checks chunk saves only at tile starts"
+    mutant scan.cu 's/for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv\[k\]);/for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv[k \/ 2]);/' \
+        "scan forward stores a batch's y partials to the wrong steps"
+    mutant scan.cu 's/if (s < len) states\[(s + 1) \* SCAN_THREADS + tid\] = recompute(s);/if (s + 1 < len) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);/' \
+        "scan backward recompute skips an odd sub-tile's last state"
+    mutant scan.cu 's/put_reverse(s, o1);/put_reverse(s - 1, o1);/' "scan backward stores a pair's results to the wrong step"
+    mutant scan.cu 's/if (s == 0) put_reverse(0, reverse(0));/if (s == 0) reverse(0);/' \
+        "scan backward drops an odd sub-tile's first step"
     mutant scan.cu 's/if (du) du\[at\] = overwrite ? du_t\[i\] : du\[at\] + du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
     mutant scan.cu 's/if (du) \*(float4 \*)(du + at) = \*(const float4 \*)(du_t + s \* CB + jj);/if (du) add4(du + at, *(const float4 *)(du_t + s * CB + jj));/' \
         "scan write variant accumulates du onto what was there"
@@ -107,8 +116,10 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant conv1d.cu 's/y.v\[p\] = device_silu(y.v\[p\]);/y.v[p] = device_silu(-y.v[p]);/' "conv forward's silu of −a"
     mutant conv1d.cu 's/g.v\[p\] \*= device_silu_grad(a.v\[p\]);/g.v[p] *= device_silu_grad(a.v[0]);/' "conv through silu: every lane takes the first lane's silu'"
     mutant conv1d.cu 's/win\[i\] = t < T ? dout_row(t) : zero_lanes<P>();/win[i] = t < T ? load_lanes<P>(dout + base + (size_t)t * C) : zero_lanes<P>();/' "conv through silu: the first window rows skip the silu'"
-    mutant scan.cu 's/gd.w \* -expm1f(-d.w));/gd.w);/' "scan softplus: one lane of four left as dδ (float4 path)"
-    mutant scan.cu 's/softplus ? ddt_t\[i\] \* -expm1f(-dt_t\[i\])/softplus ? ddt_t[i] * -expm1f(-dt_t[i + 1])/' "scan softplus takes the next step's δ (4-byte path)"
+    mutant scan.cu 's/gd.z \* sigmoid_of_softplus(d.z), gd.w \* sigmoid_of_softplus(d.w));/gd.z * sigmoid_of_softplus(d.z), gd.w);/' "scan softplus: one lane of four left as dδ (float4 path)"
+    mutant scan.cu 's/softplus ? ddt_t\[i\] \* sigmoid_of_softplus(dt_t\[i\])/softplus ? ddt_t[i] * sigmoid_of_softplus(dt_t[i + 1])/' "scan softplus takes the next step's δ (4-byte path)"
+    mutant scan.cu 's/-1.0f \/ 24), 1.0f \/ 6), -0.5f), 1.0f);/-1.0f \/ 24), 1.0f \/ 6), -0.4f), 1.0f);/' "scan softplus series below 1/4 wrong"
+    mutant scan.cu 's/: 1.0f - ex2(-d \* LOG2E);/: 1.0f - ex2(-d);/' "scan softplus above 1/4 forgets log2 e"
     mutant scan.cu 's/SCAN_BWD_WRITE | (delta_softplus ? SCAN_BWD_DELTA_SOFTPLUS : 0)/SCAN_BWD_WRITE/' "scan write ignores delta_softplus"
     mutant conv1d.cu 's/if constexpr (std::is_same_v<DX, float>) d = load_lanes<P>(dx_t);/if constexpr (std::is_same_v<DX, float>) d = zero_lanes<P>();/' "conv1d dx overwritten, not accumulated"
     mutant conv1d.cu 's/for (int g = 0; g < CONV_WALKS; g++) sum +=/for (int g = 1; g < CONV_WALKS; g++) sum +=/' "conv1d dweight misses a walk"

@@ -71,7 +71,7 @@ void selective_scan_backward_cuda(float *du, float *ddelta, float *dA, float *dB
  * first); dA, dB, dC, dD still accumulate. The Mamba layer's du and dδ start from the
  * scan's, and zeroing them first and reading them back in the kernel cost ~10% of the
  * backward (docs/performance.md, "The scan's backward, part by part").
- * delta_softplus: δ is softplus(a) and ddelta gets da = dδ·σ(a) = dδ·(−expm1(−δ)) instead
+ * delta_softplus: δ is softplus(a) and ddelta gets da = dδ·σ(a) = dδ·(1 − e^{−δ}) instead
  * of dδ (the layer's next step, done as the values leave, not in a pass of its own). */
 void selective_scan_backward_write_cuda(float *du, float *ddelta, float *dA, float *dB, float *dC,
                                         float *dD, const float *dy, const float *u, const float *delta,

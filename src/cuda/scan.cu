@@ -46,7 +46,7 @@
  * du and dδ go out at the end of each sub-tile, added into the caller's (the op contract)
  * or written over them (selective_scan_backward_write_cuda, the Mamba layer's call: one
  * block owns each element, so nothing needs zeroing first or reading back); there dδ can
- * also leave already through δ = softplus(a) (da = dδ·(−expm1(−δ)), from the δ tile the
+ * also leave already through δ = softplus(a) (da = dδ·(1 − e^{−δ}), from the δ tile the
  * sub-tile staged), which saves the layer a pass that reads dδ and δ and writes da.
  * dB_t, dC_t are sums over all channels: each step a warp adds its channels' 8 values per
  * thread (dB and dC for 4 n) with a butterfly reduce-scatter (7 shuffles where plain xor
@@ -70,13 +70,15 @@
 #define SCAN_WARPS (SCAN_THREADS / 32)
 #define SCAN_NPT 4         /* states per thread: one float4 of n */
 #define SCAN_FWD_TILE 32   /* time steps staged per forward tile */
+#define SCAN_FWD_GROUP 16  /* steps between the forward's chunk-save checks (divides the tile) */
+#define SCAN_FWD_BATCH 8   /* steps computed before their y partials are stored (divides the group) */
 #define SCAN_BWD_TILE 16   /* time steps per backward sub-tile (its states live in smem) */
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 lets ptxas use 168 and ran 1.6× slower) */
 #define LOG2E 1.4426950408889634f
 #define SCAN_FWD_Y_ROUNDS 1
 /* the backward's flags: du and dδ WRITTEN (one block owns each element), not added into;
- * and dδ taken through δ = softplus(a), written as da = dδ·σ(a) = dδ·(−expm1(−δ)) */
+ * and dδ taken through δ = softplus(a), written as da = dδ·σ(a) = dδ·(1 − e^{−δ}) */
 #define SCAN_BWD_WRITE 1
 #define SCAN_BWD_DELTA_SOFTPLUS 2   /* shuffle rounds over a channel's partial y before it is stored */
 
@@ -159,6 +161,17 @@ struct RowRegs {
     }
 };
 
+/* σ(a) from δ = softplus(a): 1 − e^{−δ}, what the backward multiplies dδ by to leave as da.
+ * Below 1/4 a series to δ⁶ (1 − ex2 would cancel its leading digits: at δ = 0.001 a 2-ulp
+ * ex2 error is 1e-4 of the result), above it 1 − ex2(−δ log2 e); both within ~7e-7
+ * relative. expm1f's range reduction took ~45 instructions a value, 8% of the backward's
+ * at chunk 16; this takes ~11. */
+__device__ __forceinline__ float sigmoid_of_softplus(float d) {
+    const float series =
+        d * fmaf(d, fmaf(d, fmaf(d, fmaf(d, fmaf(d, -1.0f / 720, 1.0f / 120), -1.0f / 24), 1.0f / 6), -0.5f), 1.0f);
+    return fabsf(d) < 0.25f ? series : 1.0f - ex2(-d * LOG2E);
+}
+
 /* *dst += a for 4 floats (dst global, 16-byte aligned) */
 __device__ __forceinline__ void add4(float *dst, const float4 a) {
     float4 d = *(float4 *)dst;
@@ -218,8 +231,12 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
     const float Dq = q == 0 ? Dc : 0.0f;   /* D·u joins the partial of the channel's first thread */
-    /* chunk starts fall on tile starts: the state is saved once a tile, not checked per step */
-    const bool save_at_tiles = chunk % L == 0;
+    /* chunk starts fall on the starts of SCAN_FWD_GROUP-step groups (chunk a multiple of
+     * the group; segments and tiles start on chunk and group starts): the save is checked
+     * once a group in a full tile, not per step, which kept the step's unrolled code free
+     * of the save's address arithmetic (at chunk 16 the per-step check nearly doubled the
+     * time loop's instructions) */
+    const bool save_at_groups = chunk % SCAN_FWD_GROUP == 0;
     float dt_sum = 0.0f;                              /* ENDS: Σδ over the segment */
     int next_save = ts, save_chunk = ts / chunk;   /* the next chunk start (no t % chunk per step) */
     auto save_state = [&]() {   /* h is the state entering chunk save_chunk */
@@ -251,7 +268,8 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
         __syncthreads();     /* ... and everyone's; y_tile of tile−1 has been written out */
         const float *u_t = scan_smem + S::u + p * L * CB, *dt_t = scan_smem + S::dt + p * L * CB;
         const float *B_t = scan_smem + S::B + p * L * NP, *C_t = scan_smem + S::C + p * L * NP;
-        auto step = [&](int s) {
+        /* one step of the recurrence; returns this thread's partial of y_t (for put_y) */
+        auto step = [&](int s) -> float {
             if (ENDS) {   /* the recurrence alone */
                 const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
                 const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
@@ -259,9 +277,8 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
 #pragma unroll
                 for (int i = 0; i < SCAN_NPT; i++) h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
                 dt_sum += dt;
-                return;
+                return 0.0f;
             }
-            if (!save_at_tiles && t0 + s == next_save) save_state();
             const float dt = dt_t[s * CB + cl], uu = u_t[s * CB + cl], dtu = dt * uu;
             const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
             const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
@@ -274,15 +291,40 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
             }
 #pragma unroll
             for (int off = 1; off < PER; off *= 2) p_y += __shfl_xor_sync(0xffffffffu, p_y, off);
-            if (PER == 1 || q % PER == 0) y_tile[(s * CB + cl) * YP + q / PER] = fmaf(Dq, uu, p_y);
+            return fmaf(Dq, uu, p_y);
         };
-        if (!ENDS && save_at_tiles && t0 == next_save) save_state();
-        /* a full tile: a fixed trip count, so shared-memory offsets become immediates */
-        if (len == L) {
+        auto put_y = [&](int s, float v) {
+            if (!ENDS && (PER == 1 || q % PER == 0)) y_tile[(s * CB + cl) * YP + q / PER] = v;
+        };
+        /* A full tile: a fixed trip count, so shared-memory offsets become immediates, and
+         * SCAN_FWD_BATCH steps at a time store their y partials only after all of them are
+         * computed: the compiler cannot tell the y_tile stores from the input tiles' loads
+         * (one shared array), so a store between two steps kept the next step's loads from
+         * being issued before it, putting their latency on every step's path. */
+        if (len == L && (ENDS || save_at_groups)) {
+#pragma unroll 1
+            for (int g = 0; g < L; g += SCAN_FWD_GROUP) {
+                if (!ENDS && t0 + g == next_save) save_state();
+#pragma unroll
+                for (int s0 = g; s0 < g + SCAN_FWD_GROUP; s0 += SCAN_FWD_BATCH) {
+                    float yv[SCAN_FWD_BATCH];
+#pragma unroll
+                    for (int k = 0; k < SCAN_FWD_BATCH; k++) yv[k] = step(s0 + k);
+#pragma unroll
+                    for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv[k]);
+                }
+            }
+        } else if (len == L) {
 #pragma unroll 8
-            for (int s = 0; s < L; s++) step(s);
+            for (int s = 0; s < L; s++) {
+                if (t0 + s == next_save) save_state();
+                put_y(s, step(s));
+            }
         } else {
-            for (int s = 0; s < len; s++) step(s);
+            for (int s = 0; s < len; s++) {
+                if (!ENDS && t0 + s == next_save) save_state();
+                put_y(s, step(s));
+            }
         }
         __syncthreads();   /* y_tile complete; buffer p free for tile+2 */
         if (ENDS) continue;
@@ -509,20 +551,35 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             }
         } else {
             /* recompute the sub-tile's states: states[s][tid] = h_{ts0+s−1} (row 0: the
-             * start). Each thread reads back only its own column: no barrier needed. */
+             * start). Each thread reads back only its own column: no barrier needed.
+             * Two steps are computed before their states are stored, and the reverse pass
+             * below stores two steps' results after both: the compiler cannot tell these
+             * stores from the input tiles' loads (one shared array), so a store between
+             * two steps held the next step's loads (and everything after them) behind it. */
             states[tid] = make_float4(h[0], h[1], h[2], h[3]);
-#pragma unroll 2
-            for (int s = 0; s < len; s++) {
+            auto recompute = [&](int s) -> float4 {
                 const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
                 const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
                 const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w};
 #pragma unroll
                 for (int i = 0; i < SCAN_NPT; i++) h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
-                states[(s + 1) * SCAN_THREADS + tid] = make_float4(h[0], h[1], h[2], h[3]);
+                return make_float4(h[0], h[1], h[2], h[3]);
+            };
+            {
+                int s = 0;
+#pragma unroll 1
+                for (; s + 1 < len; s += 2) {
+                    const float4 h0 = recompute(s), h1 = recompute(s + 1);
+                    states[(s + 1) * SCAN_THREADS + tid] = h0;
+                    states[(s + 2) * SCAN_THREADS + tid] = h1;
+                }
+                if (s < len) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);
             }
-            /* reverse recurrence; h holds h_t, the state after step t */
-#pragma unroll 2
-            for (int s = len - 1; s >= 0; s--) {
+            /* reverse recurrence; h holds h_t, the state after step t. One step's results
+             * for put_reverse: the lane's share of the warp's Σ_c dB_t, dC_t (db_c), its
+             * Σ_n for dδ (r: lane q = 0), du_t (lane q = 1; G = 1: the one lane), dy·u */
+            struct RevOut { float db_c[V_OUT], r, du, dD; };
+            auto reverse = [&](int s) -> RevOut {
                 const float dt = dt_t[s * CB + cl], uu = u_t[s * CB + cl], dyv = dy_t[s * CB + cl];
                 const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
                 const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
@@ -581,20 +638,38 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                         }
                     }
                 }
+                RevOut o;
+#pragma unroll
+                for (int i = 0; i < V_OUT; i++) o.db_c[i] = v[i];
+                o.r = r;
+                o.du = dt * (G == 1 ? g_u : r) + Dc * dyv;
+                o.dD = dyv * uu;
+                return o;
+            };
+            auto put_reverse = [&](int s, const RevOut &o) {
                 if (writer) {
                     float *out = dBC + (s * SCAN_WARPS + warp) * 2 * NP;
 #pragma unroll
                     for (int i = 0; i < V_OUT; i++) {
                         const int idx = base + i;   /* value idx: kind idx / 4, n = n0 + idx % 4 */
-                        out[(idx / SCAN_NPT) * NP + n0 + idx % SCAN_NPT] = v[i];
+                        out[(idx / SCAN_NPT) * NP + n0 + idx % SCAN_NPT] = o.db_c[i];
                     }
                 }
                 if (q == 0) {
-                    ddt_t[s * CB + cl] = r;
-                    dD_acc += dyv * uu;
+                    ddt_t[s * CB + cl] = o.r;
+                    dD_acc += o.dD;
                 }
-                if (G == 1) du_t[s * CB + cl] = dt * g_u + Dc * dyv;
-                else if (q == 1) du_t[s * CB + cl] = dt * r + Dc * dyv;
+                if (G == 1 || q == 1) du_t[s * CB + cl] = o.du;
+            };
+            {
+                int s = len - 1;
+#pragma unroll 1
+                for (; s >= 1; s -= 2) {
+                    const RevOut o1 = reverse(s), o0 = reverse(s - 1);
+                    put_reverse(s, o1);
+                    put_reverse(s - 1, o0);
+                }
+                if (s == 0) put_reverse(0, reverse(0));
             }
             __syncthreads();
             if constexpr (VEC) {   /* float4 pieces: channels and N are multiples of 4 */
@@ -605,8 +680,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     float4 gd = *(const float4 *)(ddt_t + s * CB + jj);
                     if (softplus) {   /* the δ tile is still this sub-tile's */
                         const float4 d = *(const float4 *)(dt_t + s * CB + jj);
-                        gd = make_float4(gd.x * -expm1f(-d.x), gd.y * -expm1f(-d.y), gd.z * -expm1f(-d.z),
-                                         gd.w * -expm1f(-d.w));
+                        gd = make_float4(gd.x * sigmoid_of_softplus(d.x), gd.y * sigmoid_of_softplus(d.y),
+                                         gd.z * sigmoid_of_softplus(d.z), gd.w * sigmoid_of_softplus(d.w));
                     }
                     if (overwrite) {   /* one block writes each element: nothing to read */
                         if (du) *(float4 *)(du + at) = *(const float4 *)(du_t + s * CB + jj);
@@ -636,7 +711,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     const int s = i / CB, jj = i % CB;
                     if (c0 + jj >= channels) continue;
                     const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
-                    const float gd = softplus ? ddt_t[i] * -expm1f(-dt_t[i]) : ddt_t[i];
+                    const float gd = softplus ? ddt_t[i] * sigmoid_of_softplus(dt_t[i]) : ddt_t[i];
                     if (du) du[at] = overwrite ? du_t[i] : du[at] + du_t[i];
                     if (ddelta) ddelta[at] = overwrite ? gd : ddelta[at] + gd;
                 }
