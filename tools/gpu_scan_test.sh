@@ -93,11 +93,12 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
         "scan forward checks chunk saves only at tile starts"
     mutant scan.cu 's/for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv\[k\]);/for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv[k \/ 2]);/' \
         "scan forward stores a batch's y partials to the wrong steps"
-    mutant scan.cu 's/if (s < len) states\[(s + 1) \* SCAN_THREADS + tid\] = recompute(s);/if (s + 1 < len) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);/' \
-        "scan backward recompute skips an odd sub-tile's last state"
-    mutant scan.cu 's/put_reverse(s, o1);/put_reverse(s - 1, o1);/' "scan backward stores a pair's results to the wrong step"
-    mutant scan.cu 's/if (s == 0) put_reverse(0, reverse(0));/if (s == 0) reverse(0);/' \
-        "scan backward drops an odd sub-tile's first step"
+    mutant scan.cu 's/for (; s < len; s++) states\[(s + 1) \* SCAN_THREADS + tid\] = recompute(s);/for (; s + 1 < len; s++) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);/' \
+        "scan backward recompute skips a ragged sub-tile's last state"
+    mutant scan.cu 's/for (int k = 0; k < RB; k++) put_reverse(s - k, o\[k\]);/for (int k = 0; k < RB; k++) put_reverse(s - k, o[RB - 1 - k]);/' \
+        "scan backward stores a batch's results to the wrong steps"
+    mutant scan.cu 's/for (; s >= 0; s--) put_reverse(s, reverse(s));/for (; s >= 0; s--) reverse(s);/' \
+        "scan backward drops a ragged sub-tile's first steps"
     mutant scan.cu 's/if (du) du\[at\] = overwrite ? du_t\[i\] : du\[at\] + du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
     mutant scan.cu 's/if (du) \*(float4 \*)(du + at) = \*(const float4 \*)(du_t + s \* CB + jj);/if (du) add4(du + at, *(const float4 *)(du_t + s * CB + jj));/' \
         "scan write variant accumulates du onto what was there"

@@ -38,8 +38,7 @@ KNOCKOUTS = {
         ("i < len * (N / 4); i += SCAN_THREADS) {", "i < 0 * (N / 4); i += SCAN_THREADS) {"),
     ]),
     "nostates_store": ("the recompute's stores of the states to shared memory (the reverse pass reads stale ones)", [
-        ("states[(s + 1) * SCAN_THREADS + tid] = h0;\n                    states[(s + 2) * SCAN_THREADS + tid] = h1;",
-         "if (h0.x == 1e30f && h1.x == 1e30f) states[0] = h0;"),
+        ("states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];", "if (hs[k].x == 1e30f) states[0] = hs[k];"),
     ]),
 }
 

@@ -69,9 +69,23 @@
 #define SCAN_THREADS 128
 #define SCAN_WARPS (SCAN_THREADS / 32)
 #define SCAN_NPT 4         /* states per thread: one float4 of n */
+/* The sizes below guarded by #ifndef can be set with -D to time variants; the defaults were
+ * the fastest measured (docs/performance.md). A 64-step forward tile was 6% faster at
+ * jamba-small's shape, but its 64 KiB of shared memory fit 3 blocks an SM, not 7, which
+ * would put larger models (B·di/32 > 396 blocks) into a second wave. */
+#ifndef SCAN_FWD_TILE
 #define SCAN_FWD_TILE 32   /* time steps staged per forward tile */
+#endif
 #define SCAN_FWD_GROUP 16  /* steps between the forward's chunk-save checks (divides the tile) */
+#ifndef SCAN_FWD_BATCH
 #define SCAN_FWD_BATCH 8   /* steps computed before their y partials are stored (divides the group) */
+#endif
+#ifndef SCAN_BWD_BATCH
+#define SCAN_BWD_BATCH 4   /* the backward's: steps recomputed, or reversed, before their stores */
+#endif
+#ifndef SCAN_BWD_REV_BATCH
+#define SCAN_BWD_REV_BATCH SCAN_BWD_BATCH
+#endif
 #define SCAN_BWD_TILE 16   /* time steps per backward sub-tile (its states live in smem) */
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 lets ptxas use 168 and ran 1.6× slower) */
@@ -568,12 +582,14 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             {
                 int s = 0;
 #pragma unroll 1
-                for (; s + 1 < len; s += 2) {
-                    const float4 h0 = recompute(s), h1 = recompute(s + 1);
-                    states[(s + 1) * SCAN_THREADS + tid] = h0;
-                    states[(s + 2) * SCAN_THREADS + tid] = h1;
+                for (; s + SCAN_BWD_BATCH <= len; s += SCAN_BWD_BATCH) {
+                    float4 hs[SCAN_BWD_BATCH];
+#pragma unroll
+                    for (int k = 0; k < SCAN_BWD_BATCH; k++) hs[k] = recompute(s + k);
+#pragma unroll
+                    for (int k = 0; k < SCAN_BWD_BATCH; k++) states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];
                 }
-                if (s < len) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);
+                for (; s < len; s++) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);
             }
             /* reverse recurrence; h holds h_t, the state after step t. One step's results
              * for put_reverse: the lane's share of the warp's Σ_c dB_t, dC_t (db_c), its
@@ -662,14 +678,17 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 if (G == 1 || q == 1) du_t[s * CB + cl] = o.du;
             };
             {
+                constexpr int RB = SCAN_BWD_REV_BATCH;
                 int s = len - 1;
 #pragma unroll 1
-                for (; s >= 1; s -= 2) {
-                    const RevOut o1 = reverse(s), o0 = reverse(s - 1);
-                    put_reverse(s, o1);
-                    put_reverse(s - 1, o0);
+                for (; s + 1 >= RB; s -= RB) {
+                    RevOut o[RB];
+#pragma unroll
+                    for (int k = 0; k < RB; k++) o[k] = reverse(s - k);
+#pragma unroll
+                    for (int k = 0; k < RB; k++) put_reverse(s - k, o[k]);
                 }
-                if (s == 0) put_reverse(0, reverse(0));
+                for (; s >= 0; s--) put_reverse(s, reverse(s));
             }
             __syncthreads();
             if constexpr (VEC) {   /* float4 pieces: channels and N are multiples of 4 */
