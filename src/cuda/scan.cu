@@ -26,6 +26,11 @@
  * full shuffle reduction and no shuffle latency on its path (docs/performance.md,
  * "The forward's y sums after the tile"). Copies are 16-byte pieces where channels and N
  * are multiples of 4 and the tensors aligned (VEC), else 4-byte.
+ * Results a step puts in shared memory (y partials, recomputed states, the reverse pass's
+ * sums) are stored only after a batch of steps (8 forward, 4 backward): the input tiles
+ * share the array, so the compiler keeps every later load behind such a store, and a store
+ * per step put a load's latency on every step (docs/performance.md, "The scan's loads
+ * held behind its stores").
  * Why this layout and not 8 or 16 states a thread, or 1 or 2: all four measured slower at
  * jamba-small's shape (docs/performance.md, "The selective scan: where its time goes").
  * Where B·channels gives too few blocks for the SMs, T is also split into time segments
@@ -87,8 +92,10 @@
 #define SCAN_BWD_REV_BATCH SCAN_BWD_BATCH
 #endif
 #define SCAN_BWD_TILE 16   /* time steps per backward sub-tile (its states live in smem) */
+#ifndef SCAN_BWD_MIN_BLOCKS
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 lets ptxas use 168 and ran 1.6× slower) */
+#endif
 #define LOG2E 1.4426950408889634f
 #define SCAN_FWD_Y_ROUNDS 1
 /* the backward's flags: du and dδ WRITTEN (one block owns each element), not added into;
