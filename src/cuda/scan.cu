@@ -98,11 +98,11 @@
                                  * 32% slower at di 2048's 512, which then need a second wave) */
 #endif
 #define LOG2E 1.4426950408889634f
-#define SCAN_FWD_Y_ROUNDS 1
+#define SCAN_FWD_Y_ROUNDS 1   /* shuffle rounds over a channel's partial y before it is stored */
 /* the backward's flags: du and dδ WRITTEN (one block owns each element), not added into;
  * and dδ taken through δ = softplus(a), written as da = dδ·σ(a) = dδ·(1 − e^{−δ}) */
 #define SCAN_BWD_WRITE 1
-#define SCAN_BWD_DELTA_SOFTPLUS 2   /* shuffle rounds over a channel's partial y before it is stored */
+#define SCAN_BWD_DELTA_SOFTPLUS 2
 
 /* The partial sums of a channel's y_t the forward keeps in shared memory per step: its G
  * threads' sums over their 4 states, added pairwise SCAN_FWD_Y_ROUNDS times by shuffles
@@ -574,10 +574,11 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
         } else {
             /* recompute the sub-tile's states: states[s][tid] = h_{ts0+s−1} (row 0: the
              * start). Each thread reads back only its own column: no barrier needed.
-             * Two steps are computed before their states are stored, and the reverse pass
-             * below stores two steps' results after both: the compiler cannot tell these
-             * stores from the input tiles' loads (one shared array), so a store between
-             * two steps held the next step's loads (and everything after them) behind it. */
+             * SCAN_BWD_BATCH steps are computed before their states are stored, and the
+             * reverse pass below stores SCAN_BWD_REV_BATCH steps' results after all of them:
+             * the compiler cannot tell these stores from the input tiles' loads (one shared
+             * array), so a store between two steps held the next step's loads (and
+             * everything after them) behind it. */
             states[tid] = make_float4(h[0], h[1], h[2], h[3]);
             auto recompute = [&](int s) -> float4 {
                 const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
