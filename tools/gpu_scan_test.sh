@@ -109,6 +109,10 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/if (s < len \&\& col0 + j < cols) cp_async16/if (s < len \&\& col0 + j + 4 < cols) cp_async16/' "scan 16-byte staging drops a row's last piece"
     mutant scan.cu 's/for (int k = 0; k < n_parts; k++)/for (int k = 0; k + 1 < n_parts; k++)/' "scan dB/dC sum skips the last channel block"
     mutant scan.cu 's/for (int i = 0; i < SCAN_NPT; i++) h\[i\] = ck\[i\];/;/' "scan sub-tile ignores its checkpointed state"
+    mutant scan.cu 's/if (ww == 0) load_saved(kk, saved_next);/if (ww == 0) load_saved(kk + 1 < n_chunks ? kk + 1 : kk, saved_next);/' \
+        "scan backward prefetches the next chunk's saved state from the wrong chunk"
+    mutant scan.cu 's/const float wgt = carry\[i\] \* prev\[i\];/const float wgt = (carry[i] + dyv * Cn[i]) * prev[i];/' \
+        "scan backward's dA/dδ weight misses the decay"
     mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
     mutant scan.cu 's/h = ex2(a2 \* y\[((size_t)b \* T + ts) \* channels + c\]) \* h + \*at;/h = *at;/' "scan segment start drops the earlier segments"
     mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[i\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"

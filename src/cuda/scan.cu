@@ -492,8 +492,19 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     RowRegs<L, CB, PF, VEC> r_u, r_dt, r_dy;
     RowRegs<L, NP, PF, VEC> r_B, r_C;
     auto n_sub_of = [&](int kk) { return (min(T, kk * chunk + chunk) - kk * chunk + L - 1) / L; };
+    /* the state saved at chunk kk's start, which a job at w = 0 starts from */
+    auto load_saved = [&](int kk, float *to) {
+        const float *saved = chunk_states + (((size_t)b * n_chunks + kk) * channels + c) * N + n0;
+#pragma unroll
+        for (int i = 0; i < SCAN_NPT; i++) to[i] = active && n0 + i < N ? saved[i] : 0.0f;
+    };
+    /* With PF the next job's saved start state is loaded with its inputs: at chunk = L every
+     * job starts from one, and loaded when the job began, its latency held every warp at the
+     * states store below (the largest stall in the kernel's profile at chunk 16). */
+    float saved_next[SCAN_NPT];
     auto fetch = [&](int kk, int jj, int ww) {   /* issue the loads of job (kk, jj, ww) */
         const int tc1 = min(T, kk * chunk + chunk), ts0 = kk * chunk + ww * L, len = min(L, tc1 - ts0);
+        if (ww == 0) load_saved(kk, saved_next);
         r_u.load(u, b, T, ts0, len, channels, c0, tid);
         r_dt.load(delta, b, T, ts0, len, channels, c0, tid);
         r_B.load(B, b, T, ts0, len, N, 0, tid);
@@ -548,15 +559,18 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (PF && nk >= k_first) fetch(nk, nj, nw);
         if (from_ck) {
 #pragma unroll
             for (int i = 0; i < SCAN_NPT; i++) h[i] = ck[i];
         } else if (w == 0) {   /* the chunk's saved start state */
-            const float *saved = chunk_states + (((size_t)b * n_chunks + k) * channels + c) * N + n0;
+            if (PF) {
 #pragma unroll
-            for (int i = 0; i < SCAN_NPT; i++) h[i] = active && n0 + i < N ? saved[i] : 0.0f;
+                for (int i = 0; i < SCAN_NPT; i++) h[i] = saved_next[i];
+            } else {
+                load_saved(k, h);
+            }
         }
+        if (PF && nk >= k_first) fetch(nk, nj, nw);   /* (after h took saved_next) */
         if (!grad) {   /* walk a full sub-tile: h ← the state entering sub-tile w + 1 */
             if (w == j - 1) {
 #pragma unroll
@@ -613,20 +627,21 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 const float prev[SCAN_NPT] = {Pv.x, Pv.y, Pv.z, Pv.w};
                 const float dtu = dt * uu;
                 /* dδ = Σ_n dh (A e^{δA} h_{t−1} + u B) = Σ_n A·wgt + u·Σ_n dh B with
-                 * wgt = dh e^{δA} h_{t−1}, which dA (+= δ·wgt) needs too */
+                 * wgt = dh e^{δA} h_{t−1}, which dA (+= δ·wgt) needs too; its first two
+                 * factors are the carry to step t−1, so wgt costs one product */
                 float g_A = 0.0f, g_u = 0.0f;   /* Σ_n A·wgt, Σ_n dh B */
                 float v[V];                     /* this thread's dB_t[n], then dC_t[n] terms */
 #pragma unroll
                 for (int i = 0; i < SCAN_NPT; i++) {
                     const float decay = ex2(dt * A2[i]);
                     const float dh = carry[i] + dyv * Cn[i];
-                    const float wgt = dh * (decay * prev[i]);
+                    carry[i] = decay * dh;
+                    const float wgt = carry[i] * prev[i];
                     g_A += Ac[i] * wgt;
                     g_u += dh * Bn[i];
                     dA_acc[i] += dt * wgt;
                     v[i] = dh * dtu;
                     v[SCAN_NPT + i] = dyv * h[i];
-                    carry[i] = decay * dh;
                     h[i] = prev[i];
                 }
                 const float g_dt = g_A + uu * g_u;
