@@ -46,8 +46,9 @@
  * more: shared memory (17 rows of states, 34 KiB, of 54 KiB a block) is what bounds the
  * blocks per SM; at 16 four blocks (16 warps) fit and B=8, di=2048 runs in one wave, and
  * that occupancy is worth more than the longer walks (at 32 steps: 2 blocks, 1.4× slower).
- * The next sub-tile's inputs are loaded into registers while this one computes (N ≥ 16,
- * where they fit in the 128 registers that four blocks leave a thread).
+ * The next sub-tile's inputs, and the saved state it starts from, are loaded into registers
+ * while this one computes (N ≥ 16, where they fit in the 128 registers that four blocks
+ * leave a thread).
  * du and dδ go out at the end of each sub-tile, added into the caller's (the op contract)
  * or written over them (selective_scan_backward_write_cuda, the Mamba layer's call: one
  * block owns each element, so nothing needs zeroing first or reading back); there dδ can
