@@ -112,7 +112,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/if (ww == 0) load_saved(kk, saved_next);/if (ww == 0) load_saved(kk + 1 < n_chunks ? kk + 1 : kk, saved_next);/' \
         "scan backward prefetches the next chunk's saved state from the wrong chunk"
     mutant scan.cu 's/const float wgt = carry\[i\] \* prev\[i\];/const float wgt = (carry[i] + dyv * Cn[i]) * prev[i];/' \
-        "scan backward's dA/dδ weight misses the decay"
+        "scan backward's dA/dδ weight adds dy·C to the decayed carry"
     mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
     mutant scan.cu 's/h = ex2(a2 \* y\[((size_t)b \* T + ts) \* channels + c\]) \* h + \*at;/h = *at;/' "scan segment start drops the earlier segments"
     mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[i\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
