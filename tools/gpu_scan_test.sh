@@ -81,18 +81,26 @@ fi
 MUTANT_TARGET=test_cuda_scan MUTANT_TIMEOUT=60
 if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     # patterns for the scan kernels as they are (4 states a thread, sub-tile checkpoints, the
-    # forward's y partials summed after each tile)
+    # forward's y reduce-scattered over G steps, whole tiles addressed by WholeRows)
     mutant scan.cu 's/return fmaf(Dq, uu, p_y);/return p_y;/' "scan forward drops D·u"
-    mutant scan.cu 's/for (int e = 0; e < 4; e++) out\[(4 \* k + e) \/ YP\] += w\[e\];/for (int e = 0; e < 4; e++) out[(4 * k + e) \/ YP] = w[e];/' \
-        "scan forward y keeps one of a channel's partials"
-    mutant scan.cu 's/for (int off = 1; off < PER; off \*= 2) p_y +=/for (int off = 2; off < PER; off *= 2) p_y +=/' \
-        "scan forward y partial misses its pair's sum"
+    mutant scan.cu 's/v\[i\] = mine + __shfl_xor_sync(0xffffffffu, theirs, o);/v[i] = mine;/' \
+        "scan forward y keeps a lane's own partials (no sum over the channel's lanes)"
+    mutant scan.cu 's/for (int off = 1; off < G; off \*= 2) v += __shfl_xor_sync/for (int off = 2; off < G; off *= 2) v += __shfl_xor_sync/' \
+        "scan forward y of a partial tile misses its neighbour lane's sum"
     mutant scan.cu 's/const bool save_at_groups = chunk % SCAN_FWD_GROUP == 0;/const bool save_at_groups = chunk % 8 == 0;/' \
         "scan forward checks chunk saves once a group, chunks not group-aligned"
     mutant scan.cu 's/if (!ENDS \&\& t0 + g == next_save) save_state();/if (!ENDS \&\& g == 0 \&\& t0 + g == next_save) save_state();/' \
         "scan forward checks chunk saves only at tile starts"
-    mutant scan.cu 's/for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv\[k\]);/for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv[k \/ 2]);/' \
-        "scan forward stores a batch's y partials to the wrong steps"
+    mutant scan.cu 's/if (q \& o) y_slot += m;/if (q \& o) y_slot += 1;/' \
+        "scan forward stores a batch's reduce-scattered y to the wrong steps"
+    mutant scan.cu 's/return off + ((size_t)t0 + (size_t)r \* RS) \* cols;/return off + ((size_t)t0 + (size_t)r * (RS - 1)) * cols;/' \
+        "scan whole-tile rows of a thread's later rounds one row too close"
+    mutant scan.cu 's/y_sum(tid \/ R::W4 + r \* R::RS, 4 \* (tid % R::W4))/y_sum(tid \/ R::W4 + r * R::RS, 4 * ((tid + 1) % R::W4))/' \
+        "scan forward whole-tile y write-out takes its neighbour's channels"
+    mutant scan.cu 's/r_C.load_whole(C, rows_n, ts0, tid);/r_C.load_whole(B, rows_n, ts0, tid);/' \
+        "scan backward whole-tile prefetch takes C from B"
+    mutant scan.cu 's/const RN rows_n((int)blockIdx.x \* Bsz + b, T, N, 0, tid);/const RN rows_n(b, T, N, 0, tid);/' \
+        "scan backward whole-tile dB\/dC partials all in the first channel block's rows"
     mutant scan.cu 's/for (; s < len; s++) states\[(s + 1) \* SCAN_THREADS + tid\] = recompute(s);/for (; s + 1 < len; s++) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);/' \
         "scan backward recompute skips a ragged sub-tile's last state"
     mutant scan.cu 's/for (int k = 0; k < RB; k++) put_reverse(s - k, o\[k\]);/for (int k = 0; k < RB; k++) put_reverse(s - k, o[RB - 1 - k]);/' \

@@ -33,9 +33,8 @@ KNOCKOUTS = {
         ("if (writer) {\n                    float *out", "if (0) {\n                    float *out"),
     ]),
     "nowriteout": ("the sub-tile's write-out: du, dδ added into global memory, dB/dC partials summed and stored", [
-        ("i < len * (CB / 4); i += SCAN_THREADS) {\n                    const int s = i / (CB / 4), jj",
-         "i < 0 * (CB / 4); i += SCAN_THREADS) {\n                    const int s = i / (CB / 4), jj"),
-        ("i < len * (N / 4); i += SCAN_THREADS) {", "i < 0 * (N / 4); i += SCAN_THREADS) {"),
+        ("auto put_du_dd = [&](int s, int jj, size_t at) {", "auto put_du_dd = [&](int s, int jj, size_t at) {\n                    if (s >= 0) return;"),
+        ("auto put_dBC = [&](int s, int m, size_t at) {", "auto put_dBC = [&](int s, int m, size_t at) {\n                    if (s >= 0) return;"),
     ]),
     "nostates_store": ("the recompute's stores of the states to shared memory (the reverse pass reads stale ones)", [
         ("states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];", "(void)hs[k];"),

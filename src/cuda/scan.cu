@@ -20,12 +20,14 @@
  * of N), so the recurrence itself waits only on shared memory and the exp; the forward
  * double-buffers the tiles with cp.async (the next tile lands while this one computes);
  * outputs go through shared memory too and are written back coalesced. The forward's sum
- * over n for y_t is not finished per step: after one shuffle round (ScanYParts) each pair
- * of a channel's threads stores its partial, and the tile's write-out adds a channel's
- * partials (and D·u, folded into the first) — fewer instructions in the time loop than a
- * full shuffle reduction and no shuffle latency on its path (docs/performance.md,
- * "The forward's y sums after the tile"). Copies are 16-byte pieces where channels and N
- * are multiples of 4 and the tensors aligned (VEC), else 4-byte.
+ * over n for y_t is not finished per step: a channel's G threads keep their partials of G
+ * steps (D·u folded into the first thread's) and one butterfly reduce-scatter over the G
+ * steps leaves each thread one step's whole y, stored with a single store for the G steps
+ * (put_y_scatter; docs/performance.md, "The forward's y sums after the tile" and "Whole
+ * tiles staged by precomputed addresses"). Copies are 16-byte pieces where channels and N
+ * are multiples of 4 and the tensors aligned (VEC), else 4-byte; whole tiles inside the
+ * tensors (every tile at jamba-small's shape) are addressed from offsets set once a kernel
+ * (WholeRows), not per copy.
  * Results a step puts in shared memory (y partials, recomputed states, the reverse pass's
  * sums) are stored only after a batch of steps (8 forward, 4 backward): the input tiles
  * share the array, so the compiler keeps every later load behind such a store, and a store
@@ -100,6 +102,9 @@
 #endif
 #define LOG2E 1.4426950408889634f
 #define SCAN_FWD_Y_ROUNDS 1   /* shuffle rounds over a channel's partial y before it is stored */
+#ifndef SCAN_FWD_Y_SCATTER
+#define SCAN_FWD_Y_SCATTER 1  /* y summed over a batch's G steps at once, one whole y a lane (below) */
+#endif
 /* the backward's flags: du and dδ WRITTEN (one block owns each element), not added into;
  * and dδ taken through δ = softplus(a), written as da = dδ·σ(a) = dδ·(1 − e^{−δ}) */
 #define SCAN_BWD_WRITE 1
@@ -111,7 +116,7 @@
 template <int NP>
 struct ScanYParts {
     static constexpr int G = NP / SCAN_NPT;
-    static constexpr int P = (G >> SCAN_FWD_Y_ROUNDS) > 0 ? (G >> SCAN_FWD_Y_ROUNDS) : 1;
+    static constexpr int P = SCAN_FWD_Y_SCATTER ? 1 : (G >> SCAN_FWD_Y_ROUNDS) > 0 ? (G >> SCAN_FWD_Y_ROUNDS) : 1;
 };
 
 static int padded_state(int N) {
@@ -152,6 +157,35 @@ __device__ __forceinline__ void stage_rows(float *tile, const float *src, int b,
     }
 }
 
+/* stage_rows for a whole tile (len = L) that lies inside the tensor (col0 + W ≤ cols), in
+ * 16-byte pieces (VEC). Piece i = tid + r·SCAN_THREADS sits at row i / (W/4), column
+ * 4·(i % (W/4)), and W/4 divides SCAN_THREADS: a thread's column is the same in every round
+ * and its rows RS = SCAN_THREADS/(W/4) apart. So its source is an offset set once a kernel
+ * (shared by the tensors of one width) plus (t0 + r·RS)·cols, and its tile offset is 4i:
+ * a few instructions a copy where stage_rows' division, bounds checks and 64-bit index
+ * products took ~45 (in the forward ~280 instructions a thread a 32-step tile, 9 of its 46
+ * a step at jamba-small's shape, per Nsight Compute). */
+template <int L, int W>
+struct WholeRows {
+    static constexpr int W4 = W / 4, PIECES = L * W4, RS = SCAN_THREADS / W4;
+    static constexpr int ROUNDS = (PIECES + SCAN_THREADS - 1) / SCAN_THREADS;
+    static_assert(SCAN_THREADS % W4 == 0, "a thread's column must stay the same between rounds");
+    size_t off;   /* the thread's round-0 piece of the tile at t0 = 0, in elements */
+    size_t cols;
+    __device__ __forceinline__ WholeRows(int b, int T, int cols_, int col0, int tid)
+        : off(((size_t)b * T + tid / W4) * cols_ + col0 + 4 * (tid % W4)), cols((size_t)cols_) {}
+    __device__ __forceinline__ static bool has(int r, int tid) {
+        return PIECES % SCAN_THREADS == 0 || tid + r * SCAN_THREADS < PIECES;
+    }
+    __device__ __forceinline__ size_t index(int t0, int r) const { return off + ((size_t)t0 + (size_t)r * RS) * cols; }
+    __device__ __forceinline__ const float *at(const float *src, int t0, int r) const { return src + index(t0, r); }
+    __device__ __forceinline__ void copy(float *tile, const float *src, int t0, int tid) const {
+#pragma unroll
+        for (int r = 0; r < ROUNDS; r++)
+            if (has(r, tid)) cp_async16(tile + 4 * (tid + r * SCAN_THREADS), at(src, t0, r));
+    }
+};
+
 /* The same rows as stage_rows, through registers: load() issues the global loads (they
  * are in flight while the thread computes), store() writes them into the tile. ON = false
  * (a tile too large for registers) makes both no-ops: the caller stages with cp.async.
@@ -171,6 +205,12 @@ struct RowRegs {
             if constexpr (VEC) v[r] = in ? *(const float4 *)at : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             else v[r].x = in ? *at : 0.0f;
         }
+    }
+    /* load() of a whole tile inside the tensor (VEC), addressed as WholeRows */
+    __device__ __forceinline__ void load_whole(const float *src, const WholeRows<L, W> &rows, int t0, int tid) {
+#pragma unroll
+        for (int r = 0; r < n; r++)
+            if (WholeRows<L, W>::has(r, tid)) v[r] = *(const float4 *)rows.at(src, t0, r);
     }
     __device__ __forceinline__ void store(float *tile, int tid) const {
 #pragma unroll
@@ -254,6 +294,16 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
     const float Dq = q == 0 ? Dc : 0.0f;   /* D·u joins the partial of the channel's first thread */
+    static_assert(SCAN_FWD_BATCH % G == 0, "put_y_scatter takes G steps at a time");
+    int y_slot = 0;   /* the step of a G-step batch whose y this lane ends with (put_y_scatter) */
+    {
+        int m = G;
+#pragma unroll
+        for (int o = 1; o < G; o *= 2) {
+            m /= 2;
+            if (q & o) y_slot += m;
+        }
+    }
     /* chunk starts fall on the starts of SCAN_FWD_GROUP-step groups (chunk a multiple of
      * the group; segments and tiles start on chunk and group starts): the save is checked
      * once a group in a full tile, not per step, which kept the step's unrolled code free
@@ -271,9 +321,20 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
         save_chunk++;
     };
 
-    /* tile i+1 is copied (cp.async) while tile i is computed */
+    /* tile i+1 is copied (cp.async) while tile i is computed; whole tiles of a block whose
+     * channels and states all exist (jamba-small's every tile) by the cheap copier */
+    const bool whole_cols = VEC && c0 + CB <= channels && N == NP;
+    const WholeRows<L, CB> rows_c(b, T, channels, c0, tid);   /* u, δ */
+    const WholeRows<L, NP> rows_n(b, T, N, 0, tid);           /* B, C */
     auto stage = [&](int tile, int p) {
         const int t0 = ts + tile * L, len = min(L, te - t0);
+        if (whole_cols && len == L) {
+            rows_c.copy(scan_smem + S::u + p * L * CB, u, t0, tid);
+            rows_c.copy(scan_smem + S::dt + p * L * CB, delta, t0, tid);
+            rows_n.copy(scan_smem + S::B + p * L * NP, B, t0, tid);
+            if (!ENDS) rows_n.copy(scan_smem + S::C + p * L * NP, C, t0, tid);
+            return;
+        }
         stage_rows<L, CB, VEC>(scan_smem + S::u + p * L * CB, u, b, T, t0, len, channels, c0, tid);
         stage_rows<L, CB, VEC>(scan_smem + S::dt + p * L * CB, delta, b, T, t0, len, channels, c0, tid);
         stage_rows<L, NP, VEC>(scan_smem + S::B + p * L * NP, B, b, T, t0, len, N, 0, tid);
@@ -312,12 +373,43 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
                 h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
                 p_y += h[i] * Cn[i];
             }
+            if constexpr (!SCAN_FWD_Y_SCATTER) {
 #pragma unroll
-            for (int off = 1; off < PER; off *= 2) p_y += __shfl_xor_sync(0xffffffffu, p_y, off);
+                for (int off = 1; off < PER; off *= 2) p_y += __shfl_xor_sync(0xffffffffu, p_y, off);
+            }
             return fmaf(Dq, uu, p_y);
         };
-        auto put_y = [&](int s, float v) {
-            if (!ENDS && (PER == 1 || q % PER == 0)) y_tile[(s * CB + cl) * YP + q / PER] = v;
+        auto put_y = [&](int s, float v) {   /* one step's partial */
+            if constexpr (ENDS) return;
+            if constexpr (SCAN_FWD_Y_SCATTER) {
+#pragma unroll
+                for (int off = 1; off < G; off *= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+                if (q == 0) y_tile[s * CB + cl] = v;
+            } else if (PER == 1 || q % PER == 0) {
+                y_tile[(s * CB + cl) * YP + q / PER] = v;
+            }
+        };
+        /* G steps' partials v[0 … G) of this lane: a butterfly reduce-scatter over the
+         * channel's G lanes (at offset o a lane keeps half its values and sends the other
+         * half) leaves each lane the whole y of one step, s0 + y_slot, and one store a lane
+         * puts G steps' y in shared memory. Stored per step, after a shuffle round, the y
+         * partials took a shared-memory wavefront a step for 16 values and the write-out read
+         * two partials a y: with the forward bound by the shared-memory pipe (86% busy once
+         * the staging was cheap), the stores had become a tenth of its wavefronts. */
+        auto put_y_scatter = [&](int s0, float (&v)[G]) {
+            int m = G;
+#pragma unroll
+            for (int o = 1; o < G; o *= 2) {
+                const bool bit = (q & o) != 0;
+                m /= 2;
+#pragma unroll
+                for (int i = 0; i < G / 2; i++)
+                    if (i < m) {
+                        const float mine = bit ? v[i + m] : v[i], theirs = bit ? v[i] : v[i + m];
+                        v[i] = mine + __shfl_xor_sync(0xffffffffu, theirs, o);
+                    }
+            }
+            y_tile[(s0 + y_slot) * CB + cl] = v[0];
         };
         /* A full tile: a fixed trip count, so shared-memory offsets become immediates, and
          * SCAN_FWD_BATCH steps at a time store their y partials only after all of them are
@@ -330,11 +422,16 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
                 if (!ENDS && t0 + g == next_save) save_state();
 #pragma unroll
                 for (int s0 = g; s0 < g + SCAN_FWD_GROUP; s0 += SCAN_FWD_BATCH) {
-                    float yv[SCAN_FWD_BATCH];
+                    float yv[SCAN_FWD_BATCH / G][G];
 #pragma unroll
-                    for (int k = 0; k < SCAN_FWD_BATCH; k++) yv[k] = step(s0 + k);
+                    for (int k = 0; k < SCAN_FWD_BATCH; k++) yv[k / G][k % G] = step(s0 + k);
+                    if constexpr (SCAN_FWD_Y_SCATTER && !ENDS) {
 #pragma unroll
-                    for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv[k]);
+                        for (int k = 0; k < SCAN_FWD_BATCH / G; k++) put_y_scatter(s0 + k * G, yv[k]);
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < SCAN_FWD_BATCH; k++) put_y(s0 + k, yv[k / G][k % G]);
+                    }
                 }
             }
         } else if (len == L) {
@@ -353,19 +450,31 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
         if (ENDS) continue;
         /* y = Σ of a channel's YP partials (adjacent in y_tile: [s][cl][YP]) */
         if constexpr (VEC) {
-            for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
-                const int s = i / (CB / 4), j = 4 * (i % (CB / 4));
+            /* channels j … j+3 of step s: 4·YP partials, as YP float4s */
+            auto y_sum = [&](int s, int j) -> float4 {
                 const float *part = y_tile + (s * CB + j) * YP;
                 float out[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int k = 0; k < YP; k++) {   /* 4·YP partials: channels j … j+3, as YP float4s */
+                for (int k = 0; k < YP; k++) {
                     const float4 v = *(const float4 *)(part + 4 * k);
                     const float w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
                     for (int e = 0; e < 4; e++) out[(4 * k + e) / YP] += w[e];
                 }
-                if (c0 + j < channels)
-                    *(float4 *)(y + ((size_t)b * T + t0 + s) * channels + c0 + j) = make_float4(out[0], out[1], out[2], out[3]);
+                return make_float4(out[0], out[1], out[2], out[3]);
+            };
+            if (whole_cols && len == L) {   /* y's rows as u's (WholeRows) */
+                using R = WholeRows<L, CB>;
+#pragma unroll
+                for (int r = 0; r < R::ROUNDS; r++)
+                    if (R::has(r, tid))
+                        *(float4 *)(y + rows_c.index(t0, r)) = y_sum(tid / R::W4 + r * R::RS, 4 * (tid % R::W4));
+            } else {
+                for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
+                    const int s = i / (CB / 4), j = 4 * (i % (CB / 4));
+                    if (c0 + j < channels)
+                        *(float4 *)(y + ((size_t)b * T + t0 + s) * channels + c0 + j) = y_sum(s, j);
+                }
             }
         } else {
             for (int i = tid; i < len * CB; i += SCAN_THREADS) {
@@ -452,6 +561,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
     const bool active = c < channels;
     const int n_chunks = (T + chunk - 1) / chunk, seg = blockIdx.z;
+
     const int k_first = seg * (seg_len / chunk), k_end = min(n_chunks, k_first + seg_len / chunk);
     const bool carried = k_end < n_chunks;   /* not the last segment */
     const float *carried_in = carry_in + (((size_t)seg * Bsz + b) * channels + c) * N + n0;
@@ -503,9 +613,25 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
      * job starts from one, and loaded when the job began, its latency held every warp at the
      * states store below (the largest stall in the kernel's profile at chunk 16). */
     float saved_next[SCAN_NPT];
+    /* whole sub-tiles of a block whose channels and states all exist: addresses as WholeRows */
+    const bool whole_cols = VEC && c0 + CB <= channels && N == NP;
     auto fetch = [&](int kk, int jj, int ww) {   /* issue the loads of job (kk, jj, ww) */
         const int tc1 = min(T, kk * chunk + chunk), ts0 = kk * chunk + ww * L, len = min(L, tc1 - ts0);
         if (ww == 0) load_saved(kk, saved_next);
+        if constexpr (VEC && PF) {
+            if (whole_cols && len == L) {   /* (set up here: kept across jobs they spilled) */
+                const WholeRows<L, CB> rows_c(b, T, channels, c0, tid);   /* u, δ, dy */
+                const WholeRows<L, NP> rows_n(b, T, N, 0, tid);           /* B, C */
+                r_u.load_whole(u, rows_c, ts0, tid);
+                r_dt.load_whole(delta, rows_c, ts0, tid);
+                r_B.load_whole(B, rows_n, ts0, tid);
+                if (ww == jj) {
+                    r_dy.load_whole(dy, rows_c, ts0, tid);
+                    r_C.load_whole(C, rows_n, ts0, tid);
+                }
+                return;
+            }
+        }
         r_u.load(u, b, T, ts0, len, channels, c0, tid);
         r_dt.load(delta, b, T, ts0, len, channels, c0, tid);
         r_B.load(B, b, T, ts0, len, N, 0, tid);
@@ -717,10 +843,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             }
             __syncthreads();
             if constexpr (VEC) {   /* float4 pieces: channels and N are multiples of 4 */
-                for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
-                    const int s = i / (CB / 4), jj = 4 * (i % (CB / 4));
-                    if (c0 + jj >= channels) continue;
-                    const size_t at = ((size_t)b * T + ts0 + s) * channels + c0 + jj;
+                /* du, dδ of channels jj … jj+3 at step s, element at */
+                auto put_du_dd = [&](int s, int jj, size_t at) {
                     float4 gd = *(const float4 *)(ddt_t + s * CB + jj);
                     if (softplus) {   /* the δ tile is still this sub-tile's */
                         const float4 d = *(const float4 *)(dt_t + s * CB + jj);
@@ -734,10 +858,9 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                         if (du) add4(du + at, *(const float4 *)(du_t + s * CB + jj));
                         if (ddelta) add4(ddelta + at, gd);
                     }
-                }
-                /* the block's Σ over its channels, warps in order */
-                for (int i = tid; i < len * (N / 4); i += SCAN_THREADS) {
-                    const int s = i / (N / 4), m = 4 * (i % (N / 4));
+                };
+                /* the block's Σ over its channels of dB, dC at step s, states m … m+3, warps in order */
+                auto put_dBC = [&](int s, int m, size_t at) {
                     float4 sum_B = make_float4(0.0f, 0.0f, 0.0f, 0.0f), sum_C = sum_B;
 #pragma unroll
                     for (int w = 0; w < SCAN_WARPS; w++) {
@@ -746,9 +869,31 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                         sum_B = make_float4(sum_B.x + pb.x, sum_B.y + pb.y, sum_B.z + pb.z, sum_B.w + pb.w);
                         sum_C = make_float4(sum_C.x + pc.x, sum_C.y + pc.y, sum_C.z + pc.z, sum_C.w + pc.w);
                     }
-                    const size_t at = (((size_t)blockIdx.x * Bsz + b) * T + ts0 + s) * N + m;
                     *(float4 *)(dB_part + at) = sum_B;
                     *(float4 *)(dC_part + at) = sum_C;
+                };
+                if (whole_cols && len == L) {   /* addresses as WholeRows (the partials: row b' = x·Bsz + b) */
+                    using RC = WholeRows<L, CB>;
+                    using RN = WholeRows<L, NP>;
+                    const RC rows_c(b, T, channels, c0, tid);
+                    const RN rows_n((int)blockIdx.x * Bsz + b, T, N, 0, tid);
+#pragma unroll
+                    for (int r = 0; r < RC::ROUNDS; r++)
+                        if (RC::has(r, tid))
+                            put_du_dd(tid / RC::W4 + r * RC::RS, 4 * (tid % RC::W4), rows_c.index(ts0, r));
+#pragma unroll
+                    for (int r = 0; r < RN::ROUNDS; r++)
+                        if (RN::has(r, tid))
+                            put_dBC(tid / RN::W4 + r * RN::RS, 4 * (tid % RN::W4), rows_n.index(ts0, r));
+                } else {
+                    for (int i = tid; i < len * (CB / 4); i += SCAN_THREADS) {
+                        const int s = i / (CB / 4), jj = 4 * (i % (CB / 4));
+                        if (c0 + jj < channels) put_du_dd(s, jj, ((size_t)b * T + ts0 + s) * channels + c0 + jj);
+                    }
+                    for (int i = tid; i < len * (N / 4); i += SCAN_THREADS) {
+                        const int s = i / (N / 4), m = 4 * (i % (N / 4));
+                        put_dBC(s, m, (((size_t)blockIdx.x * Bsz + b) * T + ts0 + s) * N + m);
+                    }
                 }
             } else {
                 for (int i = tid; i < len * CB; i += SCAN_THREADS) {
