@@ -86,15 +86,24 @@
 #endif
 #define SCAN_FWD_GROUP 16  /* steps between the forward's chunk-save checks (divides the tile) */
 #ifndef SCAN_FWD_BATCH
-#define SCAN_FWD_BATCH 8   /* steps computed before their y partials are stored (divides the group) */
+#define SCAN_FWD_BATCH 16  /* steps computed before their y partials are stored (divides the group;
+                            * 16: 5% faster than 8 once the staging was cheap, twenty-first session) */
 #endif
 #ifndef SCAN_BWD_BATCH
-#define SCAN_BWD_BATCH 4   /* the backward's: steps recomputed, or reversed, before their stores */
+#define SCAN_BWD_BATCH 8   /* the backward's: steps recomputed, or reversed, before their stores
+                            * (8: 3% faster than 4 at jamba-small's shape; NP = 32 keeps 4, at 8
+                            * it spills: ScanBwdBatch) */
 #endif
 #ifndef SCAN_BWD_REV_BATCH
 #define SCAN_BWD_REV_BATCH SCAN_BWD_BATCH
 #endif
 #define SCAN_BWD_TILE 16   /* time steps per backward sub-tile (its states live in smem) */
+/* the backward's batches at NP states: at most 4 for NP > 16 (the 128 registers) */
+template <int NP>
+struct ScanBwdBatch {
+    static constexpr int recompute = NP > 16 && SCAN_BWD_BATCH > 4 ? 4 : SCAN_BWD_BATCH;
+    static constexpr int reverse = NP > 16 && SCAN_BWD_REV_BATCH > 4 ? 4 : SCAN_BWD_REV_BATCH;
+};
 #ifndef SCAN_BWD_MIN_BLOCKS
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 (156 registers): 2% faster at jamba-small's 384 blocks,
@@ -732,12 +741,13 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             {
                 int s = 0;
 #pragma unroll 1
-                for (; s + SCAN_BWD_BATCH <= len; s += SCAN_BWD_BATCH) {
-                    float4 hs[SCAN_BWD_BATCH];
+                constexpr int RCB = ScanBwdBatch<NP>::recompute;
+                for (; s + RCB <= len; s += RCB) {
+                    float4 hs[RCB];
 #pragma unroll
-                    for (int k = 0; k < SCAN_BWD_BATCH; k++) hs[k] = recompute(s + k);
+                    for (int k = 0; k < RCB; k++) hs[k] = recompute(s + k);
 #pragma unroll
-                    for (int k = 0; k < SCAN_BWD_BATCH; k++) states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];
+                    for (int k = 0; k < RCB; k++) states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];
                 }
                 for (; s < len; s++) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);
             }
@@ -829,7 +839,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 if (G == 1 || q == 1) du_t[s * CB + cl] = o.du;
             };
             {
-                constexpr int RB = SCAN_BWD_REV_BATCH;
+                constexpr int RB = ScanBwdBatch<NP>::reverse;
                 int s = len - 1;
 #pragma unroll 1
                 for (; s + 1 >= RB; s -= RB) {
