@@ -740,8 +740,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             };
             {
                 int s = 0;
-#pragma unroll 1
                 constexpr int RCB = ScanBwdBatch<NP>::recompute;
+#pragma unroll 1
                 for (; s + RCB <= len; s += RCB) {
                     float4 hs[RCB];
 #pragma unroll
