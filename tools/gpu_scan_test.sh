@@ -83,7 +83,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     # patterns for the scan kernels as they are (4 states a thread, sub-tile checkpoints, the
     # forward's y reduce-scattered over G steps, whole tiles addressed by WholeRows)
     mutant scan.cu 's/return fmaf(Dq, uu, p_y);/return p_y;/' "scan forward drops D·u"
-    mutant scan.cu 's/v\[i\] = mine + __shfl_xor_sync(0xffffffffu, theirs, o);/v[i] = mine;/' \
+    mutant scan.cu 's/butterfly_reduce_scatter<G, 1, G>(v, q);/butterfly_reduce_scatter<G, G, G>(v, q);/' \
         "scan forward y keeps a lane's own partials (no sum over the channel's lanes)"
     mutant scan.cu 's/for (int off = 1; off < G; off \*= 2) v += __shfl_xor_sync/for (int off = 2; off < G; off *= 2) v += __shfl_xor_sync/' \
         "scan forward y of a partial tile misses its neighbour lane's sum"
@@ -91,7 +91,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
         "scan forward checks chunk saves once a group, chunks not group-aligned"
     mutant scan.cu 's/if (!ENDS \&\& t0 + g == next_save) save_state();/if (!ENDS \&\& g == 0 \&\& t0 + g == next_save) save_state();/' \
         "scan forward checks chunk saves only at tile starts"
-    mutant scan.cu 's/if (q \& o) y_slot += m;/if (q \& o) y_slot += 1;/' \
+    mutant scan.cu 's/y_tile\[(s0 + y_slot) \* CB + cl\] = v\[0\];/y_tile[(s0 + (G - 1 - y_slot)) * CB + cl] = v[0];/' \
         "scan forward stores a batch's reduce-scattered y to the wrong steps"
     mutant scan.cu 's/return off + ((size_t)t0 + (size_t)r \* RS) \* cols;/return off + ((size_t)t0 + (size_t)r * (RS - 1)) * cols;/' \
         "scan whole-tile rows of a thread's later rounds one row too close"

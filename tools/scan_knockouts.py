@@ -15,12 +15,13 @@ import sys
 
 KNOCKOUTS = {
     "base": ("nothing (the kernel as it is)", []),
-    "noshfl": ("the shuffles of the dB/dC butterfly (its selects and adds stay)", [
+    "noshfl": ("the shuffles of the dB/dC butterfly (its selects and adds stay; the forward's y, which shares "
+               "butterfly_reduce_scatter, loses them too, but only the backward is timed)", [
         ("v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);", "v[i] = keep + send;"),
         ("v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);", "v[0] += v[0];"),
     ]),
     "nobutterfly": ("the whole dB/dC butterfly over the warp's channels", [
-        ("                {\n                    int m = V;", "                if (0) {\n                    int m = V;"),
+        ("butterfly_reduce_scatter<V, G, 32>(v, lane);", ""),
     ]),
     "nosum_n": ("the shuffles summing dδ and du over a channel's lanes", [
         ("r = keep + __shfl_xor_sync(0xffffffffu, send, 1);", "r = keep + send;"),

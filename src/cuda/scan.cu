@@ -29,7 +29,7 @@
  * tensors (every tile at jamba-small's shape) are addressed from offsets set once a kernel
  * (WholeRows), not per copy.
  * Results a step puts in shared memory (y partials, recomputed states, the reverse pass's
- * sums) are stored only after a batch of steps (8 forward, 4 backward): the input tiles
+ * sums) are stored only after a batch of steps (SCAN_FWD_BATCH, ScanBwdBatch): the input tiles
  * share the array, so the compiler keeps every later load behind such a store, and a store
  * per step put a load's latency on every step (docs/performance.md, "The scan's loads
  * held behind its stores").
@@ -244,6 +244,56 @@ __device__ __forceinline__ float sigmoid_of_softplus(float d) {
     return fabsf(d) < 0.25f ? series : 1.0f - ex2(-d * LOG2E);
 }
 
+/* A butterfly reduce-scatter of a lane's V values over the lanes lane ^ o, o = FIRST,
+ * 2·FIRST, … < END: at each level a lane keeps half of the values it still holds (the upper
+ * half where its bit o is set), sends its partner the other half and adds what comes back,
+ * so the values in flight halve each level (V − 1 shuffles in all, where plain xor sums
+ * would take V a level); once one is left, plain xor sums. v[0] … then hold the lane's sums
+ * of the values butterfly_slot names. The forward's y over a channel's lanes and the
+ * backward's dB/dC over a warp's channels. lane: the lane, or any index whose bits
+ * FIRST … END/2 are the lane's (the forward passes q: ptxas then knows it is below G and
+ * the kernel keeps 80 registers, not 89). */
+template <int V, int FIRST, int END>
+__device__ __forceinline__ void butterfly_reduce_scatter(float (&v)[V], int lane) {
+    int m = V;
+#pragma unroll
+    for (int o = FIRST; o < END; o *= 2) {
+        const bool bit = (lane & o) != 0;
+        if (m > 1) {
+            m /= 2;
+#pragma unroll
+            for (int i = 0; i < V / 2; i++)
+                if (i < m) {
+                    const float keep = bit ? v[i + m] : v[i], send = bit ? v[i] : v[i + m];
+                    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                }
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+        }
+    }
+}
+
+/* Which values a lane's sums are after butterfly_reduce_scatter<V, FIRST, END>: the index
+ * of the first of them, and in *sole (unless null) whether this lane is the one of the
+ * lanes holding the same sums (past the last halving, plain xor sums leave copies) that
+ * should use them. */
+template <int V, int FIRST, int END>
+__device__ __forceinline__ int butterfly_slot(int lane, bool *sole) {
+    int m = V, slot = 0;
+    if (sole) *sole = true;
+#pragma unroll
+    for (int o = FIRST; o < END; o *= 2) {
+        const bool bit = (lane & o) != 0;
+        if (m > 1) {
+            m /= 2;
+            slot += bit ? m : 0;
+        } else if (bit && sole) {
+            *sole = false;
+        }
+    }
+    return slot;
+}
+
 /* *dst += a for 4 floats (dst global, 16-byte aligned) */
 __device__ __forceinline__ void add4(float *dst, const float4 a) {
     float4 d = *(float4 *)dst;
@@ -304,15 +354,8 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
     const float Dc = (active && D) ? D[c] : 0.0f;
     const float Dq = q == 0 ? Dc : 0.0f;   /* D·u joins the partial of the channel's first thread */
     static_assert(SCAN_FWD_BATCH % G == 0, "put_y_scatter takes G steps at a time");
-    int y_slot = 0;   /* the step of a G-step batch whose y this lane ends with (put_y_scatter) */
-    {
-        int m = G;
-#pragma unroll
-        for (int o = 1; o < G; o *= 2) {
-            m /= 2;
-            if (q & o) y_slot += m;
-        }
-    }
+    /* the step of a batch's G whose y the lane ends with (G values over G lanes: one each) */
+    const int y_slot = butterfly_slot<G, 1, G>(q, nullptr);
     /* chunk starts fall on the starts of SCAN_FWD_GROUP-step groups (chunk a multiple of
      * the group; segments and tiles start on chunk and group starts): the save is checked
      * once a group in a full tile, not per step, which kept the step's unrolled code free
@@ -406,18 +449,7 @@ selective_scan_forward_kernel(float *y, float *chunk_states, const float *u, con
          * two partials a y: with the forward bound by the shared-memory pipe (86% busy once
          * the staging was cheap), the stores had become a tenth of its wavefronts. */
         auto put_y_scatter = [&](int s0, float (&v)[G]) {
-            int m = G;
-#pragma unroll
-            for (int o = 1; o < G; o *= 2) {
-                const bool bit = (q & o) != 0;
-                m /= 2;
-#pragma unroll
-                for (int i = 0; i < G / 2; i++)
-                    if (i < m) {
-                        const float mine = bit ? v[i + m] : v[i], theirs = bit ? v[i] : v[i + m];
-                        v[i] = mine + __shfl_xor_sync(0xffffffffu, theirs, o);
-                    }
-            }
+            butterfly_reduce_scatter<G, 1, G>(v, q);
             y_tile[(s0 + y_slot) * CB + cl] = v[0];
         };
         /* A full tile: a fixed trip count, so shared-memory offsets become immediates, and
@@ -570,7 +602,6 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
     const bool active = c < channels;
     const int n_chunks = (T + chunk - 1) / chunk, seg = blockIdx.z;
-
     const int k_first = seg * (seg_len / chunk), k_end = min(n_chunks, k_first + seg_len / chunk);
     const bool carried = k_end < n_chunks;   /* not the last segment */
     const float *carried_in = carry_in + (((size_t)seg * Bsz + b) * channels + c) * N + n0;
@@ -591,17 +622,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
      * index base..base+V_OUT−1 of the lane's V values, and whether the lane writes them. */
     constexpr int CW = 32 / G;                      /* channels per warp */
     constexpr int V_OUT = V > CW ? V / CW : 1;      /* values a lane holds at the end */
-    int base = 0;
-    bool writer = true;
-    {
-        int m = V;
-#pragma unroll
-        for (int o = G; o < 32; o *= 2) {
-            const bool bit = (lane & o) != 0;
-            if (m > 1) { m /= 2; base += bit ? m : 0; }
-            else if (bit) writer = false;
-        }
-    }
+    bool writer;
+    const int base = butterfly_slot<V, G, 32>(lane, &writer);
 
     /* The work is a sequence of jobs, each one sub-tile staged through smem, in this order:
      * chunks k last to first; in each, sub-tiles j last to first; for sub-tile j, first
@@ -793,28 +815,8 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
 #pragma unroll
                     for (int off = 2; off < G; off *= 2) r += __shfl_xor_sync(0xffffffffu, r, off);
                 }
-                /* Σ_c over the warp's channels (lanes q, q+G, q+2G, …) of the V values, as a
-                 * butterfly reduce-scatter: at offset o a lane keeps half of its values and
-                 * sends the other half, so each level halves the values in flight (V−1
-                 * shuffles in all, not V per level); once one is left, plain xor sums. */
-                {
-                    int m = V;
-#pragma unroll
-                    for (int o = G; o < 32; o *= 2) {
-                        const bool bit = (lane & o) != 0;
-                        if (m > 1) {
-                            m /= 2;
-#pragma unroll
-                            for (int i = 0; i < V / 2; i++)
-                                if (i < m) {
-                                    const float keep = bit ? v[i + m] : v[i], send = bit ? v[i] : v[i + m];
-                                    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-                                }
-                        } else {
-                            v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
-                        }
-                    }
-                }
+                /* Σ_c over the warp's channels (lanes q, q+G, q+2G, …) of the V values */
+                butterfly_reduce_scatter<V, G, 32>(v, lane);
                 RevOut o;
 #pragma unroll
                 for (int i = 0; i < V_OUT; i++) o.db_c[i] = v[i];
