@@ -158,6 +158,7 @@ static const ScanShape scan_shapes[] = {
     {2, 200, 64, 8, 32, 1},   /* N = 8 (2 threads a channel), chunk = the forward's tile, ragged */
     {2, 160, 64, 16, 16, 1},  /* chunk 16 (jamba-small's): two saves in each full forward tile */
     {1, 200, 40, 16, 48, 1},  /* chunk 48: a multiple of the forward's save group, not its tile */
+    {2, 75, 64, 16, 25, 1},   /* chunk 25: sub-tiles of 16 and 9 steps (odd: the backward's pairs start late) */
 };
 #define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
 

@@ -101,11 +101,11 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
         "scan backward whole-tile prefetch takes C from B"
     mutant scan.cu 's/const RN rows_n((int)blockIdx.x \* Bsz + b, T, N, 0, tid);/const RN rows_n(b, T, N, 0, tid);/' \
         "scan backward whole-tile dB\/dC partials all in the first channel block's rows"
-    mutant scan.cu 's/for (; s < len; s++) states\[(s + 1) \* SCAN_THREADS + tid\] = recompute(s);/for (; s + 1 < len; s++) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);/' \
+    mutant scan.cu 's/                for (; s < len; s++) {/                for (; s + 1 < len; s++) {/' \
         "scan backward recompute skips a ragged sub-tile's last state"
     mutant scan.cu 's/for (int k = 0; k < RB; k++) put_reverse(s - k, o\[k\]);/for (int k = 0; k < RB; k++) put_reverse(s - k, o[RB - 1 - k]);/' \
         "scan backward stores a batch's results to the wrong steps"
-    mutant scan.cu 's/for (; s >= 0; s--) put_reverse(s, reverse(s));/for (; s >= 0; s--) reverse(s);/' \
+    mutant scan.cu 's/for (; s >= 0; s--) put_reverse(s, reverse_one(s));/for (; s >= 0; s--) reverse_one(s);/' \
         "scan backward drops a ragged sub-tile's first steps"
     mutant scan.cu 's/if (du) du\[at\] = overwrite ? du_t\[i\] : du\[at\] + du_t\[i\];/if (du) du[at] = du_t[i];/' "scan du overwritten, not accumulated"
     mutant scan.cu 's/if (du) \*(float4 \*)(du + at) = \*(const float4 \*)(du_t + s \* CB + jj);/if (du) add4(du + at, *(const float4 *)(du_t + s * CB + jj));/' \
@@ -123,7 +123,25 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
         "scan backward's dA/dδ weight adds dy·C to the decayed carry"
     mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
     mutant scan.cu 's/h = ex2(a2 \* y\[((size_t)b \* T + ts) \* channels + c\]) \* h + \*at;/h = *at;/' "scan segment start drops the earlier segments"
-    mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[i\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
+    mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[sn(i)\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
+    mutant scan.cu 's/po\[i\] = de\[i\] \* pe\[i\] + dtu \* ie.Bn\[i\];/po[i] = de[i] * pe[i];/' \
+        "scan backward pair: the odd step's h_{t-1} without the even step's input"
+    mutant scan.cu 's/o\[k + 1\] = reverse(ie, pe, de);/o[k + 1] = reverse(ie, pe, dec);/' \
+        "scan backward pair: the even step takes the odd step's decays"
+    mutant scan.cu 's/if (S::HALF \&\& se != s) {/if (false) {/' \
+        "scan backward single odd step takes the even step's state"
+    mutant scan.cu 's/if (S::HALF \&\& s >= 0 \&\& (s \& 1) == 0) {/if (false) {/' \
+        "scan backward pairs start on an even step (odd sub-tile)"
+    mutant scan.cu 's/const int pm = S::SORTED ? (((lane >> 2) \& 1) << 1) | ((lane >> 3) \& 1) : 0;/const int pm = S::SORTED ? (((lane >> 3) \& 1) << 1) | ((lane >> 2) \& 1) : 0;/' \
+        "scan backward lane order from the wrong lane bits"
+    mutant scan.cu 's/make_float4(a.z, a.w, a.x, a.y);/make_float4(a.w, a.z, a.x, a.y);/' \
+        "scan backward B/C copy 2 swizzled wrong"
+    mutant scan.cu 's/out\[(idx % 2) \* NP + n0 + idx \/ 2\]/out[(idx % 2) * NP + n0 + (idx \/ 2 ^ 1)]/' \
+        "scan backward lane-order dB/dC sums to the neighbouring state"
+    mutant scan.cu 's/if (n0 + sn(i) < N) at\[sn(i)\] = dA_acc\[i\];/if (n0 + sn(i) < N) at[i] = dA_acc[i];/' \
+        "scan backward dA in register order, not state order"
+    mutant scan.cu 's/butterfly_reduce_scatter<V, G, 32, S::SORTED ? 2 : 0>(v, lane);/butterfly_reduce_scatter<V, G, 32, S::SORTED ? 3 : 0>(v, lane);/' \
+        "scan backward butterfly's kind level taken as sorted"
     mutant scan.cu 's/g\[i\] = ex2(dt \* A2\[i\]) \* (g\[i\] + dyv \* Cn\[i\]);/g[i] = ex2(dt * A2[i]) * g[i] + dyv * Cn[i];/' "scan carry pass decays one step late"
     mutant scan.cu 's/dA, dD, dA_part, dD_part, n_seg \* Bsz, channels, N);/dA, dD, dA_part, dD_part, Bsz, channels, N);/' "scan dA/dD sum misses the segments' partials"
     mutant conv1d.cu 's/y.v\[p\] = device_silu(y.v\[p\]);/y.v[p] = device_silu(-y.v[p]);/' "conv forward's silu of −a"

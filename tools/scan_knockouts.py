@@ -19,16 +19,19 @@ KNOCKOUTS = {
                "butterfly_reduce_scatter, loses them too, but only the backward is timed)", [
         ("v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);", "v[i] = keep + send;"),
         ("v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);", "v[0] += v[0];"),
+        ("v[i] += __shfl_xor_sync(0xffffffffu, v[i + m], o);", "v[i] += v[i + m];"),
     ]),
     "nobutterfly": ("the whole dB/dC butterfly over the warp's channels", [
-        ("butterfly_reduce_scatter<V, G, 32>(v, lane);", ""),
+        ("butterfly_reduce_scatter<V, G, 32, S::SORTED ? 2 : 0>(v, lane);", ""),
     ]),
     "nosum_n": ("the shuffles summing dδ and du over a channel's lanes", [
         ("r = keep + __shfl_xor_sync(0xffffffffu, send, 1);", "r = keep + send;"),
         ("for (int off = 2; off < G; off *= 2) r += __shfl_xor_sync(0xffffffffu, r, off);", ""),
     ]),
-    "noex2_reverse": ("the reverse pass's ex2 (its decay becomes the product δ·A)", [
-        ("const float decay = ex2(dt * A2[i]);", "const float decay = dt * A2[i];"),
+    "noex2_reverse": ("the reverse pass's ex2 of its steps' decays (each becomes the product δ·A; the odd "
+                      "steps' states, made from the even ones, keep theirs)", [
+        ("for (int i = 0; i < SCAN_NPT; i++) decay[i] = ex2(dt * A2[i]);",
+         "for (int i = 0; i < SCAN_NPT; i++) decay[i] = dt * A2[i];"),
     ]),
     "nodbc_store": ("the per-step stores of the warps' dB/dC sums to shared memory", [
         ("if (writer) {\n                    float *out", "if (0) {\n                    float *out"),
@@ -38,7 +41,7 @@ KNOCKOUTS = {
         ("auto put_dBC = [&](int s, int m, size_t at) {", "auto put_dBC = [&](int s, int m, size_t at) {\n                    if (s >= 0) return;"),
     ]),
     "nostates_store": ("the recompute's stores of the states to shared memory (the reverse pass reads stale ones)", [
-        ("states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];", "(void)hs[k];"),
+        ("if (!S::HALF || (k & 1)) states[S::row(s + k + 1) * SCAN_THREADS + tid] = hs[k];", "(void)hs[k];"),
     ]),
 }
 

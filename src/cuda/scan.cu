@@ -40,14 +40,17 @@
  *
  * Backward: a chunk is processed in sub-tiles of SCAN_BWD_TILE = 16 steps, last first. The
  * sub-tile's states are recomputed into shared memory (a float4 column per thread, no
- * sharing), then walked in reverse. The carried gradient exp(δA)·dh stays in registers
+ * sharing; only the states entering even steps, SCAN_BWD_HALF_ROWS: the reverse pass takes
+ * its steps in pairs and makes the odd step's from the even one with the decay and input it
+ * computes for the even step anyway, a quarter of the shared-memory traffic the states
+ * took), then walked in reverse. The carried gradient exp(δA)·dh stays in registers
  * across sub-tiles and chunks. A sub-tile that does not start at its chunk's start first
  * walks the recurrence over the chunk's earlier sub-tiles (staged the same way), from the
  * chunk's saved start or from a checkpoint kept in registers: with chunk = 64 a chunk
  * recomputes 4 sub-tiles' worth more than the 4 it differentiates. Why 16 steps and not
- * more: shared memory (17 rows of states, 34 KiB, of 54 KiB a block) is what bounds the
- * blocks per SM; at 16 four blocks (16 warps) fit and B=8, di=2048 runs in one wave, and
- * that occupancy is worth more than the longer walks (at 32 steps: 2 blocks, 1.4× slower).
+ * more: shared memory is what bounds the blocks per SM (44 KiB a block at N = 16, 54 KiB
+ * before the half rows); at 16 four blocks (16 warps) fit and B=8, di=2048 runs in one wave,
+ * and that occupancy is worth more than the longer walks (at 32 steps: 2 blocks, 1.4× slower).
  * The next sub-tile's inputs, and the saved state it starts from, are loaded into registers
  * while this one computes (N ≥ 16, where they fit in the 128 registers that four blocks
  * leave a thread).
@@ -58,7 +61,9 @@
  * sub-tile staged), which saves the layer a pass that reads dδ and δ and writes da.
  * dB_t, dC_t are sums over all channels: each step a warp adds its channels' 8 values per
  * thread (dB and dC for 4 n) with a butterfly reduce-scatter (7 shuffles where plain xor
- * sums would take 24), the block adds its warps in order after the sub-tile, and each
+ * sums would take 24; at N = 16 its first two levels without selects, SCAN_BWD_SORTED: each
+ * lane holds its 4 states in a lane-dependent order, read from one of 4 swizzled copies of
+ * the B and C tiles), the block adds its warps in order after the sub-tile, and each
  * block writes its partial sum to scratch; dA, dD are sums over the batch: each block
  * writes its b's partial. A second kernel adds the partials in a fixed order into dB, dC,
  * dA, dD: no atomics, the same bits each run.
@@ -104,6 +109,12 @@ struct ScanBwdBatch {
     static constexpr int recompute = NP > 16 && SCAN_BWD_BATCH > 4 ? 4 : SCAN_BWD_BATCH;
     static constexpr int reverse = NP > 16 && SCAN_BWD_REV_BATCH > 4 ? 4 : SCAN_BWD_REV_BATCH;
 };
+#ifndef SCAN_BWD_HALF_ROWS
+#define SCAN_BWD_HALF_ROWS 1   /* the backward keeps the states of even steps only (ScanBackwardSmem) */
+#endif
+#ifndef SCAN_BWD_SORTED
+#define SCAN_BWD_SORTED 1      /* the backward's lanes hold their states in lane order (ScanBackwardSmem) */
+#endif
 #ifndef SCAN_BWD_MIN_BLOCKS
 #define SCAN_BWD_MIN_BLOCKS 4   /* blocks per SM the backward is built for (registers ≤ 128;
                                  * 3 (156 registers): 2% faster at jamba-small's 384 blocks,
@@ -231,6 +242,28 @@ struct RowRegs {
             }
         }
     }
+    /* store() into 4 copies of the tile (copy m at tile + m·stride, W a multiple of 4), copy
+     * m with column j at j ^ m: each quad of columns swizzled (the backward's lane orders) */
+    __device__ __forceinline__ void store_swizzled(float *tile, int stride, int tid) const {
+        static_assert(W % 4 == 0, "quads of columns");
+#pragma unroll
+        for (int r = 0; r < n; r++) {
+            const int i = tid + r * SCAN_THREADS;
+            if (i < L * WP) {
+                if constexpr (VEC) {
+                    const float4 a = v[r];
+                    float *at = tile + P * i;
+                    *(float4 *)(at) = a;
+                    *(float4 *)(at + stride) = make_float4(a.y, a.x, a.w, a.z);
+                    *(float4 *)(at + 2 * stride) = make_float4(a.z, a.w, a.x, a.y);
+                    *(float4 *)(at + 3 * stride) = make_float4(a.w, a.z, a.y, a.x);
+                } else {
+#pragma unroll
+                    for (int m = 0; m < 4; m++) tile[m * stride + (i ^ m)] = v[r].x;
+                }
+            }
+        }
+    }
 };
 
 /* σ(a) from δ = softplus(a): 1 − e^{−δ}, what the backward multiplies dδ by to leave as da.
@@ -252,20 +285,28 @@ __device__ __forceinline__ float sigmoid_of_softplus(float d) {
  * of the values butterfly_slot names. The forward's y over a channel's lanes and the
  * backward's dB/dC over a warp's channels. lane: the lane, or any index whose bits
  * FIRST … END/2 are the lane's (the forward passes q: ptxas then knows it is below G and
- * the kernel keeps 80 registers, not 89). */
-template <int V, int FIRST, int END>
+ * the kernel keeps 80 registers, not 89).
+ * SORTED: the first SORTED levels take no selects because the caller has put each lane's
+ * values in lane order: its register j holds value j ^ slot (slot: butterfly_slot's, in the
+ * bits those levels split), so the half a lane keeps is always v[0 … m−1] and its partner's
+ * v[m …] hold the same values (the backward's dB/dC; see ScanBackwardSmem's B copies). */
+template <int V, int FIRST, int END, int SORTED = 0>
 __device__ __forceinline__ void butterfly_reduce_scatter(float (&v)[V], int lane) {
-    int m = V;
+    int m = V, level = 0;
 #pragma unroll
-    for (int o = FIRST; o < END; o *= 2) {
+    for (int o = FIRST; o < END; o *= 2, level++) {
         const bool bit = (lane & o) != 0;
         if (m > 1) {
             m /= 2;
 #pragma unroll
             for (int i = 0; i < V / 2; i++)
                 if (i < m) {
-                    const float keep = bit ? v[i + m] : v[i], send = bit ? v[i] : v[i + m];
-                    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                    if (level < SORTED) {   /* the lane's keep half is already v[0 … m−1] */
+                        v[i] += __shfl_xor_sync(0xffffffffu, v[i + m], o);
+                    } else {
+                        const float keep = bit ? v[i + m] : v[i], send = bit ? v[i] : v[i + m];
+                        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                    }
                 }
         } else {
             v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
@@ -564,16 +605,29 @@ template <int NP>
 struct ScanBackwardSmem {
     static constexpr int CB = SCAN_THREADS * SCAN_NPT / NP;
     static constexpr int L = SCAN_BWD_TILE;
-    static constexpr int states = 0;   /* [L+1][threads] float4: h_{ts0−1+s}, row 0 the start */
-    static constexpr int u = states + (L + 1) * SCAN_THREADS * SCAN_NPT;   /* [L][CB] */
+    /* SCAN_BWD_HALF_ROWS: only the states entering even steps are kept (row r: s = 2r); the
+     * reverse pass makes an odd step's from the even one before it (see there) */
+    static constexpr bool HALF = SCAN_BWD_HALF_ROWS != 0;
+    static constexpr int ROWS = HALF ? L / 2 + 1 : L + 1;
+    /* SCAN_BWD_SORTED at NP = 16: B and C in 4 copies, copy m with each quad's states
+     * swizzled n ↔ n ^ m, one per lane order (the lane's pm below). The copies are COPY
+     * floats apart, 8 more than a tile: a quarter-warp's lanes read copies m and m ^ 2,
+     * which then sit 16 banks apart (at L·NP apart they were in the same banks: a 2-way
+     * conflict on every B and C load, the backward 10% slower). */
+    static constexpr bool SORTED = SCAN_BWD_SORTED != 0 && NP == 16;
+    static constexpr int COPIES = SORTED ? 4 : 1, COPY = SORTED ? L * NP + 8 : L * NP;
+    static_assert(!SORTED || (2 * COPY) % 32 == 16, "copies m, m ^ 2 in opposite bank halves");
+    static constexpr int states = 0;   /* [ROWS][threads] float4: h_{ts0−1+s}, row 0 the start */
+    static constexpr int u = states + ROWS * SCAN_THREADS * SCAN_NPT;   /* [L][CB] */
     static constexpr int dt = u + L * CB;
     static constexpr int dy = dt + L * CB;
     static constexpr int du = dy + L * CB;   /* [L][CB] Σ_n, before the write-out */
     static constexpr int ddt = du + L * CB;
-    static constexpr int B = ddt + L * CB;   /* [L][NP] */
-    static constexpr int C = B + L * NP;
-    static constexpr int dBC = C + L * NP;   /* [L][warps][2][NP]: a warp's Σ_c of dB, dC */
+    static constexpr int B = ddt + L * CB;   /* [COPIES][L][NP], COPY floats apart */
+    static constexpr int C = B + COPIES * COPY;
+    static constexpr int dBC = C + COPIES * COPY;   /* [L][warps][2][NP]: a warp's Σ_c of dB, dC */
     static constexpr int total = dBC + L * SCAN_WARPS * 2 * NP;
+    __device__ __forceinline__ static int row(int s) { return HALF ? s / 2 : s; }
 };
 
 /* grid (channel blocks, Bsz, segments); thread (cl = tid / G, q = tid % G) as in the
@@ -599,6 +653,14 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
 
     const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
     const int lane = tid % 32, warp = tid / 32;
+    /* Lane order (S::SORTED): register i holds state n0 + (i ^ pm), pm the lane's bits 2 and
+     * 3 (the first two levels of the dB/dC butterfly below), and the lane reads B and C from
+     * copy pm, where they sit in that order; so those levels need no selects (28 → 16
+     * instructions a step). Every per-state array of the thread follows the same order. */
+    const int pm = S::SORTED ? (((lane >> 2) & 1) << 1) | ((lane >> 3) & 1) : 0;
+    auto sn = [&](int i) { return S::SORTED ? i ^ pm : i; };   /* register i's state − n0 */
+    B_t += pm * S::COPY;
+    C_t += pm * S::COPY;
     const int c0 = blockIdx.x * CB, c = c0 + cl, b = blockIdx.y;
     const bool active = c < channels;
     const int n_chunks = (T + chunk - 1) / chunk, seg = blockIdx.z;
@@ -609,10 +671,10 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     float carry[SCAN_NPT], dA_acc[SCAN_NPT];   /* carry: exp(δ_{t+1} A) dh_{t+1}, 0 past the end */
 #pragma unroll
     for (int i = 0; i < SCAN_NPT; i++) {
-        const bool live = active && n0 + i < N;
-        Ac[i] = live ? A[(size_t)c * N + n0 + i] : 0.0f;
+        const bool live = active && n0 + sn(i) < N;
+        Ac[i] = live ? A[(size_t)c * N + n0 + sn(i)] : 0.0f;
         A2[i] = Ac[i] * LOG2E;
-        carry[i] = carried && live ? carried_in[i] : 0.0f;
+        carry[i] = carried && live ? carried_in[sn(i)] : 0.0f;
         dA_acc[i] = 0.0f;
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
@@ -638,7 +700,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     auto load_saved = [&](int kk, float *to) {
         const float *saved = chunk_states + (((size_t)b * n_chunks + kk) * channels + c) * N + n0;
 #pragma unroll
-        for (int i = 0; i < SCAN_NPT; i++) to[i] = active && n0 + i < N ? saved[i] : 0.0f;
+        for (int i = 0; i < SCAN_NPT; i++) to[i] = active && n0 + sn(i) < N ? saved[sn(i)] : 0.0f;
     };
     /* With PF the next job's saved start state is loaded with its inputs: at chunk = L every
      * job starts from one, and loaded when the job began, its latency held every warp at the
@@ -700,12 +762,14 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
         if (PF) {
             r_u.store(scan_smem + S::u, tid);
             r_dt.store(scan_smem + S::dt, tid);
-            r_B.store(scan_smem + S::B, tid);
+            if (S::SORTED) r_B.store_swizzled(scan_smem + S::B, S::COPY, tid);
+            else r_B.store(scan_smem + S::B, tid);
             if (grad) {
                 r_dy.store(scan_smem + S::dy, tid);
-                r_C.store(scan_smem + S::C, tid);
+                if (S::SORTED) r_C.store_swizzled(scan_smem + S::C, S::COPY, tid);
+                else r_C.store(scan_smem + S::C, tid);
             }
-        } else {
+        } else {   /* (NP < 16: never SORTED) */
             stage_rows<L, CB, VEC>(scan_smem + S::u, u, b, T, ts0, len, channels, c0, tid);
             stage_rows<L, CB, VEC>(scan_smem + S::dt, delta, b, T, ts0, len, channels, c0, tid);
             stage_rows<L, NP, VEC>(scan_smem + S::B, B, b, T, ts0, len, N, 0, tid);
@@ -744,13 +808,13 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 for (int i = 0; i < SCAN_NPT; i++) h[i] = ex2(dt * A2[i]) * h[i] + dtu * Bn[i];
             }
         } else {
-            /* recompute the sub-tile's states: states[s][tid] = h_{ts0+s−1} (row 0: the
-             * start). Each thread reads back only its own column: no barrier needed.
-             * SCAN_BWD_BATCH steps are computed before their states are stored, and the
-             * reverse pass below stores SCAN_BWD_REV_BATCH steps' results after all of them:
-             * the compiler cannot tell these stores from the input tiles' loads (one shared
-             * array), so a store between two steps held the next step's loads (and
-             * everything after them) behind it. */
+            /* recompute the sub-tile's states: states[row(s)][tid] = h_{ts0+s−1} for s even
+             * (S::HALF; every s otherwise; row 0: the start). Each thread reads back only its
+             * own column: no barrier needed. SCAN_BWD_BATCH steps are computed before their
+             * states are stored, and the reverse pass below stores SCAN_BWD_REV_BATCH steps'
+             * results after all of them: the compiler cannot tell these stores from the input
+             * tiles' loads (one shared array), so a store between two steps held the next
+             * step's loads (and everything after them) behind it. */
             states[tid] = make_float4(h[0], h[1], h[2], h[3]);
             auto recompute = [&](int s) -> float4 {
                 const float dt = dt_t[s * CB + cl], dtu = dt * u_t[s * CB + cl];
@@ -763,44 +827,59 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             {
                 int s = 0;
                 constexpr int RCB = ScanBwdBatch<NP>::recompute;
+                static_assert(!S::HALF || RCB % 2 == 0, "batches of whole pairs of steps");
 #pragma unroll 1
                 for (; s + RCB <= len; s += RCB) {
                     float4 hs[RCB];
 #pragma unroll
                     for (int k = 0; k < RCB; k++) hs[k] = recompute(s + k);
 #pragma unroll
-                    for (int k = 0; k < RCB; k++) states[(s + k + 1) * SCAN_THREADS + tid] = hs[k];
+                    for (int k = 0; k < RCB; k++)   /* (s is even: s + k + 1 is where k is odd) */
+                        if (!S::HALF || (k & 1)) states[S::row(s + k + 1) * SCAN_THREADS + tid] = hs[k];
                 }
-                for (; s < len; s++) states[(s + 1) * SCAN_THREADS + tid] = recompute(s);
+                for (; s < len; s++) {
+                    const float4 hs = recompute(s);
+                    if (!S::HALF || ((s + 1) & 1) == 0) states[S::row(s + 1) * SCAN_THREADS + tid] = hs;
+                }
             }
             /* reverse recurrence; h holds h_t, the state after step t. One step's results
              * for put_reverse: the lane's share of the warp's Σ_c dB_t, dC_t (db_c), its
              * Σ_n for dδ (r: lane q = 0), du_t (lane q = 1; G = 1: the one lane), dy·u */
             struct RevOut { float db_c[V_OUT], r, du, dD; };
-            auto reverse = [&](int s) -> RevOut {
-                const float dt = dt_t[s * CB + cl], uu = u_t[s * CB + cl], dyv = dy_t[s * CB + cl];
+            struct StepIn { float dt, uu, dyv, Bn[SCAN_NPT], Cn[SCAN_NPT]; };
+            auto load_in = [&](int s) -> StepIn {
+                StepIn in;
+                in.dt = dt_t[s * CB + cl];
+                in.uu = u_t[s * CB + cl];
+                in.dyv = dy_t[s * CB + cl];
                 const float4 Bv = *(const float4 *)(B_t + s * NP + n0);
                 const float4 Cv = *(const float4 *)(C_t + s * NP + n0);
-                const float4 Pv = states[s * SCAN_THREADS + tid];   /* h_{t−1} */
-                const float Bn[SCAN_NPT] = {Bv.x, Bv.y, Bv.z, Bv.w}, Cn[SCAN_NPT] = {Cv.x, Cv.y, Cv.z, Cv.w};
-                const float prev[SCAN_NPT] = {Pv.x, Pv.y, Pv.z, Pv.w};
+                in.Bn[0] = Bv.x; in.Bn[1] = Bv.y; in.Bn[2] = Bv.z; in.Bn[3] = Bv.w;
+                in.Cn[0] = Cv.x; in.Cn[1] = Cv.y; in.Cn[2] = Cv.z; in.Cn[3] = Cv.w;
+                return in;
+            };
+            /* step s of the reverse pass from its inputs, h_{t−1} (prev) and e^{δ_t A} */
+            auto reverse = [&](const StepIn &in, const float (&prev)[SCAN_NPT],
+                               const float (&decay)[SCAN_NPT]) -> RevOut {
+                const float dt = in.dt, uu = in.uu, dyv = in.dyv;
                 const float dtu = dt * uu;
                 /* dδ = Σ_n dh (A e^{δA} h_{t−1} + u B) = Σ_n A·wgt + u·Σ_n dh B with
                  * wgt = dh e^{δA} h_{t−1}, which dA (+= δ·wgt) needs too; its first two
                  * factors are the carry to step t−1, so wgt costs one product */
                 float g_A = 0.0f, g_u = 0.0f;   /* Σ_n A·wgt, Σ_n dh B */
-                float v[V];                     /* this thread's dB_t[n], then dC_t[n] terms */
+                /* this thread's dB_t[n], dC_t[n] terms: v[i], v[4 + i], or in lane order
+                 * v[2i], v[2i + 1] (the butterfly's sorted levels split the state bits) */
+                float v[V];
 #pragma unroll
                 for (int i = 0; i < SCAN_NPT; i++) {
-                    const float decay = ex2(dt * A2[i]);
-                    const float dh = carry[i] + dyv * Cn[i];
-                    carry[i] = decay * dh;
+                    const float dh = carry[i] + dyv * in.Cn[i];
+                    carry[i] = decay[i] * dh;
                     const float wgt = carry[i] * prev[i];
                     g_A += Ac[i] * wgt;
-                    g_u += dh * Bn[i];
+                    g_u += dh * in.Bn[i];
                     dA_acc[i] += dt * wgt;
-                    v[i] = dh * dtu;
-                    v[SCAN_NPT + i] = dyv * h[i];
+                    v[S::SORTED ? 2 * i : i] = dh * dtu;
+                    v[S::SORTED ? 2 * i + 1 : SCAN_NPT + i] = dyv * h[i];
                     h[i] = prev[i];
                 }
                 const float g_dt = g_A + uu * g_u;
@@ -816,7 +895,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                     for (int off = 2; off < G; off *= 2) r += __shfl_xor_sync(0xffffffffu, r, off);
                 }
                 /* Σ_c over the warp's channels (lanes q, q+G, q+2G, …) of the V values */
-                butterfly_reduce_scatter<V, G, 32>(v, lane);
+                butterfly_reduce_scatter<V, G, 32, S::SORTED ? 2 : 0>(v, lane);
                 RevOut o;
 #pragma unroll
                 for (int i = 0; i < V_OUT; i++) o.db_c[i] = v[i];
@@ -825,13 +904,40 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 o.dD = dyv * uu;
                 return o;
             };
+            auto decays_of = [&](float dt, float (&decay)[SCAN_NPT]) {
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++) decay[i] = ex2(dt * A2[i]);
+            };
+            /* h_{t−1} at step s: a states row where s is even (or every s without HALF), else
+             * one recurrence step from the even step before (what the recompute did) */
+            auto state_before = [&](int s, float (&prev)[SCAN_NPT]) {
+                const int se = S::HALF ? s & ~1 : s;
+                const float4 P = states[S::row(se) * SCAN_THREADS + tid];
+                prev[0] = P.x; prev[1] = P.y; prev[2] = P.z; prev[3] = P.w;
+                if (S::HALF && se != s) {
+                    const StepIn ie = load_in(se);
+                    const float dtu = ie.dt * ie.uu;
+#pragma unroll
+                    for (int i = 0; i < SCAN_NPT; i++) prev[i] = ex2(ie.dt * A2[i]) * prev[i] + dtu * ie.Bn[i];
+                }
+            };
+            auto reverse_one = [&](int s) -> RevOut {
+                const StepIn in = load_in(s);
+                float prev[SCAN_NPT], decay[SCAN_NPT];
+                state_before(s, prev);
+                decays_of(in.dt, decay);
+                return reverse(in, prev, decay);
+            };
             auto put_reverse = [&](int s, const RevOut &o) {
                 if (writer) {
                     float *out = dBC + (s * SCAN_WARPS + warp) * 2 * NP;
 #pragma unroll
                     for (int i = 0; i < V_OUT; i++) {
-                        const int idx = base + i;   /* value idx: kind idx / 4, n = n0 + idx % 4 */
-                        out[(idx / SCAN_NPT) * NP + n0 + idx % SCAN_NPT] = o.db_c[i];
+                        /* value idx: kind idx / 4, n = n0 + idx % 4 (lane order: kind
+                         * idx % 2, n = n0 + idx / 2) */
+                        const int idx = base + i;
+                        if (S::SORTED) out[(idx % 2) * NP + n0 + idx / 2] = o.db_c[i];
+                        else out[(idx / SCAN_NPT) * NP + n0 + idx % SCAN_NPT] = o.db_c[i];
                     }
                 }
                 if (q == 0) {
@@ -842,16 +948,40 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
             };
             {
                 constexpr int RB = ScanBwdBatch<NP>::reverse;
+                static_assert(!S::HALF || RB % 2 == 0, "batches of whole pairs of steps");
                 int s = len - 1;
+                if (S::HALF && s >= 0 && (s & 1) == 0) {   /* (len odd) the batches start on odd steps */
+                    put_reverse(s, reverse_one(s));
+                    s--;
+                }
 #pragma unroll 1
                 for (; s + 1 >= RB; s -= RB) {
                     RevOut o[RB];
+                    if constexpr (S::HALF) {
+                        /* pairs (s − k, s − k − 1), the second even: its row and its decays
+                         * give the first its h_{t−1} */
 #pragma unroll
-                    for (int k = 0; k < RB; k++) o[k] = reverse(s - k);
+                        for (int k = 0; k < RB; k += 2) {
+                            const StepIn io = load_in(s - k), ie = load_in(s - k - 1);
+                            const float4 P = states[S::row(s - k - 1) * SCAN_THREADS + tid];
+                            const float pe[SCAN_NPT] = {P.x, P.y, P.z, P.w};
+                            float de[SCAN_NPT], dec[SCAN_NPT], po[SCAN_NPT];
+                            decays_of(ie.dt, de);
+                            decays_of(io.dt, dec);
+                            const float dtu = ie.dt * ie.uu;
+#pragma unroll
+                            for (int i = 0; i < SCAN_NPT; i++) po[i] = de[i] * pe[i] + dtu * ie.Bn[i];
+                            o[k] = reverse(io, po, dec);
+                            o[k + 1] = reverse(ie, pe, de);
+                        }
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < RB; k++) o[k] = reverse_one(s - k);
+                    }
 #pragma unroll
                     for (int k = 0; k < RB; k++) put_reverse(s - k, o[k]);
                 }
-                for (; s >= 0; s--) put_reverse(s, reverse(s));
+                for (; s >= 0; s--) put_reverse(s, reverse_one(s));
             }
             __syncthreads();
             if constexpr (VEC) {   /* float4 pieces: channels and N are multiples of 4 */
@@ -941,7 +1071,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
         float *at = dA_part + part * N + n0;
 #pragma unroll
         for (int i = 0; i < SCAN_NPT; i++)
-            if (n0 + i < N) at[i] = dA_acc[i];
+            if (n0 + sn(i) < N) at[sn(i)] = dA_acc[i];
         if (q == 0) dD_part[part] = dD_acc;
     }
 }
