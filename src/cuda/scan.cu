@@ -858,7 +858,7 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 in.Cn[0] = Cv.x; in.Cn[1] = Cv.y; in.Cn[2] = Cv.z; in.Cn[3] = Cv.w;
                 return in;
             };
-            /* step s of the reverse pass from its inputs, h_{t−1} (prev) and e^{δ_t A} */
+            /* one step of the reverse pass from its inputs, h_{t−1} (prev) and e^{δ_t A} */
             auto reverse = [&](const StepIn &in, const float (&prev)[SCAN_NPT],
                                const float (&decay)[SCAN_NPT]) -> RevOut {
                 const float dt = in.dt, uu = in.uu, dyv = in.dyv;
