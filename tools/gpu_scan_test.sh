@@ -124,7 +124,7 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
     mutant scan.cu 's/if (nk != k) ck_j = -1;/if (nk != k) { ck_j = -1; for (int i = 0; i < SCAN_NPT; i++) carry[i] = 0.0f; }/' "scan drops the gradient carried across chunks"
     mutant scan.cu 's/h = ex2(a2 \* y\[((size_t)b \* T + ts) \* channels + c\]) \* h + \*at;/h = *at;/' "scan segment start drops the earlier segments"
     mutant scan.cu 's/carry\[i\] = carried \&\& live ? carried_in\[sn(i)\] : 0.0f;/carry[i] = 0.0f;/' "scan segment ignores the carry from its right"
-    mutant scan.cu 's/po\[i\] = de\[i\] \* pe\[i\] + dtu \* ie.Bn\[i\];/po[i] = de[i] * pe[i];/' \
+    mutant scan.cu 's/                            advance(po, de, ie);/                            (void)de;/' \
         "scan backward pair: the odd step's h_{t-1} without the even step's input"
     mutant scan.cu 's/o\[k + 1\] = reverse(ie, pe, de);/o[k + 1] = reverse(ie, pe, dec);/' \
         "scan backward pair: the even step takes the odd step's decays"
@@ -132,8 +132,10 @@ if [ $status -eq 0 ] && [ "${1:-}" = "--mutants" ]; then
         "scan backward single odd step takes the even step's state"
     mutant scan.cu 's/if (S::HALF \&\& s >= 0 \&\& (s \& 1) == 0) {/if (false) {/' \
         "scan backward pairs start on an even step (odd sub-tile)"
-    mutant scan.cu 's/const int pm = S::SORTED ? (((lane >> 2) \& 1) << 1) | ((lane >> 3) \& 1) : 0;/const int pm = S::SORTED ? (((lane >> 3) \& 1) << 1) | ((lane >> 2) \& 1) : 0;/' \
-        "scan backward lane order from the wrong lane bits"
+    mutant scan.cu 's/const int pm = S::SORTED ? base \/ 2 : 0;/const int pm = S::SORTED ? ((base \/ 2) ^ 3) : 0;/' \
+        "scan backward lane order not its butterfly slot's"
+    mutant scan.cu 's/for (int i = 0; i < SCAN_NPT; i++) st\[i\] = decay\[i\] \* st\[i\] + dtu \* in.Bn\[i\];/for (int i = 0; i < SCAN_NPT; i++) st[i] = decay[i] * st[i] + in.dt * in.Bn[i];/' \
+        "scan backward odd step's state without u"
     mutant scan.cu 's/make_float4(a.z, a.w, a.x, a.y);/make_float4(a.w, a.z, a.x, a.y);/' \
         "scan backward B/C copy 2 swizzled wrong"
     mutant scan.cu 's/out\[(idx % 2) \* NP + n0 + idx \/ 2\]/out[(idx % 2) * NP + n0 + (idx \/ 2 ^ 1)]/' \

@@ -653,11 +653,18 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
 
     const int tid = threadIdx.x, cl = tid / G, q = tid % G, n0 = q * SCAN_NPT;
     const int lane = tid % 32, warp = tid / 32;
-    /* Lane order (S::SORTED): register i holds state n0 + (i ^ pm), pm the lane's bits 2 and
-     * 3 (the first two levels of the dB/dC butterfly below), and the lane reads B and C from
-     * copy pm, where they sit in that order; so those levels need no selects (28 → 16
-     * instructions a step). Every per-state array of the thread follows the same order. */
-    const int pm = S::SORTED ? (((lane >> 2) & 1) << 1) | ((lane >> 3) & 1) : 0;
+    /* Where this lane's dB/dC sums land after the butterfly below (see there): the value
+     * index base..base+V_OUT−1 of the lane's V values, and whether the lane writes them. */
+    constexpr int CW = 32 / G;                      /* channels per warp */
+    constexpr int V_OUT = V > CW ? V / CW : 1;      /* values a lane holds at the end */
+    bool writer;
+    const int base = butterfly_slot<V, G, 32>(lane, &writer);
+    /* Lane order (S::SORTED): register i holds state n0 + (i ^ pm), pm the state of the lane's
+     * butterfly slot (values in the order 2·state + kind: the first two levels of the dB/dC
+     * butterfly split the state bits), and the lane reads B and C from copy pm, where they
+     * sit in that order; so those levels need no selects (28 → 16 instructions a step).
+     * Every per-state array of the thread follows the same order. */
+    const int pm = S::SORTED ? base / 2 : 0;
     auto sn = [&](int i) { return S::SORTED ? i ^ pm : i; };   /* register i's state − n0 */
     B_t += pm * S::COPY;
     C_t += pm * S::COPY;
@@ -679,13 +686,6 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
     }
     const float Dc = (active && D) ? D[c] : 0.0f;
     float dD_acc = 0.0f;
-
-    /* Where this lane's dB/dC sums land after the butterfly below (see there): the value
-     * index base..base+V_OUT−1 of the lane's V values, and whether the lane writes them. */
-    constexpr int CW = 32 / G;                      /* channels per warp */
-    constexpr int V_OUT = V > CW ? V / CW : 1;      /* values a lane holds at the end */
-    bool writer;
-    const int base = butterfly_slot<V, G, 32>(lane, &writer);
 
     /* The work is a sequence of jobs, each one sub-tile staged through smem, in this order:
      * chunks k last to first; in each, sub-tiles j last to first; for sub-tile j, first
@@ -908,6 +908,12 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
 #pragma unroll
                 for (int i = 0; i < SCAN_NPT; i++) decay[i] = ex2(dt * A2[i]);
             };
+            /* st ← the state after a step, from the state before it: the recompute's step */
+            auto advance = [&](float (&st)[SCAN_NPT], const float (&decay)[SCAN_NPT], const StepIn &in) {
+                const float dtu = in.dt * in.uu;
+#pragma unroll
+                for (int i = 0; i < SCAN_NPT; i++) st[i] = decay[i] * st[i] + dtu * in.Bn[i];
+            };
             /* h_{t−1} at step s: a states row where s is even (or every s without HALF), else
              * one recurrence step from the even step before (what the recompute did) */
             auto state_before = [&](int s, float (&prev)[SCAN_NPT]) {
@@ -916,9 +922,9 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                 prev[0] = P.x; prev[1] = P.y; prev[2] = P.z; prev[3] = P.w;
                 if (S::HALF && se != s) {
                     const StepIn ie = load_in(se);
-                    const float dtu = ie.dt * ie.uu;
-#pragma unroll
-                    for (int i = 0; i < SCAN_NPT; i++) prev[i] = ex2(ie.dt * A2[i]) * prev[i] + dtu * ie.Bn[i];
+                    float de[SCAN_NPT];
+                    decays_of(ie.dt, de);
+                    advance(prev, de, ie);
                 }
             };
             auto reverse_one = [&](int s) -> RevOut {
@@ -965,12 +971,10 @@ selective_scan_backward_kernel(float *du, float *ddelta, float *dB_part, float *
                             const StepIn io = load_in(s - k), ie = load_in(s - k - 1);
                             const float4 P = states[S::row(s - k - 1) * SCAN_THREADS + tid];
                             const float pe[SCAN_NPT] = {P.x, P.y, P.z, P.w};
-                            float de[SCAN_NPT], dec[SCAN_NPT], po[SCAN_NPT];
+                            float de[SCAN_NPT], dec[SCAN_NPT], po[SCAN_NPT] = {P.x, P.y, P.z, P.w};
                             decays_of(ie.dt, de);
                             decays_of(io.dt, dec);
-                            const float dtu = ie.dt * ie.uu;
-#pragma unroll
-                            for (int i = 0; i < SCAN_NPT; i++) po[i] = de[i] * pe[i] + dtu * ie.Bn[i];
+                            advance(po, de, ie);
                             o[k] = reverse(io, po, dec);
                             o[k + 1] = reverse(ie, pe, de);
                         }
