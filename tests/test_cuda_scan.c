@@ -159,6 +159,8 @@ static const ScanShape scan_shapes[] = {
     {2, 160, 64, 16, 16, 1},  /* chunk 16 (jamba-small's): two saves in each full forward tile */
     {1, 200, 40, 16, 48, 1},  /* chunk 48: a multiple of the forward's save group, not its tile */
     {2, 75, 64, 16, 25, 1},   /* chunk 25: sub-tiles of 16 and 9 steps (odd: the backward's pairs start late) */
+    {3, 45, 250, 16, 16, 1},  /* 8 channel blocks' dB, dC partials at chunk 16, the 4-byte path, ragged */
+    {1, 37, 500, 5, 16, 1},   /* the same with padded states (n ≥ N) */
 };
 #define N_SCAN_SHAPES (sizeof scan_shapes / sizeof scan_shapes[0])
 
