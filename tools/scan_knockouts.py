@@ -28,8 +28,8 @@ KNOCKOUTS = {
         ("r = keep + __shfl_xor_sync(0xffffffffu, send, 1);", "r = keep + send;"),
         ("for (int off = 2; off < G; off *= 2) r += __shfl_xor_sync(0xffffffffu, r, off);", ""),
     ]),
-    "noex2_reverse": ("the reverse pass's ex2 of its steps' decays (each becomes the product δ·A; the odd "
-                      "steps' states, made from the even ones, keep theirs)", [
+    "noex2_reverse": ("every ex2 of the reverse pass's decays (each becomes the product δ·A), those that make "
+                      "the odd steps' states from the even ones included (decays_of serves both)", [
         ("for (int i = 0; i < SCAN_NPT; i++) decay[i] = ex2(dt * A2[i]);",
          "for (int i = 0; i < SCAN_NPT; i++) decay[i] = dt * A2[i];"),
     ]),
